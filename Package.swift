@@ -1,0 +1,49 @@
+// swift-tools-version:6.0
+// Catalyzer: serverless sandboxes that start from checkpoint images served on first touch.
+import PackageDescription
+
+let package = Package(
+    name: "Catalyzer",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "catalyzer", targets: ["catalyzer"]),
+        .library(name: "CatalyzerImage", targets: ["CatalyzerImage"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+    ],
+    targets: [
+        // C libraries and shims: thin, no logic.
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .target(name: "CLinux"),
+
+        // Image format, codecs and the content-addressed local store.
+        .target(
+            name: "CatalyzerImage",
+            dependencies: [
+                "CZstd", "CLZ4", "CLinux",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // Benchmarks printed as tables by `catalyzer bench ...`.
+        .target(name: "CatalyzerBench", dependencies: ["CatalyzerImage"]),
+
+        .executableTarget(
+            name: "catalyzer",
+            dependencies: [
+                "CatalyzerImage", "CatalyzerBench",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        // Helpers shared by the test targets: running binaries, temp dirs, device checks.
+        .target(name: "CatalyzerTestSupport", path: "Tests/Support"),
+
+        .testTarget(
+            name: "CatalyzerImageTests",
+            dependencies: ["CatalyzerImage", "CatalyzerBench", "CatalyzerTestSupport", "catalyzer"]
+        ),
+    ]
+)

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Sets up a Debian machine for Catalyzer: installs every Debian package the project needs
+# (idempotent; quiet unless something fails), then builds and installs the release binaries
+# and the mount helper.
+#
+#   Scripts/bootstrap.sh             packages + release build + install
+#   Scripts/bootstrap.sh --deps-only packages + mount helper only (the test suite builds its own)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deps_only=false
+[[ "${1:-}" == "--deps-only" ]] && deps_only=true
+
+say() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
+die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "run as root (it installs packages and a mount helper): sudo $0 $*"
+
+# Debian packages: build (C libraries for the shims), run (fuse3 for mount/umount),
+# test (busybox-static, gcc, fio, python3 for dumps and the guest rootfs, docker-registry, skopeo).
+packages=(
+  pkg-config gcc libc6-dev
+  libfuse3-dev fuse3 libzstd-dev liblz4-dev
+  python3 busybox-static fio docker-registry skopeo
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  log=$(mktemp)
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    die "apt-get failed installing: ${missing[*]}"
+  fi
+  rm -f "$log"
+fi
+
+# The Swift toolchain is not a Debian package; it is expected on PATH or in /opt/swift.
+if ! command -v swift >/dev/null && [[ -x /opt/swift/usr/bin/swift ]]; then
+  export PATH="/opt/swift/usr/bin:$PATH"
+fi
+command -v swift >/dev/null || die "no Swift toolchain: install Swift 6.x and put it on PATH"
+
+# mount(8) looks for helpers in /sbin.
+if [[ -f mount-helpers/mount.catalyzerfs ]]; then
+  install -m 0755 mount-helpers/mount.catalyzerfs /sbin/mount.catalyzerfs
+fi
+
+$deps_only && exit 0
+
+say "building release binaries (swift build -c release)"
+log=$(mktemp)
+swift build -c release >"$log" 2>&1 || { cat "$log" >&2; die "release build failed"; }
+rm -f "$log"
+bin=$(swift build -c release --show-bin-path)
+for tool in catalyzer catalyzerfs; do
+  if [[ -x "$bin/$tool" ]]; then
+    install -m 0755 "$bin/$tool" /usr/local/bin/
+    say "installed /usr/local/bin/$tool"
+  fi
+done

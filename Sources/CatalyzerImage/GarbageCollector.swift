@@ -1,0 +1,60 @@
+import Foundation
+import Glibc
+
+/// What `gc` removed.
+public struct GCReport: Sendable, Codable {
+    public var blobsRemoved: Int
+    public var bytesRemoved: Int64
+    public var blobsKept: Int
+    public var temporaryFilesRemoved: Int
+}
+
+extension ImageStore {
+    /// Deletes every blob that no named image refers to, and the leftovers of interrupted
+    /// writes in `ingest/`. Holds the gc lock exclusively, so no create is running meanwhile:
+    /// every unreferenced blob is garbage, not a blob of an image about to be named.
+    ///
+    /// If any named image's manifest cannot be read, nothing is deleted: its blobs cannot be
+    /// told apart from garbage, and deleting them would turn a repairable image into a lost one.
+    public func gc() throws(ImageError) -> GCReport {
+        guard exists else { return GCReport(blobsRemoved: 0, bytesRemoved: 0, blobsKept: 0, temporaryFilesRemoved: 0) }
+        try prepareForWriting()
+        let lock = try StoreLock(path: gcLockPath, mode: .exclusive, store: root)
+        defer { withExtendedLifetime(lock) {} }
+
+        var live: Set<Digest> = []
+        for descriptor in try index().manifests {
+            let label = descriptor.annotations?[OCIIndex.refNameAnnotation] ?? descriptor.digest.description
+            live.insert(descriptor.digest)
+            let manifest: OCIManifest
+            do {
+                let bytes = try readVerifiedBlob(descriptor.digest, size: descriptor.size, image: label, role: "manifest")
+                manifest = try JSONDecoder().decode(OCIManifest.self, from: Data(bytes))
+            } catch {
+                throw .invalidStore(path: root, detail: "gc stopped without deleting anything: the manifest of image '\(label)' is unreadable (\(error)); remove that image with `catalyzer image rm` first")
+            }
+            live.insert(manifest.config.digest)
+            for layer in manifest.layers { live.insert(layer.digest) }
+        }
+
+        var report = GCReport(blobsRemoved: 0, bytesRemoved: 0, blobsKept: 0, temporaryFilesRemoved: 0)
+        for file in try FileIO.listDirectory(blobsDirectory) {
+            if let digest = Digest("sha256:" + file), live.contains(digest) {
+                report.blobsKept += 1
+                continue
+            }
+            let path = blobsDirectory + "/" + file
+            var info = stat()
+            let size = stat(path, &info) == 0 ? Int64(info.st_size) : 0
+            guard unlink(path) == 0 else { throw ImageError.writing("unlink", path, errno: errno, store: root) }
+            report.blobsRemoved += 1
+            report.bytesRemoved += size
+        }
+        if FileIO.exists(ingestDirectory) {
+            for file in try FileIO.listDirectory(ingestDirectory) where unlink(ingestDirectory + "/" + file) == 0 {
+                report.temporaryFilesRemoved += 1
+            }
+        }
+        return report
+    }
+}

@@ -1,0 +1,112 @@
+/// One stored chunk of guest memory. Chunks that are all zero have no entry.
+public struct ChunkEntry: Codable, Sendable, Equatable {
+    /// Position of the chunk: it covers bytes `[index * chunkSize, (index + 1) * chunkSize)`,
+    /// clipped to the memory size.
+    public var index: Int
+    /// Digest of the stored (compressed) blob.
+    public var digest: Digest
+    public var codec: Codec
+    /// Size of the stored blob in bytes.
+    public var size: Int64
+
+    public init(index: Int, digest: Digest, codec: Codec, size: Int64) {
+        self.index = index
+        self.digest = digest
+        self.codec = codec
+        self.size = size
+    }
+}
+
+/// The Catalyzer part of an image: everything needed to rebuild guest memory and the monitor's
+/// state. Stored as the OCI manifest's config blob (`MediaType.imageConfig`).
+public struct ImageConfig: Codable, Sendable, Equatable {
+    /// The version of this layout. Readers refuse any other: a field added in a later version
+    /// might change what the bytes mean, and guessing would mean running on wrong memory.
+    public static let currentFormatVersion = 1
+
+    public var formatVersion: Int
+    /// Size of guest memory in bytes; `memory` on catalyzerfs has exactly this size.
+    public var memorySize: Int64
+    public var chunkSize: Int
+    /// The codec the image was created with (a single chunk may still be `none`).
+    public var codec: Codec
+    /// zstd level used at creation, for the record.
+    public var compressionLevel: Int?
+    /// Non-zero chunks, sorted by index.
+    public var chunks: [ChunkEntry]
+    /// The monitor's state blob (vCPU and kernel state); opaque to the image layer.
+    public var state: Descriptor
+    /// When and by what the image was created (RFC 3339, tool name and version).
+    public var created: String
+    public var creator: String
+    /// Chunk indices touched by the first invocation after a restore, in touch order; prefetched
+    /// by catalyzerfs on later restores.
+    public var workingSet: [Int]?
+    /// Free-form metadata (source file, function name, ...).
+    public var annotations: [String: String]?
+
+    public init(memorySize: Int64, chunkSize: Int, codec: Codec, compressionLevel: Int?,
+                chunks: [ChunkEntry], state: Descriptor, created: String, creator: String,
+                workingSet: [Int]? = nil, annotations: [String: String]? = nil) {
+        formatVersion = Self.currentFormatVersion
+        self.memorySize = memorySize
+        self.chunkSize = chunkSize
+        self.codec = codec
+        self.compressionLevel = compressionLevel
+        self.chunks = chunks
+        self.state = state
+        self.created = created
+        self.creator = creator
+        self.workingSet = workingSet
+        self.annotations = annotations
+    }
+
+    /// Number of chunk positions, stored or not.
+    public var chunkCount: Int {
+        Int((memorySize + Int64(chunkSize) - 1) / Int64(chunkSize))
+    }
+
+    /// Length of chunk `index` in bytes: `chunkSize`, except for a shorter last chunk.
+    public func chunkLength(_ index: Int) -> Int {
+        Int(min(Int64(chunkSize), memorySize - Int64(index) * Int64(chunkSize)))
+    }
+
+    /// Bytes of all stored chunk blobs, counting a blob shared by two chunks twice.
+    public var storedChunkBytes: Int64 { chunks.reduce(0) { $0 + $1.size } }
+
+    /// Checks every invariant a reader relies on. Returns the first violation as a sentence.
+    public func validationProblem() -> String? {
+        guard formatVersion == Self.currentFormatVersion else {
+            return "format version \(formatVersion) is not supported (this catalyzer reads version \(Self.currentFormatVersion))"
+        }
+        guard memorySize > 0 else { return "memory size \(memorySize) must be positive" }
+        guard ChunkSize.isValid(chunkSize) else {
+            return "chunk size \(chunkSize) is not a power of two between \(ChunkSize.minimum) and \(ChunkSize.maximum)"
+        }
+        guard state.mediaType == MediaType.state else {
+            return "state blob has media type '\(state.mediaType)', expected '\(MediaType.state)'"
+        }
+        var previous = -1
+        for (position, chunk) in chunks.enumerated() {
+            if chunk.index <= previous {
+                return chunk.index == previous
+                    ? "chunk table entries \(position - 1) and \(position) both claim chunk \(chunk.index) (overlap)"
+                    : "chunk table is not sorted: entry \(position) (chunk \(chunk.index)) follows chunk \(previous)"
+            }
+            guard chunk.index < chunkCount else {
+                return "chunk \(chunk.index) starts at byte \(Int64(chunk.index) * Int64(chunkSize)), past the memory size \(memorySize)"
+            }
+            guard chunk.size > 0, chunk.size <= Int64(ChunkSize.maximum) * 2 else {
+                return "chunk \(chunk.index) has an implausible stored size \(chunk.size)"
+            }
+            if chunk.codec == .none && chunk.size != Int64(chunkLength(chunk.index)) {
+                return "chunk \(chunk.index) is stored uncompressed with \(chunk.size) bytes, but the chunk is \(chunkLength(chunk.index)) bytes"
+            }
+            previous = chunk.index
+        }
+        if let workingSet, let bad = workingSet.first(where: { $0 < 0 || $0 >= chunkCount }) {
+            return "working set names chunk \(bad), outside 0..<\(chunkCount)"
+        }
+        return nil
+    }
+}

@@ -1,0 +1,12 @@
+import ArgumentParser
+import CatalyzerImage
+
+@main
+struct Catalyzer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "catalyzer",
+        abstract: "Serverless sandboxes that start from checkpoint images.",
+        version: CatalyzerVersion.current,
+        subcommands: [ImageCommand.self, BenchCommand.self]
+    )
+}

@@ -1,0 +1,207 @@
+import ArgumentParser
+import CatalyzerImage
+import Foundation
+
+extension Codec: ExpressibleByArgument {}
+
+/// `catalyzer image ...`: the local image store.
+struct ImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "image",
+        abstract: "Create, list, inspect, verify and remove images in the local store.",
+        subcommands: [Create.self, List.self, Inspect.self, Verify.self, Remove.self, GC.self, Export.self]
+    )
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create an image from a raw guest-memory file.",
+            discussion: "The file is split into chunks; all-zero chunks are left out and the rest are compressed and stored by digest. The name is published only once every blob is stored, so a failed create leaves no image behind.")
+
+        @Option(help: "The raw memory file, or - for standard input.") var from: String
+        @Option(help: "The image name (letters, digits, '.', '_', '-').") var name: String
+        @Option(help: "Chunk codec: zstd, lz4 or none.") var codec: Codec = .zstd
+        @Option(help: "zstd compression level (1-22).") var level: Int = Codec.defaultZstdLevel
+        @Option(help: "Chunk size, a power of two from 4K to 64M (e.g. 256K).")
+        var chunkSize: ByteCountArgument = ByteCountArgument(argument: "256K")!
+        @Flag(help: "Print the result as JSON.") var json = false
+        @OptionGroup var storeOptions: StoreOptions
+
+        func run() throws {
+            try Output.run {
+                var options = ImageCreateOptions()
+                options.codec = codec
+                options.compressionLevel = level
+                options.chunkSize = Int(chunkSize.bytes)
+                let report = try storeOptions.imageStore.createImage(named: name, fromFile: from, options: options)
+                if json { return Output.json(report) }
+                let ratio = report.storedBytes > 0 ? Double(report.memorySize) / Double(report.storedBytes) : 0
+                Output.out("""
+                    created \(report.name) (\(report.manifestDigest))
+                      memory   \(ByteCount.format(report.memorySize)) in \(report.chunkCount) chunks of \(ByteCount.format(Int64(report.chunkSize))); \(report.zeroChunks) all-zero chunks left out
+                      stored   \(ByteCount.format(report.storedBytes)) with \(report.codec) (\(String(format: "%.2f", ratio))x); \(ByteCount.format(report.newBytes)) new in the store
+                      took     \(String(format: "%.2f", report.seconds)) s (\(String(format: "%.0f", Double(report.memorySize) / 1048576 / max(report.seconds, 1e-9))) MiB/s)
+                    """)
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List the images in the store.")
+        @Flag(help: "Print the list as JSON.") var json = false
+        @OptionGroup var storeOptions: StoreOptions
+
+        struct Row: Encodable {
+            var name: String
+            var digest: String
+            var memorySize: Int64?
+            var storedBytes: Int64?
+            var codec: String?
+            var created: String?
+            var error: String?
+        }
+
+        func run() throws {
+            try Output.run {
+                let store = storeOptions.imageStore
+                let rows = try store.names().map { name -> Row in
+                    do {
+                        let image = try store.open(name)
+                        return Row(name: name, digest: image.manifestDescriptor.digest.description,
+                                   memorySize: image.config.memorySize, storedBytes: image.config.storedChunkBytes,
+                                   codec: image.config.codec.rawValue, created: image.config.created)
+                    } catch {
+                        let digest = (try? store.manifestDescriptor(named: name).digest.description) ?? "?"
+                        return Row(name: name, digest: digest, error: String(describing: error))
+                    }
+                }
+                if json { return Output.json(rows) }
+                Output.out(Output.table(["NAME", "DIGEST", "MEMORY", "STORED", "CODEC", "CREATED"], rows.map { row in
+                    [row.name, String(row.digest.dropFirst(7).prefix(12)),
+                     row.memorySize.map(ByteCount.format) ?? "-", row.storedBytes.map(ByteCount.format) ?? "-",
+                     row.codec ?? "-", row.created ?? "damaged: run `catalyzer image verify \(row.name)`"]
+                }))
+            }
+        }
+    }
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show an image's manifest, chunk table summary and sizes.")
+        @Argument(help: "The image name.") var name: String
+        @Flag(help: "Print the manifest and config as JSON.") var json = false
+        @OptionGroup var storeOptions: StoreOptions
+
+        struct Details: Encodable {
+            var name: String
+            var manifestDigest: Digest
+            var manifest: OCIManifest
+            var config: ImageConfig
+        }
+
+        func run() throws {
+            try Output.run {
+                let image = try storeOptions.imageStore.open(name)
+                let config = image.config
+                if json {
+                    return Output.json(Details(name: name, manifestDigest: image.manifestDescriptor.digest,
+                                               manifest: image.manifest, config: config))
+                }
+                let codecs = Dictionary(grouping: config.chunks, by: \.codec)
+                    .map { "\($0.key): \($0.value.count)" }.sorted().joined(separator: ", ")
+                let unique = Set(config.chunks.map(\.digest)).count
+                let ratio = config.storedChunkBytes > 0 ? Double(config.memorySize) / Double(config.storedChunkBytes) : 0
+                Output.out("""
+                    name            \(name)
+                    manifest        \(image.manifestDescriptor.digest)
+                    format version  \(config.formatVersion)
+                    created         \(config.created) by \(config.creator)
+                    memory          \(ByteCount.format(config.memorySize)) (\(config.memorySize) bytes)
+                    chunk size      \(ByteCount.format(Int64(config.chunkSize)))
+                    chunks          \(config.chunkCount) in all, \(config.chunks.count) stored (\(unique) distinct blobs), \(config.chunkCount - config.chunks.count) all-zero
+                    codec           \(config.codec)\(config.compressionLevel.map { " level \($0)" } ?? "") (\(codecs.isEmpty ? "no chunks" : codecs))
+                    stored          \(ByteCount.format(config.storedChunkBytes)) (\(String(format: "%.2f", ratio))x)
+                    state           \(ByteCount.format(config.state.size)) \(config.state.digest)
+                    working set     \(config.workingSet.map { "\($0.count) chunks" } ?? "none recorded")
+                    """)
+            }
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Re-hash every blob of images and decompress every chunk.",
+            discussion: "Exits 1 if any image has a problem, listing every problem found.")
+        @Argument(help: "Image names.") var names: [String] = []
+        @Flag(help: "Verify every image in the store.") var all = false
+        @Flag(help: "Print the reports as JSON.") var json = false
+        @OptionGroup var storeOptions: StoreOptions
+
+        func validate() throws {
+            if names.isEmpty && !all { throw ValidationError("name an image, or pass --all") }
+        }
+
+        func run() throws {
+            var failed = false
+            try Output.run {
+                let store = storeOptions.imageStore
+                let reports = try (all ? store.names() : names).map { try store.verify($0) }
+                failed = reports.contains { !$0.ok }
+                if json { return Output.json(reports) }
+                for report in reports {
+                    if report.ok {
+                        Output.out("\(report.name): ok (\(report.blobsChecked) blobs, \(ByteCount.format(report.bytesChecked)))")
+                    } else {
+                        for problem in report.problems { Output.err("catalyzer: error: \(problem)") }
+                        Output.out("\(report.name): \(report.problems.count) problem\(report.problems.count == 1 ? "" : "s")")
+                    }
+                }
+            }
+            if failed { throw ExitCode.failure }
+        }
+    }
+
+    struct Remove: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rm", abstract: "Remove image names. Their blobs are freed by `image gc`.")
+        @Argument(help: "Image names.") var names: [String]
+        @OptionGroup var storeOptions: StoreOptions
+
+        func run() throws {
+            try Output.run {
+                for name in names {
+                    try storeOptions.imageStore.remove(name)
+                    Output.out("removed \(name)")
+                }
+            }
+        }
+    }
+
+    struct GC: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "gc", abstract: "Delete blobs that no image refers to, and leftovers of interrupted writes.")
+        @Flag(help: "Print the result as JSON.") var json = false
+        @OptionGroup var storeOptions: StoreOptions
+
+        func run() throws {
+            try Output.run {
+                let report = try storeOptions.imageStore.gc()
+                if json { return Output.json(report) }
+                Output.out("removed \(report.blobsRemoved) blobs (\(ByteCount.format(report.bytesRemoved))) and \(report.temporaryFilesRemoved) temporary files; \(report.blobsKept) blobs in use")
+            }
+        }
+    }
+
+    struct Export: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write an image's full guest memory, zeros included, to a file.")
+        @Argument(help: "The image name.") var name: String
+        @Argument(help: "The output file.") var file: String
+        @OptionGroup var storeOptions: StoreOptions
+
+        func run() throws {
+            try Output.run {
+                let image = try storeOptions.imageStore.open(name)
+                try image.export(to: file)
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+import CatalyzerBench
+import CatalyzerTestSupport
+import Foundation
+@testable import CatalyzerImage
+
+/// Memory contents for image tests, written to files in a temporary directory.
+enum Fixtures {
+    /// `count` bytes from the kernel's random generator: incompressible, no zero chunks.
+    static func random(_ count: Int) throws -> [UInt8] {
+        let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/urandom"))
+        defer { try? handle.close() }
+        return Array(try handle.read(upToCount: count) ?? Data())
+    }
+
+    /// Mostly zeros, like a fresh guest: a random page every 97 pages, a repeated text pattern
+    /// in one region, and a length that is not a multiple of any chunk size.
+    static func zeroHeavy(_ count: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let noise = try random(count / 97 + 4096)
+        var page = 0
+        while page * 4096 + 4096 <= count {
+            if page % 97 == 3 {
+                let start = page * 4096
+                let source = (page / 97) * 4096 % max(1, noise.count - 4096)
+                bytes.replaceSubrange(start..<start + 4096, with: noise[source..<source + 4096])
+            }
+            page += 1
+        }
+        let pattern = Array("catalyzer restores memory on first touch. ".utf8)
+        for i in 0..<min(count / 4, 1 << 20) { bytes[count / 2 + i] = pattern[i % pattern.count] }
+        return bytes
+    }
+
+    /// The memory of a live python3 process, read through /proc/PID/mem; cached per test run.
+    static func pythonMemory(in directory: TemporaryDirectory) throws -> String {
+        let path = directory.file("python.mem")
+        _ = try ProcessMemory.dumpPython(to: path)
+        return path
+    }
+
+    static func write(_ bytes: [UInt8], to path: String) throws {
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+    }
+
+    static func read(_ path: String) throws -> [UInt8] {
+        Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+}
+
+/// Test-only surgery on a store: rewrite an image's config or manifest the way a bug or an
+/// attacker could, keeping everything else valid so the check under test is the one that fires.
+enum StoreSurgery {
+    /// Re-publishes `name` with its config JSON changed by `edit`.
+    static func editConfig(_ store: ImageStore, _ name: String, _ edit: (inout [String: Any]) -> Void) throws {
+        let image = try store.open(name)
+        var json = try JSONSerialization.jsonObject(with: Data(image.readConfigBytes())) as! [String: Any]
+        edit(&json)
+        let configBytes = Array(try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]))
+        let digest = try store.storeBlob(configBytes).digest
+        var manifest = image.manifest
+        manifest.config = Descriptor(mediaType: manifest.config.mediaType, digest: digest, size: Int64(configBytes.count))
+        try publish(store, name, manifest)
+    }
+
+    /// Re-publishes `name` with its manifest changed by `edit`.
+    static func editManifest(_ store: ImageStore, _ name: String, _ edit: (inout OCIManifest) -> Void) throws {
+        var manifest = try store.open(name).manifest
+        edit(&manifest)
+        try publish(store, name, manifest)
+    }
+
+    private static func publish(_ store: ImageStore, _ name: String, _ manifest: OCIManifest) throws {
+        let bytes = ImageStore.encode(manifest)
+        let digest = try store.storeBlob(bytes).digest
+        try store.publish(name: name, manifest: Descriptor(mediaType: MediaType.ociManifest, digest: digest, size: Int64(bytes.count)))
+    }
+
+    /// Path of the blob holding chunk `index` of `name`.
+    static func chunkBlobPath(_ store: ImageStore, _ name: String, chunk index: Int) throws -> String {
+        let image = try store.open(name)
+        return store.blobPath(image.chunk(at: index)!.digest)
+    }
+}

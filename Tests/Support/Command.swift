@@ -1,0 +1,84 @@
+import Foundation
+
+/// Running the project's binaries and system tools from tests, with their output captured.
+public struct CommandResult: Sendable, CustomStringConvertible {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
+
+    public var description: String {
+        "exit \(status)\n--- stdout\n\(stdout)\n--- stderr\n\(stderr)"
+    }
+}
+
+public enum Command {
+    /// Directory of the built products (`catalyzer`, `catalyzerfs`): `$CATALYZER_BIN_DIR`, else
+    /// the directory holding the running test bundle, which SwiftPM shares with the executables.
+    public static var binDirectory: String {
+        if let dir = ProcessInfo.processInfo.environment["CATALYZER_BIN_DIR"], !dir.isEmpty { return dir }
+        var url = Bundle.main.bundleURL
+        while url.path != "/" {
+            if FileManager.default.isExecutableFile(atPath: url.appendingPathComponent("catalyzer").path) { return url.path }
+            url.deleteLastPathComponent()
+        }
+        return Bundle.main.bundleURL.deletingLastPathComponent().path
+    }
+
+    /// Path of a built product, e.g. `binary("catalyzer")`.
+    public static func binary(_ name: String) -> String { binDirectory + "/" + name }
+
+    /// Runs `executable` (a path, or a name looked up in PATH) to completion.
+    @discardableResult
+    public static func run(_ executable: String, _ arguments: [String], stdin: Data? = nil,
+                           environment: [String: String] = [:]) throws -> CommandResult {
+        let process = Process()
+        if executable.contains("/") {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = [executable] + arguments
+        }
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe()
+        let err = Pipe()
+        let input = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = input
+        try process.run()
+        if let stdin { input.fileHandleForWriting.write(stdin) }
+        try input.fileHandleForWriting.close()
+        // Read both pipes concurrently so neither fills up and blocks the child.
+        let errData = ErrorDrain(err.fileHandleForReading)
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return CommandResult(status: process.terminationStatus,
+                             stdout: String(decoding: outData, as: UTF8.self),
+                             stderr: String(decoding: errData.wait(), as: UTF8.self))
+    }
+
+    /// Runs the built `catalyzer` CLI.
+    @discardableResult
+    public static func catalyzer(_ arguments: [String], stdin: Data? = nil) throws -> CommandResult {
+        try run(binary("catalyzer"), arguments, stdin: stdin)
+    }
+}
+
+/// Reads a pipe to its end on a background thread.
+private final class ErrorDrain: @unchecked Sendable {
+    private var data = Data()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ handle: FileHandle) {
+        Thread.detachNewThread { [self] in
+            data = handle.readDataToEndOfFile()
+            done.signal()
+        }
+    }
+
+    func wait() -> Data {
+        done.wait()
+        return data
+    }
+}
