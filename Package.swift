@@ -41,6 +41,7 @@ let package = Package(
         // Helpers shared by the test targets: running binaries, temp dirs, device checks.
         .target(name: "CatalyzerTestSupport", path: "Tests/Support"),
 
+        .testTarget(name: "CatalyzerRootfsTests", dependencies: ["CatalyzerTestSupport"]),
         .testTarget(
             name: "CatalyzerImageTests",
             dependencies: ["CatalyzerImage", "CatalyzerBench", "CatalyzerTestSupport", "catalyzer"]

@@ -21,7 +21,7 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 packages=(
   pkg-config gcc libc6-dev
   libfuse3-dev fuse3 libzstd-dev liblz4-dev
-  python3 busybox-static fio docker-registry skopeo
+  python3 python3.11 cpio busybox-static fio docker-registry skopeo
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds a minimal Python function rootfs from the host's Debian python3.11:
+#
+#   Scripts/build-rootfs.sh OUTDIR
+#
+# OUTDIR gets the interpreter, ld.so and every library `ldd` lists for it and for the standard
+# library's extension modules, the standard library without its tests (precompiled, since the
+# sandbox's rootfs is read-only and python could not write __pycache__ there), the reference
+# runner /opt/catalyzer/runner.py and the sample functions /functions/{hello,heavy}.py.
+# Libraries are real files at the paths ld.so searches by default; no ld.so.cache is needed.
+# The rootfs is built next to OUTDIR and renamed into place, so OUTDIR is never half-built.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:?usage: build-rootfs.sh OUTDIR}
+python=/usr/bin/python3.11
+version=3.11
+[[ -x $python ]] || { echo "build-rootfs: $python is missing (apt-get install python3.11)" >&2; exit 1; }
+
+out=$(realpath -m "$out")
+stage="$out.building.$$"
+trap 'rm -rf "$stage"' EXIT
+rm -rf "$stage"
+mkdir -p "$stage"/{usr/bin,lib/x86_64-linux-gnu,lib64,tmp,opt/catalyzer,functions,etc}
+
+# copy_libraries FILE...: the shared libraries each ELF file needs, at their canonical paths.
+copy_libraries() {
+  ldd "$@" 2>/dev/null | awk '/=> \// { print $3 } /^\t\/lib64\// { print $1 }' | sort -u |
+  while read -r lib; do
+    case "$lib" in
+      */ld-linux-x86-64.so.2) cp -L "$lib" "$stage/lib64/ld-linux-x86-64.so.2" ;;
+      *) cp -L "$lib" "$stage/lib/x86_64-linux-gnu/$(basename "$lib")" ;;
+    esac
+  done
+}
+
+cp -L "$python" "$stage/usr/bin/python$version"
+ln -s "python$version" "$stage/usr/bin/python3"
+copy_libraries "$python"
+
+stdlib=/usr/lib/python$version
+(cd "$stdlib" && find . \
+    \( -name __pycache__ -o -name test -o -name tests -o -name idle_test \
+       -o -path ./idlelib -o -path ./tkinter -o -path ./turtledemo -o -path ./ensurepip \
+       -o -path ./lib2to3 -o -path ./pydoc_data -o -path './config-*' \
+       -o -path ./site-packages -o -path ./dist-packages \) -prune \
+    -o \( -type f -o -type l \) -print0 |
+  grep -zv -E 'lib-dynload/(_test|_xxtest|xxlimited|_ctypes_test)' |
+  cpio --null -pdm --quiet "$stage$stdlib")
+copy_libraries "$stage$stdlib"/lib-dynload/*.so
+
+cp "$here/rootfs/opt/catalyzer/runner.py" "$stage/opt/catalyzer/"
+cp "$here/rootfs/functions/"*.py "$stage/functions/"
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$stage/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$stage/etc/group"
+
+# Bytecode for everything, compiled by the same interpreter, paths as seen inside the rootfs.
+"$python" -m compileall -q -j 0 -s "$stage" -p / "$stage$stdlib" "$stage/opt/catalyzer" "$stage/functions" >/dev/null
+
+rm -rf "$out"
+mv "$stage" "$out"
+trap - EXIT
+echo "build-rootfs: $out ($(du -sh "$out" | cut -f1))"

@@ -1,0 +1,97 @@
+import CatalyzerTestSupport
+import Foundation
+import Testing
+
+/// The Python function rootfs is self-contained and the runner keeps its contract. Run under
+/// chroot(8) on the host, so a missing library or stdlib module fails here before it can fail
+/// inside a sandbox.
+@Suite(.serialized) struct RootfsTests {
+    struct Response: Decodable {
+        struct Failure: Decodable { var type: String; var message: String; var traceback: String }
+        var ok: Bool
+        var result: [String: JSONValue]?
+        var error: Failure?
+    }
+
+    /// Enough of JSON to compare handler results.
+    enum JSONValue: Decodable, Equatable {
+        case string(String), number(Double), bool(Bool), object([String: JSONValue]), null
+        init(from decoder: Decoder) throws {
+            let c = try decoder.singleValueContainer()
+            if c.decodeNil() { self = .null }
+            else if let v = try? c.decode(Bool.self) { self = .bool(v) }
+            else if let v = try? c.decode(Double.self) { self = .number(v) }
+            else if let v = try? c.decode(String.self) { self = .string(v) }
+            else { self = .object(try c.decode([String: JSONValue].self)) }
+        }
+    }
+
+    func runner(_ function: String, _ requests: [String]) throws -> (CommandResult, [Response]) {
+        try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
+        let root = try PythonRootfs.path()
+        let input = Data((requests.joined(separator: "\n") + "\n").utf8)
+        let result = try Command.run("chroot", [root, "/usr/bin/python3", "/opt/catalyzer/runner.py", "/functions/\(function).py"], stdin: input)
+        let responses = try result.stdout.split(separator: "\n").map {
+            try JSONDecoder().decode(Response.self, from: Data($0.utf8))
+        }
+        return (result, responses)
+    }
+
+    @Test func helloAnswersEveryRequestIncludingFailures() throws {
+        var requests: [String] = []
+        for i in 0..<100 { requests.append(i % 10 == 9 ? #"{"raise": "request \#(i)"}"# : #"{"name": "user\#(i)"}"#) }
+        let (result, responses) = try runner("hello", requests)
+        #expect(result.status == 0, "\(result)")
+        #expect(responses.count == 100)
+        for (i, response) in responses.enumerated() {
+            if i % 10 == 9 {
+                #expect(!response.ok && response.error?.type == "ValueError" && response.error?.message == "asked to fail: request \(i)")
+                #expect(response.error?.traceback.contains("Traceback (most recent call last)") == true)
+            } else {
+                #expect(response.ok && response.result?["greeting"] == .string("Hello, user\(i)!"), "request \(i)")
+            }
+        }
+    }
+
+    @Test func heavyQueriesItsDatabase() throws {
+        let requests = (0..<100).map { #"{"customer": "customer-\#($0 % 500)"}"# } + [#"{"customer": "robert'); DROP TABLE orders;--"}"#, "not json"]
+        let (result, responses) = try runner("heavy", requests)
+        #expect(result.status == 0, "\(result)")
+        #expect(responses.count == 102)
+        for (i, response) in responses.prefix(100).enumerated() {
+            #expect(response.ok && response.result?["orders"] == .number(40) && response.result?["customer"] == .string("customer-\(i % 500)"), "request \(i)")
+        }
+        #expect(responses[100].error?.type == "ValueError")
+        #expect(responses[101].error?.type == "JSONDecodeError")
+    }
+
+    @Test func standardLibraryIsCompleteAndPrecompiled() throws {
+        try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
+        let root = try PythonRootfs.path()
+        let script = "import json, re, decimal, datetime, email.parser, urllib.parse, hashlib, sqlite3, ssl, lzma, bz2, ctypes, asyncio, zoneinfo; import sys; print(sys.prefix)"
+        let result = try Command.run("chroot", [root, "/usr/bin/python3", "-c", script])
+        #expect(result.status == 0 && result.stdout == "/usr\n", "\(result)")
+        #expect(FileManager.default.fileExists(atPath: root + "/usr/lib/python3.11/json/__pycache__/__init__.cpython-311.pyc"))
+        #expect(!FileManager.default.fileExists(atPath: root + "/usr/lib/python3.11/test"))
+    }
+
+    @Test func everyInstanceGetsItsOwnInstanceId() throws {
+        try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
+        // A function that reports its instance id (set by the runner on the first request).
+        let root = try PythonRootfs.path()
+        let probe = "import os, random\ndef handler(event):\n    return {'id': os.environ['CATALYZER_INSTANCE_ID'], 'r': str(random.random())}\n"
+        let dir = try TemporaryDirectory("probe")
+        defer { dir.remove() }
+        try probe.write(toFile: dir.file("probe.py"), atomically: true, encoding: .utf8)
+        let mounted = try Command.run("mount", ["--bind", dir.path, root + "/tmp"])
+        #expect(mounted.status == 0, "\(mounted)")
+        defer { _ = try? Command.run("umount", [root + "/tmp"]) }
+        var seen: Set<String> = []
+        for _ in 0..<2 {
+            let result = try Command.run("chroot", [root, "/usr/bin/python3", "/opt/catalyzer/runner.py", "/tmp/probe.py"], stdin: Data("{}\n".utf8))
+            #expect(result.status == 0, "\(result)")
+            seen.insert(result.stdout)
+        }
+        #expect(seen.count == 2, "two instances answered identically: \(seen)")
+    }
+}
