@@ -161,3 +161,28 @@ struct UncheckedSendable<Value>: @unchecked Sendable {
     let value: Value
     init(_ value: Value) { self.value = value }
 }
+
+extension ImageStore {
+    /// Records the chunks the first invocation after a restore touched, in touch order, so that
+    /// catalyzerfs prefetches them on later restores. The image is immutable: this publishes a
+    /// new config and manifest that share every blob with the old one, under the same name.
+    @discardableResult
+    public func setWorkingSet(_ name: String, chunks workingSet: [Int]) throws(ImageError) -> Digest {
+        try prepareForWriting()
+        let gcLock = try StoreLock(path: gcLockPath, mode: .shared, store: root)
+        defer { withExtendedLifetime(gcLock) {} }
+        let image = try open(name)
+        var config = image.config
+        config.workingSet = workingSet
+        if let problem = config.validationProblem() { throw .invalidInput("working set for '\(name)': \(problem)") }
+        let configBytes = Self.encode(config)
+        var manifest = image.manifest
+        manifest.config = Descriptor(mediaType: MediaType.imageConfig, digest: try storeBlob(configBytes).digest,
+                                     size: Int64(configBytes.count))
+        let manifestBytes = Self.encode(manifest)
+        let manifestDigest = try storeBlob(manifestBytes).digest
+        try syncAll()
+        try publish(name: name, manifest: Descriptor(mediaType: MediaType.ociManifest, digest: manifestDigest, size: Int64(manifestBytes.count)))
+        return manifestDigest
+    }
+}

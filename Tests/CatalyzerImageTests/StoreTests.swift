@@ -62,6 +62,52 @@ import Testing
         #expect(try store.verify("keep").ok)
     }
 
+    @Test func settingTheWorkingSetKeepsEveryBlob() throws {
+        let dir = try TemporaryDirectory("workingset")
+        defer { dir.remove() }
+        try Fixtures.write(try Fixtures.random(1 << 20), to: dir.file("m"))
+        let store = ImageStore(root: dir.file("store"))
+        var options = ImageCreateOptions()
+        options.chunkSize = 64 << 10
+        let created = try store.createImage(named: "fn", fromFile: dir.file("m"), options: options)
+        let chunksBefore = try store.open("fn").config.chunks
+        let updated = try store.setWorkingSet("fn", chunks: [7, 1, 15])
+        #expect(updated != created.manifestDigest)
+        let image = try store.open("fn")
+        #expect(image.config.workingSet == [7, 1, 15])
+        #expect(image.config.chunks == chunksBefore)
+        // Only the old config and manifest become garbage.
+        #expect(try store.gc().blobsRemoved == 2)
+        #expect(try store.verify("fn").ok)
+        #expect(throws: ImageError.self) { try store.setWorkingSet("fn", chunks: [16]) }
+    }
+
+    /// A create killed mid-stream leaves no name and nothing gc cannot remove.
+    @Test func killedCreateLeavesNoImage() throws {
+        let dir = try TemporaryDirectory("killed")
+        defer { dir.remove() }
+        let store = dir.file("store")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Command.binary("catalyzer"))
+        process.arguments = ["image", "create", "--store", store, "--from", "-", "--name", "half", "--chunk-size", "64K"]
+        let input = Pipe()
+        process.standardInput = input
+        try process.run()
+        input.fileHandleForWriting.write(Data(try Fixtures.random(6 << 20)))
+        // Let it store some chunk blobs, then kill it while it waits for the rest of its input.
+        var blobs: [String] = []
+        for _ in 0..<200 where blobs.count < 10 {
+            usleep(10_000)
+            blobs = (try? FileManager.default.contentsOfDirectory(atPath: store + "/blobs/sha256")) ?? []
+        }
+        #expect(blobs.count >= 10, "the create stored no blobs before it was killed")
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        #expect(try ImageStore(root: store).names().isEmpty)
+        let collected = try ImageStore(root: store).gc()
+        #expect(collected.blobsRemoved >= 10 && collected.blobsKept == 0)
+    }
+
     @Test func concurrentCreatesAndGCNeverLoseABlob() throws {
         let dir = try TemporaryDirectory("concurrent")
         defer { dir.remove() }
