@@ -14,7 +14,7 @@ deps_only=false
 say() { printf '\033[1mbootstrap:\033[0m %s\n' "$*"; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 
-[[ $(id -u) -eq 0 ]] || die "run as root (it installs packages and a mount helper): sudo $0 $*"
+[[ $(id -u) -eq 0 ]] || { command -v sudo >/dev/null && exec sudo -E "$0" "$@"; echo "$0: run as root" >&2; exit 1; }
 
 # Debian packages: build (C libraries for the shims), run (fuse3 for mount/umount),
 # test (busybox-static, gcc, fio, python3 for dumps and the guest rootfs, docker-registry, skopeo).

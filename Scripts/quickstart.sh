@@ -5,6 +5,7 @@
 # initialized python3 process (what a checkpoint captures), creates a compressed,
 # content-addressed image from it, inspects and verifies it, and exports it back byte for byte.
 set -euo pipefail
+[[ $(id -u) -eq 0 ]] || { command -v sudo >/dev/null && exec sudo -E "$0" "$@"; echo "$0: run as root" >&2; exit 1; }
 cd "$(dirname "$0")/.."
 Scripts/bootstrap.sh
 export PATH="/usr/local/bin:$PATH"
