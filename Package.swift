@@ -7,6 +7,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "catalyzer", targets: ["catalyzer"]),
+        .executable(name: "catalyzerfs", targets: ["catalyzerfs"]),
         .library(name: "CatalyzerImage", targets: ["CatalyzerImage"]),
     ],
     dependencies: [
@@ -17,6 +18,7 @@ let package = Package(
         // C libraries and shims: thin, no logic.
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .target(name: "CLinux"),
 
         // Image format, codecs and the content-addressed local store.
@@ -27,6 +29,8 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // The FUSE filesystem that serves image memory on first touch.
+        .target(name: "CatalyzerFS", dependencies: ["CFuse3", "CatalyzerImage"]),
         // Benchmarks printed as tables by `catalyzer bench ...`.
         .target(name: "CatalyzerBench", dependencies: ["CatalyzerImage"]),
 
@@ -37,6 +41,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .executableTarget(name: "catalyzerfs", dependencies: ["CatalyzerFS", "CatalyzerImage"]),
 
         // Helpers shared by the test targets: running binaries, temp dirs, device checks.
         .target(name: "CatalyzerTestSupport", path: "Tests/Support"),
@@ -45,6 +50,10 @@ let package = Package(
         .testTarget(
             name: "CatalyzerImageTests",
             dependencies: ["CatalyzerImage", "CatalyzerBench", "CatalyzerTestSupport", "catalyzer"]
+        ),
+        .testTarget(
+            name: "CatalyzerFSTests",
+            dependencies: ["CatalyzerFS", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs"]
         ),
     ]
 )

@@ -1,0 +1,38 @@
+import CatalyzerImage
+import Glibc
+import Synchronization
+
+/// One image version as the filesystem serves it: the opened image, its inode numbers and the
+/// statistics of its name.
+final class ImageNode: Sendable {
+    let image: Image
+    let slot: Int
+    let statistics: ImageStatistics
+    /// When the mount first saw this version: the files' mtime, constant so the kernel never
+    /// drops the page cache because attributes changed.
+    let firstSeen: timespec
+    /// Set by the first open of `memory` that starts working-set prefetch.
+    let prefetchStarted = Atomic<Bool>(false)
+
+    init(image: Image, slot: Int, statistics: ImageStatistics) {
+        self.image = image
+        self.slot = slot
+        self.statistics = statistics
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        firstSeen = now
+    }
+
+    var directoryInode: UInt64 { InodeNumber.directory(slot: slot) }
+
+    func inode(_ file: ImageFile) -> UInt64 { directoryInode + file.inodeOffset }
+
+    /// Size of `file` as `stat` reports it.
+    func size(_ file: ImageFile) -> Int64 {
+        switch file {
+        case .memory: image.config.memorySize
+        case .state: image.config.state.size
+        case .manifest: Int64(image.manifestBytes.count)
+        }
+    }
+}
