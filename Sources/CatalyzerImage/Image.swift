@@ -116,30 +116,48 @@ public final class Image: Sendable {
         try store.readVerifiedBlob(manifest.config.digest, size: manifest.config.size, image: name, role: "config")
     }
 
-    /// Writes the whole guest memory, zeros included, to `path` (a sparse file where chunks are
-    /// zero). Every chunk is verified; on error the partial file is removed.
+    /// Writes the whole guest memory, zeros included, to `path`: a sparse file where chunks are
+    /// zero, or, for `-` or a path that is not a regular file (a pipe), a plain stream. Every
+    /// chunk is verified; on error a partial regular file is removed.
     public func export(to path: String) throws(ImageError) {
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let toStandardOutput = path == "-"
+        let fd = toStandardOutput ? STDOUT_FILENO : Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .io(operation: "create", path: path, errno: errno) }
+        var info = stat()
+        let regular = fstat(fd, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG
         var failure: ImageError?
         do throws(ImageError) {
-            guard ftruncate(fd, off_t(config.memorySize)) == 0 else {
-                throw ImageError.io(operation: "truncate", path: path, errno: errno)
-            }
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: config.chunkSize, alignment: 4096)
-            defer { buffer.deallocate() }
-            for entry in config.chunks {
-                let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<config.chunkLength(entry.index)])
-                try readChunk(entry.index, into: chunk)
-                try FileIO.pwrite(fd, UnsafeRawBufferPointer(chunk), at: Int64(entry.index) * Int64(config.chunkSize), path: path)
-            }
+            if regular { try exportSparse(fd, path: path) } else { try exportStream(fd, path: path) }
         } catch {
             failure = error
         }
-        if close(fd) != 0 && failure == nil { failure = .io(operation: "close", path: path, errno: errno) }
+        if !toStandardOutput && close(fd) != 0 && failure == nil { failure = .io(operation: "close", path: path, errno: errno) }
         if let failure {
-            unlink(path)
+            if regular && !toStandardOutput { unlink(path) }
             throw failure
+        }
+    }
+
+    private func exportSparse(_ fd: Int32, path: String) throws(ImageError) {
+        guard ftruncate(fd, off_t(config.memorySize)) == 0 else {
+            throw .io(operation: "truncate", path: path, errno: errno)
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: config.chunkSize, alignment: 4096)
+        defer { buffer.deallocate() }
+        for entry in config.chunks {
+            let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<config.chunkLength(entry.index)])
+            try readChunk(entry.index, into: chunk)
+            try FileIO.pwrite(fd, UnsafeRawBufferPointer(chunk), at: Int64(entry.index) * Int64(config.chunkSize), path: path)
+        }
+    }
+
+    private func exportStream(_ fd: Int32, path: String) throws(ImageError) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: config.chunkSize, alignment: 4096)
+        defer { buffer.deallocate() }
+        for index in 0..<config.chunkCount {
+            let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<config.chunkLength(index)])
+            try readChunk(index, into: chunk)
+            try FileIO.write(fd, UnsafeRawBufferPointer(chunk), path: path)
         }
     }
 }

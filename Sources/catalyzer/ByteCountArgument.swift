@@ -10,5 +10,8 @@ struct ByteCountArgument: ExpressibleByArgument, Sendable {
         self.bytes = bytes
     }
 
+    /// How `--help` shows a default: `256 KiB`, not the struct.
+    var defaultValueDescription: String { ByteCount.format(bytes) }
+
     static var defaultCompletionKind: CompletionKind { .default }
 }

@@ -194,7 +194,7 @@ struct ImageCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Write an image's full guest memory, zeros included, to a file.")
         @Argument(help: "The image name.") var name: String
-        @Argument(help: "The output file.") var file: String
+        @Argument(help: "The output file, or - for standard output.") var file: String
         @OptionGroup var storeOptions: StoreOptions
 
         func run() throws {

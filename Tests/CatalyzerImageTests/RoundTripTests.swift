@@ -61,6 +61,11 @@ import Testing
         #expect(exported.status == 0, "\(exported)")
         #expect(try Fixtures.read(dir.file("out.mem")) == Fixtures.read(input))
 
+        // Exported to a pipe, the stream is the same bytes.
+        let streamed = try Command.run("bash", ["-c", "set -o pipefail; \"$0\" image export --store \"$1\" fn - | sha256sum", Command.binary("catalyzer"), store])
+        let expected = try Command.run("sha256sum", [], stdin: Data(try Fixtures.read(input)))
+        #expect(streamed.status == 0 && streamed.stdout == expected.stdout, "\(streamed)")
+
         // CATALYZER_STORE selects the store when --store is absent.
         let viaEnvironment = try Command.run(Command.binary("catalyzer"), ["image", "verify", "fn"], environment: ["CATALYZER_STORE": store])
         #expect(viaEnvironment.status == 0 && viaEnvironment.stdout.contains("fn: ok"), "\(viaEnvironment)")
