@@ -19,6 +19,7 @@ let package = Package(
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .target(name: "CKVM"),
         .target(name: "CLinux"),
 
         // Image format, codecs and the content-addressed local store.
@@ -31,13 +32,17 @@ let package = Package(
         ),
         // The FUSE filesystem that serves image memory on first touch.
         .target(name: "CatalyzerFS", dependencies: ["CFuse3", "CatalyzerImage"]),
+        // /dev/kvm: VM, vCPU, memory slots, long mode, trap stubs.
+        .target(name: "CatalyzerKVM", dependencies: ["CKVM"]),
+        // The Linux ABI served by the monitor: ELF loading, address space, files, syscalls.
+        .target(name: "CatalyzerKernel", dependencies: ["CatalyzerKVM"]),
         // Benchmarks printed as tables by `catalyzer bench ...`.
         .target(name: "CatalyzerBench", dependencies: ["CatalyzerImage"]),
 
         .executableTarget(
             name: "catalyzer",
             dependencies: [
-                "CatalyzerImage", "CatalyzerBench",
+                "CatalyzerImage", "CatalyzerBench", "CatalyzerKernel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -51,6 +56,7 @@ let package = Package(
             name: "CatalyzerImageTests",
             dependencies: ["CatalyzerImage", "CatalyzerBench", "CatalyzerTestSupport", "catalyzer"]
         ),
+        .testTarget(name: "CatalyzerKernelTests", dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM"]),
         .testTarget(
             name: "CatalyzerFSTests",
             dependencies: ["CatalyzerFS", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs"]

@@ -100,6 +100,12 @@ struct ReadTests {
             m[0] = 1  # a private write, as a restored sandbox makes
             print(total)
             """
+        // Hold the file open between the two mappings, as a monitor keeps its images open. FUSE
+        // evicts an inode, page cache and all, as soon as nothing references it (its
+        // drop_inode is generic_delete_inode), and an unreferenced dentry may be pruned at any time.
+        let pin = open(fixture.path("fn/memory"), O_RDONLY)
+        try #require(pin >= 0, "open fn/memory: errno \(errno)")
+        defer { close(pin) }
         let first = try Command.run("python3", ["-c", touch, fixture.path("fn/memory")])
         try #require(first.status == 0, "python3 must run to map the file: \(first)")
         let afterFirst = try fixture.statistics(of: "fn")

@@ -1,0 +1,110 @@
+import CKVM
+import Glibc
+
+/// Guest RAM: one memfd mapped shared into the monitor, registered as a single KVM memory slot at
+/// guest-physical address 0. Being a memfd, it can later be mapped `MAP_PRIVATE` into another VM (sfork).
+public final class GuestMemory {
+    public static let pageSize = 4096
+
+    /// The memfd holding the guest's physical memory.
+    public let fd: Int32
+    public let size: Int
+    /// The monitor's view of guest-physical address 0.
+    public let base: UnsafeMutableRawPointer
+
+    public init(size: Int, name: String = "catalyzer-guest-ram") throws {
+        precondition(size > 0 && size % GuestMemory.pageSize == 0, "guest memory must be whole pages")
+        let fd = ckvm_memfd_create(name)
+        guard fd >= 0 else { throw KVMError("memfd_create") }
+        guard ftruncate(fd, off_t(size)) == 0 else {
+            let error = KVMError("ftruncate guest memory")
+            close(fd)
+            throw error
+        }
+        guard let mapping = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapping != MAP_FAILED else {
+            let error = KVMError("mmap guest memory")
+            close(fd)
+            throw error
+        }
+        self.fd = fd
+        self.size = size
+        self.base = mapping
+    }
+
+    deinit {
+        munmap(base, size)
+        close(fd)
+    }
+
+    /// A new guest RAM with the same contents (fork). Only the memfd's data extents are copied
+    /// (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`), so untouched memory costs nothing.
+    public func copy() throws -> GuestMemory {
+        let copy = try GuestMemory(size: size)
+        var offset: off_t = 0
+        while offset < off_t(size) {
+            let dataStart = lseek(fd, offset, 3 /* SEEK_DATA */)
+            guard dataStart >= 0 else { break }  // ENXIO: no data after offset
+            let dataEnd = min(lseek(fd, dataStart, 4 /* SEEK_HOLE */), off_t(size))
+            var from = Int64(dataStart), to = Int64(dataStart)
+            while from < Int64(dataEnd) {
+                let copied = chost_copy_file_range(fd, &from, copy.fd, &to, Int(Int64(dataEnd) - from))
+                guard copied > 0 else { throw KVMError("copy_file_range guest memory") }
+            }
+            offset = dataEnd
+        }
+        return copy
+    }
+
+    /// The monitor's pointer to guest-physical `address`; the caller keeps `address + length` in range.
+    @inline(__always)
+    public func pointer(_ address: UInt64) -> UnsafeMutableRawPointer {
+        precondition(address < UInt64(size), "guest-physical address out of range")
+        return base + Int(address)
+    }
+
+    public func load<T: FixedWidthInteger>(_ type: T.Type, at address: UInt64) -> T {
+        precondition(address + UInt64(MemoryLayout<T>.size) <= UInt64(size))
+        return pointer(address).loadUnaligned(as: T.self)
+    }
+
+    public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) {
+        precondition(address + UInt64(MemoryLayout<T>.size) <= UInt64(size))
+        pointer(address).storeBytes(of: value, as: T.self)
+    }
+
+    public func write(_ bytes: [UInt8], at address: UInt64) {
+        precondition(address + UInt64(bytes.count) <= UInt64(size))
+        bytes.withUnsafeBytes { pointer(address).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    }
+
+    /// Sorted page addresses grouped into runs of adjacent pages, for batching host calls.
+    public static func contiguousRuns(_ pages: [UInt64]) -> [(start: UInt64, count: Int)] {
+        var runs: [(start: UInt64, count: Int)] = []
+        for page in pages.sorted() {
+            if let last = runs.last, last.start + UInt64(last.count * pageSize) == page {
+                runs[runs.count - 1].count += 1
+            } else {
+                runs.append((page, 1))
+            }
+        }
+        return runs
+    }
+
+    /// Makes KVM forget every guest translation to these pages while keeping their contents: the shared
+    /// mapping's host PTEs are dropped (`MADV_DONTNEED`), the MMU notifier zaps KVM's shadow entries, and
+    /// the next guest access re-walks the guest page tables. Needed after the monitor removes or
+    /// narrows a guest mapping, because its own writes to guest page tables are invisible to KVM.
+    public func dropTranslations(pageAt address: UInt64, count: Int = 1) {
+        madvise(pointer(address), count * GuestMemory.pageSize, MADV_DONTNEED)
+    }
+
+    /// Zeroes whole pages and gives their host memory back (`FALLOC_FL_PUNCH_HOLE`), so freed guest
+    /// pages cost the host nothing and read as zero when reused. Like `dropTranslations`, this also
+    /// removes KVM's stale translations to them.
+    public func discard(pageAt address: UInt64, count: Int = 1) {
+        let length = off_t(count * GuestMemory.pageSize)
+        if ckvm_punch_hole(fd, off_t(address), length) != 0 {
+            memset(pointer(address), 0, Int(length))
+        }
+    }
+}

@@ -1,0 +1,45 @@
+/// Hands out 4 KiB guest-physical pages from guest RAM above the system area. Every page it returns
+/// reads as zero: fresh memfd pages are zero and freed pages are discarded (hole-punched) before reuse.
+/// The memfd's size is the guest's memory cap, so running out is the guest's ENOMEM, never host OOM.
+public final class PhysicalPageAllocator {
+    private let memory: GuestMemory
+    private var nextUnused: UInt64
+    private var freed: [UInt64] = []
+
+    public init(memory: GuestMemory, start: UInt64 = SystemLayout.firstFreePhysical) {
+        self.memory = memory
+        self.nextUnused = start
+    }
+
+    /// The same allocation state over `memory`, a copy of this allocator's memory (fork).
+    public init(copying other: PhysicalPageAllocator, memory: GuestMemory) {
+        self.memory = memory
+        self.nextUnused = other.nextUnused
+        self.freed = other.freed
+    }
+
+    /// A zeroed page's guest-physical address, or nil when guest RAM is exhausted.
+    public func allocate() -> UInt64? {
+        let page: UInt64
+        if let reused = freed.popLast() {
+            page = reused
+        } else if nextUnused + UInt64(GuestMemory.pageSize) <= UInt64(memory.size) {
+            page = nextUnused
+            nextUnused += UInt64(GuestMemory.pageSize)
+        } else {
+            return nil
+        }
+        return page
+    }
+
+    /// Returns a page; its contents are discarded, which also drops KVM's translations to it.
+    public func free(_ page: UInt64) {
+        free([page])
+    }
+
+    /// Returns pages, discarding each contiguous run with one host call.
+    public func free(_ pages: [UInt64]) {
+        for run in GuestMemory.contiguousRuns(pages) { memory.discard(pageAt: run.start, count: run.count) }
+        freed.append(contentsOf: pages)
+    }
+}

@@ -1,0 +1,228 @@
+import CKVM
+import Glibc
+import Synchronization
+
+/// Why `VCPU.run()` returned.
+public enum VCPUExit: Equatable {
+    /// The guest wrote to an I/O port (`out`): the trap stubs exit this way.
+    case portWrite(port: UInt16)
+    /// The guest accessed guest-physical memory outside every memory slot (the syscall doorbell).
+    case mmio(address: UInt64, isWrite: Bool)
+    case halt
+    /// A triple fault or similar: the guest is unrecoverable.
+    case shutdown
+    /// `KVM_RUN` was interrupted by `VCPU.requestExit()`.
+    case interrupted
+    case internalError(suberror: UInt32)
+    case failEntry(reason: UInt64)
+    case other(reason: UInt32)
+}
+
+/// One virtual CPU: its fd, its `kvm_run` page and the register ioctls.
+public final class VCPU {
+    public let fd: Int32
+    private let runPage: UnsafeMutablePointer<kvm_run>
+    private let runSize: Int
+    /// Lets another thread kick this vCPU out of `KVM_RUN` (see `requestExit`).
+    public let exitRequester: ExitRequester
+
+    /// `exitRequester` is shared when several vCPUs make up one sandbox (a forked process runs in its
+    /// own VM but must stop with the sandbox); nil creates a new one.
+    init(vmFD: Int32, id: UInt, runSize: Int, exitRequester: ExitRequester?) throws {
+        let fd = try check("KVM_CREATE_VCPU") { ckvm_create_vcpu(vmFD, id) }
+        guard let mapping = mmap(nil, runSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapping != MAP_FAILED else {
+            let error = KVMError("mmap kvm_run")
+            close(fd)
+            throw error
+        }
+        self.fd = fd
+        self.runSize = runSize
+        self.runPage = mapping.assumingMemoryBound(to: kvm_run.self)
+        self.exitRequester = exitRequester ?? ExitRequester()
+        self.exitRequester.attach(runPage: mapping)
+    }
+
+    deinit {
+        exitRequester.detach(runPage: runPage)
+        munmap(runPage, runSize)
+        close(fd)
+    }
+
+    /// Whether registers travel in the `kvm_run` page (KVM_CAP_SYNC_REGS) instead of by ioctl: KVM
+    /// stores them there on every exit and loads the staged ones on entry, saving up to four ioctls
+    /// per trap.
+    public private(set) var synchronizesRegisters = false
+
+    /// Turns on register synchronization through `kvm_run` if KVM supports it for REGS and SREGS.
+    public func enableRegisterSynchronization(kvm: KVM) {
+        let wanted = UInt64(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
+        guard UInt64(ckvm_check_extension(kvm.fd, KVM_CAP_SYNC_REGS)) & wanted == wanted else { return }
+        ckvm_run_set_sync_valid(runPage, wanted)
+        synchronizesRegisters = true
+    }
+
+    /// Registers for the next entry: staged in `kvm_run` when synchronizing, else set by ioctl now.
+    public func stageRegisters(_ regs: kvm_regs) throws {
+        guard synchronizesRegisters else { return try setRegisters(regs) }
+        ckvm_run_sync_regs(runPage).pointee = regs
+        pendingSyncMask |= UInt64(KVM_SYNC_X86_REGS)
+    }
+
+    public func stageSpecialRegisters(_ sregs: kvm_sregs) throws {
+        guard synchronizesRegisters else { return try setSpecialRegisters(sregs) }
+        ckvm_run_sync_sregs(runPage).pointee = sregs
+        pendingSyncMask |= UInt64(KVM_SYNC_X86_SREGS)
+    }
+
+    /// Registers as of the last exit.
+    public func exitRegisters() throws -> kvm_regs {
+        synchronizesRegisters ? ckvm_run_sync_regs(runPage).pointee : try registers()
+    }
+
+    public func exitSpecialRegisters() throws -> kvm_sregs {
+        synchronizesRegisters ? ckvm_run_sync_sregs(runPage).pointee : try specialRegisters()
+    }
+
+    private var pendingSyncMask: UInt64 = 0
+
+    /// Runs the guest until its next exit to the monitor.
+    public func run() throws -> VCPUExit {
+        if exitRequester.isExitRequested { return .interrupted }
+        if pendingSyncMask != 0 {
+            ckvm_run_set_sync_dirty(runPage, pendingSyncMask)
+            pendingSyncMask = 0
+        }
+        if ckvm_run(fd) != 0 {
+            if errno == EINTR || errno == EAGAIN { return .interrupted }
+            throw KVMError("KVM_RUN")
+        }
+        let reason = ckvm_run_exit_reason(runPage)
+        switch Int32(reason) {
+        case KVM_EXIT_IO:
+            return .portWrite(port: ckvm_run_io_port(runPage))
+        case KVM_EXIT_MMIO:
+            return .mmio(address: ckvm_run_mmio_address(runPage), isWrite: ckvm_run_mmio_is_write(runPage) != 0)
+        case KVM_EXIT_HLT: return .halt
+        case KVM_EXIT_SHUTDOWN: return .shutdown
+        case KVM_EXIT_INTR: return .interrupted
+        case KVM_EXIT_INTERNAL_ERROR: return .internalError(suberror: ckvm_run_internal_suberror(runPage))
+        case KVM_EXIT_FAIL_ENTRY: return .failEntry(reason: ckvm_run_fail_entry_reason(runPage))
+        default: return .other(reason: reason)
+        }
+    }
+
+    public func registers() throws -> kvm_regs {
+        var regs = kvm_regs()
+        try check("KVM_GET_REGS") { ckvm_get_regs(fd, &regs) }
+        return regs
+    }
+
+    public func setRegisters(_ regs: kvm_regs) throws {
+        var regs = regs
+        try check("KVM_SET_REGS") { ckvm_set_regs(fd, &regs) }
+    }
+
+    public func specialRegisters() throws -> kvm_sregs {
+        var sregs = kvm_sregs()
+        try check("KVM_GET_SREGS") { ckvm_get_sregs(fd, &sregs) }
+        return sregs
+    }
+
+    public func setSpecialRegisters(_ sregs: kvm_sregs) throws {
+        var sregs = sregs
+        try check("KVM_SET_SREGS") { ckvm_set_sregs(fd, &sregs) }
+    }
+
+    public func setMSR(_ index: UInt32, _ value: UInt64) throws {
+        try check("KVM_SET_MSRS \(String(index, radix: 16))") { ckvm_set_msr(fd, index, value) }
+    }
+
+    public func setXCR0(_ value: UInt64) throws {
+        try check("KVM_SET_XCRS") { ckvm_set_xcr0(fd, value) }
+    }
+
+    public func setCPUID(_ entries: [kvm_cpuid_entry2]) throws {
+        _ = try entries.withUnsafeBufferPointer { buffer in
+            try check("KVM_SET_CPUID2") { ckvm_set_cpuid2(fd, buffer.baseAddress, UInt32(buffer.count)) }
+        }
+    }
+}
+
+/// Signal handler for the vCPU kick signal: it only has to exist so `KVM_RUN` returns EINTR.
+private func ignoreKickSignal(_: Int32) {}
+
+/// Stops a sandbox's vCPUs from another thread (for timeouts): sets `immediate_exit` in each attached
+/// `kvm_run` page and signals the thread that runs the guest, so `KVM_RUN` or a blocking host call
+/// made for the guest returns EINTR. Once requested, the request stays set.
+public final class ExitRequester: Sendable {
+    /// SIGUSR2 is reserved for kicking the guest thread out of `KVM_RUN` and blocking host calls.
+    public static let kickSignal = SIGUSR2
+
+    private struct Target {
+        /// Addresses of the attached `kvm_run` pages (integers, so they are Sendable).
+        var runPages: Set<UInt> = []
+        /// The thread serving the guest, while it does.
+        var thread: pthread_t?
+    }
+
+    private let target = Mutex(Target())
+    private let requested = Atomic<Bool>(false)
+
+    public init() {
+        ExitRequester.installKickHandler()
+    }
+
+    public var isExitRequested: Bool { requested.load(ordering: .acquiring) }
+
+    /// Asks the guest to stop as soon as possible; its vCPUs then report `.interrupted`.
+    public func requestExit() {
+        requested.store(true, ordering: .releasing)
+        target.withLock { target in
+            for address in target.runPages {
+                if let page = UnsafeMutablePointer<kvm_run>(bitPattern: address) { ckvm_run_set_immediate_exit(page, 1) }
+            }
+            if let thread = target.thread { pthread_kill(thread, ExitRequester.kickSignal) }
+        }
+    }
+
+    /// Marks the calling thread as the one serving the guest until `unbindThread()`, and unblocks the
+    /// kick signal in it (thread pools such as Dispatch's start their threads with signals blocked).
+    public func bindCurrentThread() {
+        var kick = sigset_t()
+        sigemptyset(&kick)
+        sigaddset(&kick, ExitRequester.kickSignal)
+        pthread_sigmask(SIG_UNBLOCK, &kick, nil)
+        target.withLock { $0.thread = pthread_self() }
+    }
+
+    public func unbindThread() {
+        target.withLock { $0.thread = nil }
+    }
+
+    /// A vCPU's `kvm_run` page joins: a request sets its `immediate_exit` (also if already requested).
+    func attach(runPage: UnsafeMutableRawPointer) {
+        let address = UInt(bitPattern: runPage)
+        target.withLock { _ = $0.runPages.insert(address) }
+        if isExitRequested { ckvm_run_set_immediate_exit(runPage.assumingMemoryBound(to: kvm_run.self), 1) }
+    }
+
+    /// Called when a vCPU is destroyed: later requests must not touch its `kvm_run` page.
+    func detach(runPage: UnsafeMutableRawPointer) {
+        let address = UInt(bitPattern: runPage)
+        target.withLock { _ = $0.runPages.remove(address) }
+    }
+
+    private static let installed = Mutex(false)
+
+    private static func installKickHandler() {
+        installed.withLock { installed in
+            guard !installed else { return }
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = ignoreKickSignal
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = 0  // no SA_RESTART: blocking calls must return EINTR
+            sigaction(kickSignal, &action, nil)
+            installed = true
+        }
+    }
+}

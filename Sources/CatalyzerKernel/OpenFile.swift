@@ -1,0 +1,102 @@
+import Glibc
+
+/// An open file description: what an fd refers to, shared by `dup`ed fds.
+final class OpenFile {
+    enum Backing {
+        /// A host fd: a rootfs file or directory opened read-only, or one of the sandbox's stdio
+        /// streams. `owned` fds are closed when the description goes away.
+        case host(fd: Int32, owned: Bool)
+        case memory(MemoryNode)
+        /// One end of a pipe; which end is given by the access mode in `statusFlags`.
+        case pipe(Pipe)
+    }
+
+    let backing: Backing
+    /// The guest path it was opened by (for `*at` lookups relative to a directory fd, and fchdir).
+    let guestPath: String
+    /// `O_ACCMODE`, `O_APPEND`, `O_NONBLOCK` and the like, as given to open or F_SETFL.
+    var statusFlags: Int32
+    /// Position in a memory file, or index of the next entry of a memory directory.
+    var position = 0
+
+    init(backing: Backing, guestPath: String, statusFlags: Int32) {
+        self.backing = backing
+        self.guestPath = guestPath
+        self.statusFlags = statusFlags
+    }
+
+    deinit {
+        switch backing {
+        case .host(let fd, true): close(fd)
+        case .pipe(let pipe): pipe.close(writeEnd: isWritable)
+        default: break
+        }
+    }
+
+    var isReadable: Bool { statusFlags & O_ACCMODE != O_WRONLY }
+    var isWritable: Bool { statusFlags & O_ACCMODE != O_RDONLY }
+
+    var isDirectory: Bool {
+        switch backing {
+        case .memory(let node): return node.isDirectory
+        case .pipe: return false
+        case .host(let fd, _):
+            var status = stat()
+            return fstat(fd, &status) == 0 && status.st_mode & S_IFMT == S_IFDIR
+        }
+    }
+}
+
+/// The process's fd table: small integers to open file descriptions, plus close-on-exec bits.
+final class FileTable {
+    static let limit: Int32 = 1024
+    private var entries: [Int32: (file: OpenFile, closeOnExec: Bool)] = [:]
+
+    init() {}
+
+    /// A child's table: the same open file descriptions under the same numbers (fork).
+    init(copying other: FileTable) {
+        entries = other.entries
+    }
+
+    /// Closes the fds marked close-on-exec (execve).
+    func closeOnExecFiles() {
+        entries = entries.filter { !$0.value.closeOnExec }
+    }
+
+    func file(_ fd: Int32) throws(Errno) -> OpenFile {
+        guard let entry = entries[fd] else { throw Errno.EBADF }
+        return entry.file
+    }
+
+    func file(_ fd: UInt64) throws(Errno) -> OpenFile {
+        guard fd <= UInt64(Int32.max) else { throw Errno.EBADF }
+        return try file(Int32(fd))
+    }
+
+    func closeOnExec(_ fd: Int32) -> Bool { entries[fd]?.closeOnExec ?? false }
+
+    func setCloseOnExec(_ fd: Int32, _ value: Bool) throws(Errno) {
+        guard let entry = entries[fd] else { throw Errno.EBADF }
+        entries[fd] = (entry.file, value)
+    }
+
+    /// Installs `file` at the lowest free fd that is at least `minimum`.
+    func install(_ file: OpenFile, minimum: Int32 = 0, closeOnExec: Bool = false) throws(Errno) -> Int32 {
+        var fd = minimum
+        while entries[fd] != nil { fd += 1 }
+        guard fd < Self.limit else { throw Errno.EMFILE }
+        entries[fd] = (file, closeOnExec)
+        return fd
+    }
+
+    /// Installs `file` at exactly `fd`, closing what was there (dup2 semantics).
+    func install(_ file: OpenFile, at fd: Int32, closeOnExec: Bool) throws(Errno) {
+        guard fd >= 0, fd < Self.limit else { throw Errno.EBADF }
+        entries[fd] = (file, closeOnExec)
+    }
+
+    func close(_ fd: Int32) throws(Errno) {
+        guard entries.removeValue(forKey: fd) != nil else { throw Errno.EBADF }
+    }
+}

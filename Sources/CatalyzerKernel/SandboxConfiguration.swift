@@ -1,0 +1,53 @@
+/// What to run in a sandbox and with which limits.
+public struct SandboxConfiguration: Sendable {
+    /// Host directory that becomes the guest's read-only `/`.
+    public var rootDirectory: String
+    /// Guest RAM in bytes: the hard cap on everything the program and its page tables use.
+    public var memorySize: Int
+    /// The guest path of the program; resolved inside the rootfs.
+    public var programPath: String
+    /// argv, including argv[0].
+    public var arguments: [String]
+    /// envp entries, `KEY=VALUE`.
+    public var environment: [String]
+    /// Print every syscall with its arguments and result to stderr.
+    public var traceSyscalls: Bool
+    /// The guest's initial working directory.
+    public var workingDirectory = "/"
+    /// Host fds that become the guest's stdin, stdout and stderr (the monitor's own by default).
+    public var standardStreams: [Int32] = [0, 1, 2]
+
+    public init(rootDirectory: String, memorySize: Int = 256 << 20, programPath: String, arguments: [String],
+                environment: [String] = [], traceSyscalls: Bool = false) {
+        self.rootDirectory = rootDirectory
+        self.memorySize = memorySize
+        self.programPath = programPath
+        self.arguments = arguments
+        self.environment = environment
+        self.traceSyscalls = traceSyscalls
+    }
+}
+
+/// How a sandboxed program ended.
+public enum SandboxExit: Equatable, Sendable {
+    case exited(status: Int32)
+    /// Killed by a signal, as Linux would (e.g. SIGSEGV on an unresolvable fault).
+    case killed(signal: Int32, reason: String)
+    /// Stopped by the monitor after the timeout.
+    case timedOut
+
+    /// The shell-style exit status catalyzer reports: the status, 128+signal, or 124 on timeout.
+    public var status: Int32 {
+        switch self {
+        case .exited(let status): return status
+        case .killed(let signal, _): return 128 + signal
+        case .timedOut: return 124
+        }
+    }
+}
+
+/// The user and group the program runs as (root inside its own sandbox, like a container).
+struct Credentials {
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+}

@@ -1,0 +1,374 @@
+import CKVM
+import Glibc
+
+/// File I/O syscalls: open, close, read and write in their variants, lseek, stat, ioctl, fcntl, dup.
+extension Kernel {
+    /// Upper bound on bytes moved by one read/write call; larger requests complete partially, as
+    /// Linux allows, so one call never pins unbounded monitor memory.
+    static let maximumTransfer = 16 << 20
+
+    func sysOpen(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        try openFile(dirfd: AT_FDCWD, pathAddress: a[0], flags: a.int32(1), mode: a.uint32(2))
+    }
+
+    func sysOpenat(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        try openFile(dirfd: a.int32(0), pathAddress: a[1], flags: a.int32(2), mode: a.uint32(3))
+    }
+
+    private func openFile(dirfd: Int32, pathAddress: UInt64, flags: Int32, mode: UInt32) throws(Errno) -> UInt64 {
+        let path = try space.readCString(pathAddress)
+        guard !path.isEmpty else { throw Errno.ENOENT }
+        let file = try filesystem.open(try absolutePath(path, relativeTo: dirfd), flags: flags,
+                                       mode: mode & ~fileCreationMask)
+        return UInt64(try files.install(file, closeOnExec: flags & O_CLOEXEC != 0))
+    }
+
+    func sysClose(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        try files.close(a.int32(0))
+        return 0
+    }
+
+    func sysRead(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let file = try files.file(a[0])
+        return UInt64(try read(file, into: [(a[1], try a.length(2))], at: nil))
+    }
+
+    func sysPread(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let file = try files.file(a[0])
+        guard a.signed(3) >= 0 else { throw Errno.EINVAL }
+        return UInt64(try read(file, into: [(a[1], try a.length(2))], at: a.signed(3)))
+    }
+
+    func sysReadv(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let file = try files.file(a[0])
+        return UInt64(try read(file, into: try ioVectors(a[1], count: a[2]), at: nil))
+    }
+
+    func sysWrite(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let file = try files.file(a[0])
+        return UInt64(try write(file, from: [(a[1], try a.length(2))], at: nil))
+    }
+
+    func sysPwrite(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let file = try files.file(a[0])
+        guard a.signed(3) >= 0 else { throw Errno.EINVAL }
+        return UInt64(try write(file, from: [(a[1], try a.length(2))], at: a.signed(3)))
+    }
+
+    func sysWritev(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let file = try files.file(a[0])
+        return UInt64(try write(file, from: try ioVectors(a[1], count: a[2]), at: nil))
+    }
+
+    /// Reads a guest `struct iovec` array.
+    private func ioVectors(_ address: UInt64, count: UInt64) throws(Errno) -> [(UInt64, Int)] {
+        guard count <= 1024 else { throw Errno.EINVAL }
+        let bytes = try space.read(address, count: Int(count) * 16)
+        return (0..<Int(count)).map { index in
+            let base = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16, as: UInt64.self) }
+            let length = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16 + 8, as: UInt64.self) }
+            return (base, Int(clamping: min(length, UInt64(Self.maximumTransfer))))
+        }
+    }
+
+    /// Host buffers behind guest segments, trimmed to `maximumTransfer` bytes in total.
+    private func hostBuffers(_ segments: [(UInt64, Int)], access: AddressSpace.Access) throws(Errno) -> [iovec] {
+        var remaining = Self.maximumTransfer
+        var vectors: [iovec] = []
+        for (address, length) in segments where remaining > 0 && length > 0 {
+            let take = min(length, remaining)
+            for buffer in try space.hostBuffers(address, length: take, access: access) {
+                vectors.append(iovec(iov_base: buffer.baseAddress, iov_len: buffer.count))
+            }
+            remaining -= take
+        }
+        return vectors
+    }
+
+    /// Reads into guest memory; `access` is `.loader` when filling a private file mapping, whose
+    /// pages may be read-only to the program.
+    func read(_ file: OpenFile, into segments: [(UInt64, Int)], at offset: Int64?,
+              access: AddressSpace.Access = .write) throws(Errno) -> Int {
+        guard file.isReadable else { throw Errno.EBADF }
+        return try read(file, into: try hostBuffers(segments, access: access), at: offset)
+    }
+
+    func write(_ file: OpenFile, from segments: [(UInt64, Int)], at offset: Int64?) throws(Errno) -> Int {
+        guard file.isWritable else { throw Errno.EBADF }
+        return try write(file, from: try hostBuffers(segments, access: .read), at: offset)
+    }
+
+    /// Reads into host buffers (guest memory already translated, or a bounce buffer).
+    func read(_ file: OpenFile, into vectors: [iovec], at offset: Int64?) throws(Errno) -> Int {
+        guard !vectors.isEmpty else { return 0 }
+        switch file.backing {
+        case .host(let fd, _):
+            return try retryingHostCall {
+                vectors.withUnsafeBufferPointer { buffer in
+                    offset.map { preadv(fd, buffer.baseAddress, Int32(buffer.count), off_t($0)) }
+                        ?? readv(fd, buffer.baseAddress, Int32(buffer.count))
+                }
+            }
+        case .memory(let node):
+            guard case .file(let data) = node.content else { throw Errno.EISDIR }
+            var position = offset.map(Int.init) ?? file.position
+            var total = 0
+            for vector in vectors where position < data.count {
+                let count = min(vector.iov_len, data.count - position)
+                data.withUnsafeBytes { vector.iov_base!.copyMemory(from: $0.baseAddress! + position, byteCount: count) }
+                position += count
+                total += count
+            }
+            if offset == nil { file.position = position }
+            return total
+        case .pipe(let pipe):
+            guard offset == nil else { throw Errno.ESPIPE }
+            return vectors.reduce(0) { total, vector in
+                total + pipe.read(into: UnsafeMutableRawBufferPointer(start: vector.iov_base, count: vector.iov_len))
+            }
+        }
+    }
+
+    func write(_ file: OpenFile, from vectors: [iovec], at offset: Int64?) throws(Errno) -> Int {
+        guard !vectors.isEmpty else { return 0 }
+        switch file.backing {
+        case .host(let fd, _):
+            return try retryingHostCall {
+                vectors.withUnsafeBufferPointer { buffer in
+                    offset.map { pwritev(fd, buffer.baseAddress, Int32(buffer.count), off_t($0)) }
+                        ?? writev(fd, buffer.baseAddress, Int32(buffer.count))
+                }
+            }
+        case .memory(let node):
+            guard case .file(var data) = node.content else { throw Errno.EISDIR }
+            node.content = .file([])  // keep `data` uniquely referenced while editing
+            defer { node.content = .file(data) }
+            var position = offset.map(Int.init) ?? (file.statusFlags & O_APPEND != 0 ? data.count : file.position)
+            let length = vectors.reduce(0) { $0 + $1.iov_len }
+            guard position <= Int.max - length else { throw Errno.EFBIG }
+            try filesystem.tmp.charge(max(0, position + length - data.count))
+            var total = 0
+            for vector in vectors {
+                let bytes = UnsafeRawBufferPointer(start: vector.iov_base, count: vector.iov_len)
+                if position > data.count { data += [UInt8](repeating: 0, count: position - data.count) }
+                let overlap = min(bytes.count, data.count - position)
+                data.replaceSubrange(position..<position + overlap, with: bytes)
+                position += bytes.count
+                total += bytes.count
+            }
+            if offset == nil { file.position = position }
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            node.modified = now
+            return total
+        case .pipe(let pipe):
+            guard offset == nil else { throw Errno.ESPIPE }
+            var total = 0
+            for vector in vectors {
+                let written = pipe.write(UnsafeRawBufferPointer(start: vector.iov_base, count: vector.iov_len))
+                total += written
+                if written < vector.iov_len { break }
+            }
+            if total == 0 {
+                // No reader left, or a full pipe nobody can drain (children run one at a time):
+                // as for a write to a pipe without readers, SIGPIPE ends the writer unless the
+                // program changed SIGPIPE's disposition (handlers are not run: EPIPE only).
+                if handler(for: SIGPIPE) == 0 { kill(signal: SIGPIPE, reason: "write to a pipe without readers") }
+                throw Errno.EPIPE
+            }
+            return total
+        }
+    }
+
+    /// Runs a blocking host call for the guest; EINTR is retried unless the sandbox is being stopped.
+    func retryingHostCall(_ call: () -> Int) throws(Errno) -> Int {
+        while true {
+            let result = call()
+            if result >= 0 { return result }
+            if errno == EINTR && !exitRequester.isExitRequested { continue }
+            throw Errno.lastHostError
+        }
+    }
+
+    func sysLseek(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let file = try files.file(a[0])
+        let offset = a.signed(1), whence = a.int32(2)
+        switch file.backing {
+        case .host(let fd, _):
+            let result = lseek(fd, off_t(offset), whence)
+            guard result >= 0 else { throw Errno.lastHostError }
+            return UInt64(result)
+        case .pipe:
+            throw Errno.ESPIPE
+        case .memory(let node):
+            let base: Int64
+            switch whence {
+            case SEEK_SET: base = 0
+            case SEEK_CUR: base = Int64(file.position)
+            case SEEK_END: base = Int64(node.size)
+            default: throw Errno.EINVAL
+            }
+            let (position, overflow) = base.addingReportingOverflow(offset)
+            guard !overflow, position >= 0 else { throw Errno.EINVAL }
+            file.position = Int(position)
+            return UInt64(position)
+        }
+    }
+
+    func sysFstat(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        try space.storeStruct(try status(of: try files.file(a[0])), at: a[1])
+        return 0
+    }
+
+    func sysStat(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        try statPath(dirfd: AT_FDCWD, pathAddress: a[0], buffer: a[1], flags: 0)
+    }
+
+    func sysLstat(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        try statPath(dirfd: AT_FDCWD, pathAddress: a[0], buffer: a[1], flags: AT_SYMLINK_NOFOLLOW)
+    }
+
+    func sysNewfstatat(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        try statPath(dirfd: a.int32(0), pathAddress: a[1], buffer: a[2], flags: a.int32(3))
+    }
+
+    private func statPath(dirfd: Int32, pathAddress: UInt64, buffer: UInt64, flags: Int32) throws(Errno) -> UInt64 {
+        try space.storeStruct(try status(dirfd: dirfd, pathAddress: pathAddress, flags: flags), at: buffer)
+        return 0
+    }
+
+    /// The `*at` lookup shared by newfstatat and statx (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW).
+    func status(dirfd: Int32, pathAddress: UInt64, flags: Int32) throws(Errno) -> stat {
+        let path = try space.readCString(pathAddress)
+        if path.isEmpty {
+            guard flags & AT_EMPTY_PATH != 0 else { throw Errno.ENOENT }
+            return dirfd == AT_FDCWD
+                ? try filesystem.status(workingDirectory, followSymlinks: true)
+                : try status(of: try files.file(dirfd))
+        }
+        return try filesystem.status(try absolutePath(path, relativeTo: dirfd),
+                                     followSymlinks: flags & AT_SYMLINK_NOFOLLOW == 0)
+    }
+
+    /// statx(2): the same attributes as stat, in `struct statx` (no birth time).
+    func sysStatx(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let result = try status(dirfd: a.int32(0), pathAddress: a[1], flags: a.int32(2))
+        var bytes = [UInt8](repeating: 0, count: 256)
+        func put<T: FixedWidthInteger>(_ value: T, _ offset: Int) {
+            withUnsafeBytes(of: value.littleEndian) { bytes.replaceSubrange(offset..<offset + $0.count, with: $0) }
+        }
+        func device(_ dev: UInt) -> (UInt32, UInt32) {
+            (UInt32(truncatingIfNeeded: ((dev >> 8) & 0xFFF) | ((dev >> 32) & ~0xFFF)),
+             UInt32(truncatingIfNeeded: (dev & 0xFF) | ((dev >> 12) & ~0xFF)))
+        }
+        put(UInt32(0x7FF), 0)  // STATX_BASIC_STATS
+        put(UInt32(truncatingIfNeeded: result.st_blksize), 4)
+        put(UInt32(truncatingIfNeeded: result.st_nlink), 16)
+        put(result.st_uid, 20)
+        put(result.st_gid, 24)
+        put(UInt16(truncatingIfNeeded: result.st_mode), 28)
+        put(UInt64(result.st_ino), 32)
+        put(Int64(result.st_size), 40)
+        put(Int64(result.st_blocks), 48)
+        for (time, offset) in [(result.st_atim, 64), (result.st_ctim, 96), (result.st_mtim, 112)] {
+            put(Int64(time.tv_sec), offset)
+            put(UInt32(truncatingIfNeeded: time.tv_nsec), offset + 8)
+        }
+        let (rdevMajor, rdevMinor) = device(result.st_rdev), (devMajor, devMinor) = device(result.st_dev)
+        put(rdevMajor, 128)
+        put(rdevMinor, 132)
+        put(devMajor, 136)
+        put(devMinor, 140)
+        try space.write(bytes, to: a[4])
+        return 0
+    }
+
+    func status(of file: OpenFile) throws(Errno) -> stat {
+        switch file.backing {
+        case .host(let fd, _):
+            var result = stat()
+            guard fstat(fd, &result) == 0 else { throw Errno.lastHostError }
+            return result
+        case .memory(let node):
+            return node.status(device: MemoryFilesystem.device)
+        case .pipe(let pipe):
+            var result = stat()
+            result.st_mode = S_IFIFO | 0o600
+            result.st_nlink = 1
+            result.st_ino = UInt(pipe.inode)
+            result.st_blksize = 4096
+            return result
+        }
+    }
+
+    func sysIoctl(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let file = try files.file(a[0])
+        let request = UInt(truncatingIfNeeded: a[1])
+        // Only terminal queries on a host terminal are answered; everything else is not a tty.
+        let sizes: [UInt: Int] = [UInt(TCGETS): 36, UInt(TIOCGWINSZ): 8]
+        guard case .host(let fd, _) = file.backing, let size = sizes[request], isatty(fd) == 1 else {
+            throw Errno.ENOTTY
+        }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let result = buffer.withUnsafeMutableBytes { Glibc.ioctl(fd, request, $0.baseAddress!) }
+        guard result == 0 else { throw Errno.lastHostError }
+        try space.write(Array(buffer.prefix(size)), to: a[2])
+        return 0
+    }
+
+    func sysFcntl(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let fd = a.int32(0)
+        let file = try files.file(fd)
+        switch a.int32(1) {
+        case F_DUPFD, F_DUPFD_CLOEXEC:
+            guard a.int32(2) >= 0 else { throw Errno.EINVAL }
+            return UInt64(try files.install(file, minimum: a.int32(2), closeOnExec: a.int32(1) == F_DUPFD_CLOEXEC))
+        case F_GETFD:
+            return files.closeOnExec(fd) ? UInt64(FD_CLOEXEC) : 0
+        case F_SETFD:
+            try files.setCloseOnExec(fd, a.int32(2) & FD_CLOEXEC != 0)
+            return 0
+        case F_GETFL:
+            return UInt64(UInt32(bitPattern: file.statusFlags))
+        case F_SETFL:
+            let changeable = O_APPEND | O_NONBLOCK
+            file.statusFlags = (file.statusFlags & ~changeable) | (a.int32(2) & changeable)
+            return 0
+        default:
+            throw Errno.EINVAL
+        }
+    }
+
+    func sysDup(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        UInt64(try files.install(try files.file(a.int32(0))))
+    }
+
+    func sysDup2(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let file = try files.file(a.int32(0))
+        if a.int32(0) != a.int32(1) { try files.install(file, at: a.int32(1), closeOnExec: false) }
+        return UInt64(a.int32(1))
+    }
+
+    func sysDup3(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        guard a.int32(0) != a.int32(1), a.int32(2) & ~O_CLOEXEC == 0 else { throw Errno.EINVAL }
+        try files.install(try files.file(a.int32(0)), at: a.int32(1), closeOnExec: a.int32(2) & O_CLOEXEC != 0)
+        return UInt64(a.int32(1))
+    }
+
+    func sysSendfile(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let output = try files.file(a.int32(0)), input = try files.file(a.int32(1))
+        guard output.isWritable, input.isReadable else { throw Errno.EBADF }
+        let count = min(try a.length(3), 1 << 20)
+        guard count > 0 else { return 0 }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
+        defer { buffer.deallocate() }
+        let offset: Int64? = a[2] == 0 ? nil : try space.load(Int64.self, at: a[2])
+        let got = try read(input, into: [iovec(iov_base: buffer.baseAddress, iov_len: count)], at: offset)
+        var written = 0
+        while written < got {
+            written += try write(output, from: [iovec(iov_base: buffer.baseAddress! + written, iov_len: got - written)], at: nil)
+        }
+        if let offset { try space.store(offset &+ Int64(got), at: a[2]) }
+        return UInt64(got)
+    }
+}

@@ -1,0 +1,138 @@
+import CatalyzerKVM
+import Glibc
+
+/// Memory syscalls: brk, mmap (anonymous and private file mappings), munmap, mprotect, mremap.
+extension Kernel {
+    func sysBrk(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let requested = a[0]
+        guard requested >= space.breakStart, let newTop = Page.up(requested),
+              let oldTop = Page.up(space.breakEnd) else { return space.breakEnd }
+        if newTop > oldTop {
+            do throws(Errno) {
+                try space.map(oldTop, newTop, protection: .readWrite, name: "[heap]")
+            } catch {
+                return space.breakEnd  // Linux reports failure by returning the unchanged break
+            }
+        } else if newTop < oldTop {
+            space.unmap(newTop, oldTop)
+        }
+        space.breakEnd = requested
+        return requested
+    }
+
+    func sysMmap(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let hint = a[0], length = a[1], flags = a.int32(3), fd = a.int32(4), offset = a[5]
+        let protection = Protection(rawValue: a[2])
+        guard length > 0, let size = Page.up(length), Page.isAligned(offset),
+              protection.isSubset(of: [.read, .write, .execute]) else { throw Errno.EINVAL }
+        guard size < SystemLayout.userLimit else { throw Errno.ENOMEM }
+        let sharing = flags & MAP_TYPE
+        guard sharing == MAP_PRIVATE || sharing == MAP_SHARED || sharing == MAP_SHARED_VALIDATE else { throw Errno.EINVAL }
+        let anonymous = flags & MAP_ANONYMOUS != 0
+        var source: OpenFile?
+        if !anonymous {
+            let file = try files.file(fd)
+            guard file.isReadable else { throw Errno.EACCES }
+            // Writes through a shared file mapping would have to reach the file: not supported.
+            if sharing != MAP_PRIVATE && protection.contains(.write) { throw Errno.EACCES }
+            source = file
+        }
+
+        let start: UInt64
+        if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
+            guard Page.isAligned(hint), hint >= SystemLayout.userMinimum,
+                  hint <= SystemLayout.userLimit - size else { throw Errno.EINVAL }
+            if flags & MAP_FIXED_NOREPLACE != 0 && !space.isFree(hint, hint + size) { throw Errno.EEXIST }
+            space.unmap(hint, hint + size)
+            start = hint
+        } else if hint != 0, Page.isAligned(hint), hint <= SystemLayout.userLimit - size, space.isFree(hint, hint + size) {
+            start = hint
+        } else {
+            guard let free = space.findFree(length: size) else { throw Errno.ENOMEM }
+            start = free
+        }
+        try space.map(start, start + size, protection: protection, name: source?.guestPath ?? "anonymous")
+        if let source {
+            do throws(Errno) {
+                // A private file mapping is a copy of the file's bytes (bytes past EOF stay zero).
+                _ = try read(source, into: [(start, Int(size))], at: Int64(offset), access: .loader)
+            } catch {
+                space.unmap(start, start + size)
+                throw error
+            }
+        }
+        return start
+    }
+
+    func sysMunmap(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        guard a[1] > 0 else { throw Errno.EINVAL }
+        let (start, end) = try AddressSpace.userRange(a[0], length: a[1])
+        space.unmap(start, end)
+        return 0
+    }
+
+    func sysMprotect(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let (start, end) = try AddressSpace.userRange(a[0], length: a[1], error: Errno.ENOMEM)
+        let protection = Protection(rawValue: a[2] & ~0x0300_0000)  // ignore PROT_GROWSDOWN/UP
+        guard protection.isSubset(of: [.read, .write, .execute]) else { throw Errno.EINVAL }
+        if start == end { return 0 }
+        try space.protect(start, end, protection: protection)
+        return 0
+    }
+
+    func sysMremap(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let old = a[0], flags = a.int32(3)
+        guard flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED) == 0, a[2] > 0 else { throw Errno.EINVAL }
+        let (_, oldEnd) = try AddressSpace.userRange(old, length: a[1], error: Errno.EFAULT)
+        let (_, newEnd) = try AddressSpace.userRange(old, length: a[2], error: Errno.ENOMEM)
+        let oldSize = oldEnd - old, newSize = newEnd - old
+        guard let index = space.regionIndex(containing: old), space.regions[index].end >= old + oldSize else {
+            throw Errno.EFAULT
+        }
+        let region = space.regions[index]
+        if flags & MREMAP_FIXED != 0 {
+            let target = a[4]
+            guard flags & MREMAP_MAYMOVE != 0 else { throw Errno.EINVAL }
+            _ = try AddressSpace.userRange(target, length: newSize)
+            space.unmap(target, target + newSize)
+            return try moveMapping(old, oldSize: oldSize, newSize: newSize, to: target, region: region)
+        }
+        if newSize <= oldSize {
+            space.unmap(old + newSize, old + oldSize)
+            return old
+        }
+        if space.isFree(old + oldSize, old + newSize) {
+            try space.map(old + oldSize, old + newSize, protection: region.protection, name: region.name)
+            return old
+        }
+        guard flags & MREMAP_MAYMOVE != 0 else { throw Errno.ENOMEM }
+        guard let target = space.findFree(length: newSize) else { throw Errno.ENOMEM }
+        return try moveMapping(old, oldSize: oldSize, newSize: newSize, to: target, region: region)
+    }
+
+    private func moveMapping(_ old: UInt64, oldSize: UInt64, newSize: UInt64, to target: UInt64,
+                             region: MemoryRegion) throws(Errno) -> UInt64 {
+        let kept = min(oldSize, newSize)
+        if newSize > oldSize {
+            guard space.isFree(target + kept, target + newSize) else { throw Errno.ENOMEM }
+        }
+        try space.move(old, length: kept, to: target)
+        space.unmap(old, old + oldSize)
+        if newSize > kept {
+            try space.map(target + kept, target + newSize, protection: region.protection, name: region.name)
+        }
+        return target
+    }
+
+    /// Advice is ignored except MADV_DONTNEED, whose effect programs rely on: anonymous pages read
+    /// as zero afterwards. Their frames are freed and refilled with zero pages on the next touch.
+    func sysMadvise(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let (start, end) = try AddressSpace.userRange(a[0], length: a[1])
+        let dontNeed = 4
+        if Int(a.int32(2)) == dontNeed {
+            guard space.isFullyMapped(start, end) else { throw Errno.ENOMEM }
+            space.discardAnonymousPages(start, end)
+        }
+        return 0
+    }
+}

@@ -1,0 +1,65 @@
+import Glibc
+
+/// Clock syscalls, served from the host's clocks (so they stay fresh across restore and sfork).
+extension Kernel {
+    /// CLOCK_REALTIME, MONOTONIC, PROCESS/THREAD_CPUTIME, MONOTONIC_RAW, *_COARSE, BOOTTIME.
+    private static let clocks: Set<Int32> = [0, 1, 2, 3, 4, 5, 6, 7]
+
+    func sysClockGettime(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        guard Self.clocks.contains(a.int32(0)) else { throw Errno.EINVAL }
+        var now = timespec()
+        clock_gettime(clockid_t(a.int32(0)), &now)
+        try space.storeStruct(now, at: a[1])
+        return 0
+    }
+
+    func sysClockGetres(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        guard Self.clocks.contains(a.int32(0)) else { throw Errno.EINVAL }
+        if a[1] != 0 {
+            var resolution = timespec()
+            clock_getres(clockid_t(a.int32(0)), &resolution)
+            try space.storeStruct(resolution, at: a[1])
+        }
+        return 0
+    }
+
+    func sysGettimeofday(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        if a[0] != 0 {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            try space.storeStruct(timeval(tv_sec: now.tv_sec, tv_usec: now.tv_nsec / 1000), at: a[0])
+        }
+        if a[1] != 0 { try space.write([UInt8](repeating: 0, count: 8), to: a[1]) }  // struct timezone: UTC
+        return 0
+    }
+
+    func sysTime(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        if a[0] != 0 { try space.store(Int64(now.tv_sec), at: a[0]) }
+        return UInt64(now.tv_sec)
+    }
+
+    func sysNanosleep(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        try sleep(clock: CLOCK_MONOTONIC, flags: 0, request: a[0], remaining: a[1])
+    }
+
+    func sysClockNanosleep(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        guard Self.clocks.contains(a.int32(0)) else { throw Errno.EINVAL }
+        return try sleep(clock: clockid_t(a.int32(0)), flags: a.int32(1), request: a[2], remaining: a[3])
+    }
+
+    /// Sleeps on the host; a timeout's kick interrupts it, which ends the sandbox.
+    private func sleep(clock: clockid_t, flags: Int32, request: UInt64, remaining: UInt64) throws(Errno) -> UInt64 {
+        let duration = try space.loadStruct(timespec.self, at: request, zero: timespec())
+        guard duration.tv_sec >= 0, (0..<1_000_000_000).contains(duration.tv_nsec) else { throw Errno.EINVAL }
+        var left = timespec()
+        let result = clock_nanosleep(clock, flags, [duration], &left)
+        if result == EINTR {
+            if remaining != 0 && flags & TIMER_ABSTIME == 0 { try space.storeStruct(left, at: remaining) }
+            throw Errno.EINTR
+        }
+        guard result == 0 else { throw Errno(result) }
+        return 0
+    }
+}

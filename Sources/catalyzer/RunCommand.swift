@@ -1,0 +1,120 @@
+import ArgumentParser
+import CatalyzerImage
+import CatalyzerKernel
+import Dispatch
+import Glibc
+
+/// `catalyzer run`: a cold run of a static Linux x86-64 program in a KVM sandbox, the monitor as its
+/// kernel. stdio passes through; the program's exit status becomes catalyzer's.
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a static Linux x86-64 program in a KVM sandbox.",
+        discussion: """
+            The program runs in guest user mode; every syscall is served by the monitor from the \
+            read-only --rootfs (plus an in-memory writable /tmp). Exit status: the program's, \
+            128+N when killed by signal N (139 for a segfault), 124 on timeout.
+            """)
+
+    @Option(help: "Host directory that becomes the sandbox's read-only /.")
+    var rootfs: String
+
+    @Option(help: "Guest memory: the hard cap on what the program can use (e.g. 256M, 1G); /tmp gets as much again.")
+    var memory = "256M"
+
+    @Option(help: "Stop the program after this long (e.g. 500ms, 10s, 2m).")
+    var timeout = DurationArgument(argument: "10s")!
+
+    @Option(name: .customLong("env"), help: "Set an environment variable (KEY=VALUE); repeatable.")
+    var environment: [String] = []
+
+    @Flag(help: "Print every syscall with its arguments and result to stderr.")
+    var strace = false
+
+    @Argument(parsing: .postTerminator, help: "The program (a path inside the rootfs, or a name on its PATH) and its arguments.")
+    var command: [String]
+
+    func validate() throws {
+        guard !command.isEmpty else { throw ValidationError("missing PROGRAM after --") }
+        guard environment.allSatisfy({ $0.contains("=") }) else { throw ValidationError("--env takes KEY=VALUE") }
+        guard let bytes = ByteCount.parse(memory), bytes >= 1 << 20, bytes % 4096 == 0 else {
+            throw ValidationError("--memory must be a size of at least 1M and a multiple of 4K")
+        }
+    }
+
+    func run() throws {
+        var environment = environment
+        if !environment.contains(where: { $0.hasPrefix("PATH=") }) {
+            environment.insert("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", at: 0)
+        }
+        let program = Self.resolveProgram(command[0], rootfs: rootfs, environment: environment)
+        let configuration = SandboxConfiguration(
+            rootDirectory: rootfs, memorySize: Int(ByteCount.parse(memory) ?? 0), programPath: program, arguments: command,
+            environment: environment, traceSyscalls: strace)
+        let kernel: Kernel
+        do {
+            kernel = try Kernel(configuration: configuration)
+        } catch {
+            Self.report("cannot start \(command[0]): \(error)")
+            throw ExitCode(127)
+        }
+        let exitRequester = kernel.exitRequester
+        // A queue of its own: it must fire even when every pool thread is busy.
+        DispatchQueue(label: "catalyzer-run-timeout").asyncAfter(deadline: .now() + .nanoseconds(Int(timeout.nanoseconds))) {
+            exitRequester.requestExit()
+        }
+        let exit: SandboxExit
+        do {
+            exit = try kernel.run()
+        } catch {
+            Self.report("sandbox failed: \(error)")
+            throw ExitCode(125)
+        }
+        if strace && !kernel.unimplementedSyscalls.isEmpty {
+            let list = kernel.unimplementedSyscalls.sorted { $0.key < $1.key }.map { "\($0.key)×\($0.value)" }
+            Self.report("unimplemented syscalls (ENOSYS): " + list.joined(separator: ", "))
+        }
+        switch exit {
+        case .exited: break
+        case .killed(let signal, let reason):
+            Self.report("program killed by \(Self.signalName(signal)): \(reason)")
+        case .timedOut:
+            Self.report("timed out after \(timeout.description); sandbox stopped")
+        }
+        throw ExitCode(exit.status)
+    }
+
+    /// A bare name is looked up on the guest's PATH inside the rootfs, as a shell would.
+    private static func resolveProgram(_ name: String, rootfs: String, environment: [String]) -> String {
+        guard !name.contains("/") else { return name.hasPrefix("/") ? name : "/" + name }
+        let path = environment.last { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) } ?? ""
+        for directory in path.split(separator: ":") where access(rootfs + "/" + directory + "/" + name, X_OK) == 0 {
+            return directory + "/" + name
+        }
+        return "/" + name
+    }
+
+    private static func signalName(_ signal: Int32) -> String {
+        let names: [Int32: String] = [SIGSEGV: "SIGSEGV", SIGILL: "SIGILL", SIGFPE: "SIGFPE", SIGBUS: "SIGBUS",
+                                      SIGABRT: "SIGABRT", SIGTRAP: "SIGTRAP", SIGKILL: "SIGKILL"]
+        return names[signal] ?? "signal \(signal)"
+    }
+
+    private static func report(_ message: String) {
+        let bytes = Array("catalyzer: \(message)\n".utf8)
+        _ = bytes.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    }
+}
+
+/// A duration argument such as `500ms`, `10s`, `2m` or a plain number of seconds.
+struct DurationArgument: ExpressibleByArgument, Sendable, CustomStringConvertible {
+    let nanoseconds: UInt64
+    let description: String
+
+    init?(argument: String) {
+        let units: [(String, Double)] = [("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
+        let unit = units.first { argument.hasSuffix($0.0) } ?? ("", 1e9)
+        guard let value = Double(argument.dropLast(unit.0.count)), value > 0, value < 1e6 else { return nil }
+        nanoseconds = UInt64(value * unit.1)
+        description = argument
+    }
+}
