@@ -26,30 +26,24 @@ struct BenchCommand: ParsableCommand {
 
         func run() throws {
             try Output.run {
-                var input = from
-                var dumped: String?
-                if input == nil {
-                    let path = workDir + "/catalyzer-bench-python-\(getpid()).mem"
-                    let bytes = try ProcessMemory.dumpPython(to: path)
-                    Output.err("bench: dumped \(ByteCount.format(bytes)) of python3 memory")
-                    input = path
-                    dumped = path
-                }
-                defer { if let dumped { unlink(dumped) } }
-                var benchmark = ImageBenchmark(input: input!)
-                benchmark.runs = max(1, runs)
-                benchmark.workDirectory = workDir
-                benchmark.chunkSizes = try chunkSizes.split(separator: ",").map {
+                let sizes = try chunkSizes.split(separator: ",").map {
                     guard let size = ByteCount.parse(String($0)) else { throw ValidationError("bad chunk size '\($0)'") }
                     return Int(size)
                 }
-                benchmark.codecs = try codecs.split(separator: ",").map {
+                let codecList = try codecs.split(separator: ",").map {
                     guard let codec = Codec(rawValue: String($0)) else { throw ValidationError("unknown codec '\($0)'") }
                     return codec
                 }
-                let rows = try benchmark.run(log: Output.err)
-                if json { return Output.json(rows) }
-                Output.out(ImageBenchmark.table(rows))
+                try BenchInput.with(from: from, workDirectory: workDir) { input in
+                    var benchmark = ImageBenchmark(input: input)
+                    benchmark.runs = max(1, runs)
+                    benchmark.workDirectory = workDir
+                    benchmark.chunkSizes = sizes
+                    benchmark.codecs = codecList
+                    let rows = try benchmark.run(log: Output.err)
+                    if json { return Output.json(rows) }
+                    Output.out(ImageBenchmark.table(rows))
+                }
             }
         }
     }

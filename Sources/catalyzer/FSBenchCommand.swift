@@ -35,26 +35,18 @@ struct FSBench: ParsableCommand {
             guard let daemon = catalyzerfs ?? BenchMount.findDaemon() else {
                 throw ValidationError("cannot find the catalyzerfs daemon: build it (swift build --product catalyzerfs) or pass --catalyzerfs")
             }
-            var input = from
-            var dumped: String?
-            if input == nil {
-                let path = workDir + "/catalyzer-bench-fs-python-\(getpid()).mem"
-                let bytes = try ProcessMemory.dumpPython(to: path)
-                Output.err("bench: dumped \(ByteCount.format(bytes)) of python3 memory")
-                input = path
-                dumped = path
+            try BenchInput.with(from: from, workDirectory: workDir) { input in
+                var benchmark = FSBenchmark(input: input, daemon: daemon)
+                benchmark.chunkSize = Int(chunkSize.bytes)
+                benchmark.codec = codec
+                benchmark.randomFraction = randomFraction
+                benchmark.access = access
+                benchmark.mountOptions = mountOptions
+                benchmark.workDirectory = workDir
+                let rows = try benchmark.run(log: Output.err)
+                if json { return Output.json(rows) }
+                Output.out(FSBenchmark.table(rows))
             }
-            defer { if let dumped { unlink(dumped) } }
-            var benchmark = FSBenchmark(input: input!, daemon: daemon)
-            benchmark.chunkSize = Int(chunkSize.bytes)
-            benchmark.codec = codec
-            benchmark.randomFraction = randomFraction
-            benchmark.access = access
-            benchmark.mountOptions = mountOptions
-            benchmark.workDirectory = workDir
-            let rows = try benchmark.run(log: Output.err)
-            if json { return Output.json(rows) }
-            Output.out(FSBenchmark.table(rows))
         }
     }
 }
