@@ -56,7 +56,10 @@ let package = Package(
             name: "CatalyzerImageTests",
             dependencies: ["CatalyzerImage", "CatalyzerBench", "CatalyzerTestSupport", "catalyzer"]
         ),
-        .testTarget(name: "CatalyzerKernelTests", dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM"]),
+        .testTarget(
+            name: "CatalyzerKernelTests",
+            dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM", "CatalyzerTestSupport", "catalyzer"]
+        ),
         .testTarget(
             name: "CatalyzerFSTests",
             dependencies: ["CatalyzerFS", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs"]

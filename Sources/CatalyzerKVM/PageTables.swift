@@ -17,7 +17,7 @@ public struct PageFlags: OptionSet, Sendable {
 /// because KVM's shadow MMU does not see the monitor's writes.
 public final class PageTables {
     public static let entryAddressMask: UInt64 = 0x000F_FFFF_FFFF_F000
-    private static let tableFlags: PageFlags = [.present, .writable, .user]
+    private static let tableFlags: PageFlags = [.present, .writable, .user, .accessed]
 
     private let memory: GuestMemory
     private let allocator: PhysicalPageAllocator
@@ -64,6 +64,29 @@ public final class PageTables {
         guard entry & PageFlags.present.rawValue != 0 else { return false }
         memory.store(entry & Self.entryAddressMask | flags.union(.present).rawValue, at: slot)
         return true
+    }
+
+    /// The present 4 KiB pages in `[start, end)` with their physical pages and flags, in address
+    /// order. Missing tables are skipped whole, so sparse ranges of any size cost little.
+    public func mappedPages(from start: UInt64, to end: UInt64) -> [(virtual: UInt64, physical: UInt64, flags: PageFlags)] {
+        var pages: [(virtual: UInt64, physical: UInt64, flags: PageFlags)] = []
+        func walk(table: UInt64, level: Int, base: UInt64) {
+            let span = UInt64(1) << (12 + 9 * UInt64(level))
+            for index in 0..<UInt64(512) {
+                let low = base + index * span
+                if low >= end { return }
+                guard low + span > start else { continue }
+                let entry = memory.load(UInt64.self, at: table + index * 8)
+                guard entry & PageFlags.present.rawValue != 0 else { continue }
+                if level == 0 {
+                    pages.append((low, entry & Self.entryAddressMask, PageFlags(rawValue: entry & ~Self.entryAddressMask)))
+                } else {
+                    walk(table: entry & Self.entryAddressMask, level: level - 1, base: low)
+                }
+            }
+        }
+        if start < end { walk(table: root, level: 3, base: 0) }
+        return pages
     }
 
     /// Guest-physical address of the leaf entry for `virtual`, or nil if a table on the way is missing

@@ -3,20 +3,26 @@
 /// The memfd's size is the guest's memory cap, so running out is the guest's ENOMEM, never host OOM.
 public final class PhysicalPageAllocator {
     private let memory: GuestMemory
+    private let start: UInt64
     private var nextUnused: UInt64
     private var freed: [UInt64] = []
 
     public init(memory: GuestMemory, start: UInt64 = SystemLayout.firstFreePhysical) {
         self.memory = memory
+        self.start = start
         self.nextUnused = start
     }
 
     /// The same allocation state over `memory`, a copy of this allocator's memory (fork).
     public init(copying other: PhysicalPageAllocator, memory: GuestMemory) {
         self.memory = memory
+        self.start = other.start
         self.nextUnused = other.nextUnused
         self.freed = other.freed
     }
+
+    /// Bytes of guest RAM currently handed out (page tables included).
+    public var usedBytes: Int { Int(nextUnused - start) - freed.count * GuestMemory.pageSize }
 
     /// A zeroed page's guest-physical address, or nil when guest RAM is exhausted.
     public func allocate() -> UInt64? {

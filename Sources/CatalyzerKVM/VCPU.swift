@@ -137,6 +137,12 @@ public final class VCPU {
         try check("KVM_SET_MSRS \(String(index, radix: 16))") { ckvm_set_msr(fd, index, value) }
     }
 
+    public func msr(_ index: UInt32) throws -> UInt64 {
+        var value: UInt64 = 0
+        try check("KVM_GET_MSRS \(String(index, radix: 16))") { ckvm_get_msr(fd, index, &value) }
+        return value
+    }
+
     public func setXCR0(_ value: UInt64) throws {
         try check("KVM_SET_XCRS") { ckvm_set_xcr0(fd, value) }
     }

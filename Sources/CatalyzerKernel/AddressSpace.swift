@@ -18,6 +18,16 @@ struct MemoryRegion {
     var protection: Protection
     /// What the region is, for diagnostics: "[heap]", "[stack]", a file path, or "anonymous".
     var name: String
+    /// For a private file mapping the program has never been able to write: the file bytes its
+    /// pages hold, so a later mapping of the same bytes can keep the pages instead of copying.
+    var pristineCopy: FileRange?
+}
+
+/// Bytes of a host file from `offset` on, identified by device and inode.
+struct FileRange: Equatable {
+    let device: UInt64
+    let inode: UInt64
+    var offset: UInt64
 }
 
 /// The guest process's address space: regions (VMAs), the guest page tables that realize them, and
@@ -91,10 +101,13 @@ final class AddressSpace {
     }
 
     /// Adds a region over a free range; populates its pages now unless `lazy` (or it has no access).
-    func map(_ start: UInt64, _ end: UInt64, protection: Protection, name: String, lazy: Bool = false) throws(Errno) {
+    /// `pristineCopy` names the file bytes the caller is about to copy into a read-only mapping.
+    func map(_ start: UInt64, _ end: UInt64, protection: Protection, name: String, lazy: Bool = false,
+             pristineCopy: FileRange? = nil) throws(Errno) {
         guard isFree(start, end) else { throw Errno.ENOMEM }
         let index = regions.firstIndex { $0.start >= end } ?? regions.count
-        regions.insert(MemoryRegion(start: start, end: end, protection: protection, name: name), at: index)
+        regions.insert(MemoryRegion(start: start, end: end, protection: protection, name: name,
+                                    pristineCopy: protection.contains(.write) ? nil : pristineCopy), at: index)
         guard !lazy, !protection.isEmpty else { return }
         do {
             for page in stride(from: start, to: end, by: Int(Page.size)) { try populate(page, protection: protection) }
@@ -111,8 +124,9 @@ final class AddressSpace {
         var freed: [UInt64] = []
         regions.removeAll { region in
             guard region.start >= start && region.end <= end else { return false }
-            for page in stride(from: region.start, to: region.end, by: Int(Page.size)) {
-                if let physical = pageTables.unmap(virtual: page) { freed.append(physical) }
+            for page in pageTables.mappedPages(from: region.start, to: region.end) {
+                pageTables.unmap(virtual: page.virtual)
+                freed.append(page.physical)
             }
             return true
         }
@@ -124,8 +138,9 @@ final class AddressSpace {
     func discardAnonymousPages(_ start: UInt64, _ end: UInt64) {
         var freed: [UInt64] = []
         for region in regions where region.start < end && start < region.end && Self.anonymousNames.contains(region.name) {
-            for page in stride(from: max(start, region.start), to: min(end, region.end), by: Int(Page.size)) {
-                if let physical = pageTables.unmap(virtual: page) { freed.append(physical) }
+            for page in pageTables.mappedPages(from: max(start, region.start), to: min(end, region.end)) {
+                pageTables.unmap(virtual: page.virtual)
+                freed.append(page.physical)
             }
         }
         allocator.free(freed)
@@ -142,16 +157,43 @@ final class AddressSpace {
         for index in regions.indices where regions[index].start >= start && regions[index].end <= end {
             let old = regions[index].protection
             regions[index].protection = protection
-            for page in stride(from: regions[index].start, to: regions[index].end, by: Int(Page.size)) {
-                if let (physical, _) = pageTables.translate(virtual: page) {
-                    pageTables.protect(virtual: page, flags: Self.pageFlags(protection))
-                    if !protection.isSuperset(of: old) { narrowed.append(physical) }
-                } else if !protection.isEmpty && regions[index].name != "[stack]" {
+            if protection.contains(.write) { regions[index].pristineCopy = nil }  // it may change from now on
+            for page in pageTables.mappedPages(from: regions[index].start, to: regions[index].end) {
+                pageTables.protect(virtual: page.virtual, flags: Self.pageFlags(protection))
+                if !protection.isSuperset(of: old) { narrowed.append(page.physical) }
+            }
+            // Regions that were inaccessible have no pages yet. The loop ends at the region's end
+            // or at ENOMEM, so even a huge reservation costs at most guest RAM's worth of pages.
+            if !protection.isEmpty && regions[index].name != "[stack]" {
+                for page in stride(from: regions[index].start, to: regions[index].end, by: Int(Page.size)) {
                     try populate(page, protection: protection)
                 }
             }
         }
         for run in GuestMemory.contiguousRuns(narrowed) { memory.dropTranslations(pageAt: run.start, count: run.count) }
+    }
+
+    /// Whether every page of `[start, end)` already holds an unmodified copy of `file`'s bytes at
+    /// the offsets a mapping of `file` at `start` would give it (ld.so maps a library whole, then
+    /// maps its segments over the same bytes with `MAP_FIXED`).
+    func holdsPristineCopy(of file: FileRange, _ start: UInt64, _ end: UInt64) -> Bool {
+        guard isFullyMapped(start, end) else { return false }
+        return regions.allSatisfy { region in
+            guard region.start < end && start < region.end else { return true }
+            guard let copy = region.pristineCopy, copy.device == file.device, copy.inode == file.inode else { return false }
+            return copy.offset &- region.start == file.offset &- start
+        }
+    }
+
+    /// Turns `[start, end)`, which `holdsPristineCopy` approved, into one mapping of `file` with a
+    /// new protection and name, keeping its pages.
+    func remapPristineCopy(of file: FileRange, _ start: UInt64, _ end: UInt64, protection: Protection,
+                           name: String) throws(Errno) {
+        try protect(start, end, protection: protection)
+        regions.removeAll { $0.start >= start && $0.end <= end }
+        let index = regions.firstIndex { $0.start >= end } ?? regions.count
+        regions.insert(MemoryRegion(start: start, end: end, protection: protection, name: name,
+                                    pristineCopy: protection.contains(.write) ? nil : file), at: index)
     }
 
     /// Moves the pages of `[oldStart, oldStart+length)` to a new free range at `newStart` without copying.
@@ -161,9 +203,9 @@ final class AddressSpace {
         let template = regions[index]
         try map(newStart, newStart + length, protection: template.protection, name: template.name, lazy: true)
         var moved: [UInt64] = []
-        for offset in stride(from: 0, to: length, by: Int(Page.size)) {
-            guard let (physical, flags) = pageTables.translate(virtual: oldStart + offset) else { continue }
-            pageTables.unmap(virtual: oldStart + offset)
+        for (virtual, physical, flags) in pageTables.mappedPages(from: oldStart, to: oldStart + length) {
+            let offset = virtual - oldStart
+            pageTables.unmap(virtual: virtual)
             do {
                 try pageTables.map(virtual: newStart + offset, physical: physical, flags: flags)
             } catch {
@@ -182,6 +224,7 @@ final class AddressSpace {
         guard let index = regionIndex(containing: address), regions[index].start != address else { return }
         var upper = regions[index]
         upper.start = address
+        upper.pristineCopy?.offset &+= address - regions[index].start
         regions[index].end = address
         regions.insert(upper, at: index + 1)
     }
@@ -191,8 +234,11 @@ final class AddressSpace {
     static func pageFlags(_ protection: Protection) -> PageFlags {
         // PROT_NONE pages stay present but supervisor-only, so user access faults and the page is kept.
         guard !protection.isEmpty else { return [.noExecute] }
-        var flags: PageFlags = [.user]
-        if protection.contains(.write) { flags.insert(.writable) }
+        // Accessed (and, when writable, dirty) from the start: KVM's shadow MMU then prefetches
+        // neighbouring entries on a fault instead of faulting on each page (it skips entries
+        // whose accessed bit is clear), and never has to set the bits itself.
+        var flags: PageFlags = [.user, .accessed]
+        if protection.contains(.write) { flags.formUnion([.writable, .dirty]) }
         if !protection.contains(.execute) { flags.insert(.noExecute) }
         return flags
     }

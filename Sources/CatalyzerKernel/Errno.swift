@@ -21,7 +21,8 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
     static let ENOSYS = Errno(Glibc.ENOSYS), ENOTEMPTY = Errno(Glibc.ENOTEMPTY), ELOOP = Errno(Glibc.ELOOP)
     static let ENOEXEC = Errno(Glibc.ENOEXEC), EXDEV = Errno(Glibc.EXDEV), EFBIG = Errno(Glibc.EFBIG)
     static let EBUSY = Errno(Glibc.EBUSY), ENOSPC = Errno(Glibc.ENOSPC), EPIPE = Errno(Glibc.EPIPE)
-    static let ECHILD = Errno(Glibc.ECHILD), E2BIG = Errno(Glibc.E2BIG)
+    static let ECHILD = Errno(Glibc.ECHILD), E2BIG = Errno(Glibc.E2BIG), ELIBBAD = Errno(Glibc.ELIBBAD)
+    static let ETIMEDOUT = Errno(Glibc.ETIMEDOUT), EOVERFLOW = Errno(Glibc.EOVERFLOW)
 
     private static let names: [Int32: String] = [
         Glibc.EPERM: "EPERM", Glibc.ENOENT: "ENOENT", Glibc.ESRCH: "ESRCH", Glibc.EINTR: "EINTR",
@@ -31,6 +32,7 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
         Glibc.ESPIPE: "ESPIPE", Glibc.EROFS: "EROFS", Glibc.ERANGE: "ERANGE",
         Glibc.ENAMETOOLONG: "ENAMETOOLONG", Glibc.ENOSYS: "ENOSYS", Glibc.ENOTEMPTY: "ENOTEMPTY",
         Glibc.ELOOP: "ELOOP", Glibc.ENOEXEC: "ENOEXEC", Glibc.EXDEV: "EXDEV", Glibc.EFBIG: "EFBIG", Glibc.ENOSPC: "ENOSPC", Glibc.EBUSY: "EBUSY",
-        Glibc.EPIPE: "EPIPE", Glibc.ECHILD: "ECHILD", Glibc.E2BIG: "E2BIG",
+        Glibc.EPIPE: "EPIPE", Glibc.ECHILD: "ECHILD", Glibc.E2BIG: "E2BIG", Glibc.ELIBBAD: "ELIBBAD",
+        Glibc.ETIMEDOUT: "ETIMEDOUT", Glibc.EOVERFLOW: "EOVERFLOW",
     ]
 }

@@ -7,13 +7,15 @@ struct InitialStack {
     enum AuxiliaryType: UInt64 {
         case null = 0, phdr = 3, phent = 4, phnum = 5, pagesz = 6, base = 7, flags = 8, entry = 9
         case uid = 11, euid = 12, gid = 13, egid = 14, platform = 15, hwcap = 16, clktck = 17
-        case secure = 23, random = 25, hwcap2 = 26, execfn = 31
+        case secure = 23, random = 25, hwcap2 = 26, execfn = 31, sysinfoELFHeader = 33
     }
 
     let arguments: [String]
     let environment: [String]
     let executablePath: String
     let program: ELFLoader.LoadedProgram
+    /// Address of the vDSO image (AT_SYSINFO_EHDR).
+    let vdso: UInt64
     let credentials: Credentials
 
     /// Writes the stack below `top` and returns the initial RSP (pointing at argc, 16-byte aligned).
@@ -37,11 +39,11 @@ struct InitialStack {
 
         let auxiliary: [(AuxiliaryType, UInt64)] = [
             (.phdr, program.programHeaders), (.phent, 56), (.phnum, UInt64(program.programHeaderCount)),
-            (.pagesz, Page.size), (.base, 0), (.flags, 0), (.entry, program.entry),
+            (.pagesz, Page.size), (.base, program.interpreterBase), (.flags, 0), (.entry, program.programEntry),
             (.uid, UInt64(credentials.uid)), (.euid, UInt64(credentials.uid)),
             (.gid, UInt64(credentials.gid)), (.egid, UInt64(credentials.gid)), (.secure, 0),
             (.random, random), (.execfn, execfn), (.platform, platform),
-            (.hwcap, Self.hardwareCapabilities()), (.hwcap2, 0), (.clktck, 100), (.null, 0),
+            (.hwcap, Self.hardwareCapabilities()), (.hwcap2, 0), (.clktck, 100), (.sysinfoELFHeader, vdso), (.null, 0),
         ]
         var words: [UInt64] = [UInt64(arguments.count)] + argumentPointers + [0] + environmentPointers + [0]
         for (type, value) in auxiliary { words += [type.rawValue, value] }

@@ -9,6 +9,8 @@ public final class Kernel {
     /// The process image: replaced by execve.
     private(set) var cpu: UserModeCPU
     private(set) var space: AddressSpace
+    /// The clock data behind the process's vDSO, refreshed before every return to the guest.
+    private(set) var clock: GuestClock
     let memorySize: Int
     /// Shared by all processes of the sandbox (like a mount namespace).
     let filesystem: Filesystem
@@ -35,6 +37,11 @@ public final class Kernel {
     /// Unimplemented syscall numbers the program tried, with counts (each got ENOSYS).
     public internal(set) var unimplementedSyscalls: [Int: Int] = [:]
     public internal(set) var syscallCount = 0
+    /// User page faults that reached the monitor (resolved or fatal); KVM's shadow-paging fills
+    /// that never leave the guest are not counted.
+    public internal(set) var pageFaultCount = 0
+    /// Guest RAM in use right now (program pages and page tables), in bytes.
+    public var memoryInUse: Int { space.allocator.usedBytes }
     private let table = SyscallTable.definitions()
 
     /// Lets another thread stop the sandbox (timeouts); shared by all its processes.
@@ -54,10 +61,10 @@ public final class Kernel {
         traceFD = configuration.standardStreams.count > 2 ? configuration.standardStreams[2] : 2
         executablePath = GuestPath.normalize(configuration.programPath)
         taskName = Self.taskName(of: executablePath)
-        (cpu, space) = try Self.loadImage(kvm: self.kvm, memorySize: memorySize, exitRequester: exitRequester,
-                                          filesystem: filesystem, path: executablePath,
-                                          arguments: configuration.arguments,
-                                          environment: configuration.environment, credentials: credentials)
+        (cpu, space, clock) = try Self.loadImage(kvm: self.kvm, memorySize: memorySize, exitRequester: exitRequester,
+                                                 filesystem: filesystem, path: executablePath,
+                                                 arguments: configuration.arguments,
+                                                 environment: configuration.environment, credentials: credentials)
         filesystem.executablePath = executablePath
         try installStandardStreams(configuration.standardStreams)
         workingDirectory = GuestPath.normalize(configuration.workingDirectory)
@@ -74,6 +81,7 @@ public final class Kernel {
         let vm = try VM(kvm: kvm, memory: memory, exitRequester: exitRequester)
         cpu = try UserModeCPU(vm: vm, pageTables: pageTables, continuing: parent.cpu)
         space = AddressSpace(copying: parent.space, memory: memory, allocator: allocator, pageTables: pageTables)
+        clock = GuestClock(copying: parent.clock)
         filesystem = parent.filesystem
         files = FileTable(copying: parent.files)
         processes = parent.processes
@@ -93,7 +101,7 @@ public final class Kernel {
     /// A fresh VM with `path` loaded and its initial stack built: a new process image.
     static func loadImage(kvm: KVM, memorySize: Int, exitRequester: ExitRequester, filesystem: Filesystem,
                           path: String, arguments: [String], environment: [String],
-                          credentials: Credentials) throws -> (UserModeCPU, AddressSpace) {
+                          credentials: Credentials) throws -> (UserModeCPU, AddressSpace, GuestClock) {
         let memory = try GuestMemory(size: memorySize)
         let allocator = PhysicalPageAllocator(memory: memory)
         let pageTables = PageTables(memory: memory, allocator: allocator)
@@ -102,22 +110,27 @@ public final class Kernel {
         let space = AddressSpace(memory: memory, allocator: allocator, pageTables: pageTables)
         let fd = try filesystem.openExecutable(path)
         defer { close(fd) }
-        let program = try ELFLoader.load(fd: fd, path: path, into: space)
+        let program = try ELFLoader.load(fd: fd, path: path, into: space) { (interpreter) throws(Errno) in
+            try filesystem.openExecutable(GuestPath.normalize(interpreter))
+        }
         space.breakStart = program.end
         space.breakEnd = program.end
         try space.map(AddressSpace.stackTop - AddressSpace.stackLimit, AddressSpace.stackTop,
                       protection: .readWrite, name: "[stack]", lazy: true)
+        let vdso = try VirtualDSO.map(into: space)
+        let clock = try GuestClock(pageAddress: vdso + VirtualDSO.clockDataOffset, space: space, vcpu: vm.vcpu)
         let stack = InitialStack(arguments: arguments, environment: environment, executablePath: path,
-                                 program: program, credentials: credentials)
+                                 program: program, vdso: vdso, credentials: credentials)
         cpu.registers.rsp = try stack.build(in: space, top: AddressSpace.stackTop)
         cpu.registers.rip = program.entry
-        return (cpu, space)
+        return (cpu, space, clock)
     }
 
     /// Replaces the process image (execve); called once the new image is fully built.
-    func replaceImage(cpu: UserModeCPU, space: AddressSpace, path: String) {
+    func replaceImage(cpu: UserModeCPU, space: AddressSpace, clock: GuestClock, path: String) {
         self.cpu = cpu
         self.space = space
+        self.clock = clock
         executablePath = path
         filesystem.executablePath = path
         taskName = Self.taskName(of: path)
@@ -143,6 +156,7 @@ public final class Kernel {
         if isSandboxRoot { exitRequester.bindCurrentThread() }
         defer { if isSandboxRoot { exitRequester.unbindThread() } }
         while pendingExit == nil {
+            clock.refresh(space: space)
             switch try cpu.run() {
             case .syscall:
                 serveSyscall()
@@ -186,6 +200,7 @@ public final class Kernel {
 
     private func handleException(_ exception: ExceptionInfo) {
         if exception.vector == ExceptionInfo.pageFault {
+            pageFaultCount += 1
             let write = exception.errorCode & 2 != 0, fetch = exception.errorCode & 16 != 0
             if exception.errorCode & 1 == 0,
                space.handleFault(address: exception.faultAddress, write: write, execute: fetch) {

@@ -96,6 +96,13 @@ final class FileTable {
         entries[fd] = (file, closeOnExec)
     }
 
+    /// Closes every open fd in `first...last`, or marks them close-on-exec (close_range).
+    func closeRange(_ first: Int32, _ last: Int32, markCloseOnExec: Bool) {
+        for fd in entries.keys where fd >= first && fd <= last {
+            if markCloseOnExec { entries[fd]?.closeOnExec = true } else { entries[fd] = nil }
+        }
+    }
+
     func close(_ fd: Int32) throws(Errno) {
         guard entries.removeValue(forKey: fd) != nil else { throw Errno.EBADF }
     }

@@ -9,6 +9,9 @@ final class Pipe {
     private(set) var hasReader = true
     private(set) var hasWriter = true
 
+    /// Whether no bytes are buffered.
+    var isEmpty: Bool { buffer.count == readOffset }
+
     /// A number unique among live pipes, for `st_ino`.
     var inode: UInt64 { UInt64(UInt(bitPattern: ObjectIdentifier(self).hashValue)) }
 

@@ -1,7 +1,7 @@
 import CKVM
 import Glibc
 
-/// File I/O syscalls: open, close, read and write in their variants, lseek, stat, ioctl, fcntl, dup.
+/// File I/O syscalls: open, close (and close_range), read and write in their variants, lseek, stat, ioctl, fcntl, dup.
 extension Kernel {
     /// Upper bound on bytes moved by one read/write call; larger requests complete partially, as
     /// Linux allows, so one call never pins unbounded monitor memory.
@@ -25,6 +25,16 @@ extension Kernel {
 
     func sysClose(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         try files.close(a.int32(0))
+        return 0
+    }
+
+    /// close_range(2). CLOSE_RANGE_UNSHARE needs nothing: each process has its own fd table.
+    func sysCloseRange(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let unshare: UInt32 = 2, closeOnExec: UInt32 = 4
+        let first = a.uint32(0), last = a.uint32(1), flags = a.uint32(2)
+        guard flags & ~(unshare | closeOnExec) == 0, first <= last else { throw Errno.EINVAL }
+        guard first < UInt32(FileTable.limit) else { return 0 }
+        files.closeRange(Int32(first), Int32(min(last, UInt32(FileTable.limit - 1))), markCloseOnExec: flags & closeOnExec != 0)
         return 0
     }
 

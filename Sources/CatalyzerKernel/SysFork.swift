@@ -53,6 +53,7 @@ extension Kernel {
         }
         filesystem.executablePath = executablePath
         syscallCount += child.syscallCount
+        pageFaultCount += child.pageFaultCount
         unimplementedSyscalls.merge(child.unimplementedSyscalls, uniquingKeysWith: +)
         if exit == .timedOut { pendingExit = .timedOut }
         processes.recordExit(pid: child.pid, parent: pid, exit: exit)
@@ -80,7 +81,7 @@ extension Kernel {
 
     /// Builds the new image (following `#!` interpreters), then replaces the current one.
     private func execute(path: String, arguments: [String], environment: [String], depth: Int) throws(Errno) {
-        let image: (UserModeCPU, AddressSpace)
+        let image: (UserModeCPU, AddressSpace, GuestClock)
         do {
             image = try Kernel.loadImage(kvm: kvm, memorySize: memorySize, exitRequester: exitRequester,
                                          filesystem: filesystem, path: path, arguments: arguments,
@@ -95,7 +96,7 @@ extension Kernel {
         } catch {
             throw Errno.ENOMEM
         }
-        replaceImage(cpu: image.0, space: image.1, path: path)
+        replaceImage(cpu: image.0, space: image.1, clock: image.2, path: path)
     }
 
     /// The interpreter and optional argument of a `#!` script, or nil if `path` is not one.

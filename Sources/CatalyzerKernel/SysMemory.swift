@@ -35,14 +35,20 @@ extension Kernel {
             guard file.isReadable else { throw Errno.EACCES }
             // Writes through a shared file mapping would have to reach the file: not supported.
             if sharing != MAP_PRIVATE && protection.contains(.write) { throw Errno.EACCES }
+            guard offset <= UInt64(Int64.max) - size else { throw Errno.EOVERFLOW }
             source = file
         }
 
+        let fileRange = try source.flatMap { (file) throws(Errno) in try Self.fileRange(of: file, offset: offset) }
         let start: UInt64
         if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
             guard Page.isAligned(hint), hint >= SystemLayout.userMinimum,
                   hint <= SystemLayout.userLimit - size else { throw Errno.EINVAL }
             if flags & MAP_FIXED_NOREPLACE != 0 && !space.isFree(hint, hint + size) { throw Errno.EEXIST }
+            if sharing == MAP_PRIVATE, let source, let fileRange, space.holdsPristineCopy(of: fileRange, hint, hint + size) {
+                try space.remapPristineCopy(of: fileRange, hint, hint + size, protection: protection, name: source.guestPath)
+                return hint
+            }
             space.unmap(hint, hint + size)
             start = hint
         } else if hint != 0, Page.isAligned(hint), hint <= SystemLayout.userLimit - size, space.isFree(hint, hint + size) {
@@ -51,7 +57,8 @@ extension Kernel {
             guard let free = space.findFree(length: size) else { throw Errno.ENOMEM }
             start = free
         }
-        try space.map(start, start + size, protection: protection, name: source?.guestPath ?? "anonymous")
+        try space.map(start, start + size, protection: protection, name: source?.guestPath ?? "anonymous",
+                      pristineCopy: sharing == MAP_PRIVATE ? fileRange : nil)
         if let source {
             do throws(Errno) {
                 // A private file mapping is a copy of the file's bytes (bytes past EOF stay zero).
@@ -62,6 +69,16 @@ extension Kernel {
             }
         }
         return start
+    }
+
+    /// The identity of a rootfs file mapped from `offset`; nil for /tmp files, pipes and devices,
+    /// whose contents can change under a mapping.
+    private static func fileRange(of file: OpenFile, offset: UInt64) throws(Errno) -> FileRange? {
+        guard case .host(let fd, true) = file.backing else { return nil }
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { throw Errno.lastHostError }
+        guard status.st_mode & S_IFMT == S_IFREG else { return nil }
+        return FileRange(device: UInt64(status.st_dev), inode: UInt64(status.st_ino), offset: offset)
     }
 
     func sysMunmap(_ a: SyscallArguments) throws(Errno) -> UInt64 {

@@ -1,6 +1,6 @@
 import Glibc
 
-/// poll(2) and ppoll(2). Host-backed fds (stdio, rootfs files) are polled on the host; /tmp files are
+/// poll(2), ppoll(2), select(2) and pselect6(2) (select is poll over the fds its sets name). Host-backed fds (stdio, rootfs files) are polled on the host; /tmp files are
 /// always ready, as regular files are on Linux. A blocking poll is interrupted by the timeout's kick.
 extension Kernel {
     func sysPoll(_ a: SyscallArguments) throws(Errno) -> UInt64 {
@@ -23,6 +23,67 @@ extension Kernel {
         var entries = [pollfd](repeating: pollfd(), count: Int(count))
         let bytes = try space.read(address, count: Int(count) * MemoryLayout<pollfd>.stride)
         entries.withUnsafeMutableBytes { $0.copyBytes(from: bytes) }
+        let ready = try poll(&entries, timeoutMilliseconds: timeoutMilliseconds)
+        try space.write(entries.withUnsafeBytes { Array($0) }, to: address)
+        return UInt64(ready)
+    }
+
+    func sysSelect(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        var timeout: Int32 = -1
+        if a[4] != 0 {
+            let limit = try space.loadStruct(timeval.self, at: a[4], zero: timeval())
+            guard limit.tv_sec >= 0, (0..<1_000_000).contains(limit.tv_usec) else { throw Errno.EINVAL }
+            timeout = Int32(clamping: limit.tv_sec * 1000 + (limit.tv_usec + 999) / 1000)
+        }
+        return try select(count: a[0], sets: [a[1], a[2], a[3]], timeoutMilliseconds: timeout)
+    }
+
+    /// The signal mask argument is ignored: no signal is ever delivered asynchronously.
+    func sysPselect6(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        var timeout: Int32 = -1
+        if a[4] != 0 {
+            let limit = try space.loadStruct(timespec.self, at: a[4], zero: timespec())
+            guard limit.tv_sec >= 0, (0..<1_000_000_000).contains(limit.tv_nsec) else { throw Errno.EINVAL }
+            timeout = Int32(clamping: limit.tv_sec * 1000 + (limit.tv_nsec + 999_999) / 1_000_000)
+        }
+        return try select(count: a[0], sets: [a[1], a[2], a[3]], timeoutMilliseconds: timeout)
+    }
+
+    /// select over the read, write and exception `fd_set`s (bitmaps of `count` bits, NULL for none):
+    /// polls the fds they name and rewrites them to the ready ones; returns the number of set bits.
+    private func select(count: UInt64, sets: [UInt64], timeoutMilliseconds: Int32) throws(Errno) -> UInt64 {
+        guard count <= UInt64(FileTable.limit) else { throw Errno.EINVAL }
+        let bytes = (Int(count) + 63) / 64 * 8
+        let bitmaps = try sets.map { (address) throws(Errno) -> [UInt8]? in
+            address == 0 || bytes == 0 ? nil : try space.read(address, count: bytes)
+        }
+        let interest: [Int16] = [Int16(POLLIN), Int16(POLLOUT), Int16(POLLPRI)]
+        let readiness: [Int16] = [Int16(POLLIN | POLLHUP | POLLERR), Int16(POLLOUT | POLLERR), Int16(POLLPRI)]
+        var entries: [pollfd] = []
+        for fd in 0..<Int32(count) {
+            var events: Int16 = 0
+            for (set, bitmap) in bitmaps.enumerated() where bitmap.map({ $0[Int(fd) / 8] & (1 << (fd % 8)) != 0 }) == true {
+                events |= interest[set]
+            }
+            if events != 0 { entries.append(pollfd(fd: fd, events: events, revents: 0)) }
+        }
+        _ = try poll(&entries, timeoutMilliseconds: timeoutMilliseconds)
+        if entries.contains(where: { $0.revents & Int16(POLLNVAL) != 0 }) { throw Errno.EBADF }
+        var ready: UInt64 = 0
+        for (set, bitmap) in bitmaps.enumerated() {
+            guard var bitmap else { continue }
+            bitmap = [UInt8](repeating: 0, count: bitmap.count)
+            for entry in entries where entry.events & interest[set] != 0 && entry.revents & readiness[set] != 0 {
+                bitmap[Int(entry.fd) / 8] |= 1 << (entry.fd % 8)
+                ready += 1
+            }
+            try space.write(bitmap, to: sets[set])
+        }
+        return ready
+    }
+
+    /// Polls `entries` in place: each entry's `revents`; returns how many have any.
+    private func poll(_ entries: inout [pollfd], timeoutMilliseconds: Int32) throws(Errno) -> Int {
         var hostEntries: [pollfd] = []
         var hostIndices: [Int] = []
         var ready = 0
@@ -42,11 +103,14 @@ extension Kernel {
                 entries[index].revents = entries[index].events & Int16(POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM)
                 if entries[index].revents != 0 { ready += 1 }
             case .pipe(let pipe):
-                // Never "would block": with children run one at a time, nobody could unblock it.
                 entries[index].revents = file.isWritable
                     ? (pipe.hasReader ? entries[index].events & Int16(POLLOUT) : Int16(POLLERR))
-                    : (pipe.hasWriter ? entries[index].events & Int16(POLLIN) : Int16(POLLHUP))
-                if entries[index].revents == 0 { entries[index].revents = entries[index].events & Int16(POLLIN) }
+                    : (pipe.isEmpty ? 0 : entries[index].events & Int16(POLLIN)) | (pipe.hasWriter ? 0 : Int16(POLLHUP))
+                // An empty pipe stays empty while this process waits (children run one at a time), so
+                // a wait without a timeout would never end: report it readable, and read finds EOF.
+                if entries[index].revents == 0 && timeoutMilliseconds < 0 {
+                    entries[index].revents = entries[index].events & Int16(POLLIN)
+                }
                 if entries[index].revents != 0 { ready += 1 }
             }
         }
@@ -64,7 +128,6 @@ extension Kernel {
             if timeoutMilliseconds < 0 { duration.tv_sec = Int(Int32.max) }
             guard nanosleep(&duration, nil) == 0 else { throw Errno.EINTR }
         }
-        try space.write(entries.withUnsafeBytes { Array($0) }, to: address)
-        return UInt64(ready)
+        return ready
     }
 }

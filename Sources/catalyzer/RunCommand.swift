@@ -4,14 +4,16 @@ import CatalyzerKernel
 import Dispatch
 import Glibc
 
-/// `catalyzer run`: a cold run of a static Linux x86-64 program in a KVM sandbox, the monitor as its
-/// kernel. stdio passes through; the program's exit status becomes catalyzer's.
+/// `catalyzer run`: a cold run of a Linux x86-64 program (static, or dynamically linked against the
+/// rootfs's ld.so and libraries) in a KVM sandbox, the monitor as its kernel. stdio passes through;
+/// the program's exit status becomes catalyzer's.
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a static Linux x86-64 program in a KVM sandbox.",
+        abstract: "Run a Linux x86-64 program (static or dynamically linked) in a KVM sandbox.",
         discussion: """
             The program runs in guest user mode; every syscall is served by the monitor from the \
-            read-only --rootfs (plus an in-memory writable /tmp). Exit status: the program's, \
+            read-only --rootfs (plus an in-memory writable /tmp). A dynamically linked program's \
+            interpreter (ld.so) and libraries come from the rootfs. Exit status: the program's, \
             128+N when killed by signal N (139 for a segfault), 124 on timeout.
             """)
 

@@ -6,7 +6,8 @@ import Glibc
 import Testing
 
 /// A test rootfs built once per test process: busybox-static, the probe program compiled with
-/// `gcc -static` (and `-static-pie`), data files, the host's passwd/group (so `ls -l` names owners like the host does),
+/// `gcc -static` (and `-static-pie`, and dynamically linked), the host's dynamically linked
+/// coreutils `true`, `cat` and `sort` in /usr/bin with ld.so and the libraries they need, data files, the host's passwd/group (so `ls -l` names owners like the host does),
 /// and symlinks that point out of the rootfs at a secret file that must never be readable.
 struct TestRootfs: Sendable {
     let directory: String
@@ -48,6 +49,12 @@ struct TestRootfs: Sendable {
             ln -s ../../../../../../../../\(directory)/secret.txt \(root)/deep-escape
             gcc -static -O1 -o \(root)/bin/probe \(fixtures)/probe.c
             gcc -static-pie -O1 -o \(root)/bin/probe-pie \(fixtures)/probe.c
+            gcc -O1 -o \(root)/bin/probe-dynamic \(fixtures)/probe.c
+            mkdir -p \(root)/usr/bin \(root)/lib64 \(root)/lib/x86_64-linux-gnu
+            cp /usr/bin/true /usr/bin/cat /usr/bin/sort \(root)/usr/bin/
+            ldd \(root)/bin/probe-dynamic /usr/bin/true /usr/bin/cat /usr/bin/sort | awk '/=> \\// { print $3 }' | sort -u |
+              while read -r lib; do cp -L "$lib" \(root)/lib/x86_64-linux-gnu/; done
+            cp -L /lib64/ld-linux-x86-64.so.2 \(root)/lib64/
             """
         let result = runHost(["/bin/sh", "-c", script], directory: "/")
         guard result.status == 0 else { throw FixtureError(description: "building the test rootfs failed: \(result.stderr)") }

@@ -28,3 +28,10 @@ static inline void chost_cpuid(uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint
 static inline long chost_copy_file_range(int in, int64_t *in_offset, int out, int64_t *out_offset, size_t length) {
     return syscall(SYS_copy_file_range, in, in_offset, out, out_offset, length, 0);
 }
+
+/// The host's time-stamp counter.
+static inline uint64_t chost_rdtsc(void) {
+    uint32_t low, high;
+    __asm__ volatile("rdtsc" : "=a"(low), "=d"(high));
+    return (uint64_t)high << 32 | low;
+}

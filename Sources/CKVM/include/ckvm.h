@@ -85,6 +85,19 @@ static inline int ckvm_set_msr(int vcpu, uint32_t index, uint64_t value) {
     return -1;
 }
 
+/// Reads one MSR into `*value`; returns 0 on success, -1 otherwise.
+static inline int ckvm_get_msr(int vcpu, uint32_t index, uint64_t *value) {
+    uint64_t buffer[(sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)) / sizeof(uint64_t)];
+    memset(buffer, 0, sizeof(buffer));
+    struct kvm_msrs *msrs = (struct kvm_msrs *)buffer;
+    msrs->nmsrs = 1;
+    msrs->entries[0].index = index;
+    int r = ioctl(vcpu, KVM_GET_MSRS, msrs);
+    if (r == 1) { *value = msrs->entries[0].data; return 0; }
+    if (r >= 0) errno = EINVAL;
+    return -1;
+}
+
 /// Sets XCR0 (the only XCR); returns the ioctl result.
 static inline int ckvm_set_xcr0(int vcpu, uint64_t value) {
     struct kvm_xcrs xcrs;
