@@ -4,7 +4,8 @@
 # Today the main job exercises the image store and catalyzerfs end to end: it dumps the memory
 # of a live, initialized python3 process (what a checkpoint captures), creates a compressed,
 # content-addressed image from it, inspects, verifies and exports it, then mounts the store with
-# mount -t catalyzerfs and reads the memory back through FUSE, cold and cached.
+# mount -t catalyzerfs and reads the memory back through FUSE, cold and cached; finally it builds
+# the Python function rootfs and serves a request from each sample function in a KVM sandbox.
 set -euo pipefail
 [[ $(id -u) -eq 0 ]] || { command -v sudo >/dev/null && exec sudo -E "$0" "$@"; echo "$0: run as root" >&2; exit 1; }
 cd "$(dirname "$0")/.."
@@ -63,6 +64,17 @@ step "second read (cached)"    cmp "$work/python.mem" "$work/mnt/quickstart-pyth
 echo "memory read through catalyzerfs is byte-identical to the dump"
 python3 -c 'import json, sys; s = json.load(open(sys.argv[1]))["images"]["quickstart-python"]; print("stats:", {k: s[k] for k in ("readsServed", "bytesReturned", "blobsFetched", "bytesFetched")})' "$work/mnt/.stats" || cat "$work/mnt/.stats"
 step "umount"                  umount "$work/mnt"
+
+echo
+echo "== a Python function in a KVM sandbox (cold start: interpreter start, imports, one request)"
+step "build guest rootfs"      Scripts/build-rootfs.sh "$work/rootfs"
+invoke() {
+  echo "{\"name\": \"quickstart\", \"customer\": \"customer-42\"}" |
+    catalyzer run --rootfs "$work/rootfs" --memory 256M --timeout 30s -- \
+      /usr/bin/python3 /opt/catalyzer/runner.py "/functions/$1.py" | cut -c1-150
+}
+step "sandbox: hello (cold)"   invoke hello
+step "sandbox: heavy (cold)"   invoke heavy
 
 echo
 printf '%-26s %10s\n' "phase" "ms"
