@@ -90,13 +90,6 @@ public enum SandboxBenchmark {
         return Row(name: "start to exit", sandbox: sandbox, host: host.isEmpty ? nil : host)
     }
 
-    /// The value below which `fraction` of the samples fall.
-    public static func percentile(_ samples: [Double], _ fraction: Double) -> Double {
-        let sorted = samples.sorted()
-        guard !sorted.isEmpty else { return .nan }
-        return sorted[min(sorted.count - 1, Int((Double(sorted.count - 1) * fraction).rounded()))]
-    }
-
     private static func now() -> Double {
         var time = timespec()
         clock_gettime(CLOCK_MONOTONIC, &time)

@@ -120,31 +120,10 @@ struct PythonTests {
         #expect(timed.status == 0 && timed.stdout == "False\n", "\(timed)")
     }
 
-    struct Response: Decodable {
-        struct Failure: Decodable { var type: String; var message: String; var traceback: String }
-        var ok: Bool
-        var result: [String: Value]?
-        var error: Failure?
-    }
-
-    /// The JSON values the sample handlers return.
-    enum Value: Decodable, Equatable {
-        case string(String), number(Double), object([String: Value])
-        init(from decoder: Decoder) throws {
-            let container = try decoder.singleValueContainer()
-            if let number = try? container.decode(Double.self) { self = .number(number) }
-            else if let string = try? container.decode(String.self) { self = .string(string) }
-            else { self = .object(try container.decode([String: Value].self)) }
-        }
-    }
-
-    static func runner(_ function: String, _ requests: [String]) throws -> (CommandResult, [Response]) {
-        let input = Data((requests.joined(separator: "\n") + "\n").utf8)
-        let result = try sandbox(["/usr/bin/python3", "/opt/catalyzer/runner.py", "/functions/\(function).py"], stdin: input)
-        let responses = try result.stdout.split(separator: "\n").map {
-            try JSONDecoder().decode(Response.self, from: Data($0.utf8))
-        }
-        return (result, responses)
+    static func runner(_ function: String, _ requests: [String]) throws -> (CommandResult, [RunnerResponse]) {
+        let result = try sandbox(["/usr/bin/python3", "/opt/catalyzer/runner.py", "/functions/\(function).py"],
+                                 stdin: RunnerResponse.input(requests))
+        return (result, try RunnerResponse.parse(result.stdout))
     }
 
     @Test("the runner answers 100 hello requests, every tenth of which raises in the handler")

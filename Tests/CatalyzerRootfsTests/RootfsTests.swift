@@ -6,35 +6,12 @@ import Testing
 /// chroot(8) on the host, so a missing library or stdlib module fails here before it can fail
 /// inside a sandbox.
 @Suite(.serialized) struct RootfsTests {
-    struct Response: Decodable {
-        struct Failure: Decodable { var type: String; var message: String; var traceback: String }
-        var ok: Bool
-        var result: [String: JSONValue]?
-        var error: Failure?
-    }
-
-    /// Enough of JSON to compare handler results.
-    enum JSONValue: Decodable, Equatable {
-        case string(String), number(Double), bool(Bool), object([String: JSONValue]), null
-        init(from decoder: Decoder) throws {
-            let c = try decoder.singleValueContainer()
-            if c.decodeNil() { self = .null }
-            else if let v = try? c.decode(Bool.self) { self = .bool(v) }
-            else if let v = try? c.decode(Double.self) { self = .number(v) }
-            else if let v = try? c.decode(String.self) { self = .string(v) }
-            else { self = .object(try c.decode([String: JSONValue].self)) }
-        }
-    }
-
-    func runner(_ function: String, _ requests: [String]) throws -> (CommandResult, [Response]) {
+    func runner(_ function: String, _ requests: [String]) throws -> (CommandResult, [RunnerResponse]) {
         try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
         let root = try PythonRootfs.path()
-        let input = Data((requests.joined(separator: "\n") + "\n").utf8)
-        let result = try Command.run("chroot", [root, "/usr/bin/python3", "/opt/catalyzer/runner.py", "/functions/\(function).py"], stdin: input)
-        let responses = try result.stdout.split(separator: "\n").map {
-            try JSONDecoder().decode(Response.self, from: Data($0.utf8))
-        }
-        return (result, responses)
+        let result = try Command.run("chroot", [root, "/usr/bin/python3", "/opt/catalyzer/runner.py", "/functions/\(function).py"],
+                                     stdin: RunnerResponse.input(requests))
+        return (result, try RunnerResponse.parse(result.stdout))
     }
 
     @Test func helloAnswersEveryRequestIncludingFailures() throws {
