@@ -36,20 +36,22 @@ let package = Package(
         .target(name: "CatalyzerKVM", dependencies: ["CKVM"]),
         // The Linux ABI served by the monitor: ELF loading, address space, files, syscalls.
         .target(name: "CatalyzerKernel", dependencies: ["CatalyzerKVM"]),
+        // Checkpoint at the ready point, restore through catalyzerfs, invoke; the managed mount.
+        .target(name: "CatalyzerRuntime", dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM", "CatalyzerImage", "CatalyzerBench"]),
         // Benchmarks printed as tables by `catalyzer bench ...`.
         .target(name: "CatalyzerBench", dependencies: ["CatalyzerImage"]),
 
         .executableTarget(
             name: "catalyzer",
             dependencies: [
-                "CatalyzerImage", "CatalyzerBench", "CatalyzerKernel",
+                "CatalyzerImage", "CatalyzerBench", "CatalyzerKernel", "CatalyzerRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(name: "catalyzerfs", dependencies: ["CatalyzerFS", "CatalyzerImage"]),
 
         // Helpers shared by the test targets: running binaries, temp dirs, device checks.
-        .target(name: "CatalyzerTestSupport", path: "Tests/Support"),
+        .target(name: "CatalyzerTestSupport", dependencies: ["CatalyzerImage"], path: "Tests/Support"),
 
         .testTarget(name: "CatalyzerRootfsTests", dependencies: ["CatalyzerTestSupport"]),
         .testTarget(
@@ -59,6 +61,10 @@ let package = Package(
         .testTarget(
             name: "CatalyzerKernelTests",
             dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM", "CatalyzerTestSupport", "catalyzer"]
+        ),
+        .testTarget(
+            name: "CatalyzerRuntimeTests",
+            dependencies: ["CatalyzerRuntime", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs"]
         ),
         .testTarget(
             name: "CatalyzerFSTests",

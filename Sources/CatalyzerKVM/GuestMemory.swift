@@ -1,16 +1,27 @@
 import CKVM
 import Glibc
 
-/// Guest RAM: one memfd mapped shared into the monitor, registered as a single KVM memory slot at
-/// guest-physical address 0. Being a memfd, it can later be mapped `MAP_PRIVATE` into another VM (sfork).
+/// Guest RAM, registered as a single KVM memory slot at guest-physical address 0. Either a memfd
+/// mapped shared into the monitor (a cold start; a checkpoint stores the memfd's contents), or a
+/// checkpoint's memory file mapped privately (a restore): its pages arrive on first touch, and
+/// every write, the guest's or the monitor's, lands in a private copy the file never sees.
 public final class GuestMemory {
     public static let pageSize = 4096
 
-    /// The memfd holding the guest's physical memory.
+    public enum Backing: Sendable {
+        /// A memfd the guest owns, mapped `MAP_SHARED`.
+        case memfd
+        /// A read-only image file (catalyzerfs `memory`), mapped `MAP_PRIVATE`.
+        case privateFile
+    }
+
+    /// The memfd, or the image file kept open for the mapping's lifetime: catalyzerfs drops an
+    /// unreferenced file's page cache, which other sandboxes restored from the image share.
     public let fd: Int32
     public let size: Int
     /// The monitor's view of guest-physical address 0.
     public let base: UnsafeMutableRawPointer
+    public let backing: Backing
 
     public init(size: Int, name: String = "catalyzer-guest-ram") throws {
         precondition(size > 0 && size % GuestMemory.pageSize == 0, "guest memory must be whole pages")
@@ -29,6 +40,22 @@ public final class GuestMemory {
         self.fd = fd
         self.size = size
         self.base = mapping
+        self.backing = .memfd
+    }
+
+    /// Maps `size` bytes of the file `fd` privately as guest RAM; takes ownership of `fd`.
+    public init(mappingPrivately fd: Int32, size: Int) throws {
+        precondition(size > 0 && size % GuestMemory.pageSize == 0, "guest memory must be whole pages")
+        guard let mapping = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0),
+              mapping != MAP_FAILED else {
+            let error = KVMError("mmap guest memory image")
+            close(fd)
+            throw error
+        }
+        self.fd = fd
+        self.size = size
+        self.base = mapping
+        self.backing = .privateFile
     }
 
     deinit {
@@ -36,10 +63,22 @@ public final class GuestMemory {
         close(fd)
     }
 
-    /// A new guest RAM with the same contents (fork). Only the memfd's data extents are copied
-    /// (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`), so untouched memory costs nothing.
-    public func copy() throws -> GuestMemory {
+    /// A new memfd-backed guest RAM with the same contents (fork). Only the memfd's data extents
+    /// are copied (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`), so untouched memory costs nothing.
+    /// A privately mapped image copies its first `inUse` bytes, the part the allocator handed out.
+    public func copy(inUse: Int) throws -> GuestMemory {
         let copy = try GuestMemory(size: size)
+        if backing == .privateFile {
+            var done = 0
+            let limit = min(inUse, size)
+            while done < limit {
+                let written = pwrite(copy.fd, base + done, limit - done, off_t(done))
+                if written < 0 && errno == EINTR { continue }
+                guard written > 0 else { throw KVMError("copy restored guest memory") }
+                done += written
+            }
+            return copy
+        }
         var offset: off_t = 0
         while offset < off_t(size) {
             let dataStart = lseek(fd, offset, 3 /* SEEK_DATA */)
@@ -95,16 +134,33 @@ public final class GuestMemory {
     /// the next guest access re-walks the guest page tables. Needed after the monitor removes or
     /// narrows a guest mapping, because its own writes to guest page tables are invisible to KVM.
     public func dropTranslations(pageAt address: UInt64, count: Int = 1) {
-        madvise(pointer(address), count * GuestMemory.pageSize, MADV_DONTNEED)
+        switch backing {
+        case .memfd:
+            madvise(pointer(address), count * GuestMemory.pageSize, MADV_DONTNEED)
+        case .privateFile:
+            // MADV_DONTNEED would throw away the private copies. A protection change also runs the
+            // MMU notifier that zaps KVM's entries, and leaves the pages as they are.
+            let start = pointer(address), length = count * GuestMemory.pageSize
+            mprotect(start, length, PROT_READ)
+            mprotect(start, length, PROT_READ | PROT_WRITE)
+        }
     }
 
     /// Zeroes whole pages and gives their host memory back (`FALLOC_FL_PUNCH_HOLE`), so freed guest
     /// pages cost the host nothing and read as zero when reused. Like `dropTranslations`, this also
     /// removes KVM's stale translations to them.
     public func discard(pageAt address: UInt64, count: Int = 1) {
-        let length = off_t(count * GuestMemory.pageSize)
-        if ckvm_punch_hole(fd, off_t(address), length) != 0 {
-            memset(pointer(address), 0, Int(length))
+        let length = count * GuestMemory.pageSize
+        switch backing {
+        case .memfd:
+            if ckvm_punch_hole(fd, off_t(address), off_t(length)) == 0 { return }
+        case .privateFile:
+            // Fresh anonymous pages over the range: zero, without reading the image's bytes first.
+            let start = pointer(address)
+            let replaced = mmap(start, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+            if replaced == start { return }
         }
+        memset(pointer(address), 0, length)
+        dropTranslations(pageAt: address, count: count)
     }
 }

@@ -27,8 +27,18 @@ public final class KVM {
         ckvm_check_extension(fd, capability) > 0
     }
 
-    /// The CPUID leaves KVM can present to a guest, as reported by `KVM_GET_SUPPORTED_CPUID`.
+    private var cachedCPUID: [kvm_cpuid_entry2]?
+
+    /// The CPUID leaves KVM can present to a guest, as reported by `KVM_GET_SUPPORTED_CPUID`; asked
+    /// once per KVM handle, since every VM (each restore, each fork) needs them.
     public func supportedCPUID() throws -> [kvm_cpuid_entry2] {
+        if let cachedCPUID { return cachedCPUID }
+        let entries = try querySupportedCPUID()
+        cachedCPUID = entries
+        return entries
+    }
+
+    private func querySupportedCPUID() throws -> [kvm_cpuid_entry2] {
         let capacity: UInt32 = 256
         var entries = [kvm_cpuid_entry2](repeating: kvm_cpuid_entry2(), count: Int(capacity))
         let count = try entries.withUnsafeMutableBufferPointer { buffer in

@@ -26,7 +26,13 @@ enum LongMode {
     /// Writes GDT, IDT, TSS and stubs, maps them supervisor-only, and puts the vCPU in 64-bit mode.
     /// Returns the special registers that put the vCPU back in user mode (CPL3).
     static func configure(vm: VM, pageTables: PageTables) throws -> kvm_sregs {
-        let memory = vm.memory
+        try installSystemArea(memory: vm.memory, pageTables: pageTables)
+        return try configureVCPU(vm: vm, pageTableRoot: pageTables.root)
+    }
+
+    /// The CPL0 structures and their supervisor-only mappings, written into guest memory. A
+    /// restored guest already has them in its memory image.
+    static func installSystemArea(memory: GuestMemory, pageTables: PageTables) throws {
         GDT.write(into: memory)
         IDT.write(into: memory)
         TSS.write(into: memory)
@@ -46,13 +52,17 @@ enum LongMode {
         }
         try pageTables.map(virtual: SystemLayout.syscallDoorbell, physical: doorbellPhysicalAddress(memory),
                            flags: [.user, .writable, .noExecute])
+    }
 
+    /// CPUID, control registers, segments, XCR0 and the syscall MSRs of a fresh vCPU whose guest
+    /// memory holds the system area.
+    static func configureVCPU(vm: VM, pageTableRoot: UInt64) throws -> kvm_sregs {
         let cpuid = try vm.kvm.supportedCPUID()
         try vm.vcpu.setCPUID(cpuid)
 
         var sregs = try vm.vcpu.specialRegisters()
         sregs.cr0 = cr0
-        sregs.cr3 = pageTables.root
+        sregs.cr3 = pageTableRoot
         sregs.cr4 = cr4
         sregs.efer = efer
         sregs.gdt.base = SystemLayout.gdt

@@ -21,6 +21,17 @@ public final class PhysicalPageAllocator {
         self.freed = other.freed
     }
 
+    /// The allocation state a checkpoint recorded, over the restored `memory`.
+    public init(memory: GuestMemory, start: UInt64, nextUnused: UInt64, freed: [UInt64]) {
+        self.memory = memory
+        self.start = start
+        self.nextUnused = nextUnused
+        self.freed = freed
+    }
+
+    /// What a checkpoint records: where allocation started, the high-water mark, the free list.
+    public var state: (start: UInt64, nextUnused: UInt64, freed: [UInt64]) { (start, nextUnused, freed) }
+
     /// Bytes of guest RAM currently handed out (page tables included).
     public var usedBytes: Int { Int(nextUnused - start) - freed.count * GuestMemory.pageSize }
 

@@ -51,15 +51,57 @@ public final class UserModeCPU {
         registers = parent.registers
         fsBase = parent.fsBase
         gsBase = parent.gsBase
+        try vm.vcpu.setXSAVEArea(parent.vm.vcpu.xsaveArea())
     }
 
-    public init(vm: VM, pageTables: PageTables) throws {
+    /// A fresh vCPU in 64-bit mode whose guest memory gets the system area written into it now.
+    public convenience init(vm: VM, pageTables: PageTables) throws {
+        let userSpecialRegisters = try LongMode.configure(vm: vm, pageTables: pageTables)
+        self.init(vm: vm, pageTables: pageTables, userSpecialRegisters: userSpecialRegisters)
+        registers.rflags = 0x202  // IF and the always-one bit
+    }
+
+    /// Resumes a checkpointed program on `vm`, whose memory is the checkpoint's (system area and
+    /// page tables included). Refuses state that uses CPU features this host's KVM lacks, since
+    /// the program's libraries chose their code paths (AVX-512, say) when it initialized.
+    public convenience init(vm: VM, pageTables: PageTables, restoring state: VCPUState) throws {
+        guard state.registers.count == VCPUState.registersSize,
+              state.specialRegisters.count == VCPUState.specialRegistersSize,
+              state.xsaveArea.count == VCPUState.xsaveAreaSize else {
+            throw VCPUStateError(description: "vCPU state has registers of \(state.registers.count)/\(state.specialRegisters.count)/\(state.xsaveArea.count) bytes, expected \(VCPUState.registersSize)/\(VCPUState.specialRegistersSize)/\(VCPUState.xsaveAreaSize)")
+        }
+        let cpuid = try vm.kvm.supportedCPUID()
+        let available = CPUID.xcr0(from: cpuid)
+        guard state.xcr0 & ~available == 0 else {
+            throw VCPUStateError(description: "the checkpoint uses CPU state components (XCR0 0x\(String(state.xcr0, radix: 16))) this host does not offer (XCR0 0x\(String(available, radix: 16))); restore it on a host with the same CPU features, or re-checkpoint here")
+        }
+        try vm.vcpu.setCPUID(cpuid)
+        let special = VCPUState.value(state.specialRegisters, zero: kvm_sregs())
+        try vm.vcpu.setSpecialRegisters(special)
+        try vm.vcpu.setXCR0(state.xcr0)
+        for register in state.modelSpecificRegisters { try vm.vcpu.setMSR(register.index, register.value) }
+        try vm.vcpu.setXSAVEArea(state.xsaveArea)
+        self.init(vm: vm, pageTables: pageTables, userSpecialRegisters: special)
+        registers = VCPUState.value(state.registers, zero: kvm_regs())
+    }
+
+    private init(vm: VM, pageTables: PageTables, userSpecialRegisters: kvm_sregs) {
         self.vm = vm
         self.pageTables = pageTables
-        self.userSpecialRegisters = try LongMode.configure(vm: vm, pageTables: pageTables)
+        self.userSpecialRegisters = userSpecialRegisters
         self.doorbell = LongMode.doorbellPhysicalAddress(vm.memory)
         vm.vcpu.enableRegisterSynchronization(kvm: vm.kvm)
-        registers.rflags = 0x202  // IF and the always-one bit
+    }
+
+    /// The program's CPU state between traps, for a checkpoint.
+    public func captureState() throws -> VCPUState {
+        let vcpu = vm.vcpu
+        return VCPUState(
+            registers: VCPUState.bytes(of: registers),
+            specialRegisters: VCPUState.bytes(of: userSpecialRegisters),
+            xsaveArea: try vcpu.xsaveArea(),
+            xcr0: try vcpu.xcr0(),
+            modelSpecificRegisters: try VCPUState.savedRegisterIndices.map { .init(index: $0, value: try vcpu.msr($0)) })
     }
 
     /// The FS segment base (thread pointer), set by `arch_prctl(ARCH_SET_FS)`.

@@ -147,6 +147,30 @@ public final class VCPU {
         try check("KVM_SET_XCRS") { ckvm_set_xcr0(fd, value) }
     }
 
+    public func xcr0() throws -> UInt64 {
+        var value: UInt64 = 0
+        try check("KVM_GET_XCRS") { ckvm_get_xcr0(fd, &value) }
+        return value
+    }
+
+    /// The FPU, SSE and AVX state as the XSAVE area KVM keeps for the vCPU.
+    public func xsaveArea() throws -> [UInt8] {
+        var area = [UInt8](repeating: 0, count: Int(ckvm_xsave_size))
+        try area.withUnsafeMutableBytes { buffer in
+            _ = try check("KVM_GET_XSAVE") { ckvm_get_xsave(fd, buffer.baseAddress) }
+        }
+        return area
+    }
+
+    public func setXSAVEArea(_ area: [UInt8]) throws {
+        guard area.count == Int(ckvm_xsave_size) else {
+            throw KVMError("KVM_SET_XSAVE with a \(area.count)-byte area", errno: EINVAL)
+        }
+        try area.withUnsafeBytes { buffer in
+            _ = try check("KVM_SET_XSAVE") { ckvm_set_xsave(fd, buffer.baseAddress) }
+        }
+    }
+
     public func setCPUID(_ entries: [kvm_cpuid_entry2]) throws {
         _ = try entries.withUnsafeBufferPointer { buffer in
             try check("KVM_SET_CPUID2") { ckvm_set_cpuid2(fd, buffer.baseAddress, UInt32(buffer.count)) }

@@ -64,6 +64,11 @@ final class AddressSpace {
         breakEnd = other.breakEnd
     }
 
+    /// Installs a checkpoint's regions; their pages are already mapped in its page tables.
+    func restoreRegions(_ restored: [MemoryRegion]) {
+        regions = restored
+    }
+
     // MARK: regions
 
     func regionIndex(containing address: UInt64) -> Int? {

@@ -8,13 +8,22 @@ import Glibc
 /// through (they hold no host data).
 final class Filesystem {
     private let rootFD: Int32
+    /// The host directory that is the guest's `/`.
+    let rootDirectory: String
     let tmp: MemoryFilesystem
     /// The guest path of the running executable, for `/proc/self/exe`.
     var executablePath = "/"
+    /// Set while a program runs to its ready point: every rootfs file it opens is recorded.
+    var dependencies: RootfsDependencies?
 
     /// `tmpCapacity` bounds the bytes the guest can store in /tmp.
-    init(rootDirectory: String, tmpCapacity: Int) throws(Errno) {
-        tmp = MemoryFilesystem(capacity: tmpCapacity)
+    convenience init(rootDirectory: String, tmpCapacity: Int) throws(Errno) {
+        try self.init(rootDirectory: rootDirectory, tmp: MemoryFilesystem(capacity: tmpCapacity))
+    }
+
+    init(rootDirectory: String, tmp: MemoryFilesystem) throws(Errno) {
+        self.tmp = tmp
+        self.rootDirectory = rootDirectory
         let fd = Glibc.open(rootDirectory, O_PATH | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw Errno.lastHostError }
         rootFD = fd
@@ -46,6 +55,7 @@ final class Filesystem {
         let resolve = UInt64(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
         let fd = path.withCString { chost_openat2(rootFD, $0, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), 0, resolve) }
         guard fd >= 0 else { throw Errno.lastHostError }
+        dependencies?.record(path: path, flags: flags, fd: fd)
         return fd
     }
 
@@ -65,8 +75,7 @@ final class Filesystem {
                 if flags & O_CREAT == 0 { try requireExists(path, followSymlinks: true) }
                 throw Errno.EROFS
             }
-            let allowed = O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_PATH | O_NOATIME
-            let fd = try openHost(path, flags: O_RDONLY | (flags & allowed))
+            let fd = try openHost(path, flags: O_RDONLY | (flags & Self.rootfsOpenFlags))
             return OpenFile(backing: .host(fd: fd, owned: true), guestPath: GuestPath.normalize(absolutePath),
                             statusFlags: flags & ~O_CLOEXEC)
         case .memory(let components):
@@ -90,6 +99,9 @@ final class Filesystem {
                             statusFlags: flags & ~O_CLOEXEC)
         }
     }
+
+    /// The open(2) flags passed through to the host for a rootfs file (which is only ever read).
+    static let rootfsOpenFlags = O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_PATH | O_NOATIME
 
     /// A host fd to load an executable from; only rootfs files can be executed.
     func openExecutable(_ absolutePath: String) throws(Errno) -> Int32 {

@@ -19,18 +19,24 @@ final class GuestClock {
     }
 
     /// Guest-virtual address of the `[vvar]` page and the physical page it had when mapped.
-    private let pageAddress: UInt64
-    private let physicalPage: UInt64
+    let pageAddress: UInt64
+    let physicalPage: UInt64
     /// Guest TSC minus host TSC (KVM may offset the guest's counter); nil when the guest's clock
     /// cannot be derived from the host's TSC, and the vDSO then makes the real syscall.
     private let tickOffset: Int64?
     private var base: (ticks: UInt64, monotonic: UInt64, realtime: UInt64)?
 
     /// `pageAddress` is the mapped `[vvar]` page of `space`; `vcpu` is the guest's CPU.
-    init(pageAddress: UInt64, space: AddressSpace, vcpu: VCPU) throws(Errno) {
+    convenience init(pageAddress: UInt64, space: AddressSpace, vcpu: VCPU) throws(Errno) {
         guard let (physical, _) = space.pageTables.translate(virtual: pageAddress) else { throw Errno.EFAULT }
+        self.init(pageAddress: pageAddress, physicalPage: physical, vcpu: vcpu)
+    }
+
+    /// The clock of a restored program on its new `vcpu`, whose TSC offset is measured anew: the
+    /// checkpoint's base is not carried over, so the first refresh sets the host's time now.
+    init(pageAddress: UInt64, physicalPage: UInt64, vcpu: VCPU) {
         self.pageAddress = pageAddress
-        physicalPage = physical
+        self.physicalPage = physicalPage
         let before = chost_rdtsc()
         let guestTicks = try? vcpu.msr(0x10)  // IA32_TIME_STAMP_COUNTER
         let after = chost_rdtsc()

@@ -46,6 +46,20 @@ public final class Kernel {
 
     /// Lets another thread stop the sandbox (timeouts); shared by all its processes.
     public let exitRequester: ExitRequester
+    /// Whether the first read of an empty stdin ends the run at the ready point (checkpoint).
+    let stopsAtReadyPoint: Bool
+    /// A restored program trapped in its ready-point read; `run()` serves it before anything else.
+    private var hasPendingSyscall = false
+    /// When the sandbox first did what `invoke --timings` reports.
+    public internal(set) var milestones = Milestones()
+
+    /// CLOCK_MONOTONIC nanoseconds of first events, nil until they happen.
+    public struct Milestones: Sendable {
+        /// Just before the vCPU first entered the guest.
+        public var firstGuestEntry: UInt64?
+        /// Just after the program's first write to stdout returned.
+        public var firstStandardOutput: UInt64?
+    }
 
     /// Creates the VM, loads the program and builds its initial stack; the program starts on `run()`.
     public init(configuration: SandboxConfiguration, kvm: KVM? = nil) throws {
@@ -59,6 +73,8 @@ public final class Kernel {
         parentPID = 0
         traceSyscalls = configuration.traceSyscalls
         traceFD = configuration.standardStreams.count > 2 ? configuration.standardStreams[2] : 2
+        stopsAtReadyPoint = configuration.stopsAtReadyPoint
+        if stopsAtReadyPoint { filesystem.dependencies = RootfsDependencies() }
         executablePath = GuestPath.normalize(configuration.programPath)
         taskName = Self.taskName(of: executablePath)
         (cpu, space, clock) = try Self.loadImage(kvm: self.kvm, memorySize: memorySize, exitRequester: exitRequester,
@@ -75,7 +91,7 @@ public final class Kernel {
         kvm = parent.kvm
         memorySize = parent.memorySize
         exitRequester = parent.exitRequester
-        let memory = try parent.space.memory.copy()
+        let memory = try parent.space.memory.copy(inUse: Int(parent.space.allocator.state.nextUnused))
         let allocator = PhysicalPageAllocator(copying: parent.space.allocator, memory: memory)
         let pageTables = PageTables(memory: memory, allocator: allocator, root: parent.space.pageTables.root)
         let vm = try VM(kvm: kvm, memory: memory, exitRequester: exitRequester)
@@ -96,6 +112,51 @@ public final class Kernel {
         fileCreationMask = parent.fileCreationMask
         traceSyscalls = parent.traceSyscalls
         traceFD = parent.traceFD
+        stopsAtReadyPoint = false  // only the sandbox's first process is checkpointed
+    }
+
+    /// Resumes a checkpointed program in a new VM over `memory`, the checkpoint's guest memory
+    /// (typically its image's `memory` file mapped privately). Files reopen on first use; stdio
+    /// is the invocation's. Throws `RestoreError` when the snapshot does not fit this host.
+    public init(restoring snapshot: KernelSnapshot, memory: GuestMemory, options: RestoreOptions, kvm: KVM? = nil) throws {
+        guard memory.size == snapshot.memorySize else {
+            throw RestoreError("guest memory is \(memory.size) bytes but the checkpoint's is \(snapshot.memorySize)")
+        }
+        self.kvm = try kvm ?? KVM()
+        memorySize = snapshot.memorySize
+        exitRequester = ExitRequester()
+        let (restoredFilesystem, tmpNodes) = try Self.restoreFilesystem(snapshot)
+        filesystem = restoredFilesystem
+        processes = ProcessTable()
+        processes.nextPID = snapshot.process.nextPID
+        for zombie in snapshot.process.zombies { processes.zombies[zombie.pid] = (zombie.parent, zombie.status) }
+        pid = snapshot.process.pid
+        parentPID = 0
+        traceSyscalls = options.traceSyscalls
+        traceFD = options.standardStreams.count > 2 ? options.standardStreams[2] : 2
+        stopsAtReadyPoint = false
+        let allocator = PhysicalPageAllocator(memory: memory, start: snapshot.allocator.start,
+                                              nextUnused: snapshot.allocator.nextUnused, freed: snapshot.allocator.freed)
+        let pageTables = PageTables(memory: memory, allocator: allocator, root: snapshot.pageTableRoot)
+        let vm = try VM(kvm: self.kvm, memory: memory, exitRequester: exitRequester)
+        cpu = try UserModeCPU(vm: vm, pageTables: pageTables, restoring: snapshot.vcpu)
+        space = AddressSpace(memory: memory, allocator: allocator, pageTables: pageTables)
+        space.restoreRegions(snapshot.regions.map {
+            MemoryRegion(start: $0.start, end: $0.end, protection: Protection(rawValue: $0.protection), name: $0.name, pristineCopy: nil)
+        })
+        space.breakStart = snapshot.breakStart
+        space.breakEnd = snapshot.breakEnd
+        clock = GuestClock(pageAddress: snapshot.clockPage, physicalPage: snapshot.clockFrame, vcpu: vm.vcpu)
+        files = try Self.restoreFiles(snapshot, filesystem: filesystem, tmpNodes: tmpNodes, standardStreams: options.standardStreams)
+        executablePath = snapshot.process.executablePath
+        filesystem.executablePath = executablePath
+        workingDirectory = snapshot.process.workingDirectory
+        credentials = Credentials(uid: snapshot.process.uid, gid: snapshot.process.gid)
+        taskName = snapshot.process.taskName
+        signalActions = Dictionary(snapshot.process.signalActions.map { ($0.signal, $0.action) }, uniquingKeysWith: { $1 })
+        signalMask = snapshot.process.signalMask
+        fileCreationMask = snapshot.process.fileCreationMask
+        hasPendingSyscall = snapshot.pendingSyscall
     }
 
     /// A fresh VM with `path` loaded and its initial stack built: a new process image.
@@ -144,7 +205,8 @@ public final class Kernel {
         for (guestFD, hostFD) in hostFDs.prefix(3).enumerated() {
             let flags = fcntl(hostFD, F_GETFL)
             guard flags >= 0 else { continue }  // a closed host stream stays closed in the guest
-            let file = OpenFile(backing: .host(fd: hostFD, owned: false), guestPath: "/dev/stdio", statusFlags: flags)
+            let file = OpenFile(backing: .host(fd: hostFD, owned: false), guestPath: "/dev/stdio", statusFlags: flags,
+                                standardStream: Int32(guestFD))
             try files.install(file, at: Int32(guestFD), closeOnExec: false)
         }
     }
@@ -155,8 +217,13 @@ public final class Kernel {
         let isSandboxRoot = parentPID == 0
         if isSandboxRoot { exitRequester.bindCurrentThread() }
         defer { if isSandboxRoot { exitRequester.unbindThread() } }
+        if hasPendingSyscall {
+            hasPendingSyscall = false
+            serveSyscall()
+        }
         while pendingExit == nil {
             clock.refresh(space: space)
+            if milestones.firstGuestEntry == nil { milestones.firstGuestEntry = Self.monotonicNanoseconds() }
             switch try cpu.run() {
             case .syscall:
                 serveSyscall()
@@ -178,6 +245,10 @@ public final class Kernel {
                                          values: [registers.rdi, registers.rsi, registers.rdx,
                                                   registers.r10, registers.r8, registers.r9])
         syscallCount += 1
+        if stopsAtReadyPoint && isReadyPointRead(arguments) {
+            pendingExit = .readyPoint  // left unserved: the registers still hold the read
+            return
+        }
         let definition = table[arguments.number]
         let trace = traceSyscalls ? Strace.callText(arguments, definition: definition, kernel: self) : nil
         let result: Int64
@@ -220,6 +291,36 @@ public final class Kernel {
         default: (SIGSEGV, "general protection fault (vector \(exception.vector))")
         }
         kill(signal: signal, reason: "\(name) at rip 0x\(hex(exception.rip))")
+    }
+
+    /// The program has initialized and now waits for its first request: its first process reads
+    /// the sandbox's stdin (read(2), readv(2)), or waits for it alone without a timeout (poll(2),
+    /// ppoll(2), as busybox's `read` does), and stdin has no data.
+    private func isReadyPointRead(_ arguments: SyscallArguments) -> Bool {
+        let read = 0, poll = 7, readv = 19, ppoll = 271
+        guard parentPID == 0 else { return false }
+        switch arguments.number {
+        case read, readv:
+            guard arguments[0] == 0 else { return false }
+        case poll, ppoll:
+            let waitsForever = arguments.number == poll ? arguments.int32(2) < 0 : arguments[2] == 0
+            guard waitsForever, arguments[1] == 1, let entry = try? space.read(arguments[0], count: 8) else { return false }
+            let fd = entry.withUnsafeBytes { $0.load(as: Int32.self) }
+            let events = entry.withUnsafeBytes { $0.load(fromByteOffset: 4, as: Int16.self) }
+            guard fd == 0, events & Int16(POLLIN) != 0 else { return false }
+        default:
+            return false
+        }
+        guard let file = try? files.file(Int32(0)), file.standardStream == 0, case .host(let fd, _) = file.backing else { return false }
+        var request = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return Glibc.poll(&request, 1, 0) == 0
+    }
+
+    /// CLOCK_MONOTONIC in nanoseconds, the clock of `Milestones`.
+    public static func monotonicNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
     }
 
     /// Ends the program as a fatal signal would.

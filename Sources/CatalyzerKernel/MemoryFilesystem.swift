@@ -12,13 +12,17 @@ final class MemoryNode {
     let inode: UInt64
     var modified: timespec
 
-    init(content: Content, mode: UInt32, inode: UInt64) {
+    init(content: Content, mode: UInt32, inode: UInt64, modified: timespec? = nil) {
         self.content = content
         self.mode = mode
         self.inode = inode
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        self.modified = now
+        if let modified {
+            self.modified = modified
+        } else {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            self.modified = now
+        }
     }
 
     var isDirectory: Bool {
@@ -59,11 +63,19 @@ final class MemoryFilesystem {
     let root: MemoryNode
     let capacity: Int
     private(set) var bytesUsed = 0
-    private var nextInode: UInt64 = 2
+    private(set) var nextInode: UInt64 = 2
 
     init(capacity: Int) {
         self.capacity = capacity
         root = MemoryNode(content: .directory([:]), mode: 0o1777, inode: 1)
+    }
+
+    /// A checkpoint's /tmp: `root` and the nodes under it, with the inode counter where it was.
+    init(capacity: Int, root: MemoryNode, nextInode: UInt64, bytesUsed: Int) {
+        self.capacity = capacity
+        self.root = root
+        self.nextInode = nextInode
+        self.bytesUsed = bytesUsed
     }
 
     /// Accounts for a file growing (positive) or shrinking (negative) by `delta` bytes.

@@ -11,18 +11,71 @@ final class OpenFile {
         case pipe(Pipe)
     }
 
-    let backing: Backing
+    /// What the description refers to. A restored rootfs file or device holds a closed
+    /// placeholder here until `reconnectIfNeeded()` reopens it; `FileTable.file(_:)`, the way every
+    /// syscall reaches a file, does that first.
+    private(set) var backing: Backing
     /// The guest path it was opened by (for `*at` lookups relative to a directory fd, and fchdir).
     let guestPath: String
     /// `O_ACCMODE`, `O_APPEND`, `O_NONBLOCK` and the like, as given to open or F_SETFL.
     var statusFlags: Int32
     /// Position in a memory file, or index of the next entry of a memory directory.
     var position = 0
+    /// 0, 1 or 2 for the sandbox's stdin, stdout and stderr: a restore binds these to the
+    /// invocation's streams.
+    let standardStream: Int32?
+    /// How to reopen a restored host file on first use (on-demand I/O reconnection): restoring
+    /// does no file I/O, and files the program never touches again are never reopened.
+    private(set) var reconnection: Reconnection?
 
-    init(backing: Backing, guestPath: String, statusFlags: Int32) {
+    struct Reconnection {
+        enum Target {
+            case rootfs(path: String, offset: Int64)
+            case hostDevice(path: String)
+        }
+        let target: Target
+        let filesystem: Filesystem
+    }
+
+    init(backing: Backing, guestPath: String, statusFlags: Int32, standardStream: Int32? = nil) {
         self.backing = backing
         self.guestPath = guestPath
         self.statusFlags = statusFlags
+        self.standardStream = standardStream
+    }
+
+    /// A restored host file, reopened when first used.
+    init(reconnecting reconnection: Reconnection, guestPath: String, statusFlags: Int32) {
+        backing = .host(fd: -1, owned: false)
+        self.guestPath = guestPath
+        self.statusFlags = statusFlags
+        self.standardStream = nil
+        self.reconnection = reconnection
+    }
+
+    /// Reopens a restored host file at its checkpointed offset. Fails with EIO if it cannot be
+    /// reopened (the rootfs fingerprint makes that unlikely): the program sees an I/O error on
+    /// that fd, as it would if the file's device went away.
+    func reconnectIfNeeded() throws(Errno) {
+        guard let reconnection else { return }
+        let fd: Int32
+        do throws(Errno) {
+            switch reconnection.target {
+            case .rootfs(let path, let offset):
+                fd = try reconnection.filesystem.openHost(path, flags: O_RDONLY | (statusFlags & Filesystem.rootfsOpenFlags))
+                if offset > 0 && lseek(fd, off_t(offset), SEEK_SET) < 0 {
+                    close(fd)
+                    throw Errno.lastHostError
+                }
+            case .hostDevice(let path):
+                fd = Glibc.open(path, (statusFlags & (O_ACCMODE | O_NONBLOCK)) | O_CLOEXEC)
+                guard fd >= 0 else { throw Errno.lastHostError }
+            }
+        } catch {
+            throw Errno.EIO
+        }
+        backing = .host(fd: fd, owned: true)
+        self.reconnection = nil
     }
 
     deinit {
@@ -66,7 +119,13 @@ final class FileTable {
 
     func file(_ fd: Int32) throws(Errno) -> OpenFile {
         guard let entry = entries[fd] else { throw Errno.EBADF }
+        try entry.file.reconnectIfNeeded()
         return entry.file
+    }
+
+    /// Every open fd with its description, without reconnecting anything (checkpoints).
+    var allEntries: [(fd: Int32, file: OpenFile, closeOnExec: Bool)] {
+        entries.map { ($0.key, $0.value.file, $0.value.closeOnExec) }.sorted { $0.fd < $1.fd }
     }
 
     func file(_ fd: UInt64) throws(Errno) -> OpenFile {

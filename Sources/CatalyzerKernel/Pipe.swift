@@ -9,6 +9,18 @@ final class Pipe {
     private(set) var hasReader = true
     private(set) var hasWriter = true
 
+    init() {}
+
+    /// A checkpoint's pipe with its unread bytes.
+    init(buffered: [UInt8], hasReader: Bool, hasWriter: Bool) {
+        buffer = buffered
+        self.hasReader = hasReader
+        self.hasWriter = hasWriter
+    }
+
+    /// The bytes written and not yet read.
+    var unreadBytes: [UInt8] { Array(buffer[readOffset...]) }
+
     /// Whether no bytes are buffered.
     var isEmpty: Bool { buffer.count == readOffset }
 

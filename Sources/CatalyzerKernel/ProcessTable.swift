@@ -1,9 +1,9 @@
 /// The sandbox's processes, shared by all of them (a pid namespace): pid allocation and the exit
 /// statuses of children not yet waited for (zombies).
 final class ProcessTable {
-    private var nextPID: Int32 = 1
+    var nextPID: Int32 = 1
     /// Exited children by pid: their parent and their wait status (as wait4 reports it).
-    private var zombies: [Int32: (parent: Int32, status: Int32)] = [:]
+    var zombies: [Int32: (parent: Int32, status: Int32)] = [:]
 
     func allocatePID() -> Int32 {
         defer { nextPID += 1 }
@@ -14,7 +14,7 @@ final class ProcessTable {
         let status: Int32 = switch exit {
         case .exited(let code): (code & 0xFF) << 8
         case .killed(let signal, _): signal & 0x7F
-        case .timedOut: 9  // SIGKILL
+        case .timedOut, .readyPoint: 9  // SIGKILL
         }
         zombies[pid] = (parent, status)
     }

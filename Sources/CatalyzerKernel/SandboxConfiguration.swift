@@ -16,6 +16,10 @@ public struct SandboxConfiguration: Sendable {
     public var workingDirectory = "/"
     /// Host fds that become the guest's stdin, stdout and stderr (the monitor's own by default).
     public var standardStreams: [Int32] = [0, 1, 2]
+    /// Run to the program's ready point and stop there for a checkpoint: the first read of stdin,
+    /// or wait for it alone, that finds no data ends the run with `.readyPoint` instead of blocking,
+    /// and the rootfs files the program uses until then are recorded (`RootfsFingerprint`).
+    public var stopsAtReadyPoint = false
 
     public init(rootDirectory: String, memorySize: Int = 256 << 20, programPath: String, arguments: [String],
                 environment: [String] = [], traceSyscalls: Bool = false) {
@@ -28,6 +32,15 @@ public struct SandboxConfiguration: Sendable {
     }
 }
 
+/// What a restored sandbox gets from its invocation rather than from the checkpoint.
+public struct RestoreOptions: Sendable {
+    /// Host fds that become the guest's stdin, stdout and stderr.
+    public var standardStreams: [Int32] = [0, 1, 2]
+    public var traceSyscalls = false
+
+    public init() {}
+}
+
 /// How a sandboxed program ended.
 public enum SandboxExit: Equatable, Sendable {
     case exited(status: Int32)
@@ -35,6 +48,9 @@ public enum SandboxExit: Equatable, Sendable {
     case killed(signal: Int32, reason: String)
     /// Stopped by the monitor after the timeout.
     case timedOut
+    /// Stopped at the ready point (see `SandboxConfiguration.stopsAtReadyPoint`), inside its
+    /// read of stdin, ready to be checkpointed.
+    case readyPoint
 
     /// The shell-style exit status catalyzer reports: the status, 128+signal, or 124 on timeout.
     public var status: Int32 {
@@ -42,6 +58,7 @@ public enum SandboxExit: Equatable, Sendable {
         case .exited(let status): return status
         case .killed(let signal, _): return 128 + signal
         case .timedOut: return 124
+        case .readyPoint: return 0
         }
     }
 }

@@ -56,6 +56,7 @@ extension Kernel {
 
     func sysWrite(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let file = try files.file(a[0])
+        defer { noteOutput(to: file) }
         return UInt64(try write(file, from: [(a[1], try a.length(2))], at: nil))
     }
 
@@ -67,7 +68,15 @@ extension Kernel {
 
     func sysWritev(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let file = try files.file(a[0])
+        defer { noteOutput(to: file) }
         return UInt64(try write(file, from: try ioVectors(a[1], count: a[2]), at: nil))
+    }
+
+    /// Records the first write to stdout: for a function, its first response.
+    private func noteOutput(to file: OpenFile) {
+        if file.standardStream == 1 && milestones.firstStandardOutput == nil {
+            milestones.firstStandardOutput = Self.monotonicNanoseconds()
+        }
     }
 
     /// Reads a guest `struct iovec` array.

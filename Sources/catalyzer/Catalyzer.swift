@@ -7,6 +7,6 @@ struct Catalyzer: ParsableCommand {
         commandName: "catalyzer",
         abstract: "Serverless sandboxes that start from checkpoint images.",
         version: CatalyzerVersion.current,
-        subcommands: [ImageCommand.self, BenchCommand.self, Run.self]
+        subcommands: [ImageCommand.self, BenchCommand.self, Run.self, CheckpointCommand.self, InvokeCommand.self, MountCommand.self]
     )
 }

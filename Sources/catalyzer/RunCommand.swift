@@ -43,11 +43,17 @@ struct Run: ParsableCommand {
         }
     }
 
-    func run() throws {
-        var environment = environment
+    /// The environment a program gets: `--env` entries plus a default PATH.
+    static func environment(_ entries: [String]) -> [String] {
+        var environment = entries
         if !environment.contains(where: { $0.hasPrefix("PATH=") }) {
             environment.insert("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", at: 0)
         }
+        return environment
+    }
+
+    func run() throws {
+        let environment = Self.environment(environment)
         let program = Self.resolveProgram(command[0], rootfs: rootfs, environment: environment)
         let configuration = SandboxConfiguration(
             rootDirectory: rootfs, memorySize: Int(ByteCount.parse(memory) ?? 0), programPath: program, arguments: command,
@@ -76,7 +82,7 @@ struct Run: ParsableCommand {
             Self.report("unimplemented syscalls (ENOSYS): " + list.joined(separator: ", "))
         }
         switch exit {
-        case .exited: break
+        case .exited, .readyPoint: break
         case .killed(let signal, let reason):
             Self.report("program killed by \(Self.signalName(signal)): \(reason)")
         case .timedOut:
@@ -86,7 +92,7 @@ struct Run: ParsableCommand {
     }
 
     /// A bare name is looked up on the guest's PATH inside the rootfs, as a shell would.
-    private static func resolveProgram(_ name: String, rootfs: String, environment: [String]) -> String {
+    static func resolveProgram(_ name: String, rootfs: String, environment: [String]) -> String {
         guard !name.contains("/") else { return name.hasPrefix("/") ? name : "/" + name }
         let path = environment.last { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) } ?? ""
         for directory in path.split(separator: ":") where access(rootfs + "/" + directory + "/" + name, X_OK) == 0 {
@@ -95,7 +101,7 @@ struct Run: ParsableCommand {
         return "/" + name
     }
 
-    private static func signalName(_ signal: Int32) -> String {
+    static func signalName(_ signal: Int32) -> String {
         let names: [Int32: String] = [SIGSEGV: "SIGSEGV", SIGILL: "SIGILL", SIGFPE: "SIGFPE", SIGBUS: "SIGBUS",
                                       SIGABRT: "SIGABRT", SIGTRAP: "SIGTRAP", SIGKILL: "SIGKILL"]
         return names[signal] ?? "signal \(signal)"

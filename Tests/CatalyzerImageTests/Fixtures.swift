@@ -46,38 +46,3 @@ enum Fixtures {
         Array(try Data(contentsOf: URL(fileURLWithPath: path)))
     }
 }
-
-/// Test-only surgery on a store: rewrite an image's config or manifest the way a bug or an
-/// attacker could, keeping everything else valid so the check under test is the one that fires.
-enum StoreSurgery {
-    /// Re-publishes `name` with its config JSON changed by `edit`.
-    static func editConfig(_ store: ImageStore, _ name: String, _ edit: (inout [String: Any]) -> Void) throws {
-        let image = try store.open(name)
-        var json = try JSONSerialization.jsonObject(with: Data(image.readConfigBytes())) as! [String: Any]
-        edit(&json)
-        let configBytes = Array(try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]))
-        let digest = try store.storeBlob(configBytes).digest
-        var manifest = image.manifest
-        manifest.config = Descriptor(mediaType: manifest.config.mediaType, digest: digest, size: Int64(configBytes.count))
-        try publish(store, name, manifest)
-    }
-
-    /// Re-publishes `name` with its manifest changed by `edit`.
-    static func editManifest(_ store: ImageStore, _ name: String, _ edit: (inout OCIManifest) -> Void) throws {
-        var manifest = try store.open(name).manifest
-        edit(&manifest)
-        try publish(store, name, manifest)
-    }
-
-    private static func publish(_ store: ImageStore, _ name: String, _ manifest: OCIManifest) throws {
-        let bytes = ImageStore.encode(manifest)
-        let digest = try store.storeBlob(bytes).digest
-        try store.publish(name: name, manifest: Descriptor(mediaType: MediaType.ociManifest, digest: digest, size: Int64(bytes.count)))
-    }
-
-    /// Path of the blob holding chunk `index` of `name`.
-    static func chunkBlobPath(_ store: ImageStore, _ name: String, chunk index: Int) throws -> String {
-        let image = try store.open(name)
-        return store.blobPath(image.chunk(at: index)!.digest)
-    }
-}

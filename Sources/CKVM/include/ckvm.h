@@ -108,6 +108,23 @@ static inline int ckvm_set_xcr0(int vcpu, uint64_t value) {
     return ioctl(vcpu, KVM_SET_XCRS, &xcrs);
 }
 
+/// Reads XCR0 into `*value`; returns the ioctl result.
+static inline int ckvm_get_xcr0(int vcpu, uint64_t *value) {
+    struct kvm_xcrs xcrs;
+    memset(&xcrs, 0, sizeof(xcrs));
+    int r = ioctl(vcpu, KVM_GET_XCRS, &xcrs);
+    if (r != 0) return r;
+    *value = 0;
+    for (uint32_t i = 0; i < xcrs.nr_xcrs; i++) if (xcrs.xcrs[i].xcr == 0) *value = xcrs.xcrs[i].value;
+    return 0;
+}
+
+/// Size of the legacy XSAVE area KVM_GET_XSAVE fills: x87, SSE, AVX and AVX-512 state fit in it.
+static const int ckvm_xsave_size = (int)sizeof(struct kvm_xsave);
+/// Copies the vCPU's FPU/SSE/AVX state (the XSAVE area) into `buffer` of `ckvm_xsave_size` bytes.
+static inline int ckvm_get_xsave(int vcpu, void *buffer) { return ioctl(vcpu, KVM_GET_XSAVE, buffer); }
+static inline int ckvm_set_xsave(int vcpu, const void *buffer) { return ioctl(vcpu, KVM_SET_XSAVE, buffer); }
+
 // MARK: kvm_run accessors (the unions are anonymous, which Swift imports poorly)
 
 static inline uint32_t ckvm_run_exit_reason(const struct kvm_run *run) { return run->exit_reason; }

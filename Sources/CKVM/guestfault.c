@@ -1,0 +1,86 @@
+#define _GNU_SOURCE
+#include "guestfault.h"
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { slot_count = 64, text_size = 512 };
+
+/// One guarded range. `claimed` reserves the slot for a registering thread; `active` is set once
+/// the slot is filled and cleared on removal, so the handler never reads a half-written slot.
+struct guard_slot {
+    int claimed;
+    volatile int active;
+    uintptr_t base;
+    uint64_t size;
+    uint64_t chunk_size;
+    char prefix[text_size];
+    char suffix[text_size];
+};
+
+static struct guard_slot slots[slot_count];
+static volatile int handler_installed;
+
+static void write_all(const char *text, size_t length) {
+    while (length > 0) {
+        ssize_t written = write(2, text, length);
+        if (written <= 0) return;
+        text += written;
+        length -= (size_t)written;
+    }
+}
+
+static void on_sigbus(int signal, siginfo_t *info, void *context) {
+    (void)context;
+    uintptr_t address = (uintptr_t)info->si_addr;
+    for (int i = 0; i < slot_count; i++) {
+        struct guard_slot *slot = &slots[i];
+        if (!slot->active || address < slot->base || address - slot->base >= slot->size) continue;
+        uint64_t chunk = (address - slot->base) / slot->chunk_size;
+        char digits[24];
+        int count = 0;
+        do { digits[sizeof(digits) - 1 - count++] = (char)('0' + chunk % 10); chunk /= 10; } while (chunk > 0);
+        write_all(slot->prefix, strlen(slot->prefix));
+        write_all(digits + sizeof(digits) - count, (size_t)count);
+        write_all(slot->suffix, strlen(slot->suffix));
+        _exit(1);
+    }
+    // Not guest memory: a real crash. Take the default action when the access repeats.
+    struct sigaction fallback;
+    memset(&fallback, 0, sizeof(fallback));
+    fallback.sa_handler = SIG_DFL;
+    sigaction(signal, &fallback, NULL);
+}
+
+int chost_guard_guest_memory(const void *base, uint64_t size, uint64_t chunk_size, const char *prefix, const char *suffix) {
+    if (!handler_installed) {
+        struct sigaction action;
+        memset(&action, 0, sizeof(action));
+        action.sa_sigaction = on_sigbus;
+        action.sa_flags = SA_SIGINFO;
+        sigemptyset(&action.sa_mask);
+        if (sigaction(SIGBUS, &action, NULL) != 0) return -1;
+        handler_installed = 1;
+    }
+    for (int i = 0; i < slot_count; i++) {
+        struct guard_slot *slot = &slots[i];
+        int unclaimed = 0;
+        if (!__atomic_compare_exchange_n(&slot->claimed, &unclaimed, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+        slot->base = (uintptr_t)base;
+        slot->size = size;
+        slot->chunk_size = chunk_size ? chunk_size : 1;
+        strncpy(slot->prefix, prefix, text_size - 1);
+        slot->prefix[text_size - 1] = 0;
+        strncpy(slot->suffix, suffix, text_size - 1);
+        slot->suffix[text_size - 1] = 0;
+        __atomic_store_n(&slot->active, 1, __ATOMIC_RELEASE);
+        return i;
+    }
+    return -1;
+}
+
+void chost_unguard_guest_memory(int slot) {
+    if (slot < 0 || slot >= slot_count) return;
+    __atomic_store_n(&slots[slot].active, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&slots[slot].claimed, 0, __ATOMIC_RELEASE);
+}

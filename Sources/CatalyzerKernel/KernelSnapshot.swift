@@ -1,0 +1,311 @@
+import CatalyzerKVM
+
+/// A program stopped at its ready point, as plain data: the vCPU, the address space's bookkeeping
+/// (the page tables themselves are in guest memory), open files, the in-memory /tmp, process
+/// identity and the rootfs it ran against. Guest memory is not part of it: the image holds that.
+/// `Kernel.captureSnapshot()` builds it; `Kernel(restoring:...)` resumes from it.
+public struct KernelSnapshot: Sendable {
+    /// Bumped whenever the encoding changes; a blob with another version is refused.
+    public static let formatVersion: UInt32 = 1
+
+    public var memorySize: Int
+    public var vcpu: VCPUState
+    /// The program trapped with a syscall that restore must serve first: the ready-point read.
+    public var pendingSyscall: Bool
+    public var pageTableRoot: UInt64
+    public var allocator: AllocatorState
+    public var regions: [Region]
+    public var breakStart: UInt64
+    public var breakEnd: UInt64
+    /// The vDSO's clock page: its virtual address and the physical page behind it.
+    public var clockPage: UInt64
+    public var clockFrame: UInt64
+    /// Host CLOCK_REALTIME at the checkpoint, in nanoseconds.
+    public var checkpointRealtime: UInt64
+    public var process: Process
+    public var files: [File]
+    public var descriptors: [Descriptor]
+    public var pipes: [PipeState]
+    public var tmp: TmpFilesystem
+    public var rootfs: RootfsFingerprint
+
+    public struct AllocatorState: Sendable {
+        public var start: UInt64
+        public var nextUnused: UInt64
+        public var freed: [UInt64]
+    }
+
+    public struct Region: Sendable {
+        public var start: UInt64
+        public var end: UInt64
+        public var protection: UInt64
+        public var name: String
+    }
+
+    public struct Process: Sendable {
+        public var pid: Int32
+        public var executablePath: String
+        public var workingDirectory: String
+        public var uid: UInt32
+        public var gid: UInt32
+        public var taskName: String
+        public var signalActions: [SignalAction]
+        public var signalMask: UInt64
+        public var fileCreationMask: UInt32
+        public var nextPID: Int32
+        public var zombies: [Zombie]
+    }
+
+    public struct SignalAction: Sendable {
+        public var signal: Int32
+        public var action: [UInt8]
+    }
+
+    public struct Zombie: Sendable {
+        public var pid: Int32
+        public var parent: Int32
+        public var status: Int32
+    }
+
+    /// An open file description. Rootfs files and host devices are reopened by path on first use.
+    public struct File: Sendable {
+        public enum Kind: Sendable {
+            /// stdin, stdout or stderr: bound to the restoring invocation's streams.
+            case standardStream(Int32)
+            case rootfs(path: String, offset: Int64)
+            case hostDevice(path: String)
+            case tmp(inode: UInt64, position: Int)
+            case pipe(index: Int)
+        }
+        public var kind: Kind
+        public var guestPath: String
+        public var statusFlags: Int32
+    }
+
+    /// An fd number and the description (index into `files`) it refers to.
+    public struct Descriptor: Sendable {
+        public var fd: Int32
+        public var file: Int
+        public var closeOnExec: Bool
+    }
+
+    public struct PipeState: Sendable {
+        public var buffered: [UInt8]
+        public var hasReader: Bool
+        public var hasWriter: Bool
+    }
+
+    public struct TmpFilesystem: Sendable {
+        public var capacity: Int
+        public var nextInode: UInt64
+        /// Every node reachable from the root (inode 1) or from an open file.
+        public var nodes: [TmpNode]
+    }
+
+    public struct TmpNode: Sendable {
+        public var inode: UInt64
+        public var mode: UInt32
+        public var modifiedSeconds: Int64
+        public var modifiedNanoseconds: Int64
+        /// File bytes, or nil for a directory.
+        public var data: [UInt8]?
+        /// Directory entries: name and inode.
+        public var children: [(name: String, inode: UInt64)]
+    }
+}
+
+// MARK: encoding
+
+extension KernelSnapshot {
+    public func encode(into writer: inout SnapshotWriter) {
+        writer.write(Self.formatVersion)
+        writer.write(UInt64(memorySize))
+        writer.write(vcpu.registers)
+        writer.write(vcpu.specialRegisters)
+        writer.write(vcpu.xsaveArea)
+        writer.write(vcpu.xcr0)
+        writer.write(vcpu.modelSpecificRegisters) { $0.write($1.index); $0.write($1.value) }
+        writer.write(pendingSyscall)
+        writer.write(pageTableRoot)
+        writer.write(allocator.start)
+        writer.write(allocator.nextUnused)
+        writer.write(allocator.freed) { $0.write($1) }
+        writer.write(regions) { w, region in
+            w.write(region.start); w.write(region.end); w.write(region.protection); w.write(region.name)
+        }
+        writer.write(breakStart)
+        writer.write(breakEnd)
+        writer.write(clockPage)
+        writer.write(clockFrame)
+        writer.write(checkpointRealtime)
+        process.encode(into: &writer)
+        writer.write(files) { w, file in
+            switch file.kind {
+            case .standardStream(let number): w.write(UInt8(0)); w.write(number)
+            case .rootfs(let path, let offset): w.write(UInt8(1)); w.write(path); w.write(offset)
+            case .hostDevice(let path): w.write(UInt8(2)); w.write(path)
+            case .tmp(let inode, let position): w.write(UInt8(3)); w.write(inode); w.write(Int64(position))
+            case .pipe(let index): w.write(UInt8(4)); w.write(UInt64(index))
+            }
+            w.write(file.guestPath)
+            w.write(file.statusFlags)
+        }
+        writer.write(descriptors) { w, descriptor in
+            w.write(descriptor.fd); w.write(UInt64(descriptor.file)); w.write(descriptor.closeOnExec)
+        }
+        writer.write(pipes) { w, pipe in
+            w.write(pipe.buffered); w.write(pipe.hasReader); w.write(pipe.hasWriter)
+        }
+        writer.write(UInt64(tmp.capacity))
+        writer.write(tmp.nextInode)
+        writer.write(tmp.nodes) { w, node in
+            w.write(node.inode); w.write(node.mode); w.write(node.modifiedSeconds); w.write(node.modifiedNanoseconds)
+            if let data = node.data {
+                w.write(UInt8(0)); w.write(data)
+            } else {
+                w.write(UInt8(1))
+                w.write(node.children) { w, child in w.write(child.name); w.write(child.inode) }
+            }
+        }
+        rootfs.encode(into: &writer)
+    }
+
+    public init(from reader: inout SnapshotReader) throws(SnapshotDecodingError) {
+        let version = try reader.read(UInt32.self, "kernel state version")
+        guard version == Self.formatVersion else {
+            throw reader.failure("kernel state version \(version) is not supported (this catalyzer reads version \(Self.formatVersion)); re-checkpoint the function with this catalyzer")
+        }
+        memorySize = Int(try reader.read(UInt64.self, "memory size"))
+        let registers = try reader.readBytes("vCPU registers")
+        let specialRegisters = try reader.readBytes("vCPU special registers")
+        let xsaveArea = try reader.readBytes("vCPU XSAVE area")
+        let xcr0 = try reader.read(UInt64.self, "XCR0")
+        let msrs = try reader.readArray("MSRs", minimumSize: 12) { (r) throws(SnapshotDecodingError) in
+            VCPUState.ModelSpecificRegister(index: try r.read(UInt32.self, "MSR index"), value: try r.read(UInt64.self, "MSR value"))
+        }
+        vcpu = VCPUState(registers: registers, specialRegisters: specialRegisters, xsaveArea: xsaveArea, xcr0: xcr0,
+                         modelSpecificRegisters: msrs)
+        pendingSyscall = try reader.readBool("pending syscall")
+        pageTableRoot = try reader.read(UInt64.self, "page table root")
+        allocator = AllocatorState(
+            start: try reader.read(UInt64.self, "allocator start"),
+            nextUnused: try reader.read(UInt64.self, "allocator high-water mark"),
+            freed: try reader.readArray("free pages", minimumSize: 8) { (r) throws(SnapshotDecodingError) in try r.read(UInt64.self, "free page") })
+        regions = try reader.readArray("memory regions", minimumSize: 32) { (r) throws(SnapshotDecodingError) in
+            Region(start: try r.read(UInt64.self, "region start"), end: try r.read(UInt64.self, "region end"),
+                   protection: try r.read(UInt64.self, "region protection"), name: try r.readString("region name"))
+        }
+        breakStart = try reader.read(UInt64.self, "break start")
+        breakEnd = try reader.read(UInt64.self, "break end")
+        clockPage = try reader.read(UInt64.self, "clock page")
+        clockFrame = try reader.read(UInt64.self, "clock frame")
+        checkpointRealtime = try reader.read(UInt64.self, "checkpoint time")
+        process = try Process(from: &reader)
+        files = try reader.readArray("open files", minimumSize: 9) { (r) throws(SnapshotDecodingError) in
+            let kind: File.Kind
+            switch try r.read(UInt8.self, "open file kind") {
+            case 0: kind = .standardStream(try r.read(Int32.self, "stream number"))
+            case 1: kind = .rootfs(path: try r.readString("file path"), offset: try r.read(Int64.self, "file offset"))
+            case 2: kind = .hostDevice(path: try r.readString("device path"))
+            case 3: kind = .tmp(inode: try r.read(UInt64.self, "tmp inode"), position: Int(try r.read(Int64.self, "tmp position")))
+            case 4: kind = .pipe(index: Int(try r.read(UInt64.self, "pipe index")))
+            case let other: throw r.failure("open file kind \(other) is unknown")
+            }
+            return File(kind: kind, guestPath: try r.readString("file guest path"), statusFlags: try r.read(Int32.self, "file flags"))
+        }
+        descriptors = try reader.readArray("descriptors", minimumSize: 13) { (r) throws(SnapshotDecodingError) in
+            Descriptor(fd: try r.read(Int32.self, "fd"), file: Int(try r.read(UInt64.self, "fd's file")),
+                       closeOnExec: try r.readBool("close-on-exec"))
+        }
+        pipes = try reader.readArray("pipes", minimumSize: 10) { (r) throws(SnapshotDecodingError) in
+            PipeState(buffered: try r.readBytes("pipe contents"), hasReader: try r.readBool("pipe reader"),
+                      hasWriter: try r.readBool("pipe writer"))
+        }
+        let capacity = Int(try reader.read(UInt64.self, "tmp capacity"))
+        let nextInode = try reader.read(UInt64.self, "tmp next inode")
+        let nodes = try reader.readArray("tmp nodes", minimumSize: 29) { (r) throws(SnapshotDecodingError) in
+            let inode = try r.read(UInt64.self, "node inode")
+            let mode = try r.read(UInt32.self, "node mode")
+            let seconds = try r.read(Int64.self, "node time")
+            let nanoseconds = try r.read(Int64.self, "node time")
+            switch try r.read(UInt8.self, "node kind") {
+            case 0:
+                return TmpNode(inode: inode, mode: mode, modifiedSeconds: seconds, modifiedNanoseconds: nanoseconds,
+                               data: try r.readBytes("file contents"), children: [])
+            case 1:
+                let children = try r.readArray("directory entries", minimumSize: 16) { (r) throws(SnapshotDecodingError) in
+                    (name: try r.readString("entry name"), inode: try r.read(UInt64.self, "entry inode"))
+                }
+                return TmpNode(inode: inode, mode: mode, modifiedSeconds: seconds, modifiedNanoseconds: nanoseconds,
+                               data: nil, children: children)
+            case let other:
+                throw r.failure("tmp node kind \(other) is unknown")
+            }
+        }
+        tmp = TmpFilesystem(capacity: capacity, nextInode: nextInode, nodes: nodes)
+        rootfs = try RootfsFingerprint(from: &reader)
+        try validate(reader)
+    }
+
+    /// Cross-field checks, so that restore code can index without trusting the blob.
+    private func validate(_ reader: SnapshotReader) throws(SnapshotDecodingError) {
+        guard memorySize > 0, memorySize % GuestMemory.pageSize == 0 else {
+            throw reader.failure("memory size \(memorySize) is not a positive number of pages")
+        }
+        let limit = UInt64(memorySize)
+        guard allocator.start <= allocator.nextUnused, allocator.nextUnused <= limit, pageTableRoot < limit,
+              clockFrame < limit, allocator.freed.allSatisfy({ $0 < limit && $0 % 4096 == 0 }) else {
+            throw reader.failure("physical memory bookkeeping points outside the \(memorySize)-byte guest memory")
+        }
+        guard zip(regions, regions.dropFirst()).allSatisfy({ $0.end <= $1.start }),
+              regions.allSatisfy({ $0.start < $0.end && $0.end <= SystemLayout.userLimit }) else {
+            throw reader.failure("memory regions overlap or leave user space")
+        }
+        for descriptor in descriptors where descriptor.file >= files.count || descriptor.fd < 0 {
+            throw reader.failure("fd \(descriptor.fd) refers to open file \(descriptor.file) of \(files.count)")
+        }
+        let inodes = Set(tmp.nodes.map(\.inode))
+        for file in files {
+            if case .pipe(let index) = file.kind, index >= pipes.count { throw reader.failure("an open file refers to pipe \(index) of \(pipes.count)") }
+            if case .tmp(let inode, _) = file.kind, !inodes.contains(inode) { throw reader.failure("an open file refers to missing /tmp inode \(inode)") }
+        }
+        guard inodes.contains(1), tmp.nodes.allSatisfy({ $0.children.allSatisfy { inodes.contains($0.inode) } }) else {
+            throw reader.failure("the /tmp tree refers to missing nodes")
+        }
+    }
+}
+
+extension KernelSnapshot.Process {
+    func encode(into writer: inout SnapshotWriter) {
+        writer.write(pid)
+        writer.write(executablePath)
+        writer.write(workingDirectory)
+        writer.write(uid)
+        writer.write(gid)
+        writer.write(taskName)
+        writer.write(signalActions) { $0.write($1.signal); $0.write($1.action) }
+        writer.write(signalMask)
+        writer.write(fileCreationMask)
+        writer.write(nextPID)
+        writer.write(zombies) { $0.write($1.pid); $0.write($1.parent); $0.write($1.status) }
+    }
+
+    init(from reader: inout SnapshotReader) throws(SnapshotDecodingError) {
+        pid = try reader.read(Int32.self, "pid")
+        executablePath = try reader.readString("executable path")
+        workingDirectory = try reader.readString("working directory")
+        uid = try reader.read(UInt32.self, "uid")
+        gid = try reader.read(UInt32.self, "gid")
+        taskName = try reader.readString("task name")
+        signalActions = try reader.readArray("signal actions", minimumSize: 12) { (r) throws(SnapshotDecodingError) in
+            KernelSnapshot.SignalAction(signal: try r.read(Int32.self, "signal"), action: try r.readBytes("signal action"))
+        }
+        signalMask = try reader.read(UInt64.self, "signal mask")
+        fileCreationMask = try reader.read(UInt32.self, "umask")
+        nextPID = try reader.read(Int32.self, "next pid")
+        zombies = try reader.readArray("exited children", minimumSize: 12) { (r) throws(SnapshotDecodingError) in
+            KernelSnapshot.Zombie(pid: try r.read(Int32.self, "child pid"), parent: try r.read(Int32.self, "child parent"),
+                                  status: try r.read(Int32.self, "child status"))
+        }
+    }
+}

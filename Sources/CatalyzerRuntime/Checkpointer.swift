@@ -1,0 +1,124 @@
+import CKVM
+import CatalyzerImage
+import CatalyzerKernel
+import Dispatch
+import Glibc
+
+/// What to checkpoint: a program run cold in a sandbox until its ready point.
+public struct CheckpointRequest: Sendable {
+    public var name: String
+    public var rootfs: String
+    public var memorySize: Int
+    /// The program's path inside the rootfs, and argv (argv[0] included).
+    public var programPath: String
+    public var arguments: [String]
+    public var environment: [String]
+    /// How long initialization may take before the checkpoint is abandoned.
+    public var timeoutSeconds: Double
+    /// Codec, level and chunk size of the image.
+    public var image: ImageCreateOptions
+
+    public init(name: String, rootfs: String, memorySize: Int, programPath: String, arguments: [String],
+                environment: [String], timeoutSeconds: Double = 60, image: ImageCreateOptions = .init()) {
+        self.name = name
+        self.rootfs = rootfs
+        self.memorySize = memorySize
+        self.programPath = programPath
+        self.arguments = arguments
+        self.environment = environment
+        self.timeoutSeconds = timeoutSeconds
+        self.image = image
+    }
+}
+
+public struct CheckpointReport: Sendable, Codable {
+    public var image: ImageCreateReport
+    /// Cold start to the ready point.
+    public var initializationSeconds: Double
+    public var syscalls: Int
+    public var memoryInUse: Int
+    public var stateBytes: Int
+    public var rootfsFiles: Int
+    public var rootfsFingerprint: String
+    /// What the program wrote to stdout and stderr while it initialized.
+    public var output: String
+}
+
+/// `catalyzer checkpoint`: runs a function cold until it first waits for a request, then publishes
+/// its memory and state as an image. The program's stdin is an empty pipe that stays open, so the
+/// first read of it is the ready point whatever the caller's stdin is; its stdout and stderr are
+/// collected, to be shown if it never gets there.
+public enum Checkpointer {
+    public static func checkpoint(_ request: CheckpointRequest, store: ImageStore) throws -> CheckpointReport {
+        guard ImageStore.isValidName(request.name) else { throw ImageError.invalidName(request.name) }
+        var stdinPipe: [Int32] = [-1, -1]
+        guard pipe(&stdinPipe) == 0 else { throw RuntimeError("cannot create the program's stdin pipe: \(String(cString: strerror(errno)))") }
+        for end in stdinPipe { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        defer { close(stdinPipe[0]); close(stdinPipe[1]) }
+        let output = ckvm_memfd_create("catalyzer-checkpoint-output")
+        guard output >= 0 else { throw RuntimeError("cannot create an output buffer: \(String(cString: strerror(errno)))") }
+        defer { close(output) }
+
+        var configuration = SandboxConfiguration(rootDirectory: request.rootfs, memorySize: request.memorySize,
+                                                 programPath: request.programPath, arguments: request.arguments,
+                                                 environment: request.environment)
+        configuration.standardStreams = [stdinPipe[0], output, output]
+        configuration.stopsAtReadyPoint = true
+        let started = Kernel.monotonicNanoseconds()
+        let kernel: Kernel
+        do {
+            kernel = try Kernel(configuration: configuration)
+        } catch {
+            throw RuntimeError("cannot start \(request.programPath) in \(request.rootfs): \(error); no image was created")
+        }
+        let exitRequester = kernel.exitRequester
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "catalyzer-checkpoint-timeout"))
+        timer.schedule(deadline: .now() + request.timeoutSeconds)
+        timer.setEventHandler { exitRequester.requestExit() }
+        timer.resume()
+        let exit = try kernel.run()
+        timer.cancel()
+        let initialization = Double(Kernel.monotonicNanoseconds() - started) / 1e9
+        let captured = Self.contents(of: output)
+        guard exit == .readyPoint else {
+            throw RuntimeError("\(request.programPath) \(Self.describe(exit, timeout: request.timeoutSeconds)) before its ready point (its first read of stdin with no data); no image was created."
+                               + (captured.isEmpty ? " It wrote nothing." : " Its output:\n" + captured))
+        }
+        let snapshot = try kernel.captureSnapshot()
+        let state = CheckpointState(kernel: snapshot, chunkSize: request.image.chunkSize).encoded()
+        var options = request.image
+        options.state = state
+        options.annotations = (options.annotations ?? [:]).merging([
+            "dev.catalyzer.rootfs": request.rootfs,
+            "dev.catalyzer.command": request.arguments.joined(separator: " "),
+        ]) { old, _ in old }
+        let memory = kernel.guestMemory
+        // The writer reads from the fd's offset, which forks (`SEEK_DATA` scans) may have moved.
+        guard lseek(memory.fd, 0, SEEK_SET) == 0 else { throw RuntimeError("cannot rewind the guest memory: \(String(cString: strerror(errno)))") }
+        let image = try store.createImage(named: request.name, from: memory.fd, sourceName: "guest memory of \(request.programPath)",
+                                          options: options)
+        return CheckpointReport(image: image, initializationSeconds: initialization, syscalls: kernel.syscallCount,
+                                memoryInUse: kernel.memoryInUse, stateBytes: state.count,
+                                rootfsFiles: snapshot.rootfs.entries.count, rootfsFingerprint: snapshot.rootfs.digest,
+                                output: captured)
+    }
+
+    private static func describe(_ exit: SandboxExit, timeout: Double) -> String {
+        switch exit {
+        case .exited(let status): return "exited with status \(status)"
+        case .killed(let signal, let reason): return "was killed by signal \(signal) (\(reason))"
+        case .timedOut: return "did not reach its ready point within \(timeout) s (raise --timeout if it initializes slowly)"
+        case .readyPoint: return "stopped"
+        }
+    }
+
+    /// The last 16 KiB the program wrote, as text.
+    private static func contents(of fd: Int32) -> String {
+        let size = Int(lseek(fd, 0, SEEK_END))
+        guard size > 0 else { return "" }
+        let start = max(0, size - 16 << 10)
+        var bytes = [UInt8](repeating: 0, count: size - start)
+        let count = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(start)) }
+        return String(decoding: bytes.prefix(max(0, count)), as: UTF8.self)
+    }
+}

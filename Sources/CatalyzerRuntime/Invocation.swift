@@ -1,0 +1,108 @@
+import CatalyzerImage
+import CatalyzerKernel
+import Foundation
+import Glibc
+
+/// One invocation of a function image: restore, serve the requests on stdin, report timings.
+public struct InvocationRequest: Sendable {
+    public var image: String
+    public var store: ImageStore
+    /// A catalyzerfs mount to use; nil: `CATALYZER_MOUNT`, else the managed mount.
+    public var mount: String?
+    /// Host fds that become the program's stdin, stdout and stderr.
+    public var standardStreams: [Int32] = [0, 1, 2]
+    public var timeoutSeconds: Double = 30
+    public var traceSyscalls = false
+    /// Read catalyzerfs's `/.stats` before and after, for the FUSE figures of the timings.
+    public var collectFilesystemStatistics = false
+    /// Report which chunks of the memory file were resident after the run (the working set).
+    public var recordResidentChunks = false
+
+    public init(image: String, store: ImageStore) {
+        self.image = image
+        self.store = store
+    }
+}
+
+/// Where an invocation's time went, in microseconds from the start of the invocation (mount
+/// lookup included) to each phase's end, and what it cost in FUSE traffic and page faults.
+public struct InvocationTimings: Sendable, Codable {
+    /// Mount found (or mounted), memory file opened and mapped.
+    public var openMicroseconds: Double
+    /// State read through the mount, decoded, vCPU and kernel state restored.
+    public var stateRestoreMicroseconds: Double
+    /// The pending read of stdin served with the request; the vCPU enters the guest.
+    public var firstInstructionMicroseconds: Double
+    /// The program's first write to stdout (its response); nil if it wrote none.
+    public var responseMicroseconds: Double?
+    /// FUSE read requests catalyzerfs served for the image, and the compressed bytes it fetched
+    /// from the store (nil unless statistics were collected).
+    public var fuseReads: UInt64?
+    public var fuseBytesFetched: UInt64?
+    public var imageMemoryBytes: Int
+    /// Guest page faults the monitor handled (program faults it resolved or turned into SIGSEGV).
+    public var monitorPageFaults: Int
+    /// Page faults of the monitor's thread while restoring and running: KVM faulting in guest
+    /// pages shows up here; major ones needed FUSE.
+    public var hostMinorPageFaults: Int
+    public var hostMajorPageFaults: Int
+}
+
+public struct InvocationResult: Sendable {
+    public var exit: SandboxExit
+    public var timings: InvocationTimings
+    public var mountpoint: String
+    public var residentChunks: [Int]?
+}
+
+public enum Invocation {
+    public static func run(_ request: InvocationRequest) throws -> InvocationResult {
+        let started = Kernel.monotonicNanoseconds()
+        let faultsBefore = threadPageFaults()
+        let mount = try CatalyzerMount.resolve(mount: request.mount, store: request.store)
+        let before = request.collectFilesystemStatistics ? FilesystemStatistics.read(mount, image: request.image) : nil
+        var options = RestoreOptions()
+        options.standardStreams = request.standardStreams
+        options.traceSyscalls = request.traceSyscalls
+        let sandbox = try RestoredSandbox(image: request.image, mount: mount, store: request.store, options: options)
+        let exit = try sandbox.run(timeoutSeconds: request.timeoutSeconds)
+        let faultsAfter = threadPageFaults()
+        let after = request.collectFilesystemStatistics ? FilesystemStatistics.read(mount, image: request.image) : nil
+        func microseconds(_ time: UInt64?) -> Double? { time.map { Double($0 &- started) / 1000 } }
+        let milestones = sandbox.kernel.milestones
+        let timings = InvocationTimings(
+            openMicroseconds: microseconds(sandbox.memoryMappedAt)!,
+            stateRestoreMicroseconds: microseconds(sandbox.stateRestoredAt)!,
+            firstInstructionMicroseconds: microseconds(milestones.firstGuestEntry) ?? microseconds(sandbox.stateRestoredAt)!,
+            responseMicroseconds: microseconds(milestones.firstStandardOutput),
+            fuseReads: before.flatMap { b in after.map { $0.readsServed &- b.readsServed } },
+            fuseBytesFetched: before.flatMap { b in after.map { $0.bytesFetched &- b.bytesFetched } },
+            imageMemoryBytes: sandbox.memory.size,
+            monitorPageFaults: sandbox.kernel.pageFaultCount,
+            hostMinorPageFaults: faultsAfter.minor - faultsBefore.minor,
+            hostMajorPageFaults: faultsAfter.major - faultsBefore.major)
+        return InvocationResult(exit: exit, timings: timings, mountpoint: mount.mountpoint,
+                                residentChunks: request.recordResidentChunks ? sandbox.residentChunks() : nil)
+    }
+
+    private static func threadPageFaults() -> (minor: Int, major: Int) {
+        var usage = rusage()
+        getrusage(__rusage_who_t(1), &usage)  // RUSAGE_THREAD: the thread that ran the guest
+        return (usage.ru_minflt, usage.ru_majflt)
+    }
+}
+
+/// One image's counters from catalyzerfs's `/.stats`.
+struct FilesystemStatistics: Decodable {
+    var readsServed: UInt64
+    var bytesFetched: UInt64
+
+    private struct Document: Decodable { var images: [String: FilesystemStatistics] }
+
+    /// The image's counters now; zero when catalyzerfs has not served it yet.
+    static func read(_ mount: CatalyzerMount, image: String) -> FilesystemStatistics? {
+        guard let data = FileManager.default.contents(atPath: mount.statsPath),
+              let document = try? JSONDecoder().decode(Document.self, from: data) else { return nil }
+        return document.images[image] ?? FilesystemStatistics(readsServed: 0, bytesFetched: 0)
+    }
+}

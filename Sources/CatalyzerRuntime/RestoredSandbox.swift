@@ -1,0 +1,143 @@
+import CKVM
+import CatalyzerImage
+import CatalyzerKVM
+import CatalyzerKernel
+import Dispatch
+import Glibc
+
+/// A sandbox resumed from an image's checkpoint without running any initialization: its guest
+/// memory is the image's `memory` file on a catalyzerfs mount, mapped privately so pages arrive
+/// on first touch and writes stay in this sandbox; vCPU and kernel state come from `state`.
+///
+/// The memory file stays open while the sandbox lives: catalyzerfs drops the page cache of an
+/// inode nobody holds, and that cache is what concurrent and later restores share. A page that
+/// catalyzerfs cannot serve (corrupt or missing chunk) stops the invocation with an error naming
+/// the chunk; the program never runs on memory that was not verified.
+public final class RestoredSandbox {
+    public let image: String
+    public let kernel: Kernel
+    public let memory: GuestMemory
+    /// The image's chunk size, for reporting and the working set.
+    public let chunkSize: Int
+    /// CLOCK_MONOTONIC nanoseconds when the memory was mapped and when the state was restored.
+    public let memoryMappedAt: UInt64
+    public let stateRestoredAt: UInt64
+    private let guardSlot: Int32
+
+    public init(image: String, mount: CatalyzerMount, store: ImageStore, options: RestoreOptions, kvm: KVM? = nil) throws {
+        self.image = image
+        let memoryPath = mount.memoryPath(image)
+        let fd = open(memoryPath, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            throw Self.diagnoseMissing(image: image, path: memoryPath, errno: code, mount: mount, store: store)
+        }
+        var status = stat()
+        guard fstat(fd, &status) == 0, status.st_size > 0, status.st_size % Int(GuestMemory.pageSize) == 0 else {
+            close(fd)
+            throw RuntimeError("image '\(image)': \(memoryPath) is not a guest memory file (size \(status.st_size)); is \(mount.mountpoint) a catalyzerfs mount?")
+        }
+        let mapped = try GuestMemory(mappingPrivately: fd, size: Int(status.st_size))
+        memory = mapped
+        memoryMappedAt = Kernel.monotonicNanoseconds()
+
+        let state = try CheckpointState(decoding: Self.readState(mount.statePath(image), image: image), image: image)
+        guard state.kernel.memorySize == mapped.size else {
+            throw RuntimeError("image '\(image)': its state is for \(state.kernel.memorySize) bytes of memory but its memory file has \(mapped.size); the image is inconsistent: re-create it")
+        }
+        chunkSize = state.chunkSize
+        guardSlot = chost_guard_guest_memory(
+            mapped.base, UInt64(mapped.size), UInt64(chunkSize),
+            "catalyzer: error: image '\(image)': guest memory chunk ",
+            " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob; its log names the blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n")
+        do {
+            kernel = try Kernel(restoring: state.kernel, memory: mapped, options: options, kvm: kvm)
+        } catch let error as RestoreError {
+            chost_unguard_guest_memory(guardSlot)
+            throw RuntimeError("image '\(image)' cannot be restored: \(error)")
+        } catch {
+            chost_unguard_guest_memory(guardSlot)
+            throw RuntimeError("image '\(image)' cannot be restored: \(error)")
+        }
+        stateRestoredAt = Kernel.monotonicNanoseconds()
+    }
+
+    deinit { chost_unguard_guest_memory(guardSlot) }
+
+    /// Runs the restored program (first serving its pending read of stdin) until it exits or
+    /// `timeoutSeconds` pass.
+    public func run(timeoutSeconds: Double) throws -> SandboxExit {
+        let exitRequester = kernel.exitRequester
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "catalyzer-invoke-timeout"))
+        timer.schedule(deadline: .now() + timeoutSeconds)
+        timer.setEventHandler { exitRequester.requestExit() }
+        timer.resume()
+        defer { timer.cancel() }
+        do {
+            return try kernel.run()
+        } catch let error as KVMError where error.errno == EFAULT {
+            // KVM could not fault in a page of the memory file: find which chunk fails.
+            throw RuntimeError(unreadableMemoryMessage())
+        }
+    }
+
+    /// The chunks of the memory file that are resident (in the page cache or copied into this
+    /// sandbox), in order: after a first invocation, the image's working set.
+    public func residentChunks() -> [Int] {
+        let pages = memory.size / GuestMemory.pageSize
+        var vector = [UInt8](repeating: 0, count: pages)
+        guard mincore(memory.base, memory.size, &vector) == 0 else { return [] }
+        let pagesPerChunk = max(1, chunkSize / GuestMemory.pageSize)
+        var chunks: [Int] = []
+        for (page, residency) in vector.enumerated() where residency & 1 != 0 {
+            let chunk = page / pagesPerChunk
+            if chunks.last != chunk { chunks.append(chunk) }
+        }
+        return chunks
+    }
+
+    private func unreadableMemoryMessage() -> String {
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: chunkSize, alignment: 4096)
+        defer { buffer.deallocate() }
+        var offset = 0
+        while offset < memory.size {
+            if pread(memory.fd, buffer, min(chunkSize, memory.size - offset), off_t(offset)) < 0 {
+                let code = errno
+                return "image '\(image)': guest memory chunk \(offset / chunkSize) (bytes \(offset)-\(offset + chunkSize - 1)) cannot be read: \(String(cString: strerror(code))) (catalyzerfs failed to serve it: a corrupt or missing chunk blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`"
+            }
+            offset += chunkSize
+        }
+        return "image '\(image)': KVM could not map a page of guest memory (EFAULT), though every chunk reads now; the invocation was stopped"
+    }
+
+    /// The state blob through the mount (catalyzerfs verifies its digest).
+    private static func readState(_ path: String, image: String) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw RuntimeError("image '\(image)': cannot open its state \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 256 << 10)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            guard count >= 0 else {
+                throw RuntimeError("image '\(image)': cannot read its state \(path): \(String(cString: strerror(errno))) (a corrupt state blob? check with `catalyzer image verify \(image)`)")
+            }
+            if count == 0 { return bytes }
+            bytes.append(contentsOf: buffer.prefix(count))
+        }
+    }
+
+    /// Why an image's memory file cannot be opened, asked of the store: the store names unknown
+    /// images, unsupported format versions and damaged manifests precisely.
+    private static func diagnoseMissing(image: String, path: String, errno code: Int32, mount: CatalyzerMount, store: ImageStore) -> Error {
+        do {
+            _ = try store.open(image)
+        } catch {
+            return RuntimeError(String(describing: error))
+        }
+        return RuntimeError("image '\(image)' is in the store \(store.root) but \(path) cannot be opened: \(String(cString: strerror(code))); is \(mount.mountpoint) serving that store?")
+    }
+}

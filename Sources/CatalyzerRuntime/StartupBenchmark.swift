@@ -1,0 +1,315 @@
+import CKVM
+import CatalyzerBench
+import CatalyzerImage
+import CatalyzerKernel
+import Dispatch
+import Foundation
+import Glibc
+
+/// `catalyzer bench startup`: what a restore from an image saves over a cold start, measured on
+/// one sample Python function in one process, every mode ending at the same point: the program's
+/// first write to stdout (its response), as the kernel's milestones record it.
+///
+/// Modes, interleaved round-robin so that machine noise hits all of them alike:
+/// - `cold-start`: a fresh sandbox runs `python3 /opt/catalyzer/runner.py /functions/NAME.py`
+///   from nothing (VM, ld.so, interpreter, imports) and serves one request.
+/// - `restore-cold`: `Invocation.run` of the image through a catalyzerfs mount with
+///   `cache_size=0,prefetch=off`, the page cache of the image's memory and state files dropped
+///   (`POSIX_FADV_DONTNEED`) before each run: every page the function touches is a FUSE read that
+///   fetches, verifies and decompresses its chunk.
+/// - `restore-warm`: the same image on a mount of its own whose page cache a warm-up restore
+///   filled: what the second sandbox of an image sees.
+/// - `restore-cold-prefetch`: a fresh mount with `cache_size=0,prefetch=on` for every run (the
+///   daemon prefetches an image's working set once per mount), so the recorded working set is
+///   pushed into an empty page cache while the sandbox restores.
+///
+/// All three restore modes restore the one image the benchmark checkpointed into its temporary
+/// store (its working set recorded once), so they differ only in where its pages come from.
+public struct StartupBenchmark: Sendable {
+    /// The sample functions of the rootfs, each with the request every run serves and the answer
+    /// that run must give.
+    public enum Function: String, Sendable, CaseIterable {
+        case hello, heavy
+
+        /// The request line.
+        public var request: String {
+            switch self {
+            case .hello: #"{"name":"bench"}"#
+            case .heavy: #"{"customer":"customer-7"}"#
+            }
+        }
+
+        /// Whether `answer` is this function's response to `request`.
+        fileprivate func accepts(_ answer: Response.Answer) -> Bool {
+            switch self {
+            case .hello: answer.greeting == "Hello, bench!"
+            case .heavy: answer.customer == "customer-7" && answer.orders == 40
+            }
+        }
+    }
+
+    public enum Mode: String, Sendable, CaseIterable, Codable {
+        case coldStart = "cold-start"
+        case restoreCold = "restore-cold"
+        case restoreWarm = "restore-warm"
+        case restoreColdPrefetch = "restore-cold-prefetch"
+    }
+
+    /// One timed run.
+    public struct Sample: Sendable {
+        /// From the start (before the VM is created, or before the restore resolves the mount and
+        /// opens the memory file) to the program's first write to stdout.
+        public var responseMicroseconds: Double
+        /// The restore's phase ends (restore modes only).
+        public var timings: InvocationTimings?
+        /// FUSE reads catalyzerfs served for the image and the compressed bytes it fetched from
+        /// the store during the run, prefetch included (restore modes only).
+        public var fuseReads: UInt64?
+        public var bytesFetched: UInt64?
+    }
+
+    public struct Report: Sendable {
+        public var function: Function
+        public var image: ImageCreateReport
+        public var workingSet: WorkingSetReport
+        public var samples: [Mode: [Sample]]
+    }
+
+    public var rootfs: String
+    public var function: Function
+    /// The catalyzerfs executable the benchmark mounts its store with.
+    public var daemon: String
+    /// Timed runs of each mode.
+    public var runs = 10
+    /// Guest memory of the cold sandbox and of the image.
+    public var memorySize = 256 << 20
+    /// Where the temporary store and mountpoints go.
+    public var workDirectory = NSTemporaryDirectory()
+    /// A run that takes longer than this is stopped and fails the benchmark.
+    public var timeoutSeconds = 60.0
+
+    public init(rootfs: String, function: Function, daemon: String) {
+        self.rootfs = rootfs
+        self.function = function
+        self.daemon = daemon
+    }
+
+    static let python = "/usr/bin/python3"
+    static let environment = ["PATH=/usr/bin:/bin"]
+    /// No decompressed-chunk cache in the daemon, so a page-cache miss always reaches the store.
+    static let coldMountOptions = "cache_size=0,prefetch=off"
+    static let prefetchMountOptions = "cache_size=0,prefetch=on"
+
+    public func run(log: (String) -> Void) throws -> Report {
+        let work = try makeWorkDirectory()
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let store = ImageStore(root: work + "/store")
+        let image = function.rawValue
+
+        log("bench startup: checkpointing \(image) at its ready point")
+        let request = CheckpointRequest(name: image, rootfs: rootfs, memorySize: memorySize, programPath: Self.python,
+                                        arguments: PythonBenchmark.arguments(function: image), environment: Self.environment,
+                                        timeoutSeconds: timeoutSeconds)
+        let created = try Checkpointer.checkpoint(request, store: store).image
+
+        let warm = try BenchMount(daemon: daemon, store: store.root, mountpoint: work + "/warm", options: Self.coldMountOptions)
+        defer { warm.unmount() }
+        log("bench startup: recording the working set of \(function.request)")
+        let workingSet = try WorkingSetRecorder.record(image: image, store: store, mount: warm.mountpoint, input: function.request)
+        // Untimed: fills the warm mount's page cache (the recording may have seen the image's
+        // previous version, before its working set was published).
+        _ = try restore(image, on: warm, store: store, mode: .restoreWarm)
+        // Mounted after the working set was published, so every mount serves the same version.
+        let cold = try BenchMount(daemon: daemon, store: store.root, mountpoint: work + "/cold", options: Self.coldMountOptions)
+        defer { cold.unmount() }
+
+        var samples: [Mode: [Sample]] = [:]
+        for round in 1...max(1, runs) {
+            log("bench startup: round \(round) of \(max(1, runs))")
+            samples[.coldStart, default: []].append(try coldStart())
+
+            try dropPageCache(of: image, on: cold)
+            let coldRestore = try restore(image, on: cold, store: store, mode: .restoreCold)
+            guard coldRestore.bytesFetched ?? 0 > 0 else {
+                throw RuntimeError("bench startup: a cold restore fetched nothing from the store: POSIX_FADV_DONTNEED did not drop the page cache of \(cold.mountpoint)/\(image)/memory")
+            }
+            samples[.restoreCold, default: []].append(coldRestore)
+
+            samples[.restoreWarm, default: []].append(try restore(image, on: warm, store: store, mode: .restoreWarm))
+
+            let prefetching = try BenchMount(daemon: daemon, store: store.root, mountpoint: work + "/prefetch",
+                                             options: Self.prefetchMountOptions)
+            defer { prefetching.unmount() }
+            try lookUp(image, on: prefetching)
+            var prefetched = try restore(image, on: prefetching, store: store, mode: .restoreColdPrefetch)
+            let settled = try settledCounters(of: image, on: prefetching, workingSetChunks: workingSet.chunks)
+            prefetched.fuseReads = settled.readsServed
+            prefetched.bytesFetched = settled.bytesFetched
+            samples[.restoreColdPrefetch, default: []].append(prefetched)
+        }
+        return Report(function: function, image: created, workingSet: workingSet, samples: samples)
+    }
+
+    // MARK: Runs
+
+    /// A fresh sandbox from nothing to its first response.
+    private func coldStart() throws -> Sample {
+        let streams = try RunStreams(request: function.request)
+        var configuration = SandboxConfiguration(rootDirectory: rootfs, memorySize: memorySize, programPath: Self.python,
+                                                 arguments: PythonBenchmark.arguments(function: function.rawValue),
+                                                 environment: Self.environment)
+        configuration.standardStreams = streams.fds
+        let started = Kernel.monotonicNanoseconds()
+        let kernel = try Kernel(configuration: configuration)
+        let exitRequester = kernel.exitRequester
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "catalyzer-bench-startup-timeout"))
+        timer.schedule(deadline: .now() + timeoutSeconds)
+        timer.setEventHandler { exitRequester.requestExit() }
+        timer.resume()
+        let exit = try kernel.run()
+        timer.cancel()
+        try check(exit, streams, .coldStart)
+        guard let answered = kernel.milestones.firstStandardOutput else {
+            throw RuntimeError("bench startup: the cold start of \(function.rawValue) answered, but the kernel recorded no write to stdout")
+        }
+        return Sample(responseMicroseconds: Double(answered - started) / 1000)
+    }
+
+    /// One restore of `image` through `mount`, as `catalyzer invoke` does it, with the daemon's
+    /// counters read around it (outside the timed span).
+    private func restore(_ image: String, on mount: BenchMount, store: ImageStore, mode: Mode) throws -> Sample {
+        let streams = try RunStreams(request: function.request)
+        let before = try mount.counters(image)
+        var request = InvocationRequest(image: image, store: store)
+        request.mount = mount.mountpoint
+        request.standardStreams = streams.fds
+        request.timeoutSeconds = timeoutSeconds
+        let result = try Invocation.run(request)
+        let after = try mount.counters(image)
+        try check(result.exit, streams, mode)
+        guard let response = result.timings.responseMicroseconds else {
+            throw RuntimeError("bench startup: a \(mode.rawValue) run of \(function.rawValue) answered, but the kernel recorded no write to stdout")
+        }
+        return Sample(responseMicroseconds: response, timings: result.timings,
+                      fuseReads: after.readsServed - before.readsServed, bytesFetched: after.bytesFetched - before.bytesFetched)
+    }
+
+    /// Fails unless the run exited cleanly after answering its request correctly: a failed run
+    /// is an error, never a sample.
+    private func check(_ exit: SandboxExit, _ streams: RunStreams, _ mode: Mode) throws {
+        let output = streams.contents(of: streams.standardOutput)
+        let firstLine = output.split(separator: "\n", maxSplits: 1).first.map(String.init) ?? ""
+        let response = try? JSONDecoder().decode(Response.self, from: Data(firstLine.utf8))
+        guard exit == .exited(status: 0), let response, response.ok, let answer = response.result, function.accepts(answer) else {
+            let errors = streams.contents(of: streams.standardError)
+            throw RuntimeError("bench startup: a \(mode.rawValue) run of \(function.rawValue) failed: it ended with \(exit) after serving \(function.request)"
+                               + "\n--- stdout\n\(output)\n--- stderr\n\(errors)")
+        }
+    }
+
+    // MARK: Page cache and counters
+
+    /// Drops the page cache of the image's memory and state files on `mount`, which no sandbox
+    /// maps between runs: the next restore faults every page in through catalyzerfs.
+    private func dropPageCache(of image: String, on mount: BenchMount) throws {
+        for file in ["memory", "state"] {
+            let path = mount.mountpoint + "/" + image + "/" + file
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw RuntimeError("bench startup: cannot open \(path): \(String(cString: strerror(errno)))") }
+            let status = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
+            close(fd)
+            guard status == 0 else { throw RuntimeError("bench startup: posix_fadvise \(path): \(String(cString: strerror(status)))") }
+        }
+    }
+
+    /// Looks up the image's files on a fresh mount without opening them (an open would start
+    /// the prefetch): the timed restore then finds their dentries cached, as on the other mounts
+    /// and on any mount that has served the image before.
+    private func lookUp(_ image: String, on mount: BenchMount) throws {
+        for file in ["memory", "state"] {
+            var status = stat()
+            let path = mount.mountpoint + "/" + image + "/" + file
+            guard stat(path, &status) == 0 else { throw RuntimeError("bench startup: cannot stat \(path): \(String(cString: strerror(errno)))") }
+        }
+    }
+
+    /// The image's counters on a fresh prefetch mount once its prefetch is over: all of the
+    /// working set pushed, or nothing changing for 50 ms (the daemon stops pushing once the
+    /// kernel forgets the closed file). Prefetch may outlast the response, and what it fetches
+    /// belongs to the run.
+    private func settledCounters(of image: String, on mount: BenchMount, workingSetChunks: Int) throws -> BenchMount.Counters {
+        var counters = try mount.counters(image)
+        var quiet = 0
+        let deadline = Kernel.monotonicNanoseconds() + UInt64(timeoutSeconds * 1e9)
+        while counters.prefetchedChunks < UInt64(workingSetChunks) && quiet < 10 && Kernel.monotonicNanoseconds() < deadline {
+            usleep(5000)
+            let next = try mount.counters(image)
+            let moved = next.bytesFetched != counters.bytesFetched || next.prefetchedChunks != counters.prefetchedChunks
+            quiet = moved ? 0 : quiet + 1
+            counters = next
+        }
+        return counters
+    }
+
+    /// A private directory for the store and mountpoints, by its canonical path: catalyzerfs
+    /// reports the store it serves canonically, and `Invocation` checks the mount against it.
+    private func makeWorkDirectory() throws -> String {
+        var template = Array((workDirectory + "/catalyzer-bench-startup-XXXXXX").utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { buffer in mkdtemp(buffer.baseAddress!).flatMap { realpath($0, nil) } }
+        guard let resolved = made else {
+            throw RuntimeError("bench startup: cannot create a directory in \(workDirectory): \(String(cString: strerror(errno)))")
+        }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+}
+
+/// The runner's response line, as far as the benchmark checks it.
+private struct Response: Decodable {
+    struct Answer: Decodable {
+        var greeting: String?
+        var customer: String?
+        var orders: Int?
+    }
+
+    var ok: Bool
+    var result: Answer?
+}
+
+/// A run's standard streams: stdin a pipe holding the request line with its write end closed
+/// (the runner exits after answering), stdout and stderr memfds (never full, read after the run).
+private final class RunStreams {
+    let standardInput: Int32
+    let standardOutput: Int32
+    let standardError: Int32
+
+    var fds: [Int32] { [standardInput, standardOutput, standardError] }
+
+    init(request: String) throws {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { throw RuntimeError("bench startup: pipe: \(String(cString: strerror(errno)))") }
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        let line = Array((request + "\n").utf8)
+        let written = line.withUnsafeBytes { write(ends[1], $0.baseAddress, $0.count) }
+        close(ends[1])
+        standardInput = ends[0]
+        standardOutput = ckvm_memfd_create("catalyzer-bench-stdout")
+        standardError = ckvm_memfd_create("catalyzer-bench-stderr")
+        guard written == line.count, standardOutput >= 0, standardError >= 0 else {
+            throw RuntimeError("bench startup: cannot set up a run's standard streams: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// What the program wrote to `fd`, as text.
+    func contents(of fd: Int32) -> String {
+        let size = Int(lseek(fd, 0, SEEK_END))
+        guard size > 0 else { return "" }
+        var bytes = [UInt8](repeating: 0, count: size)
+        let count = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        return String(decoding: bytes.prefix(max(0, count)), as: UTF8.self)
+    }
+
+    deinit {
+        for fd in fds where fd >= 0 { close(fd) }
+    }
+}

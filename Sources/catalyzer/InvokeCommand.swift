@@ -1,0 +1,145 @@
+import ArgumentParser
+import CKVM
+import CatalyzerImage
+import CatalyzerKernel
+import CatalyzerRuntime
+import Foundation
+import Glibc
+
+/// `catalyzer invoke`: start a function instance from its image and serve requests.
+struct InvokeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "invoke",
+        abstract: "Start a function from its image, without initializing, and serve requests.",
+        discussion: """
+            The instance resumes inside the read of stdin where `catalyzer checkpoint` stopped it. Its \
+            memory is the image's memory file on a catalyzerfs mount, mapped privately, so pages are \
+            fetched and decompressed on first touch and shared through the page cache with other \
+            instances of the image; its writes stay its own. Requests come from --input (one request, \
+            then end of input) or from standard input (one per line); responses go to standard output.
+
+            The mount is --mount, else $CATALYZER_MOUNT, else a catalyzerfs mount catalyzer manages \
+            itself: one per store, at /run/catalyzer/mounts/<hash of the store path> (or under \
+            $CATALYZER_RUN_DIR), mounted on first use and reused by every later invocation. \
+            `catalyzer mount` prints it; `catalyzer mount --unmount` removes it.
+
+            Exit status: the function's (0 once it has served every request), 128+N when killed by \
+            signal N, 124 on timeout, 1 when the image cannot be restored.
+            """)
+
+    @Argument(help: "The image to start.") var name: String
+    @Option(help: "One request (a line of JSON) to serve; without it, requests are read from standard input.")
+    var input: String?
+    @Option(help: "The catalyzerfs mount to restore from (default: $CATALYZER_MOUNT, else the managed mount).")
+    var mount: String?
+    @Flag(help: "Print the restore phases in µs, FUSE traffic and page faults (to stderr, or in the JSON).")
+    var timings = false
+    @Flag(help: "Print the responses (and timings) as one JSON document.") var json = false
+    @Option(help: "Stop the instance after this long.") var timeout = DurationArgument(argument: "30s")!
+    @Flag(help: "Print every syscall of the instance to stderr.") var strace = false
+    @OptionGroup var storeOptions: StoreOptions
+
+    func validate() throws {
+        if let input, input.contains("\n") { throw ValidationError("--input must be one line") }
+    }
+
+    struct Document: Encodable {
+        var image: String
+        var status: Int32
+        var responses: [JSONValue]
+        var timings: InvocationTimings?
+    }
+
+    func run() throws {
+        var status: Int32 = 0
+        try Output.run {
+            var streams: [Int32] = [STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO]
+            var requestPipe: [Int32] = [-1, -1]
+            if let input {
+                guard pipe(&requestPipe) == 0 else { throw RuntimeError("cannot create a pipe: \(String(cString: strerror(errno)))") }
+                let line = Array((input + "\n").utf8)
+                guard line.count <= 60_000 else { throw RuntimeError("--input is longer than a pipe holds; send it on stdin instead") }
+                _ = line.withUnsafeBytes { write(requestPipe[1], $0.baseAddress, $0.count) }
+                close(requestPipe[1])
+                streams[0] = requestPipe[0]
+            }
+            defer { if requestPipe[0] >= 0 { close(requestPipe[0]) } }
+            let captured = json ? ckvm_memfd_create("catalyzer-invoke-output") : -1
+            defer { if captured >= 0 { close(captured) } }
+            if captured >= 0 { streams[1] = captured }
+
+            var request = InvocationRequest(image: name, store: storeOptions.imageStore)
+            request.mount = mount
+            request.standardStreams = streams
+            request.timeoutSeconds = Double(timeout.nanoseconds) / 1e9
+            request.traceSyscalls = strace
+            request.collectFilesystemStatistics = timings
+            let result = try Invocation.run(request)
+            status = result.exit.status
+            switch result.exit {
+            case .killed(let signal, let reason): Output.err("catalyzer: function killed by \(Run.signalName(signal)): \(reason)")
+            case .timedOut: Output.err("catalyzer: timed out after \(timeout.description); instance stopped")
+            case .exited, .readyPoint: break
+            }
+            if json {
+                let responses = Self.lines(of: captured).map { line in
+                    (try? JSONDecoder().decode(JSONValue.self, from: Data(line.utf8))) ?? .string(line)
+                }
+                Output.json(Document(image: name, status: status, responses: responses, timings: timings ? result.timings : nil))
+            } else if timings {
+                Output.err(Self.table(result.timings, mountpoint: result.mountpoint))
+            }
+        }
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    private static func lines(of fd: Int32) -> [String] {
+        let size = Int(lseek(fd, 0, SEEK_END))
+        guard size > 0 else { return [] }
+        var bytes = [UInt8](repeating: 0, count: size)
+        let count = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, size, 0) }
+        return String(decoding: bytes.prefix(max(0, count)), as: UTF8.self).split(separator: "\n").map(String.init)
+    }
+
+    private static func table(_ t: InvocationTimings, mountpoint: String) -> String {
+        func us(_ value: Double?) -> String { value.map { String(format: "%.0f", $0) } ?? "-" }
+        var previous = 0.0
+        var rows: [[String]] = []
+        for (phase, end) in [("open/mount", t.openMicroseconds), ("state restore", t.stateRestoreMicroseconds),
+                             ("first guest instruction", t.firstInstructionMicroseconds), ("response", t.responseMicroseconds)] {
+            rows.append([phase, end.map { us($0 - previous) } ?? "-", us(end)])
+            if let end { previous = end }
+        }
+        let fetched = t.fuseBytesFetched.map { ByteCount.format(Int64($0)) } ?? "-"
+        return Output.table(["PHASE", "µs", "SINCE START µs"], rows) + "\n"
+            + "FUSE reads \(t.fuseReads.map(String.init) ?? "-"), fetched \(fetched) of \(ByteCount.format(Int64(t.imageMemoryBytes))) memory; "
+            + "page faults: \(t.monitorPageFaults) in the monitor, \(t.hostMinorPageFaults) minor + \(t.hostMajorPageFaults) major on the host; mount \(mountpoint)"
+    }
+}
+
+/// Any JSON value, for echoing the function's responses inside `--json` output.
+indirect enum JSONValue: Codable {
+    case null, bool(Bool), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
+
+    init(from decoder: Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null }
+        else if let value = try? container.decode(Bool.self) { self = .bool(value) }
+        else if let value = try? container.decode(Double.self) { self = .number(value) }
+        else if let value = try? container.decode(String.self) { self = .string(value) }
+        else if let value = try? container.decode([JSONValue].self) { self = .array(value) }
+        else { self = .object(try container.decode([String: JSONValue].self)) }
+    }
+
+    func encode(to encoder: Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case .bool(let value): try container.encode(value)
+        case .number(let value): try container.encode(value)
+        case .string(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        }
+    }
+}

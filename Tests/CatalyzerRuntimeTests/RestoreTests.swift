@@ -1,0 +1,210 @@
+import CatalyzerImage
+import CatalyzerTestSupport
+import Foundation
+import Glibc
+import Synchronization
+import Testing
+
+/// Checkpoint at the ready point and restore through catalyzerfs, end to end through the CLI:
+/// real KVM sandboxes, a real FUSE mount, images in a real store.
+@Suite("checkpoint and restore", .serialized)
+struct RestoreTests {
+    static let runner = ["/usr/bin/python3", "/opt/catalyzer/runner.py"]
+
+    /// The cold run's responses to `requests`: the reference a restored instance must match.
+    func coldResponses(rootfs: String, function: String, requests: [String]) throws -> String {
+        let cold = try Command.catalyzer(["run", "--rootfs", rootfs, "--memory", "128M", "--"] + Self.runner + [function],
+                                         stdin: RunnerResponse.input(requests))
+        try #require(cold.status == 0, "cold run failed: \(cold)")
+        return cold.stdout
+    }
+
+    @Test("a restored instance answers like a cold run, for both sample functions")
+    func restoredMatchesColdRun() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("match")
+        defer { scene.close() }
+        let cases = [("hello", ["{\"name\": \"Ada\"}", "{\"raise\": \"boom\"}", "{}"]),
+                     ("heavy", ["{\"customer\": \"customer-42\"}", "{\"customer\": \"nobody\"}", "{}"])]
+        for (function, requests) in cases {
+            try scene.checkpoint(function, rootfs: rootfs, Self.runner + ["/functions/\(function).py"])
+            let cold = try coldResponses(rootfs: rootfs, function: "/functions/\(function).py", requests: requests)
+            let restored = try scene.invoke(function, stdin: RunnerResponse.input(requests))
+            #expect(restored.status == 0, "\(restored)")
+            #expect(restored.stdout == cold)
+            #expect(try RunnerResponse.parse(restored.stdout).count == requests.count)
+            // One request per invocation, as a platform would send it.
+            let single = try scene.invoke(function, input: requests[0])
+            #expect(single.status == 0, "\(single)")
+            #expect(single.stdout == cold.split(separator: "\n")[0] + "\n")
+        }
+    }
+
+    @Test("one restored instance serves 100 requests exactly as a cold run does")
+    func hundredRequests() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("hundred")
+        defer { scene.close() }
+        try scene.checkpoint("hello", rootfs: rootfs, Self.runner + ["/functions/hello.py"])
+        let requests = (0..<100).map { $0 % 10 == 9 ? "{\"raise\": \"request \($0)\"}" : "{\"name\": \"caller \($0)\"}" }
+        let cold = try coldResponses(rootfs: rootfs, function: "/functions/hello.py", requests: requests)
+        let restored = try scene.invoke("hello", stdin: RunnerResponse.input(requests))
+        #expect(restored.status == 0, "\(restored)")
+        let responses = try RunnerResponse.parse(restored.stdout)
+        #expect(responses.count == 100)
+        #expect(responses.filter { !$0.ok }.count == 10)
+        #expect(restored.stdout == cold)
+    }
+
+    /// A function whose init writes a /tmp file and keeps a list in memory; each request appends
+    /// to both, sleeps so that instances overlap, and reports what it sees, with fresh
+    /// randomness (reseeded as the runner does) and the time.
+    static let isolationProbe = ["/usr/bin/python3", "-c", """
+        import json, os, random, sys, time
+        seen = ["init"]
+        os.makedirs("/tmp/shared", exist_ok=True)
+        with open("/tmp/shared/base.txt", "w") as f: f.write("base")
+        checkpointed_at = time.time()
+        for line in sys.stdin:
+            random.seed(os.urandom(32))
+            me = json.loads(line)["id"]
+            seen.append(me)
+            with open(f"/tmp/shared/{me}.txt", "w") as f: f.write(me)
+            with open("/tmp/shared/base.txt", "a") as f: f.write("+" + me)
+            time.sleep(0.3)
+            print(json.dumps({"seen": seen, "tmp": sorted(os.listdir("/tmp/shared")),
+                              "base": open("/tmp/shared/base.txt").read(), "urandom": os.urandom(16).hex(),
+                              "random": random.random(), "time": time.time(), "monotonic": time.monotonic(),
+                              "initTime": checkpointed_at}), flush=True)
+        """]
+
+    struct ProbeResponse: Decodable {
+        var seen: [String]
+        var tmp: [String]
+        var base: String
+        var urandom: String
+        var random: Double
+        var time: Double
+        var initTime: Double
+    }
+
+    @Test("8 instances restored concurrently from one image each see only their own memory and /tmp writes")
+    func concurrentInstancesAreIsolated() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("isolation")
+        defer { scene.close() }
+        try scene.checkpoint("probe", rootfs: rootfs, Self.isolationProbe)
+        _ = try scene.catalyzer(["mount"])  // mounted once up front, so instances race only to restore
+        let ids = (0..<8).map { "instance\($0)" }
+        let results = Mutex<[String: CommandResult]>([:])
+        let environment = scene.environment
+        DispatchQueue.concurrentPerform(iterations: ids.count) { index in
+            let arguments = ["invoke", "probe", "--input", "{\"id\": \"\(ids[index])\"}"]
+            guard let result = try? Command.run(Command.binary("catalyzer"), arguments, environment: environment) else { return }
+            results.withLock { $0[ids[index]] = result }
+        }
+        var responses: [ProbeResponse] = []
+        for id in ids {
+            let result = try #require(results.withLock { $0[id] })
+            #expect(result.status == 0, "\(id): \(result)")
+            let response = try JSONDecoder().decode(ProbeResponse.self, from: Data(result.stdout.utf8))
+            #expect(response.seen == ["init", id])
+            #expect(response.tmp == ["base.txt", "\(id).txt"])
+            #expect(response.base == "base+\(id)")
+            responses.append(response)
+        }
+        // A later instance starts from the checkpoint again, not from any earlier instance's writes.
+        let later = try scene.invoke("probe", input: "{\"id\": \"later\"}")
+        let response = try JSONDecoder().decode(ProbeResponse.self, from: Data(later.stdout.utf8))
+        #expect(response.seen == ["init", "later"] && response.tmp == ["base.txt", "later.txt"])
+    }
+
+    @Test("clocks and randomness after a restore are the host's at restore time, not the checkpoint's")
+    func timeAndRandomnessAreFresh() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("fresh")
+        defer { scene.close() }
+        try scene.checkpoint("probe", rootfs: rootfs, Self.isolationProbe)
+        var checkpointDone = timespec()
+        clock_gettime(CLOCK_REALTIME, &checkpointDone)
+        usleep(200_000)
+        let first = try JSONDecoder().decode(ProbeResponse.self, from: Data(try scene.invoke("probe", input: "{\"id\": \"a\"}").stdout.utf8))
+        let second = try JSONDecoder().decode(ProbeResponse.self, from: Data(try scene.invoke("probe", input: "{\"id\": \"b\"}").stdout.utf8))
+        let checkpointTime = Double(checkpointDone.tv_sec) + Double(checkpointDone.tv_nsec) / 1e9
+        for response in [first, second] {
+            #expect(response.initTime < checkpointTime)
+            #expect(response.time > checkpointTime + 0.2, "the clock is the host's now, not the checkpoint's")
+        }
+        #expect(second.time > first.time)
+        #expect(first.urandom != second.urandom)
+        #expect(first.random != second.random, "random is reseeded from the fresh getrandom")
+    }
+
+    @Test("a file opened while initializing reopens on first use at its checkpointed offset")
+    func openFilesReconnectLazily() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("reconnect")
+        defer { scene.close() }
+        let probe = ["/usr/bin/python3", "-c", """
+            import sys
+            f = open("/opt/catalyzer/runner.py", "rb", buffering=0)
+            f.read(100)
+            for line in sys.stdin:
+                print(f.read(40).hex(), flush=True)
+            """]
+        try scene.checkpoint("reader", rootfs: rootfs, probe)
+        let file = Array(try Data(contentsOf: URL(fileURLWithPath: rootfs + "/opt/catalyzer/runner.py")))
+        let expected = file[100..<140].map { String(format: "%02x", $0) }.joined() + "\n"
+            + file[140..<180].map { String(format: "%02x", $0) }.joined() + "\n"
+        for _ in 0..<2 {
+            let result = try scene.invoke("reader", stdin: RunnerResponse.input(["1", "2"]))
+            #expect(result.status == 0, "\(result)")
+            #expect(result.stdout == expected)
+        }
+    }
+
+    @Test("restores keep working after catalyzerfs is unmounted and mounted again")
+    func restoreAfterRemount() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("remount")
+        defer { scene.close() }
+        try scene.checkpoint("hello", rootfs: rootfs, Self.runner + ["/functions/hello.py"])
+        let expected = "{\"ok\":true,\"result\":{\"greeting\":\"Hello, again!\",\"length\":5}}\n"
+        #expect(try scene.invoke("hello", input: "{\"name\": \"again\"}").stdout == expected)
+        // The managed mount: unmounted behind catalyzer's back, it is mounted again on demand.
+        let mountpoint = try scene.catalyzer(["mount"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try Command.run("umount", [mountpoint]).status == 0)
+        #expect(try scene.invoke("hello", input: "{\"name\": \"again\"}").stdout == expected)
+        // A user's own mount, unmounted and mounted again.
+        let own = scene.directory.path + "/own-mount"
+        try FileManager.default.createDirectory(atPath: own, withIntermediateDirectories: true)
+        for _ in 0..<2 {
+            let mounted = try Command.run(Command.binary("catalyzerfs"), [scene.store.root, own])
+            try #require(mounted.status == 0, "\(mounted)")
+            let result = try scene.invoke("hello", input: "{\"name\": \"again\"}", options: ["--mount", own])
+            #expect(result.status == 0 && result.stdout == expected, "\(result)")
+            #expect(try Command.run("umount", [own]).status == 0)
+        }
+    }
+
+    @Test("--record-working-set stores the chunks the first request touched; catalyzerfs prefetches them")
+    func workingSet() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("working-set")
+        defer { scene.close() }
+        try scene.checkpoint("hello", rootfs: rootfs, options: ["--record-working-set", "--working-set-input", "{\"name\": \"w\"}"],
+                             Self.runner + ["/functions/hello.py"])
+        let image = try scene.store.open("hello")
+        let workingSet = try #require(image.config.workingSet)
+        #expect(workingSet.count > 5 && workingSet.count < image.config.chunkCount)
+        #expect(workingSet.allSatisfy { $0 >= 0 && $0 < image.config.chunkCount })
+        // A fresh mount: the restore prefetches, and the request still gets its answer.
+        _ = try scene.catalyzer(["mount", "--unmount"])
+        let result = try scene.invoke("hello", input: "{\"name\": \"w\"}", options: ["--json", "--timings"])
+        #expect(result.status == 0, "\(result)")
+        let mountpoint = try scene.catalyzer(["mount"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let stats = try String(contentsOfFile: mountpoint + "/.stats", encoding: .utf8)
+        let prefetched = try #require(stats.firstMatch(of: /"prefetchedChunks" : (\d+)/)).1
+        #expect(Int(prefetched)! > 0, "\(stats)")
+    }
+}
