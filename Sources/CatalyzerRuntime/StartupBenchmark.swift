@@ -13,15 +13,14 @@ import Glibc
 /// Modes, interleaved round-robin so that machine noise hits all of them alike:
 /// - `cold-start`: a fresh sandbox runs `python3 /opt/catalyzer/runner.py /functions/NAME.py`
 ///   from nothing (VM, ld.so, interpreter, imports) and serves one request.
-/// - `restore-cold`: `Invocation.run` of the image through a catalyzerfs mount with
-///   `cache_size=0,prefetch=off`, the page cache of the image's memory and state files dropped
-///   (`POSIX_FADV_DONTNEED`) before each run: every page the function touches is a FUSE read that
-///   fetches, verifies and decompresses its chunk.
+/// - `restore-cold`: `Invocation.run` of the image through a fresh catalyzerfs mount
+///   (`prefetch=off`) for every run, as on a node that never ran the function: the page cache and
+///   the daemon's chunk cache are empty, so every chunk the function touches is fetched from the
+///   store, verified and decompressed on its first FUSE read.
 /// - `restore-warm`: the same image on a mount of its own whose page cache a warm-up restore
 ///   filled: what the second sandbox of an image sees.
-/// - `restore-cold-prefetch`: a fresh mount with `cache_size=0,prefetch=on` for every run (the
-///   daemon prefetches an image's working set once per mount), so the recorded working set is
-///   pushed into an empty page cache while the sandbox restores.
+/// - `restore-cold-prefetch`: as `restore-cold` but with `prefetch=on`, so the recorded working set
+///   is pushed into the empty page cache while the sandbox restores.
 ///
 /// All three restore modes restore the one image the benchmark checkpointed into its temporary
 /// store (its working set recorded once), so they differ only in where its pages come from.
@@ -87,6 +86,8 @@ public struct StartupBenchmark: Sendable {
     public var workDirectory = NSTemporaryDirectory()
     /// A run that takes longer than this is stopped and fails the benchmark.
     public var timeoutSeconds = 60.0
+    /// How the image's chunks are compressed: decompression is most of a cold restore's cost.
+    public var codec = Codec.zstd
 
     public init(rootfs: String, function: Function, daemon: String) {
         self.rootfs = rootfs
@@ -96,9 +97,14 @@ public struct StartupBenchmark: Sendable {
 
     static let python = "/usr/bin/python3"
     static let environment = ["PATH=/usr/bin:/bin"]
-    /// No decompressed-chunk cache in the daemon, so a page-cache miss always reaches the store.
-    static let coldMountOptions = "cache_size=0,prefetch=off"
-    static let prefetchMountOptions = "cache_size=0,prefetch=on"
+    static let coldMountOptions = "prefetch=off"
+    static let prefetchMountOptions = "prefetch=on"
+
+    private var imageOptions: ImageCreateOptions {
+        var options = ImageCreateOptions()
+        options.codec = codec
+        return options
+    }
 
     public func run(log: (String) -> Void) throws -> Report {
         let work = try makeWorkDirectory()
@@ -109,7 +115,7 @@ public struct StartupBenchmark: Sendable {
         log("bench startup: checkpointing \(image) at its ready point")
         let request = CheckpointRequest(name: image, rootfs: rootfs, memorySize: memorySize, programPath: Self.python,
                                         arguments: PythonBenchmark.arguments(function: image), environment: Self.environment,
-                                        timeoutSeconds: timeoutSeconds)
+                                        timeoutSeconds: timeoutSeconds, image: imageOptions)
         let created = try Checkpointer.checkpoint(request, store: store).image
 
         let warm = try BenchMount(daemon: daemon, store: store.root, mountpoint: work + "/warm", options: Self.coldMountOptions)
@@ -119,19 +125,18 @@ public struct StartupBenchmark: Sendable {
         // Untimed: fills the warm mount's page cache (the recording may have seen the image's
         // previous version, before its working set was published).
         _ = try restore(image, on: warm, store: store, mode: .restoreWarm)
-        // Mounted after the working set was published, so every mount serves the same version.
-        let cold = try BenchMount(daemon: daemon, store: store.root, mountpoint: work + "/cold", options: Self.coldMountOptions)
-        defer { cold.unmount() }
 
         var samples: [Mode: [Sample]] = [:]
         for round in 1...max(1, runs) {
             log("bench startup: round \(round) of \(max(1, runs))")
             samples[.coldStart, default: []].append(try coldStart())
 
-            try dropPageCache(of: image, on: cold)
+            let cold = try BenchMount(daemon: daemon, store: store.root, mountpoint: work + "/cold", options: Self.coldMountOptions)
+            defer { cold.unmount() }
+            try lookUp(image, on: cold)
             let coldRestore = try restore(image, on: cold, store: store, mode: .restoreCold)
             guard coldRestore.bytesFetched ?? 0 > 0 else {
-                throw RuntimeError("bench startup: a cold restore fetched nothing from the store: POSIX_FADV_DONTNEED did not drop the page cache of \(cold.mountpoint)/\(image)/memory")
+                throw RuntimeError("bench startup: a restore on a fresh mount fetched nothing from the store (\(cold.mountpoint)/\(image)/memory)")
             }
             samples[.restoreCold, default: []].append(coldRestore)
 
@@ -207,20 +212,7 @@ public struct StartupBenchmark: Sendable {
         }
     }
 
-    // MARK: Page cache and counters
-
-    /// Drops the page cache of the image's memory and state files on `mount`, which no sandbox
-    /// maps between runs: the next restore faults every page in through catalyzerfs.
-    private func dropPageCache(of image: String, on mount: BenchMount) throws {
-        for file in ["memory", "state"] {
-            let path = mount.mountpoint + "/" + image + "/" + file
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw RuntimeError("bench startup: cannot open \(path): \(String(cString: strerror(errno)))") }
-            let status = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
-            close(fd)
-            guard status == 0 else { throw RuntimeError("bench startup: posix_fadvise \(path): \(String(cString: strerror(status)))") }
-        }
-    }
+    // MARK: Mounts and counters
 
     /// Looks up the image's files on a fresh mount without opening them (an open would start
     /// the prefetch): the timed restore then finds their dentries cached, as on the other mounts

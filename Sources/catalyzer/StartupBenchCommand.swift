@@ -13,11 +13,11 @@ struct StartupBench: ParsableCommand {
         discussion: """
             The benchmark checkpoints `python3 /opt/catalyzer/runner.py /functions/NAME.py` from --rootfs \
             (built by Scripts/build-rootfs.sh) into a temporary store, records its working set, mounts \
-            the store with catalyzerfs on private mountpoints (cache_size=0), and then times --runs \
+            the store with catalyzerfs on private mountpoints, and then times --runs \
             rounds of four modes, interleaved: \
             cold-start (a fresh sandbox from nothing); \
-            restore-cold (restore with the page cache of the image's memory and state files dropped by \
-            POSIX_FADV_DONTNEED, prefetch=off); \
+            restore-cold (restore on a fresh mount with prefetch=off: page cache and chunk cache empty, \
+            as on a node that never ran the function); \
             restore-warm (restore with the image's pages cached by an earlier restore); \
             restore-cold-prefetch (restore on a fresh mount with prefetch=on, pushing the working set). \
             Every run serves one request on stdin and must answer it correctly; the clock runs from \
@@ -43,6 +43,7 @@ struct StartupBench: ParsableCommand {
     @Option(help: "Guest memory of the sandbox and the image.") var memory = ByteCountArgument(argument: "256M")!
     @Option(help: "The catalyzerfs daemon (default: next to this binary, in PATH, or /usr/local/bin).") var catalyzerfs: String?
     @Option(help: "Directory for the temporary store and mountpoints.") var workDir = NSTemporaryDirectory()
+    @Option(help: "Chunk codec of the image: zstd or lz4 (faster to decompress, larger).") var codec: Codec = .zstd
     @Flag(help: "Print the figures as JSON.") var json = false
 
     func validate() throws {
@@ -55,6 +56,7 @@ struct StartupBench: ParsableCommand {
                 throw ValidationError("cannot find the catalyzerfs daemon: build it (swift build --product catalyzerfs) or pass --catalyzerfs")
             }
             var benchmark = StartupBenchmark(rootfs: rootfs, function: function, daemon: daemon)
+            benchmark.codec = codec
             benchmark.runs = runs
             benchmark.memorySize = Int(memory.bytes)
             benchmark.workDirectory = workDir
