@@ -65,6 +65,7 @@ struct RestoreBadInputTests {
         try Data(bytes).write(to: URL(fileURLWithPath: blob))
         let before = try scene.storeListing()
         expectRefused(try scene.invoke("victim", input: "{}"), saying: ["image 'victim'", "chunk 0", "catalyzer image verify victim"])
+        #expect(try scene.storeListing() == before, "a failed restore must leave the store as it was")
         // Corrupting every chunk but 0 instead: the program's own first touches fail.
         for entry in image.config.chunks where entry.index != 0 && !bystanderChunks.contains(entry.digest) {
             let path = scene.store.blobPath(entry.digest)
@@ -79,7 +80,6 @@ struct RestoreBadInputTests {
         #expect(!everyOther.stderr.contains("chunk 0 "), "\(everyOther.stderr)")
         // The daemon survived, and serves the bystander.
         #expect(try scene.invoke("bystander", input: "x").stdout == "ok\n")
-        _ = before
     }
 
     @Test("restoring against a changed rootfs is refused; a fresh checkpoint of it restores")
