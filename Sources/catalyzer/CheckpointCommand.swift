@@ -41,11 +41,7 @@ struct CheckpointCommand: ParsableCommand {
     var command: [String]
 
     func validate() throws {
-        guard !command.isEmpty else { throw ValidationError("missing PROGRAM after --") }
-        guard environment.allSatisfy({ $0.contains("=") }) else { throw ValidationError("--env takes KEY=VALUE") }
-        guard let bytes = ByteCount.parse(memory), bytes >= 1 << 20, bytes % 4096 == 0 else {
-            throw ValidationError("--memory must be a size of at least 1M and a multiple of 4K")
-        }
+        try Run.validate(command: command, environment: environment, memory: memory)
         guard !workingSetInput.contains("\n") else { throw ValidationError("--working-set-input must be one line") }
     }
 

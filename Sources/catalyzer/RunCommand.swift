@@ -36,6 +36,11 @@ struct Run: ParsableCommand {
     var command: [String]
 
     func validate() throws {
+        try Self.validate(command: command, environment: environment, memory: memory)
+    }
+
+    /// Checks the arguments every command that starts a sandbox takes.
+    static func validate(command: [String], environment: [String], memory: String) throws {
         guard !command.isEmpty else { throw ValidationError("missing PROGRAM after --") }
         guard environment.allSatisfy({ $0.contains("=") }) else { throw ValidationError("--env takes KEY=VALUE") }
         guard let bytes = ByteCount.parse(memory), bytes >= 1 << 20, bytes % 4096 == 0 else {
