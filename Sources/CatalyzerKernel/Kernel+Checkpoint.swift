@@ -9,7 +9,7 @@ public struct RestoreError: Error, CustomStringConvertible {
 
 /// Checkpoint and restore of the kernel state: `captureSnapshot()` turns a sandbox stopped at its
 /// ready point into a `KernelSnapshot`; the static helpers rebuild files and /tmp from one for
-/// `Kernel(restoring:memory:options:)`.
+/// `Kernel(restoring:vm:options:)`.
 extension Kernel {
     /// The state of a sandbox that `run()` stopped at its ready point. Guest memory is the memfd
     /// `guestMemory` returns; together they are a checkpoint.

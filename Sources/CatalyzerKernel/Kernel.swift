@@ -115,16 +115,18 @@ public final class Kernel {
         stopsAtReadyPoint = false  // only the sandbox's first process is checkpointed
     }
 
-    /// Resumes a checkpointed program in a new VM over `memory`, the checkpoint's guest memory
-    /// (typically its image's `memory` file mapped privately). Files reopen on first use; stdio
-    /// is the invocation's. Throws `RestoreError` when the snapshot does not fit this host.
-    public init(restoring snapshot: KernelSnapshot, memory: GuestMemory, options: RestoreOptions, kvm: KVM? = nil) throws {
+    /// Resumes a checkpointed program in `vm`, a fresh VM whose memory is the checkpoint's guest
+    /// memory (typically its image's `memory` file mapped privately); the VM may have been created
+    /// while the state was still being read. Files reopen on first use; stdio is the
+    /// invocation's. Throws `RestoreError` when the snapshot does not fit this host.
+    public init(restoring snapshot: KernelSnapshot, vm: VM, options: RestoreOptions) throws {
+        let memory = vm.memory
         guard memory.size == snapshot.memorySize else {
             throw RestoreError("guest memory is \(memory.size) bytes but the checkpoint's is \(snapshot.memorySize)")
         }
-        self.kvm = try kvm ?? KVM()
+        kvm = vm.kvm
         memorySize = snapshot.memorySize
-        exitRequester = ExitRequester()
+        exitRequester = vm.vcpu.exitRequester
         let (restoredFilesystem, tmpNodes) = try Self.restoreFilesystem(snapshot)
         filesystem = restoredFilesystem
         processes = ProcessTable()
@@ -138,7 +140,6 @@ public final class Kernel {
         let allocator = PhysicalPageAllocator(memory: memory, start: snapshot.allocator.start,
                                               nextUnused: snapshot.allocator.nextUnused, freed: snapshot.allocator.freed)
         let pageTables = PageTables(memory: memory, allocator: allocator, root: snapshot.pageTableRoot)
-        let vm = try VM(kvm: self.kvm, memory: memory, exitRequester: exitRequester)
         cpu = try UserModeCPU(vm: vm, pageTables: pageTables, restoring: snapshot.vcpu)
         space = AddressSpace(memory: memory, allocator: allocator, pageTables: pageTables)
         space.restoreRegions(snapshot.regions.map {

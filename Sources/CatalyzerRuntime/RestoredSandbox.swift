@@ -40,6 +40,7 @@ public final class RestoredSandbox {
         let mapped = try GuestMemory(mappingPrivately: fd, size: Int(status.st_size))
         memory = mapped
         memoryMappedAt = Kernel.monotonicNanoseconds()
+        let vm = PendingVM(kvm: try kvm ?? KVM(), memory: mapped)
 
         let state = try CheckpointState(decoding: Self.readState(mount.statePath(image), image: image), image: image)
         guard state.kernel.memorySize == mapped.size else {
@@ -51,7 +52,7 @@ public final class RestoredSandbox {
             "catalyzer: error: image '\(image)': guest memory chunk ",
             " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob; its log names the blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n")
         do {
-            kernel = try Kernel(restoring: state.kernel, memory: mapped, options: options, kvm: kvm)
+            kernel = try Kernel(restoring: state.kernel, vm: try vm.wait(), options: options)
         } catch let error as RestoreError {
             chost_unguard_guest_memory(guardSlot)
             throw RuntimeError("image '\(image)' cannot be restored: \(error)")

@@ -1,0 +1,28 @@
+import Dispatch
+
+/// A VM being created on another thread while the caller does other work: a restore reads and
+/// decodes its state and checks its rootfs meanwhile. Creating the VM, its memory slot and its
+/// vCPU is the largest single cost of a restore here (about a millisecond, more on a busy host).
+public final class PendingVM: @unchecked Sendable {
+    // Handed to the creating thread, which alone touches them until `created` is signalled.
+    private let kvm: KVM
+    private let memory: GuestMemory
+    private var outcome: Result<VM, Error>?
+    private let created = DispatchSemaphore(value: 0)
+
+    public init(kvm: KVM, memory: GuestMemory) {
+        self.kvm = kvm
+        self.memory = memory
+        DispatchQueue.global(qos: .userInitiated).async { [self] in
+            outcome = Result { try VM(kvm: self.kvm, memory: self.memory) }
+            created.signal()
+        }
+    }
+
+    /// The VM, once created; rethrows its creation's error.
+    public func wait() throws -> VM {
+        created.wait()
+        created.signal()  // later waits return at once
+        return try outcome!.get()
+    }
+}
