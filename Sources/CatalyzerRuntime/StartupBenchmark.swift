@@ -88,6 +88,8 @@ public struct StartupBenchmark: Sendable {
     public var timeoutSeconds = 60.0
     /// How the image's chunks are compressed: decompression is most of a cold restore's cost.
     public var codec = Codec.zstd
+    /// The image's chunk size: the unit a first touch fetches and decompresses.
+    public var chunkSize = ChunkSize.default
 
     public init(rootfs: String, function: Function, daemon: String) {
         self.rootfs = rootfs
@@ -103,6 +105,7 @@ public struct StartupBenchmark: Sendable {
     private var imageOptions: ImageCreateOptions {
         var options = ImageCreateOptions()
         options.codec = codec
+        options.chunkSize = chunkSize
         return options
     }
 

@@ -44,6 +44,7 @@ struct StartupBench: ParsableCommand {
     @Option(help: "The catalyzerfs daemon (default: next to this binary, in PATH, or /usr/local/bin).") var catalyzerfs: String?
     @Option(help: "Directory for the temporary store and mountpoints.") var workDir = NSTemporaryDirectory()
     @Option(help: "Chunk codec of the image: zstd or lz4 (faster to decompress, larger).") var codec: Codec = .zstd
+    @Option(help: "Chunk size of the image, a power of two from 4K to 64M.") var chunkSize = ByteCountArgument(argument: "256K")!
     @Flag(help: "Print the figures as JSON.") var json = false
 
     func validate() throws {
@@ -57,6 +58,7 @@ struct StartupBench: ParsableCommand {
             }
             var benchmark = StartupBenchmark(rootfs: rootfs, function: function, daemon: daemon)
             benchmark.codec = codec
+            benchmark.chunkSize = Int(chunkSize.bytes)
             benchmark.runs = runs
             benchmark.memorySize = Int(memory.bytes)
             benchmark.workDirectory = workDir
