@@ -163,6 +163,27 @@ struct RestoreTests {
         }
     }
 
+    @Test("at the end of input a restored runner runs the function's atexit handlers and exits 0")
+    func runnerExitRunsAtexitHandlers() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("atexit")
+        defer { scene.close() }
+        // The function module lives in the checkpoint's /tmp, written before the runner starts.
+        let function = ["/usr/bin/python3", "-c", """
+            import runpy, sys
+            with open("/tmp/fn.py", "w") as f:
+                f.write("import atexit, sys\\natexit.register(lambda: print('atexit ran', file=sys.stderr))\\n"
+                        "def handler(event):\\n    return event['n'] * 2\\n")
+            sys.argv = ["runner.py", "/tmp/fn.py"]
+            runpy.run_path("/opt/catalyzer/runner.py", run_name="__main__")
+            """]
+        try scene.checkpoint("doubler", rootfs: rootfs, function)
+        let result = try scene.invoke("doubler", stdin: RunnerResponse.input(["{\"n\": 21}", "{\"n\": 2}"]))
+        #expect(result.status == 0, "\(result)")
+        #expect(result.stdout == "{\"ok\":true,\"result\":42}\n{\"ok\":true,\"result\":4}\n")
+        #expect(result.stderr == "atexit ran\n", "\(result)")
+    }
+
     @Test("restores keep working after catalyzerfs is unmounted and mounted again")
     func restoreAfterRemount() throws {
         let rootfs = try PythonRootfs.path()

@@ -10,7 +10,9 @@ one JSON response per line on stdout, calling ``handler(event)`` from the module
     {"ok": false, "error": {"type": "ValueError", "message": "...", "traceback": "..."}}
 
 A handler exception or a request that is not JSON becomes an error response and the runner
-keeps serving. EOF on stdin ends the runner with status 0.
+keeps serving. EOF on stdin ends the runner with status 0: it runs the ``atexit`` handlers and
+flushes its output, then exits at once, skipping the interpreter's teardown (freeing every
+module and object), which would only keep the caller waiting for a sandbox about to be discarded.
 
 The runner's first blocking read of stdin is the function's *ready point*: a checkpoint taken
 there holds the imported module, and every restored instance resumes inside that read. So
@@ -19,6 +21,7 @@ right after the first request arrives, and never before, the runner reseeds ``ra
 two instances restored from one image never share random sequences or ids.
 """
 
+import atexit
 import importlib.util
 import json
 import os
@@ -89,6 +92,10 @@ def main():
     # which is where the monitor recognizes the ready point.
     stdin = open(0, "r", buffering=1, encoding="utf-8", closefd=False)
     serve(module, stdin)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
