@@ -64,7 +64,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CatalyzerRuntimeTests",
-            dependencies: ["CatalyzerRuntime", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs"]
+            dependencies: ["CatalyzerRuntime", "CatalyzerKernel", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs"]
         ),
         .testTarget(
             name: "CatalyzerFSTests",

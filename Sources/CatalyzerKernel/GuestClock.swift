@@ -79,7 +79,7 @@ final class GuestClock {
 
     /// Rewrites the page from the host's clocks. Skipped once the program unmapped, moved or
     /// replaced the page (its frame may since hold the program's own data).
-    func refresh(space: AddressSpace) {
+    func refresh(space: AddressSpace, time: GuestTime) {
         let rate = Self.nanosecondsPerTick
         guard rate != 0, let tickOffset, let region = space.regionIndex(containing: pageAddress),
               space.regions[region].name == VirtualDSO.clockDataName,
@@ -89,7 +89,7 @@ final class GuestClock {
         clock_gettime(CLOCK_MONOTONIC, &monotonicNow)
         clock_gettime(CLOCK_REALTIME, &realtimeNow)
         let ticks = UInt64(bitPattern: Int64(bitPattern: hostTicks) &+ tickOffset)
-        var monotonic = UInt64(monotonicNow.tv_sec) * 1_000_000_000 + UInt64(monotonicNow.tv_nsec)
+        var monotonic = UInt64(monotonicNow.tv_sec) * 1_000_000_000 + UInt64(monotonicNow.tv_nsec) + time.monotonicOffset
         var realtime = UInt64(realtimeNow.tv_sec) * 1_000_000_000 + UInt64(realtimeNow.tv_nsec)
         if let base, ticks > base.ticks {
             // What the guest could have read just now must not be taken back.

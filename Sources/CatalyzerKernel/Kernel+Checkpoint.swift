@@ -17,8 +17,6 @@ extension Kernel {
         guard pendingExit == .readyPoint else {
             throw RestoreError("the sandbox is not stopped at its ready point; only a program waiting for its first request can be checkpointed")
         }
-        var realtime = timespec()
-        clock_gettime(CLOCK_REALTIME, &realtime)
         let allocation = space.allocator.state
         let (openFiles, descriptors, pipes) = try captureFiles()
         return KernelSnapshot(
@@ -32,7 +30,7 @@ extension Kernel {
             breakEnd: space.breakEnd,
             clockPage: clock.pageAddress,
             clockFrame: clock.physicalPage,
-            checkpointRealtime: UInt64(realtime.tv_sec) * 1_000_000_000 + UInt64(realtime.tv_nsec),
+            checkpointMonotonic: time.monotonicNanoseconds,
             process: .init(pid: pid, executablePath: executablePath, workingDirectory: workingDirectory,
                            uid: credentials.uid, gid: credentials.gid, taskName: taskName,
                            signalActions: signalActions.sorted { $0.key < $1.key }.map { .init(signal: $0.key, action: $0.value) },

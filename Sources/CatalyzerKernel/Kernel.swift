@@ -11,6 +11,8 @@ public final class Kernel {
     private(set) var space: AddressSpace
     /// The clock data behind the process's vDSO, refreshed before every return to the guest.
     private(set) var clock: GuestClock
+    /// How the guest's clocks relate to the host's (shared by the sandbox's processes).
+    private(set) var time = GuestTime.host
     let memorySize: Int
     /// Shared by all processes of the sandbox (like a mount namespace).
     let filesystem: Filesystem
@@ -98,6 +100,7 @@ public final class Kernel {
         cpu = try UserModeCPU(vm: vm, pageTables: pageTables, continuing: parent.cpu)
         space = AddressSpace(copying: parent.space, memory: memory, allocator: allocator, pageTables: pageTables)
         clock = GuestClock(copying: parent.clock)
+        time = parent.time
         filesystem = parent.filesystem
         files = FileTable(copying: parent.files)
         processes = parent.processes
@@ -148,6 +151,7 @@ public final class Kernel {
         space.breakStart = snapshot.breakStart
         space.breakEnd = snapshot.breakEnd
         clock = GuestClock(pageAddress: snapshot.clockPage, physicalPage: snapshot.clockFrame, vcpu: vm.vcpu)
+        time = GuestTime(continuingFrom: snapshot.checkpointMonotonic)
         files = try Self.restoreFiles(snapshot, filesystem: filesystem, tmpNodes: tmpNodes, standardStreams: options.standardStreams)
         executablePath = snapshot.process.executablePath
         filesystem.executablePath = executablePath
@@ -223,7 +227,7 @@ public final class Kernel {
             serveSyscall()
         }
         while pendingExit == nil {
-            clock.refresh(space: space)
+            clock.refresh(space: space, time: time)
             if milestones.firstGuestEntry == nil { milestones.firstGuestEntry = Self.monotonicNanoseconds() }
             switch try cpu.run() {
             case .syscall:

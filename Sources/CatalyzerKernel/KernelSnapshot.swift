@@ -20,8 +20,9 @@ public struct KernelSnapshot: Sendable {
     /// The vDSO's clock page: its virtual address and the physical page behind it.
     public var clockPage: UInt64
     public var clockFrame: UInt64
-    /// Host CLOCK_REALTIME at the checkpoint, in nanoseconds.
-    public var checkpointRealtime: UInt64
+    /// The guest's CLOCK_MONOTONIC at the checkpoint, in nanoseconds: a restore's monotonic
+    /// clocks never read less (see `GuestTime`).
+    public var checkpointMonotonic: UInt64
     public var process: Process
     public var files: [File]
     public var descriptors: [Descriptor]
@@ -137,7 +138,7 @@ extension KernelSnapshot {
         writer.write(breakEnd)
         writer.write(clockPage)
         writer.write(clockFrame)
-        writer.write(checkpointRealtime)
+        writer.write(checkpointMonotonic)
         process.encode(into: &writer)
         writer.write(files) { w, file in
             switch file.kind {
@@ -199,7 +200,7 @@ extension KernelSnapshot {
         breakEnd = try reader.read(UInt64.self, "break end")
         clockPage = try reader.read(UInt64.self, "clock page")
         clockFrame = try reader.read(UInt64.self, "clock frame")
-        checkpointRealtime = try reader.read(UInt64.self, "checkpoint time")
+        checkpointMonotonic = try reader.read(UInt64.self, "checkpoint monotonic time")
         process = try Process(from: &reader)
         files = try reader.readArray("open files", minimumSize: 9) { (r) throws(SnapshotDecodingError) in
             let kind: File.Kind

@@ -40,7 +40,8 @@ extension Kernel {
             // FUTEX_WAIT's timeout is relative; FUTEX_WAIT_BITSET's is absolute on its clock.
             let absolute = operation == .waitBitset
             let clock = absolute && a.int32(1) & Self.clockRealtimeFlag != 0 ? CLOCK_REALTIME : CLOCK_MONOTONIC
-            let result = withUnsafePointer(to: timeout) { clock_nanosleep(clock, absolute ? TIMER_ABSTIME : 0, $0, nil) }
+            let deadline = absolute ? time.hostTime(timeout, clock: clock) : timeout
+            let result = withUnsafePointer(to: deadline) { clock_nanosleep(clock, absolute ? TIMER_ABSTIME : 0, $0, nil) }
             guard result == 0 else { throw Errno(result) }
             throw Errno.ETIMEDOUT
         }

@@ -4,8 +4,7 @@ import Glibc
 /// are the guest's RAM (its cap), not the host's, so runtimes size their caches to the sandbox.
 extension Kernel {
     func sysSysinfo(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        var uptime = timespec()
-        clock_gettime(CLOCK_BOOTTIME, &uptime)
+        let uptime = time.now(CLOCK_BOOTTIME)
         // struct sysinfo (x86-64): uptime, loads[3], totalram, freeram, ..., procs at 80, mem_unit at 104.
         var info = [UInt8](repeating: 0, count: 112)
         func put<T: FixedWidthInteger>(_ value: T, _ offset: Int) {

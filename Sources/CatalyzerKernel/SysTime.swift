@@ -7,9 +7,7 @@ extension Kernel {
 
     func sysClockGettime(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         guard Self.clocks.contains(a.int32(0)) else { throw Errno.EINVAL }
-        var now = timespec()
-        clock_gettime(clockid_t(a.int32(0)), &now)
-        try space.storeStruct(now, at: a[1])
+        try space.storeStruct(time.now(clockid_t(a.int32(0))), at: a[1])
         return 0
     }
 
@@ -51,8 +49,9 @@ extension Kernel {
 
     /// Sleeps on the host; a timeout's kick interrupts it, which ends the sandbox.
     private func sleep(clock: clockid_t, flags: Int32, request: UInt64, remaining: UInt64) throws(Errno) -> UInt64 {
-        let duration = try space.loadStruct(timespec.self, at: request, zero: timespec())
-        guard duration.tv_sec >= 0, (0..<1_000_000_000).contains(duration.tv_nsec) else { throw Errno.EINVAL }
+        let requested = try space.loadStruct(timespec.self, at: request, zero: timespec())
+        guard requested.tv_sec >= 0, (0..<1_000_000_000).contains(requested.tv_nsec) else { throw Errno.EINVAL }
+        let duration = flags & TIMER_ABSTIME != 0 ? time.hostTime(requested, clock: clock) : requested
         var left = timespec()
         let result = clock_nanosleep(clock, flags, [duration], &left)
         if result == EINTR {

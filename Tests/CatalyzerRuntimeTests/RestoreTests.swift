@@ -1,4 +1,5 @@
 import CatalyzerImage
+import CatalyzerRuntime
 import CatalyzerTestSupport
 import Foundation
 import Glibc
@@ -138,6 +139,35 @@ struct RestoreTests {
         #expect(second.time > first.time)
         #expect(first.urandom != second.urandom)
         #expect(first.random != second.random, "random is reseeded from the fresh getrandom")
+    }
+
+    @Test("monotonic time continues from the checkpoint's where the host's clock is behind it (another node, a reboot)")
+    func monotonicTimeNeverGoesBack() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("monotonic")
+        defer { scene.close() }
+        let probe = ["/usr/bin/python3", "-c", """
+            import sys, time
+            at_init = time.monotonic()
+            for line in sys.stdin:
+                before = time.monotonic()
+                time.sleep(0.2)  # clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME): a guest deadline
+                print(at_init, before, time.monotonic() - before, time.clock_gettime(time.CLOCK_BOOTTIME), flush=True)
+            """]
+        try scene.checkpoint("clock", rootfs: rootfs, probe)
+        // As if the checkpoint had been made on a host whose monotonic clock was 30 days ahead.
+        var state = try CheckpointState(decoding: try scene.store.open("clock").readState(), image: "clock")
+        state.kernel.checkpointMonotonic += 30 * 86_400 * 1_000_000_000
+        try StoreSurgery.replaceState(scene.store, "clock", with: state.encoded())
+        let result = try scene.invoke("clock", input: "x", options: ["--timeout", "20s"])
+        #expect(result.status == 0, "\(result)")
+        let values = result.stdout.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        try #require(values.count == 4, "\(result)")
+        let (atInit, now, slept, boottime) = (values[0], values[1], values[2], values[3])
+        #expect(now >= Double(state.kernel.checkpointMonotonic) / 1e9, "monotonic time went back across the restore")
+        #expect(now > atInit)
+        #expect(slept >= 0.2 && slept < 10, "an absolute sleep deadline on the guest's clock lasts as long as asked")
+        #expect(boottime >= now - 1)
     }
 
     @Test("a file opened while initializing reopens on first use at its checkpointed offset")
