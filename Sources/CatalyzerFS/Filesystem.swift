@@ -13,6 +13,8 @@ final class Filesystem: Sendable {
     let cache: ChunkCache
     let reader: MemoryReader
     let prefetcher: Prefetcher
+    /// Image versions with open memory files (running sandboxes), for `gc`.
+    let leases = ImageLeases()
     let options: MountOptions
     /// Readahead in bytes: the option, or matched to the chunk size at mount.
     let readahead: Int64
@@ -182,7 +184,7 @@ final class Filesystem: Sendable {
             if options.prefetch, let session = session.withLock({ $0 }) {
                 prefetcher.start(image, session: session)
             }
-            return .success(OpenFile(.memory(image), keepCache: true))
+            return .success(OpenFile(.memory(image), keepCache: true, lease: leases.lease(image.image)))
         case let .file(image, .manifest)?:
             return .success(OpenFile(.bytes(image.image.manifestBytes), keepCache: true))
         case let .file(image, .state)?:
@@ -213,6 +215,6 @@ final class Filesystem: Sendable {
     }
 
     func renderStatistics() -> [UInt8] {
-        statistics.render(cache: cache.usage)
+        statistics.render(cache: cache.usage, inUse: leases.manifestsInUse)
     }
 }

@@ -16,10 +16,13 @@ final class OpenFile: Sendable {
     /// Keep the page cache across opens (image files never change). `/.stats` changes on every
     /// read, so it bypasses the page cache instead.
     let keepCache: Bool
+    /// For a memory file: marks its image version in use while the handle lives.
+    private let lease: ImageLeases.Lease?
 
-    init(_ content: Content, keepCache: Bool) {
+    init(_ content: Content, keepCache: Bool, lease: ImageLeases.Lease? = nil) {
         self.content = content
         self.keepCache = keepCache
+        self.lease = lease
     }
 }
 

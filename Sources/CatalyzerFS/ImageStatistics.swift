@@ -1,3 +1,4 @@
+import CatalyzerImage
 import Foundation
 import Synchronization
 
@@ -66,13 +67,15 @@ final class StatisticsRegistry: Sendable {
     struct Document: Codable, Sendable {
         var images: [String: ImageStatistics.Snapshot]
         var cache: ChunkCache.Usage
+        /// Manifest digests of the image versions whose memory files are open (see `ImageLeases`).
+        var inUse: [Digest]
     }
 
-    func render(cache: ChunkCache.Usage) -> [UInt8] {
+    func render(cache: ChunkCache.Usage, inUse: [Digest]) -> [UInt8] {
         let images = byName.withLock { $0 }.mapValues(\.snapshot)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         // Encoding plain numbers and strings cannot fail.
-        return Array(try! encoder.encode(Document(images: images, cache: cache))) + [10]
+        return Array(try! encoder.encode(Document(images: images, cache: cache, inUse: inUse))) + [10]
     }
 }

@@ -7,6 +7,9 @@ public struct GCReport: Sendable, Codable {
     public var bytesRemoved: Int64
     public var blobsKept: Int
     public var temporaryFilesRemoved: Int
+    /// Image versions no name refers to any more whose blobs were kept because a sandbox still
+    /// runs from them.
+    public var versionsInUse: Int
 }
 
 extension ImageStore {
@@ -16,19 +19,24 @@ extension ImageStore {
     ///
     /// If any named image's manifest cannot be read, nothing is deleted: its blobs cannot be
     /// told apart from garbage, and deleting them would turn a repairable image into a lost one.
-    public func gc() throws(ImageError) -> GCReport {
-        guard exists else { return GCReport(blobsRemoved: 0, bytesRemoved: 0, blobsKept: 0, temporaryFilesRemoved: 0) }
+    ///
+    /// `manifestsInUse` names image versions sandboxes still run from (their memory is fetched
+    /// on first touch, so their blobs must outlive a replace or remove). It is asked after the
+    /// lock is taken and the names are read: a version retired before then is in its answer.
+    public func gc(manifestsInUse: () -> [Digest] = { [] }) throws(ImageError) -> GCReport {
+        guard exists else { return GCReport(blobsRemoved: 0, bytesRemoved: 0, blobsKept: 0, temporaryFilesRemoved: 0, versionsInUse: 0) }
         try prepareForWriting()
         let lock = try StoreLock(path: gcLockPath, mode: .exclusive, store: root)
         defer { withExtendedLifetime(lock) {} }
 
         var live: Set<Digest> = []
-        for descriptor in try index().manifests {
-            let label = descriptor.annotations?[OCIIndex.refNameAnnotation] ?? descriptor.digest.description
-            live.insert(descriptor.digest)
+        func keep(manifest digest: Digest, size: Int64?, label: String) throws(ImageError) {
+            live.insert(digest)
             let manifest: OCIManifest
             do {
-                let bytes = try readVerifiedBlob(descriptor.digest, size: descriptor.size, image: label, role: "manifest")
+                var status = stat()
+                let stored = size ?? (stat(blobPath(digest), &status) == 0 ? Int64(status.st_size) : 0)
+                let bytes = try readVerifiedBlob(digest, size: stored, image: label, role: "manifest")
                 manifest = try JSONDecoder().decode(OCIManifest.self, from: Data(bytes))
             } catch {
                 throw .invalidStore(path: root, detail: "gc stopped without deleting anything: the manifest of image '\(label)' is unreadable (\(error)); remove that image with `catalyzer image rm` first")
@@ -36,8 +44,17 @@ extension ImageStore {
             live.insert(manifest.config.digest)
             for layer in manifest.layers { live.insert(layer.digest) }
         }
+        for descriptor in try index().manifests {
+            try keep(manifest: descriptor.digest, size: descriptor.size,
+                     label: descriptor.annotations?[OCIIndex.refNameAnnotation] ?? descriptor.digest.description)
+        }
+        var versionsInUse = 0
+        for digest in manifestsInUse() where !live.contains(digest) && FileIO.exists(blobPath(digest)) {
+            try keep(manifest: digest, size: nil, label: "\(digest) (replaced or removed, still running)")
+            versionsInUse += 1
+        }
 
-        var report = GCReport(blobsRemoved: 0, bytesRemoved: 0, blobsKept: 0, temporaryFilesRemoved: 0)
+        var report = GCReport(blobsRemoved: 0, bytesRemoved: 0, blobsKept: 0, temporaryFilesRemoved: 0, versionsInUse: versionsInUse)
         for file in try FileIO.listDirectory(blobsDirectory) {
             if let digest = Digest("sha256:" + file), live.contains(digest) {
                 report.blobsKept += 1

@@ -41,6 +41,14 @@ enum MountInfoTable {
         return result
     }
 
+    /// Every mount of filesystem type `fsType` (e.g. `fuse.catalyzerfs`).
+    static func entries(ofType fsType: String) -> [Entry] {
+        let table = readMountInfo()
+        return table.split(separator: 0x0a).compactMap { line in
+            parse(Array(line)).flatMap { $0.fsType == fsType ? $0 : nil }
+        }
+    }
+
     /// Field `index` (from 0) of a space-separated line, nil if the line is shorter.
     private static func field(_ index: Int, of line: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
         guard let base = line.baseAddress else { return nil }

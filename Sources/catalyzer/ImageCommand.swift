@@ -1,5 +1,6 @@
 import ArgumentParser
 import CatalyzerImage
+import CatalyzerRuntime
 import Foundation
 
 extension Codec: ExpressibleByArgument {}
@@ -177,15 +178,18 @@ struct ImageCommand: ParsableCommand {
 
     struct GC: ParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "gc", abstract: "Delete blobs that no image refers to, and leftovers of interrupted writes.")
+            commandName: "gc", abstract: "Delete blobs that no image refers to, and leftovers of interrupted writes.",
+            discussion: "Blobs of an image version that was replaced or removed are kept while a sandbox restored from it still runs: the catalyzerfs mounts of the store report the versions whose memory files are open.")
         @Flag(help: "Print the result as JSON.") var json = false
         @OptionGroup var storeOptions: StoreOptions
 
         func run() throws {
             try Output.run {
-                let report = try storeOptions.imageStore.gc()
+                let store = storeOptions.imageStore
+                let report = try store.gc(manifestsInUse: { ImagesInUse.manifests(of: store) })
                 if json { return Output.json(report) }
-                Output.out("removed \(report.blobsRemoved) blobs (\(ByteCount.format(report.bytesRemoved))) and \(report.temporaryFilesRemoved) temporary files; \(report.blobsKept) blobs in use")
+                Output.out("removed \(report.blobsRemoved) blobs (\(ByteCount.format(report.bytesRemoved))) and \(report.temporaryFilesRemoved) temporary files; \(report.blobsKept) blobs in use"
+                           + (report.versionsInUse > 0 ? ", \(report.versionsInUse) replaced or removed image versions kept for the sandboxes still running them" : ""))
             }
         }
     }

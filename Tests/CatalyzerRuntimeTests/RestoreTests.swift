@@ -214,6 +214,55 @@ struct RestoreTests {
         #expect(result.stderr == "atexit ran\n", "\(result)")
     }
 
+    @Test("gc keeps a replaced image version's blobs while an instance restored from it still runs")
+    func gcKeepsVersionsInUse() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("gc-in-use")
+        defer { scene.close() }
+        func function(_ version: String) -> [String] {
+            ["/usr/bin/python3", "-c", "import sys\nfor line in sys.stdin:\n    print('\(version)', line.strip(), len(bytearray(8 << 20)), flush=True)"]
+        }
+        try scene.checkpoint("fn", rootfs: rootfs, function("v1"))
+        let v1 = try scene.store.open("fn")
+        let v1Blobs = [v1.manifestDescriptor.digest, v1.manifest.config.digest] + v1.manifest.layers.map(\.digest)
+
+        let instance = Process()
+        instance.executableURL = URL(fileURLWithPath: Command.binary("catalyzer"))
+        instance.arguments = ["invoke", "fn"]
+        instance.environment = ProcessInfo.processInfo.environment.merging(scene.environment) { $1 }
+        let input = Pipe(), output = Pipe()
+        instance.standardInput = input
+        instance.standardOutput = output
+        try instance.run()
+        func ask(_ line: String) -> String {
+            input.fileHandleForWriting.write(Data((line + "\n").utf8))
+            var answer = Data()
+            while !answer.contains(UInt8(ascii: "\n")) {
+                let more = output.fileHandleForReading.availableData
+                if more.isEmpty { break }
+                answer.append(more)
+            }
+            return String(decoding: answer, as: UTF8.self)
+        }
+        #expect(ask("a") == "v1 a 8388608\n")
+
+        // Replaced while the instance runs, then collected: the running version's blobs stay.
+        try scene.checkpoint("fn", rootfs: rootfs, function("v2"))
+        let first = try scene.catalyzer(["image", "gc", "--json"])
+        #expect(first.status == 0 && (try? JSONDecoder().decode(GCReport.self, from: Data(first.stdout.utf8)))?.versionsInUse == 1, "\(first)")
+        for digest in v1Blobs { #expect(FileManager.default.fileExists(atPath: scene.store.blobPath(digest)), "\(digest) was collected") }
+        #expect(ask("b") == "v1 b 8388608\n")
+        try input.fileHandleForWriting.close()
+        instance.waitUntilExit()
+        #expect(instance.terminationStatus == 0)
+
+        // Once it has ended, the old version is garbage like any other.
+        let second = try scene.catalyzer(["image", "gc", "--json"])
+        #expect(second.status == 0 && (try? JSONDecoder().decode(GCReport.self, from: Data(second.stdout.utf8)))?.versionsInUse == 0, "\(second)")
+        #expect(!FileManager.default.fileExists(atPath: scene.store.blobPath(v1.manifestDescriptor.digest)))
+        #expect(try scene.invoke("fn", input: "c").stdout == "v2 c 8388608\n")
+    }
+
     @Test("restores keep working after catalyzerfs is unmounted and mounted again")
     func restoreAfterRemount() throws {
         let rootfs = try PythonRootfs.path()
