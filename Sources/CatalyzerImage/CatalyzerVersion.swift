@@ -1,4 +1,4 @@
 /// The version recorded in images (`creator`) and printed by `catalyzer --version`.
 public enum CatalyzerVersion {
-    public static let current = "0.1.0"
+    public static let current = "0.2.0"
 }

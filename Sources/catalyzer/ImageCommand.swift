@@ -122,7 +122,9 @@ struct ImageCommand: ParsableCommand {
                     stored          \(ByteCount.format(config.storedChunkBytes)) (\(String(format: "%.2f", ratio))x)
                     state           \(ByteCount.format(config.state.size)) \(config.state.digest)
                     working set     \(config.workingSet.map { "\($0.count) chunks" } ?? "none recorded")
-                    """)
+                    """ + (config.annotations ?? [:]).sorted { $0.key < $1.key }.enumerated().map { index, entry in
+                        (index == 0 ? "\nannotations     " : "\n                ") + "\(entry.key)=\(entry.value)"
+                    }.joined())
             }
         }
     }
