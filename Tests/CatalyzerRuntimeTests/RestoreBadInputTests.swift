@@ -1,4 +1,5 @@
 import CatalyzerImage
+import CatalyzerRuntime
 import CatalyzerTestSupport
 import Foundation
 import Glibc
@@ -80,6 +81,34 @@ struct RestoreBadInputTests {
         #expect(!everyOther.stderr.contains("chunk 0 "), "\(everyOther.stderr)")
         // The daemon survived, and serves the bystander.
         #expect(try scene.invoke("bystander", input: "x").stdout == "ok\n")
+    }
+
+    @Test("a corrupt chunk the guest itself touches first (its next instruction) is named too")
+    func corruptChunkUnderTheNextInstruction() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("bad-code-chunk")
+        defer { scene.close() }
+        try scene.checkpoint("victim", rootfs: rootfs, Self.hello)
+        let image = try scene.store.open("victim")
+        // Where the program resumes: RIP (kvm_regs offset 128), walked through the checkpoint's
+        // page tables in the exported memory to the chunk that holds its code.
+        let state = try CheckpointState(decoding: try image.readState(), image: "victim")
+        let rip = state.kernel.vcpu.registers.withUnsafeBytes { $0.load(fromByteOffset: 128, as: UInt64.self) }
+        let exported = scene.directory.path + "/victim.mem"
+        try #require(try scene.catalyzer(["image", "export", "victim", exported]).status == 0)
+        let memory = try Data(contentsOf: URL(fileURLWithPath: exported))
+        var table = state.kernel.pageTableRoot
+        for level in stride(from: 3, through: 0, by: -1) {
+            let slot = Int(table + ((rip >> (12 + 9 * UInt64(level))) & 0x1FF) * 8)
+            table = memory.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: slot, as: UInt64.self) } & 0x000F_FFFF_FFFF_F000
+        }
+        let chunk = Int(table) / image.config.chunkSize
+        try #require(chunk != 0, "the code page shares chunk 0 with the page tables; the test needs them apart")
+        let blob = try StoreSurgery.chunkBlobPath(scene.store, "victim", chunk: chunk)
+        var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: blob)))
+        bytes[bytes.count / 2] ^= 0xFF
+        try Data(bytes).write(to: URL(fileURLWithPath: blob))
+        expectRefused(try scene.invoke("victim", input: "{}"), saying: ["image 'victim'", "chunk \(chunk) ", "catalyzer image verify victim"])
     }
 
     @Test("restoring against a changed rootfs is refused; a fresh checkpoint of it restores")
