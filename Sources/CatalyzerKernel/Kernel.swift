@@ -1,5 +1,6 @@
 import CKVM
 import CatalyzerKVM
+import Dispatch
 import Glibc
 
 /// The monitor acting as the guest program's kernel: it owns the VM, the address space, the files
@@ -214,6 +215,18 @@ public final class Kernel {
                                 standardStream: Int32(guestFD))
             try files.install(file, at: Int32(guestFD), closeOnExec: false)
         }
+    }
+
+    /// Runs the program as `run()` does, stopping it after `timeoutSeconds` (`.timedOut`). The
+    /// timer has a queue of its own: it must fire even when every pool thread is busy.
+    public func run(timeoutSeconds: Double) throws -> SandboxExit {
+        let exitRequester = exitRequester
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "catalyzer-sandbox-timeout"))
+        timer.schedule(deadline: .now() + timeoutSeconds)
+        timer.setEventHandler { exitRequester.requestExit() }
+        timer.resume()
+        defer { timer.cancel() }
+        return try run()
     }
 
     /// Runs the program until it exits, is killed, or `exitRequester` stops it.

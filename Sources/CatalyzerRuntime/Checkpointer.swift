@@ -1,7 +1,6 @@
 import CKVM
 import CatalyzerImage
 import CatalyzerKernel
-import Dispatch
 import Glibc
 
 /// What to checkpoint: a program run cold in a sandbox until its ready point.
@@ -71,13 +70,7 @@ public enum Checkpointer {
         } catch {
             throw RuntimeError("cannot start \(request.programPath) in \(request.rootfs): \(error); no image was created")
         }
-        let exitRequester = kernel.exitRequester
-        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "catalyzer-checkpoint-timeout"))
-        timer.schedule(deadline: .now() + request.timeoutSeconds)
-        timer.setEventHandler { exitRequester.requestExit() }
-        timer.resume()
-        let exit = try kernel.run()
-        timer.cancel()
+        let exit = try kernel.run(timeoutSeconds: request.timeoutSeconds)
         let initialization = Double(Kernel.monotonicNanoseconds() - started) / 1e9
         let captured = Self.contents(of: output)
         guard exit == .readyPoint else {

@@ -2,7 +2,6 @@ import CKVM
 import CatalyzerImage
 import CatalyzerKVM
 import CatalyzerKernel
-import Dispatch
 import Glibc
 
 /// A sandbox resumed from an image's checkpoint without running any initialization: its guest
@@ -68,14 +67,8 @@ public final class RestoredSandbox {
     /// Runs the restored program (first serving its pending read of stdin) until it exits or
     /// `timeoutSeconds` pass.
     public func run(timeoutSeconds: Double) throws -> SandboxExit {
-        let exitRequester = kernel.exitRequester
-        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "catalyzer-invoke-timeout"))
-        timer.schedule(deadline: .now() + timeoutSeconds)
-        timer.setEventHandler { exitRequester.requestExit() }
-        timer.resume()
-        defer { timer.cancel() }
         do {
-            return try kernel.run()
+            return try kernel.run(timeoutSeconds: timeoutSeconds)
         } catch let error as KVMError where error.errno == EFAULT {
             // KVM could not fault in a page of the memory file: find which chunk fails.
             throw RuntimeError(unreadableMemoryMessage())

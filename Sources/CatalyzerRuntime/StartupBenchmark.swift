@@ -2,7 +2,6 @@ import CKVM
 import CatalyzerBench
 import CatalyzerImage
 import CatalyzerKernel
-import Dispatch
 import Foundation
 import Glibc
 
@@ -169,13 +168,7 @@ public struct StartupBenchmark: Sendable {
         configuration.standardStreams = streams.fds
         let started = Kernel.monotonicNanoseconds()
         let kernel = try Kernel(configuration: configuration)
-        let exitRequester = kernel.exitRequester
-        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "catalyzer-bench-startup-timeout"))
-        timer.schedule(deadline: .now() + timeoutSeconds)
-        timer.setEventHandler { exitRequester.requestExit() }
-        timer.resume()
-        let exit = try kernel.run()
-        timer.cancel()
+        let exit = try kernel.run(timeoutSeconds: timeoutSeconds)
         try check(exit, streams, .coldStart)
         guard let answered = kernel.milestones.firstStandardOutput else {
             throw RuntimeError("bench startup: the cold start of \(function.rawValue) answered, but the kernel recorded no write to stdout")

@@ -1,7 +1,6 @@
 import ArgumentParser
 import CatalyzerImage
 import CatalyzerKernel
-import Dispatch
 import Glibc
 
 /// `catalyzer run`: a cold run of a Linux x86-64 program (static, or dynamically linked against the
@@ -70,14 +69,9 @@ struct Run: ParsableCommand {
             Self.report("cannot start \(command[0]): \(error)")
             throw ExitCode(127)
         }
-        let exitRequester = kernel.exitRequester
-        // A queue of its own: it must fire even when every pool thread is busy.
-        DispatchQueue(label: "catalyzer-run-timeout").asyncAfter(deadline: .now() + .nanoseconds(Int(timeout.nanoseconds))) {
-            exitRequester.requestExit()
-        }
         let exit: SandboxExit
         do {
-            exit = try kernel.run()
+            exit = try kernel.run(timeoutSeconds: Double(timeout.nanoseconds) / 1e9)
         } catch {
             Self.report("sandbox failed: \(error)")
             throw ExitCode(125)
