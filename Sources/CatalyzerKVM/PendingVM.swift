@@ -4,9 +4,9 @@ import Dispatch
 /// decodes its state and checks its rootfs meanwhile. Creating the VM, its memory slot and its
 /// vCPU is the largest single cost of a restore here (about a millisecond, more on a busy host).
 public final class PendingVM: @unchecked Sendable {
-    // Handed to the creating thread, which alone touches them until `created` is signalled.
     private let kvm: KVM
-    private let memory: GuestMemory
+    /// The memory the VM gets, available before the VM is.
+    public let memory: GuestMemory
     private var outcome: Result<VM, Error>?
     private let created = DispatchSemaphore(value: 0)
 

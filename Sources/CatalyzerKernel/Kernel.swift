@@ -119,19 +119,20 @@ public final class Kernel {
         stopsAtReadyPoint = false  // only the sandbox's first process is checkpointed
     }
 
-    /// Resumes a checkpointed program in `vm`, a fresh VM whose memory is the checkpoint's guest
-    /// memory (typically its image's `memory` file mapped privately); the VM may have been created
-    /// while the state was still being read. Files reopen on first use; stdio is the
-    /// invocation's. Throws `RestoreError` when the snapshot does not fit this host.
-    public init(restoring snapshot: KernelSnapshot, vm: VM, options: RestoreOptions) throws {
-        let memory = vm.memory
+    /// Resumes a checkpointed program in the VM `pendingVM` is creating, whose memory is the
+    /// checkpoint's guest memory (typically its image's `memory` file mapped privately). The
+    /// rootfs is checked while the VM is still being created. Files reopen on first use; stdio is
+    /// the invocation's. Throws `RestoreError` when the snapshot does not fit this host.
+    public init(restoring snapshot: KernelSnapshot, vm pendingVM: PendingVM, options: RestoreOptions) throws {
+        let memory = pendingVM.memory
         guard memory.size == snapshot.memorySize else {
             throw RestoreError("guest memory is \(memory.size) bytes but the checkpoint's is \(snapshot.memorySize)")
         }
+        let (restoredFilesystem, tmpNodes) = try Self.restoreFilesystem(snapshot)
+        let vm = try pendingVM.wait()
         kvm = vm.kvm
         memorySize = snapshot.memorySize
         exitRequester = vm.vcpu.exitRequester
-        let (restoredFilesystem, tmpNodes) = try Self.restoreFilesystem(snapshot)
         filesystem = restoredFilesystem
         processes = ProcessTable()
         processes.nextPID = snapshot.process.nextPID

@@ -51,7 +51,7 @@ public final class RestoredSandbox {
             "catalyzer: error: image '\(image)': guest memory chunk ",
             " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob; its log names the blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n")
         do {
-            kernel = try Kernel(restoring: state.kernel, vm: try vm.wait(), options: options)
+            kernel = try Kernel(restoring: state.kernel, vm: vm, options: options)
         } catch let error as RestoreError {
             chost_unguard_guest_memory(guardSlot)
             throw RuntimeError("image '\(image)' cannot be restored: \(error)")
