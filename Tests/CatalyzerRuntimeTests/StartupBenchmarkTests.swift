@@ -53,9 +53,14 @@ struct StartupBenchmarkTests {
                         "a cold start has no FUSE figures or restore phases: \(mode)")
             case "restore-warm":
                 #expect(fetched == 0, "a warm restore fetches nothing: \(mode)")
-            default:
+            case "restore-cold":
                 #expect(fetched ?? 0 > 0, "a cold restore fetches from the store: \(mode)")
                 #expect((mode["fuseReadsMedian"] as? NSNumber)?.uint64Value ?? 0 > 0, "a cold restore reads through FUSE: \(mode)")
+            default:
+                // Prefetch pushes pages without FUSE reads; on a slow run it may push every page
+                // before the sandbox asks, leaving no reads at all.
+                #expect(fetched ?? 0 > 0, "a cold restore fetches from the store: \(mode)")
+                #expect(mode["fuseReadsMedian"] is NSNumber, "FUSE reads of \(name): \(mode)")
             }
             if name != "cold-start" {
                 let phases = try #require(mode["phases"] as? [String: Any], "phases of \(name)")
