@@ -54,14 +54,14 @@ public enum Checkpointer {
         guard pipe(&stdinPipe) == 0 else { throw RuntimeError("cannot create the program's stdin pipe: \(String(cString: strerror(errno)))") }
         for end in stdinPipe { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         defer { close(stdinPipe[0]); close(stdinPipe[1]) }
-        let output = ckvm_memfd_create("catalyzer-checkpoint-output")
-        guard output >= 0 else { throw RuntimeError("cannot create an output buffer: \(String(cString: strerror(errno)))") }
-        defer { close(output) }
+        let output = try OutputTail()
+        var outputCollected = false
+        defer { if !outputCollected { _ = output.finish() } }
 
         var configuration = SandboxConfiguration(rootDirectory: request.rootfs, memorySize: request.memorySize,
                                                  programPath: request.programPath, arguments: request.arguments,
                                                  environment: request.environment)
-        configuration.standardStreams = [stdinPipe[0], output, output]
+        configuration.standardStreams = [stdinPipe[0], output.writeEnd, output.writeEnd]
         configuration.stopsAtReadyPoint = true
         let started = Kernel.monotonicNanoseconds()
         let kernel: Kernel
@@ -72,12 +72,15 @@ public enum Checkpointer {
         }
         let exit = try kernel.run(timeoutSeconds: request.timeoutSeconds)
         let initialization = Double(Kernel.monotonicNanoseconds() - started) / 1e9
-        let captured = Self.contents(of: output)
+        let snapshot = exit == .readyPoint ? try kernel.captureSnapshot() : nil
+        // The sandbox's stdio refers to the write end only through the kernel, which is done.
+        let captured = output.finish()
+        outputCollected = true
         guard exit == .readyPoint else {
             throw RuntimeError("\(request.programPath) \(Self.describe(exit, timeout: request.timeoutSeconds)) before its ready point (its first read of stdin with no data); no image was created."
                                + (captured.isEmpty ? " It wrote nothing." : " Its output:\n" + captured))
         }
-        let snapshot = try kernel.captureSnapshot()
+        guard let snapshot else { throw RuntimeError("the sandbox stopped at its ready point but left no state") }
         let state = CheckpointState(kernel: snapshot, chunkSize: request.image.chunkSize).encoded()
         var options = request.image
         options.state = state
@@ -103,15 +106,5 @@ public enum Checkpointer {
         case .timedOut: return "did not reach its ready point within \(timeout) s (raise --timeout if it initializes slowly)"
         case .readyPoint: return "stopped"
         }
-    }
-
-    /// The last 16 KiB the program wrote, as text.
-    private static func contents(of fd: Int32) -> String {
-        let size = Int(lseek(fd, 0, SEEK_END))
-        guard size > 0 else { return "" }
-        let start = max(0, size - 16 << 10)
-        var bytes = [UInt8](repeating: 0, count: size - start)
-        let count = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(start)) }
-        return String(decoding: bytes.prefix(max(0, count)), as: UTF8.self)
     }
 }

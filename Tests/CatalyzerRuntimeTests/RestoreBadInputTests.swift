@@ -171,4 +171,18 @@ struct RestoreBadInputTests {
         let listing = try scene.catalyzer(["image", "ls", "--json"])
         #expect(!listing.stdout.contains("broken") && !listing.stdout.contains("spinner"), "\(listing)")
     }
+
+    @Test("a program that floods its output while initializing is shown by the end of it, not kept whole")
+    func floodingProgram() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("flood")
+        defer { scene.close() }
+        let flood = try scene.catalyzer(["checkpoint", "--rootfs", rootfs, "--name", "flood", "--memory", "64M", "--",
+                                         "/usr/bin/python3", "-c",
+                                         "import sys\nfor i in range(20000): print('x' * 1000)\nprint('last words')\nsys.exit(4)"])
+        #expect(flood.status == 1, "\(flood)")
+        #expect(flood.stderr.contains("exited with status 4 before its ready point"))
+        #expect(flood.stderr.contains("earlier bytes left out") && flood.stderr.contains("last words"))
+        #expect(flood.stderr.utf8.count < 64 << 10, "20 MB of output must not be kept and printed whole")
+    }
 }
