@@ -54,7 +54,7 @@ public enum Checkpointer {
         guard pipe(&stdinPipe) == 0 else { throw RuntimeError("cannot create the program's stdin pipe: \(String(cString: strerror(errno)))") }
         for end in stdinPipe { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         defer { close(stdinPipe[0]); close(stdinPipe[1]) }
-        let output = try OutputTail()
+        let output = try OutputCollector(limit: 16 << 10, keep: .last)
         var outputCollected = false
         defer { if !outputCollected { _ = output.finish() } }
 
@@ -74,8 +74,10 @@ public enum Checkpointer {
         let initialization = Double(Kernel.monotonicNanoseconds() - started) / 1e9
         let snapshot = exit == .readyPoint ? try kernel.captureSnapshot() : nil
         // The sandbox's stdio refers to the write end only through the kernel, which is done.
-        let captured = output.finish()
+        let (tail, written) = output.finish()
         outputCollected = true
+        let captured = (written > tail.count ? "[… \(written - tail.count) earlier bytes left out]\n" : "")
+            + String(decoding: tail, as: UTF8.self)
         guard exit == .readyPoint else {
             throw RuntimeError("\(request.programPath) \(Self.describe(exit, timeout: request.timeoutSeconds)) before its ready point (its first read of stdin with no data); no image was created."
                                + (captured.isEmpty ? " It wrote nothing." : " Its output:\n" + captured))

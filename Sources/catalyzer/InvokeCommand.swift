@@ -1,5 +1,4 @@
 import ArgumentParser
-import CKVM
 import CatalyzerImage
 import CatalyzerKernel
 import CatalyzerRuntime
@@ -64,9 +63,10 @@ struct InvokeCommand: ParsableCommand {
                 streams[0] = requestPipe[0]
             }
             defer { if requestPipe[0] >= 0 { close(requestPipe[0]) } }
-            let captured = json ? ckvm_memfd_create("catalyzer-invoke-output") : -1
-            defer { if captured >= 0 { close(captured) } }
-            if captured >= 0 { streams[1] = captured }
+            let captured = json ? try OutputCollector(limit: Self.jsonOutputLimit, keep: .first) : nil
+            var finished = false
+            defer { if !finished { _ = captured?.finish() } }
+            if let captured { streams[1] = captured.writeEnd }
 
             var request = InvocationRequest(image: name, store: storeOptions.imageStore)
             request.mount = mount
@@ -81,8 +81,14 @@ struct InvokeCommand: ParsableCommand {
             case .timedOut: Output.err("catalyzer: timed out after \(timeout.description); instance stopped")
             case .exited, .readyPoint: break
             }
-            if json {
-                let responses = Self.lines(of: captured).map { line in
+            if let captured {
+                let output = captured.finish()
+                finished = true
+                guard output.total <= Self.jsonOutputLimit else {
+                    throw RuntimeError("the function wrote \(output.total) bytes, more than the \(Self.jsonOutputLimit >> 20) MiB --json collects; run without --json to stream its output")
+                }
+                let text = String(decoding: output.bytes, as: UTF8.self)
+                let responses = text.split(separator: "\n").map(String.init).map { line in
                     (try? JSONDecoder().decode(JSONValue.self, from: Data(line.utf8))) ?? .string(line)
                 }
                 Output.json(Document(image: name, status: status, responses: responses, timings: timings ? result.timings : nil))
@@ -93,13 +99,8 @@ struct InvokeCommand: ParsableCommand {
         if status != 0 { throw ExitCode(status) }
     }
 
-    private static func lines(of fd: Int32) -> [String] {
-        let size = Int(lseek(fd, 0, SEEK_END))
-        guard size > 0 else { return [] }
-        var bytes = [UInt8](repeating: 0, count: size)
-        let count = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, size, 0) }
-        return String(decoding: bytes.prefix(max(0, count)), as: UTF8.self).split(separator: "\n").map(String.init)
-    }
+    /// Responses `--json` gathers in memory at most.
+    static let jsonOutputLimit = 64 << 20
 
     private static func table(_ t: InvocationTimings, mountpoint: String) -> String {
         func us(_ value: Double?) -> String { value.map { String(format: "%.0f", $0) } ?? "-" }

@@ -172,7 +172,7 @@ struct RestoreBadInputTests {
         #expect(!listing.stdout.contains("broken") && !listing.stdout.contains("spinner"), "\(listing)")
     }
 
-    @Test("a program that floods its output while initializing is shown by the end of it, not kept whole")
+    @Test("output floods are bounded: init output is shown by its end, --json refuses more than 64 MiB")
     func floodingProgram() throws {
         let rootfs = try PythonRootfs.path()
         let scene = try RestoreScene("flood")
@@ -184,5 +184,16 @@ struct RestoreBadInputTests {
         #expect(flood.stderr.contains("exited with status 4 before its ready point"))
         #expect(flood.stderr.contains("earlier bytes left out") && flood.stderr.contains("last words"))
         #expect(flood.stderr.utf8.count < 64 << 10, "20 MB of output must not be kept and printed whole")
+
+        // A restored function that floods its responses: --json refuses to gather more than 64 MiB.
+        try scene.checkpoint("talker", rootfs: rootfs, memory: "64M", ["/usr/bin/python3", "-c", """
+            import sys
+            for line in sys.stdin:
+                for i in range(70000): sys.stdout.write("y" * 1000 + "\\n")
+                sys.stdout.flush()
+            """])
+        let flooded = try scene.invoke("talker", input: "go", options: ["--json"])
+        #expect(flooded.status == 1 && flooded.stderr.contains("more than the 64 MiB --json collects"), "\(flooded.status) \(flooded.stderr)")
+        #expect(flooded.stdout.isEmpty)
     }
 }
