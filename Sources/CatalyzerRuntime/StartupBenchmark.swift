@@ -274,16 +274,10 @@ private final class RunStreams {
     var fds: [Int32] { [standardInput, standardOutput, standardError] }
 
     init(request: String) throws {
-        var ends: [Int32] = [-1, -1]
-        guard pipe(&ends) == 0 else { throw RuntimeError("bench startup: pipe: \(String(cString: strerror(errno)))") }
-        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
-        let line = Array((request + "\n").utf8)
-        let written = line.withUnsafeBytes { write(ends[1], $0.baseAddress, $0.count) }
-        close(ends[1])
-        standardInput = ends[0]
+        standardInput = try RequestPipe.holding(request)
         standardOutput = ckvm_memfd_create("catalyzer-bench-stdout")
         standardError = ckvm_memfd_create("catalyzer-bench-stderr")
-        guard written == line.count, standardOutput >= 0, standardError >= 0 else {
+        guard standardOutput >= 0, standardError >= 0 else {
             throw RuntimeError("bench startup: cannot set up a run's standard streams: \(String(cString: strerror(errno)))")
         }
     }

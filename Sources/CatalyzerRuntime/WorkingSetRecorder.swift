@@ -14,18 +14,13 @@ public struct WorkingSetReport: Sendable, Codable {
 /// chunks into the page cache on every later restore, before the program asks for them.
 public enum WorkingSetRecorder {
     public static func record(image: String, store: ImageStore, mount: String?, input: String) throws -> WorkingSetReport {
-        var requestPipe: [Int32] = [-1, -1]
-        guard pipe(&requestPipe) == 0 else { throw RuntimeError("cannot create a pipe: \(String(cString: strerror(errno)))") }
-        let line = Array((input + "\n").utf8)
-        let written = line.withUnsafeBytes { write(requestPipe[1], $0.baseAddress, $0.count) }
-        close(requestPipe[1])
-        defer { close(requestPipe[0]) }
-        guard written == line.count else { throw RuntimeError("cannot write the working-set request") }
+        let requests = try RequestPipe.holding(input)
+        defer { close(requests) }
         let discard = open("/dev/null", O_WRONLY | O_CLOEXEC)
         defer { close(discard) }
         var request = InvocationRequest(image: image, store: store)
         request.mount = mount
-        request.standardStreams = [requestPipe[0], discard, discard]
+        request.standardStreams = [requests, discard, discard]
         request.recordResidentChunks = true
         let result = try Invocation.run(request)
         guard result.exit == .exited(status: 0), let chunks = result.residentChunks else {

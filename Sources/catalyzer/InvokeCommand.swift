@@ -53,16 +53,9 @@ struct InvokeCommand: ParsableCommand {
         var status: Int32 = 0
         try Output.run {
             var streams: [Int32] = [STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO]
-            var requestPipe: [Int32] = [-1, -1]
-            if let input {
-                guard pipe(&requestPipe) == 0 else { throw RuntimeError("cannot create a pipe: \(String(cString: strerror(errno)))") }
-                let line = Array((input + "\n").utf8)
-                guard line.count <= 60_000 else { throw RuntimeError("--input is longer than a pipe holds; send it on stdin instead") }
-                _ = line.withUnsafeBytes { write(requestPipe[1], $0.baseAddress, $0.count) }
-                close(requestPipe[1])
-                streams[0] = requestPipe[0]
-            }
-            defer { if requestPipe[0] >= 0 { close(requestPipe[0]) } }
+            let requests = try input.map(RequestPipe.holding)
+            defer { if let requests { close(requests) } }
+            if let requests { streams[0] = requests }
             let captured = json ? try OutputCollector(limit: Self.jsonOutputLimit, keep: .first) : nil
             var finished = false
             defer { if !finished { _ = captured?.finish() } }
