@@ -37,10 +37,24 @@ final class GuestClock {
     init(pageAddress: UInt64, physicalPage: UInt64, vcpu: VCPU) {
         self.pageAddress = pageAddress
         self.physicalPage = physicalPage
-        let before = chost_rdtsc()
-        let guestTicks = try? vcpu.msr(0x10)  // IA32_TIME_STAMP_COUNTER
-        let after = chost_rdtsc()
-        tickOffset = Self.hasInvariantTSC ? guestTicks.map { Int64(bitPattern: $0 &- (before / 2 + after / 2)) } : nil
+        tickOffset = Self.hasInvariantTSC ? Self.measureTickOffset(vcpu) : nil
+    }
+
+    /// Guest TSC minus host TSC from the narrowest of a few reads of the guest's counter
+    /// bracketed by the host's (a preempted read would be off by the time it was descheduled).
+    private static func measureTickOffset(_ vcpu: VCPU) -> Int64? {
+        var best: (width: UInt64, offset: Int64)?
+        for _ in 0..<8 {
+            let before = chost_rdtsc()
+            guard let guestTicks = try? vcpu.msr(0x10) else { return nil }  // IA32_TIME_STAMP_COUNTER
+            let after = chost_rdtsc()
+            let width = after &- before
+            if best == nil || width < best!.width {
+                best = (width, Int64(bitPattern: guestTicks &- (before / 2 + after / 2)))
+            }
+            if width < 20_000 { break }  // a few µs: one uninterrupted ioctl
+        }
+        return best?.offset
     }
 
     /// CPUID 0x80000007 EDX bit 8: the TSC ticks at a constant rate in every power state, so it
