@@ -164,6 +164,30 @@ struct RestoreTests {
         #expect(result.stdout == "b'buffered' b'-before-checkpoint' b'' data [] /tmp\n")
     }
 
+    @Test("a restored instance forks: each child starts from a copy of the restored memory")
+    func restoredInstanceForks() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("fork")
+        defer { scene.close() }
+        let forker = ["/usr/bin/python3", "-c", """
+            import os, sys
+            data = list(range(100000))
+            for line in sys.stdin:
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    data.append(len(line.strip()))
+                    os.write(w, str(sum(data)).encode()); os._exit(7)
+                os.close(w)
+                _, status = os.waitpid(pid, 0)
+                print(os.read(r, 100).decode(), os.waitstatus_to_exitcode(status), len(data), flush=True)
+            """]
+        try scene.checkpoint("forker", rootfs: rootfs, forker)
+        let result = try scene.invoke("forker", stdin: RunnerResponse.input(["a", "bb", "ccc"]))
+        #expect(result.status == 0, "\(result)")
+        #expect(result.stdout == "4999950001 7 100000\n4999950002 7 100000\n4999950003 7 100000\n")
+    }
+
     @Test("monotonic time continues from the checkpoint's where the host's clock is behind it (another node, a reboot)")
     func monotonicTimeNeverGoesBack() throws {
         let rootfs = try PythonRootfs.path()
