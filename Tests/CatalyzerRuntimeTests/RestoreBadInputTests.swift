@@ -155,6 +155,34 @@ struct RestoreBadInputTests {
         #expect(hoarded.stdout.hasPrefix("out of memory after ") && mebibytes > 10 && mebibytes < 64, "\(hoarded)")
     }
 
+    @Test("a restored instance is confined like a cold one: no host files outside its rootfs, no writes to it")
+    func restoredInstanceIsConfined() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("confined")
+        defer { scene.close() }
+        let secret = "/var/tmp/catalyzer-secret-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try "host secret\n".write(toFile: secret, atomically: false, encoding: .utf8)
+        defer { unlink(secret) }
+        let prober = ["/usr/bin/python3", "-c", """
+            import errno, os, sys
+            def attempt(path, mode):
+                try:
+                    with open(path, mode) as f:
+                        return "read " + f.read() if "r" in mode else "wrote"
+                except OSError as e:
+                    return errno.errorcode[e.errno]
+            for line in sys.stdin:
+                path = line.strip()
+                print(attempt(path, "r"), attempt("/.." + path, "r"), attempt("../../../.." + path, "r"),
+                      attempt("/usr/lib/python3.11/os.py", "a"), attempt("/planted", "w"), flush=True)
+            """]
+        try scene.checkpoint("prober", rootfs: rootfs, prober)
+        let result = try scene.invoke("prober", input: secret)
+        #expect(result.status == 0, "\(result)")
+        #expect(result.stdout == "ENOENT ENOENT ENOENT EROFS EROFS\n")
+        #expect(!FileManager.default.fileExists(atPath: rootfs + "/planted"))
+    }
+
     @Test("a program that exits or times out before its ready point makes no image and shows its output")
     func noReadyPoint() throws {
         let scene = try RestoreScene("not-ready")
