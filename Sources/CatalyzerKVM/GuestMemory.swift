@@ -66,6 +66,8 @@ public final class GuestMemory {
     /// A new memfd-backed guest RAM with the same contents (fork). Only the memfd's data extents
     /// are copied (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`), so untouched memory costs nothing.
     /// A privately mapped image copies its first `inUse` bytes, the part the allocator handed out.
+    /// The memfd's file offset is left where it was: the `SEEK_DATA` scan moves it, and a
+    /// checkpoint reads the memfd from its offset.
     public func copy(inUse: Int) throws -> GuestMemory {
         let copy = try GuestMemory(size: size)
         if backing == .privateFile {
@@ -79,6 +81,8 @@ public final class GuestMemory {
             }
             return copy
         }
+        let savedOffset = lseek(fd, 0, SEEK_CUR)
+        defer { lseek(fd, savedOffset, SEEK_SET) }
         var offset: off_t = 0
         while offset < off_t(size) {
             let dataStart = lseek(fd, offset, 3 /* SEEK_DATA */)

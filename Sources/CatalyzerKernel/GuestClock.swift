@@ -112,12 +112,11 @@ final class GuestClock {
         guard rate != 0, let tickOffset, let region = space.regionIndex(containing: pageAddress),
               space.regions[region].name == VirtualDSO.clockDataName,
               space.pageTables.translate(virtual: pageAddress)?.physical == physicalPage else { return }
-        var monotonicNow = timespec(), realtimeNow = timespec()
+        var realtimeNow = timespec()
         let hostTicks = chost_rdtsc()
-        clock_gettime(CLOCK_MONOTONIC, &monotonicNow)
+        var monotonic = time.monotonicNanoseconds
         clock_gettime(CLOCK_REALTIME, &realtimeNow)
         let ticks = UInt64(bitPattern: Int64(bitPattern: hostTicks) &+ tickOffset)
-        var monotonic = UInt64(monotonicNow.tv_sec) * 1_000_000_000 + UInt64(monotonicNow.tv_nsec) + time.monotonicOffset
         var realtime = UInt64(realtimeNow.tv_sec) * 1_000_000_000 + UInt64(realtimeNow.tv_nsec)
         if let base, ticks > base.ticks {
             // What the guest could have read just now must not be taken back.

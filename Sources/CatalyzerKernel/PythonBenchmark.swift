@@ -111,11 +111,7 @@ public enum PythonBenchmark {
                      memory: usage.ru_maxrss * 1024)
     }
 
-    static func monotonicNanoseconds() -> Double {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return Double(time.tv_sec) * 1e9 + Double(time.tv_nsec)
-    }
+    static func monotonicNanoseconds() -> Double { Double(Kernel.monotonicNanoseconds()) }
 }
 
 /// A host pipe whose ends close once (on request or when it goes away).

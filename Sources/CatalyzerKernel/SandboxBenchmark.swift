@@ -90,11 +90,7 @@ public enum SandboxBenchmark {
         return Row(name: "start to exit", sandbox: sandbox, host: host.isEmpty ? nil : host)
     }
 
-    private static func now() -> Double {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return Double(time.tv_sec) * 1e9 + Double(time.tv_nsec)
-    }
+    private static func now() -> Double { Double(Kernel.monotonicNanoseconds()) }
 }
 
 /// A bare user-mode guest for micro-benchmarks: one code page at 0x400000, a stack page, and

@@ -9,13 +9,19 @@ extension Kernel {
     }
 
     func sysPpoll(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        var timeout: Int32 = -1
-        if a[2] != 0 {
-            let limit = try space.loadStruct(timespec.self, at: a[2], zero: timespec())
-            guard limit.tv_sec >= 0, (0..<1_000_000_000).contains(limit.tv_nsec) else { throw Errno.EINVAL }
-            timeout = Int32(clamping: limit.tv_sec * 1000 + limit.tv_nsec / 1_000_000)
-        }
-        return try poll(a[0], count: a[1], timeoutMilliseconds: timeout)
+        try poll(a[0], count: a[1], timeoutMilliseconds: timeoutMilliseconds(at: a[2], fractionsPerSecond: 1_000_000_000))
+    }
+
+    /// A `struct timespec` (`fractionsPerSecond` 10⁹) or `struct timeval` (10⁶) timeout at
+    /// `address` in whole milliseconds, rounded up as Linux does so a wait is never cut short;
+    /// -1 (wait forever) for NULL. Both structs are two 64-bit fields on x86-64.
+    private func timeoutMilliseconds(at address: UInt64, fractionsPerSecond: Int64) throws(Errno) -> Int32 {
+        guard address != 0 else { return -1 }
+        let seconds = try space.load(Int64.self, at: address), fraction = try space.load(Int64.self, at: address + 8)
+        guard seconds >= 0, (0..<fractionsPerSecond).contains(fraction) else { throw Errno.EINVAL }
+        let fractionsPerMillisecond = fractionsPerSecond / 1000
+        return Int32(clamping: seconds.multipliedReportingOverflow(by: 1000).overflow ? Int64.max
+                     : seconds * 1000 + (fraction + fractionsPerMillisecond - 1) / fractionsPerMillisecond)
     }
 
     private func poll(_ address: UInt64, count: UInt64, timeoutMilliseconds: Int32) throws(Errno) -> UInt64 {
@@ -29,24 +35,12 @@ extension Kernel {
     }
 
     func sysSelect(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        var timeout: Int32 = -1
-        if a[4] != 0 {
-            let limit = try space.loadStruct(timeval.self, at: a[4], zero: timeval())
-            guard limit.tv_sec >= 0, (0..<1_000_000).contains(limit.tv_usec) else { throw Errno.EINVAL }
-            timeout = Int32(clamping: limit.tv_sec * 1000 + (limit.tv_usec + 999) / 1000)
-        }
-        return try select(count: a[0], sets: [a[1], a[2], a[3]], timeoutMilliseconds: timeout)
+        try select(count: a[0], sets: [a[1], a[2], a[3]], timeoutMilliseconds: timeoutMilliseconds(at: a[4], fractionsPerSecond: 1_000_000))
     }
 
     /// The signal mask argument is ignored: no signal is ever delivered asynchronously.
     func sysPselect6(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        var timeout: Int32 = -1
-        if a[4] != 0 {
-            let limit = try space.loadStruct(timespec.self, at: a[4], zero: timespec())
-            guard limit.tv_sec >= 0, (0..<1_000_000_000).contains(limit.tv_nsec) else { throw Errno.EINVAL }
-            timeout = Int32(clamping: limit.tv_sec * 1000 + (limit.tv_nsec + 999_999) / 1_000_000)
-        }
-        return try select(count: a[0], sets: [a[1], a[2], a[3]], timeoutMilliseconds: timeout)
+        try select(count: a[0], sets: [a[1], a[2], a[3]], timeoutMilliseconds: timeoutMilliseconds(at: a[4], fractionsPerSecond: 1_000_000_000))
     }
 
     /// select over the read, write and exception `fd_set`s (bitmaps of `count` bits, NULL for none):

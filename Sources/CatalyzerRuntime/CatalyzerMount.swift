@@ -164,7 +164,7 @@ public struct CatalyzerMount: Sendable {
     }
 
     /// The store's canonical path if it exists, else its absolute path.
-    private static func resolvedRoot(of store: ImageStore) -> String {
+    static func resolvedRoot(of store: ImageStore) -> String {
         ManagedMountLocation.resolved(ManagedMountLocation.absolute(store.root))
     }
 }

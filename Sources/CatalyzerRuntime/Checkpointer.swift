@@ -90,10 +90,7 @@ public enum Checkpointer {
             "dev.catalyzer.rootfs": request.rootfs,
             "dev.catalyzer.command": request.arguments.joined(separator: " "),
         ]) { old, _ in old }
-        let memory = kernel.guestMemory
-        // The writer reads from the fd's offset, which forks (`SEEK_DATA` scans) may have moved.
-        guard lseek(memory.fd, 0, SEEK_SET) == 0 else { throw RuntimeError("cannot rewind the guest memory: \(String(cString: strerror(errno)))") }
-        let image = try store.createImage(named: request.name, from: memory.fd, sourceName: "guest memory of \(request.programPath)",
+        let image = try store.createImage(named: request.name, from: kernel.guestMemory.fd, sourceName: "guest memory of \(request.programPath)",
                                           options: options)
         return CheckpointReport(image: image, initializationSeconds: initialization, syscalls: kernel.syscallCount,
                                 memoryInUse: kernel.memoryInUse, stateBytes: state.count,

@@ -1,5 +1,4 @@
 import CatalyzerImage
-import Foundation
 
 /// The image versions sandboxes on this host are running from, as the catalyzerfs mounts of a
 /// store report them (`inUse` in `/.stats`: versions with open memory files). `image gc` keeps
@@ -9,18 +8,12 @@ public enum ImagesInUse {
     /// Manifest digests in use across every catalyzerfs mount of `store` in this mount namespace.
     /// A mount whose daemon is gone serves no sandbox and is skipped.
     public static func manifests(of store: ImageStore) -> [Digest] {
-        let root = ManagedMountLocation.resolved(ManagedMountLocation.absolute(store.root))
+        let root = CatalyzerMount.resolvedRoot(of: store)
         var digests: Set<Digest> = []
         for mount in MountInfoTable.entries(ofType: CatalyzerMount.fsType)
         where ManagedMountLocation.resolved(mount.source) == root {
-            guard let data = FileManager.default.contents(atPath: mount.mountpoint + "/.stats"),
-                  let report = try? JSONDecoder().decode(Report.self, from: data) else { continue }
-            digests.formUnion(report.inUse)
+            digests.formUnion(MountStatistics.read(mountpoint: mount.mountpoint)?.inUse ?? [])
         }
         return digests.sorted()
-    }
-
-    private struct Report: Decodable {
-        var inUse: [Digest]
     }
 }

@@ -60,14 +60,14 @@ public enum Invocation {
         let started = Kernel.monotonicNanoseconds()
         let faultsBefore = threadPageFaults()
         let mount = try CatalyzerMount.resolve(mount: request.mount, store: request.store)
-        let before = request.collectFilesystemStatistics ? FilesystemStatistics.read(mount, image: request.image) : nil
+        let before = request.collectFilesystemStatistics ? counters(of: request.image, on: mount) : nil
         var options = RestoreOptions()
         options.standardStreams = request.standardStreams
         options.traceSyscalls = request.traceSyscalls
         let sandbox = try RestoredSandbox(image: request.image, mount: mount, store: request.store, options: options)
         let exit = try sandbox.run(timeoutSeconds: request.timeoutSeconds)
         let faultsAfter = threadPageFaults()
-        let after = request.collectFilesystemStatistics ? FilesystemStatistics.read(mount, image: request.image) : nil
+        let after = request.collectFilesystemStatistics ? counters(of: request.image, on: mount) : nil
         func microseconds(_ time: UInt64?) -> Double? { time.map { Double($0 &- started) / 1000 } }
         let milestones = sandbox.kernel.milestones
         let timings = InvocationTimings(
@@ -85,24 +85,14 @@ public enum Invocation {
                                 residentChunks: request.recordResidentChunks ? sandbox.residentChunks() : nil)
     }
 
+    /// The image's FUSE counters on `mount` now; zero before catalyzerfs first serves it.
+    private static func counters(of image: String, on mount: CatalyzerMount) -> MountStatistics.ImageCounters? {
+        MountStatistics.read(mountpoint: mount.mountpoint).map { $0.images[image] ?? .zero }
+    }
+
     private static func threadPageFaults() -> (minor: Int, major: Int) {
         var usage = rusage()
         getrusage(__rusage_who_t(1), &usage)  // RUSAGE_THREAD: the thread that ran the guest
         return (usage.ru_minflt, usage.ru_majflt)
-    }
-}
-
-/// One image's counters from catalyzerfs's `/.stats`.
-struct FilesystemStatistics: Decodable {
-    var readsServed: UInt64
-    var bytesFetched: UInt64
-
-    private struct Document: Decodable { var images: [String: FilesystemStatistics] }
-
-    /// The image's counters now; zero when catalyzerfs has not served it yet.
-    static func read(_ mount: CatalyzerMount, image: String) -> FilesystemStatistics? {
-        guard let data = FileManager.default.contents(atPath: mount.statsPath),
-              let document = try? JSONDecoder().decode(Document.self, from: data) else { return nil }
-        return document.images[image] ?? FilesystemStatistics(readsServed: 0, bytesFetched: 0)
     }
 }

@@ -52,9 +52,6 @@ public final class RestoredSandbox {
             " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob; its log names the blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n")
         do {
             kernel = try Kernel(restoring: state.kernel, vm: vm, options: options)
-        } catch let error as RestoreError {
-            chost_unguard_guest_memory(guardSlot)
-            throw RuntimeError("image '\(image)' cannot be restored: \(error)")
         } catch {
             chost_unguard_guest_memory(guardSlot)
             throw RuntimeError("image '\(image)' cannot be restored: \(error)")
