@@ -92,8 +92,14 @@ public final class VCPU {
             ckvm_run_set_sync_dirty(runPage, pendingSyncMask)
             pendingSyncMask = 0
         }
+        exitRequester.running(runPage: runPage)
         if ckvm_run(fd) != 0 {
-            if errno == EINTR || errno == EAGAIN { return .interrupted }
+            if errno == EINTR || errno == EAGAIN {
+                // A preemption kick (see `ExitRequester.preempt`) is one-shot; an exit request stays set.
+                ckvm_run_set_immediate_exit(runPage, 0)
+                if exitRequester.isExitRequested { ckvm_run_set_immediate_exit(runPage, 1) }
+                return .interrupted
+            }
             throw KVMError("KVM_RUN")
         }
         let reason = ckvm_run_exit_reason(runPage)
@@ -181,9 +187,10 @@ public final class VCPU {
 /// Signal handler for the vCPU kick signal: it only has to exist so `KVM_RUN` returns EINTR.
 private func ignoreKickSignal(_: Int32) {}
 
-/// Stops a sandbox's vCPUs from another thread (for timeouts): sets `immediate_exit` in each attached
-/// `kvm_run` page and signals the thread that runs the guest, so `KVM_RUN` or a blocking host call
-/// made for the guest returns EINTR. Once requested, the request stays set.
+/// Stops a sandbox's vCPUs from another thread: for timeouts (`requestExit`, which stays set) and
+/// for preemption (`preempt`, one-shot). Either sets `immediate_exit` in a `kvm_run` page and signals
+/// the thread that runs the guest, so `KVM_RUN` or a blocking host call made for the guest returns
+/// EINTR.
 public final class ExitRequester: Sendable {
     /// SIGUSR2 is reserved for kicking the guest thread out of `KVM_RUN` and blocking host calls.
     public static let kickSignal = SIGUSR2
@@ -193,10 +200,14 @@ public final class ExitRequester: Sendable {
         var runPages: Set<UInt> = []
         /// The thread serving the guest, while it does.
         var thread: pthread_t?
+        /// The `kvm_run` page of the vCPU that entered the guest last: the one `preempt` kicks.
+        var running: UInt?
     }
 
     private let target = Mutex(Target())
     private let requested = Atomic<Bool>(false)
+    /// `Target.running` as last set by the guest thread, read without the lock by that thread.
+    private let lastRunning = Atomic<UInt>(0)
 
     public init() {
         ExitRequester.installKickHandler()
@@ -225,6 +236,25 @@ public final class ExitRequester: Sendable {
         target.withLock { $0.thread = pthread_self() }
     }
 
+    /// Kicks the vCPU that runs (or last ran) out of the guest once, so the monitor can switch
+    /// tasks: a one-shot `immediate_exit`, cleared by `VCPU.run` when it returns `.interrupted`.
+    public func preempt() {
+        target.withLock { target in
+            guard let running = target.running, target.runPages.contains(running),
+                  let page = UnsafeMutablePointer<kvm_run>(bitPattern: running) else { return }
+            ckvm_run_set_immediate_exit(page, 1)
+            if let thread = target.thread { pthread_kill(thread, ExitRequester.kickSignal) }
+        }
+    }
+
+    /// Notes the vCPU about to enter the guest (cheap when it is the same as last time).
+    func running(runPage: UnsafeMutablePointer<kvm_run>) {
+        let address = UInt(bitPattern: runPage)
+        if lastRunning.load(ordering: .relaxed) == address { return }
+        lastRunning.store(address, ordering: .relaxed)
+        target.withLock { $0.running = address }
+    }
+
     public func unbindThread() {
         target.withLock { $0.thread = nil }
     }
@@ -239,7 +269,11 @@ public final class ExitRequester: Sendable {
     /// Called when a vCPU is destroyed: later requests must not touch its `kvm_run` page.
     func detach(runPage: UnsafeMutableRawPointer) {
         let address = UInt(bitPattern: runPage)
-        target.withLock { _ = $0.runPages.remove(address) }
+        target.withLock {
+            _ = $0.runPages.remove(address)
+            if $0.running == address { $0.running = nil }
+        }
+        lastRunning.compareExchange(expected: address, desired: 0, ordering: .relaxed)
     }
 
     private static let installed = Mutex(false)

@@ -39,9 +39,9 @@ public struct VCPUState: Sendable, Equatable {
     public static let specialRegistersSize = MemoryLayout<kvm_sregs>.size
     public static let xsaveAreaSize = Int(ckvm_xsave_size)
 
-    static func bytes<T>(of value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
+    public static func bytes<T>(of value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
 
-    static func value<T>(_ bytes: [UInt8], zero: T) -> T {
+    public static func value<T>(_ bytes: [UInt8], zero: T) -> T {
         var value = zero
         withUnsafeMutableBytes(of: &value) { $0.copyBytes(from: bytes.prefix($0.count)) }
         return value

@@ -23,6 +23,13 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
     static let EBUSY = Errno(Glibc.EBUSY), ENOSPC = Errno(Glibc.ENOSPC), EPIPE = Errno(Glibc.EPIPE)
     static let ECHILD = Errno(Glibc.ECHILD), E2BIG = Errno(Glibc.E2BIG), ELIBBAD = Errno(Glibc.ELIBBAD)
     static let ETIMEDOUT = Errno(Glibc.ETIMEDOUT), EOVERFLOW = Errno(Glibc.EOVERFLOW)
+    static let ENOTSUP = Errno(Glibc.EOPNOTSUPP), ENOTSOCK = Errno(Glibc.ENOTSOCK), ENOTCONN = Errno(Glibc.ENOTCONN)
+    static let EAFNOSUPPORT = Errno(Glibc.EAFNOSUPPORT), EPROTONOSUPPORT = Errno(Glibc.EPROTONOSUPPORT)
+    static let ECONNRESET = Errno(Glibc.ECONNRESET), EDEADLK = Errno(Glibc.EDEADLK)
+    static let EMSGSIZE = Errno(Glibc.EMSGSIZE), EOPNOTSUPP = Errno(Glibc.EOPNOTSUPP), ENFILE = Errno(Glibc.ENFILE)
+    /// Not an error the guest sees: a handler parked the task and the syscall re-runs when it is
+    /// woken (Linux's ERESTARTSYS plays a similar part). See `SyscallDispatch.swift`.
+    static let blocked = Errno(512)
 
     private static let names: [Int32: String] = [
         Glibc.EPERM: "EPERM", Glibc.ENOENT: "ENOENT", Glibc.ESRCH: "ESRCH", Glibc.EINTR: "EINTR",
@@ -33,6 +40,9 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
         Glibc.ENAMETOOLONG: "ENAMETOOLONG", Glibc.ENOSYS: "ENOSYS", Glibc.ENOTEMPTY: "ENOTEMPTY",
         Glibc.ELOOP: "ELOOP", Glibc.ENOEXEC: "ENOEXEC", Glibc.EXDEV: "EXDEV", Glibc.EFBIG: "EFBIG", Glibc.ENOSPC: "ENOSPC", Glibc.EBUSY: "EBUSY",
         Glibc.EPIPE: "EPIPE", Glibc.ECHILD: "ECHILD", Glibc.E2BIG: "E2BIG", Glibc.ELIBBAD: "ELIBBAD",
-        Glibc.ETIMEDOUT: "ETIMEDOUT", Glibc.EOVERFLOW: "EOVERFLOW",
+        Glibc.ETIMEDOUT: "ETIMEDOUT", Glibc.EOVERFLOW: "EOVERFLOW", Glibc.EOPNOTSUPP: "EOPNOTSUPP",
+        Glibc.ENOTSOCK: "ENOTSOCK", Glibc.ENOTCONN: "ENOTCONN", Glibc.EAFNOSUPPORT: "EAFNOSUPPORT",
+        Glibc.EPROTONOSUPPORT: "EPROTONOSUPPORT", Glibc.ECONNRESET: "ECONNRESET", Glibc.EDEADLK: "EDEADLK",
+        Glibc.EMSGSIZE: "EMSGSIZE", Glibc.ENFILE: "ENFILE", 512: "ERESTARTSYS",
     ]
 }

@@ -18,7 +18,7 @@ struct GuestTime {
     /// For a restore: monotonic time continues from `checkpointMonotonic`, the guest's monotonic
     /// clock when it was checkpointed, if the host's is behind it.
     init(continuingFrom checkpointMonotonic: UInt64) {
-        let hostNow = Kernel.monotonicNanoseconds()
+        let hostNow = Sandbox.monotonicNanoseconds()
         monotonicOffset = checkpointMonotonic > hostNow ? checkpointMonotonic - hostNow : 0
     }
 
@@ -33,7 +33,7 @@ struct GuestTime {
     }
 
     /// The guest's monotonic clock now, in nanoseconds.
-    var monotonicNanoseconds: UInt64 { Kernel.monotonicNanoseconds() + monotonicOffset }
+    var monotonicNanoseconds: UInt64 { Sandbox.monotonicNanoseconds() + monotonicOffset }
 
     /// An absolute time on the guest's `clock` as the host's same clock reads it (sleep deadlines).
     func hostTime(_ guestTime: timespec, clock: clockid_t) -> timespec {

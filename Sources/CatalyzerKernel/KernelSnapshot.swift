@@ -1,16 +1,20 @@
 import CatalyzerKVM
 
 /// A program stopped at its ready point, as plain data: the vCPU, the address space's bookkeeping
-/// (the page tables themselves are in guest memory), open files, the in-memory /tmp, process
-/// identity and the rootfs it ran against. Guest memory is not part of it: the image holds that.
-/// `Kernel.captureSnapshot()` builds it; `Kernel(restoring:...)` resumes from it.
+/// (the page tables themselves are in guest memory), its threads, open files, the in-memory /tmp,
+/// process identity and the rootfs it ran against. Guest memory is not part of it: the image holds
+/// that. `Sandbox.captureSnapshot()` builds it; `Sandbox(restoring:...)` resumes from it. Each part
+/// is saved and restored by the component it belongs to (Sandbox+Checkpoint.swift).
 public struct KernelSnapshot: Sendable {
     /// Bumped whenever the encoding changes; a blob with another version is refused.
-    public static let formatVersion: UInt32 = 1
+    public static let formatVersion: UInt32 = 2
 
     public var memorySize: Int
+    /// The vCPU, with the registers and XSAVE area of the thread at the ready point (each thread's
+    /// own are in `tasks`).
     public var vcpu: VCPUState
-    /// The program trapped with a syscall that restore must serve first: the ready-point read.
+    /// The program's main thread trapped with a syscall that restore must serve first: the
+    /// ready-point read.
     public var pendingSyscall: Bool
     public var pageTableRoot: UInt64
     public var allocator: AllocatorState
@@ -24,6 +28,8 @@ public struct KernelSnapshot: Sendable {
     /// clocks never read less (see `GuestTime`).
     public var checkpointMonotonic: UInt64
     public var process: Process
+    /// Every thread of the process, the main thread first.
+    public var tasks: [TaskState]
     public var files: [File]
     public var descriptors: [Descriptor]
     public var pipes: [PipeState]
@@ -55,6 +61,26 @@ public struct KernelSnapshot: Sendable {
         public var fileCreationMask: UInt32
         public var nextPID: Int32
         public var zombies: [Zombie]
+    }
+
+    /// A thread: its CPU context, signal state, and the syscall it was parked in, if any.
+    public struct TaskState: Sendable {
+        public var tid: Int32
+        public var name: String
+        public var registers: [UInt8]
+        public var fsBase: UInt64
+        public var gsBase: UInt64
+        public var xsaveArea: [UInt8]
+        public var signalMask: UInt64
+        public var savedSignalMask: UInt64?
+        public var pendingSignals: UInt64
+        public var alternateStack: (base: UInt64, size: UInt64, flags: Int32)
+        public var clearChildTID: UInt64
+        public var robustList: UInt64
+        /// Parked in a syscall that re-runs on restore (the registers still hold it).
+        public var pendingSyscall: Bool
+        /// The time left on that syscall's timeout, in nanoseconds: it resumes relative to the restore.
+        public var remainingNanoseconds: UInt64?
     }
 
     public struct SignalAction: Sendable {
@@ -140,6 +166,14 @@ extension KernelSnapshot {
         writer.write(clockFrame)
         writer.write(checkpointMonotonic)
         process.encode(into: &writer)
+        writer.write(tasks) { w, task in
+            w.write(task.tid); w.write(task.name); w.write(task.registers); w.write(task.fsBase); w.write(task.gsBase)
+            w.write(task.xsaveArea); w.write(task.signalMask); w.write(task.savedSignalMask != nil)
+            w.write(task.savedSignalMask ?? 0); w.write(task.pendingSignals)
+            w.write(task.alternateStack.base); w.write(task.alternateStack.size); w.write(task.alternateStack.flags)
+            w.write(task.clearChildTID); w.write(task.robustList); w.write(task.pendingSyscall)
+            w.write(task.remainingNanoseconds != nil); w.write(task.remainingNanoseconds ?? 0)
+        }
         writer.write(files) { w, file in
             switch file.kind {
             case .standardStream(let number): w.write(UInt8(0)); w.write(number)
@@ -202,6 +236,29 @@ extension KernelSnapshot {
         clockFrame = try reader.read(UInt64.self, "clock frame")
         checkpointMonotonic = try reader.read(UInt64.self, "checkpoint monotonic time")
         process = try Process(from: &reader)
+        tasks = try reader.readArray("threads", minimumSize: 100) { (r) throws(SnapshotDecodingError) in
+            let tid = try r.read(Int32.self, "thread id")
+            let name = try r.readString("thread name")
+            let registers = try r.readBytes("thread registers")
+            let fsBase = try r.read(UInt64.self, "thread FS base")
+            let gsBase = try r.read(UInt64.self, "thread GS base")
+            let xsave = try r.readBytes("thread XSAVE area")
+            let mask = try r.read(UInt64.self, "thread signal mask")
+            let hasSaved = try r.readBool("thread saved mask flag")
+            let saved = try r.read(UInt64.self, "thread saved mask")
+            let pending = try r.read(UInt64.self, "thread pending signals")
+            let stack = (try r.read(UInt64.self, "alternate stack base"), try r.read(UInt64.self, "alternate stack size"),
+                         try r.read(Int32.self, "alternate stack flags"))
+            let clear = try r.read(UInt64.self, "clear-child-tid address")
+            let robust = try r.read(UInt64.self, "robust list")
+            let pendingSyscall = try r.readBool("thread pending syscall")
+            let hasRemaining = try r.readBool("thread timeout flag")
+            let remaining = try r.read(UInt64.self, "thread timeout")
+            return TaskState(tid: tid, name: name, registers: registers, fsBase: fsBase, gsBase: gsBase, xsaveArea: xsave,
+                             signalMask: mask, savedSignalMask: hasSaved ? saved : nil, pendingSignals: pending,
+                             alternateStack: stack, clearChildTID: clear, robustList: robust,
+                             pendingSyscall: pendingSyscall, remainingNanoseconds: hasRemaining ? remaining : nil)
+        }
         files = try reader.readArray("open files", minimumSize: 9) { (r) throws(SnapshotDecodingError) in
             let kind: File.Kind
             switch try r.read(UInt8.self, "open file kind") {
@@ -261,6 +318,10 @@ extension KernelSnapshot {
         guard zip(regions, regions.dropFirst()).allSatisfy({ $0.end <= $1.start }),
               regions.allSatisfy({ $0.start < $0.end && $0.end <= SystemLayout.userLimit }) else {
             throw reader.failure("memory regions overlap or leave user space")
+        }
+        guard !tasks.isEmpty, Set(tasks.map(\.tid)).count == tasks.count, tasks.allSatisfy({ $0.tid > 0 }),
+              tasks.allSatisfy({ $0.registers.count == VCPUState.registersSize && $0.xsaveArea.count == VCPUState.xsaveAreaSize }) else {
+            throw reader.failure("the thread list is empty, has duplicate ids or malformed CPU state")
         }
         for descriptor in descriptors where descriptor.file >= files.count || descriptor.fd < 0 {
             throw reader.failure("fd \(descriptor.fd) refers to open file \(descriptor.file) of \(files.count)")

@@ -9,6 +9,8 @@ final class OpenFile {
         case memory(MemoryNode)
         /// One end of a pipe; which end is given by the access mode in `statusFlags`.
         case pipe(Pipe)
+        /// An object the monitor serves: eventfd, timerfd, a socket, an epoll instance.
+        case special(SpecialFile)
     }
 
     /// What the description refers to. A restored rootfs file or device holds a closed
@@ -82,9 +84,23 @@ final class OpenFile {
         switch backing {
         case .host(let fd, true): close(fd)
         case .pipe(let pipe): pipe.close(writeEnd: isWritable)
+        case .special(let object): object.lastDescriptionClosed()
         default: break
         }
     }
+
+    /// Whether this is a host pipe, terminal or socket (stdio), whose reads and writes can block;
+    /// host regular files and directories never do. Asked once per description.
+    var isHostStream: Bool {
+        if let cached = hostStream { return cached }
+        guard case .host(let fd, _) = backing else { return false }
+        var status = stat()
+        let kind = fstat(fd, &status) == 0 ? status.st_mode & S_IFMT : S_IFREG
+        let stream = kind == S_IFIFO || kind == S_IFSOCK || kind == S_IFCHR
+        hostStream = stream
+        return stream
+    }
+    private var hostStream: Bool?
 
     var isReadable: Bool { statusFlags & O_ACCMODE != O_WRONLY }
     var isWritable: Bool { statusFlags & O_ACCMODE != O_RDONLY }
@@ -92,7 +108,7 @@ final class OpenFile {
     var isDirectory: Bool {
         switch backing {
         case .memory(let node): return node.isDirectory
-        case .pipe: return false
+        case .pipe, .special: return false
         case .host(let fd, _):
             var status = stat()
             return fstat(fd, &status) == 0 && status.st_mode & S_IFMT == S_IFDIR
@@ -111,6 +127,20 @@ final class FileTable {
     init(copying other: FileTable) {
         entries = other.entries
     }
+
+    /// The sandbox's stdin, stdout and stderr as fds 0-2; a closed host stream stays closed.
+    func installStandardStreams(_ hostFDs: [Int32]) throws(Errno) {
+        for (guestFD, hostFD) in hostFDs.prefix(3).enumerated() {
+            let flags = fcntl(hostFD, F_GETFL)
+            guard flags >= 0 else { continue }
+            let file = OpenFile(backing: .host(fd: hostFD, owned: false), guestPath: "/dev/stdio", statusFlags: flags,
+                                standardStream: Int32(guestFD))
+            try install(file, at: Int32(guestFD), closeOnExec: false)
+        }
+    }
+
+    /// Drops every fd (a thread or process that exited).
+    func closeAll() { entries.removeAll() }
 
     /// Closes the fds marked close-on-exec (execve).
     func closeOnExecFiles() {

@@ -67,7 +67,7 @@ public enum PythonBenchmark {
                                                  environment: ["PATH=/usr/bin:/bin"])
         configuration.standardStreams = [input.readEnd, output.writeEnd, devNull]
         let start = monotonicNanoseconds()
-        let kernel = try Kernel(configuration: configuration, kvm: kvm)
+        let kernel = try Sandbox(configuration: configuration, kvm: kvm)
         let exit = try kernel.run()
         output.closeWriteEnd()
         guard let answered = firstLine.wait() else {
@@ -111,7 +111,7 @@ public enum PythonBenchmark {
                      memory: usage.ru_maxrss * 1024)
     }
 
-    static func monotonicNanoseconds() -> Double { Double(Kernel.monotonicNanoseconds()) }
+    static func monotonicNanoseconds() -> Double { Double(Sandbox.monotonicNanoseconds()) }
 }
 
 /// A host pipe whose ends close once (on request or when it goes away).

@@ -67,7 +67,7 @@ public enum SandboxBenchmark {
         var sandbox: [Double] = []
         for _ in 0..<runs {
             let start = now()
-            let kernel = try Kernel(configuration: configuration, kvm: kvm)
+            let kernel = try Sandbox(configuration: configuration, kvm: kvm)
             _ = try kernel.run()
             sandbox.append(now() - start)
         }
@@ -90,7 +90,7 @@ public enum SandboxBenchmark {
         return Row(name: "start to exit", sandbox: sandbox, host: host.isEmpty ? nil : host)
     }
 
-    private static func now() -> Double { Double(Kernel.monotonicNanoseconds()) }
+    private static func now() -> Double { Double(Sandbox.monotonicNanoseconds()) }
 }
 
 /// A bare user-mode guest for micro-benchmarks: one code page at 0x400000, a stack page, and

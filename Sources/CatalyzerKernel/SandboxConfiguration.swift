@@ -20,6 +20,8 @@ public struct SandboxConfiguration: Sendable {
     /// or wait for it alone, that finds no data ends the run with `.readyPoint` instead of blocking,
     /// and the rootfs files the program uses until then are recorded (`RootfsFingerprint`).
     public var stopsAtReadyPoint = false
+    /// Bounds on threads and processes (`--max-tasks`).
+    public var limits = SandboxLimits()
 
     public init(rootDirectory: String, memorySize: Int = 256 << 20, programPath: String, arguments: [String],
                 environment: [String] = [], traceSyscalls: Bool = false) {
@@ -37,6 +39,7 @@ public struct RestoreOptions: Sendable {
     /// Host fds that become the guest's stdin, stdout and stderr.
     public var standardStreams: [Int32] = [0, 1, 2]
     public var traceSyscalls = false
+    public var limits = SandboxLimits()
 
     public init() {}
 }

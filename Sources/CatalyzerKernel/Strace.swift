@@ -3,7 +3,7 @@ import Glibc
 /// `--strace`: one line per syscall on the sandbox's stderr, `name(args) = result`, in strace's style.
 enum Strace {
     /// The call part, formatted before the handler runs (input strings are read now).
-    static func callText(_ arguments: SyscallArguments, definition: SyscallDefinition?, kernel: Kernel) -> String {
+    static func callText(_ arguments: SyscallArguments, definition: SyscallDefinition?, task: Task) -> String {
         guard let definition else {
             return "syscall_\(arguments.number)(" + arguments.values.map { "0x" + hex($0) }.joined(separator: ", ")
         }
@@ -17,10 +17,10 @@ enum Strace {
             case .octal: parts.append("0" + String(value, radix: 8))
             case .fd: parts.append(arguments.int32(index) == AT_FDCWD ? "AT_FDCWD" : String(arguments.int32(index)))
             case .path:
-                parts.append((try? kernel.space.readCString(value)).map(quote) ?? "0x" + hex(value))
+                parts.append((try? task.space.readCString(value)).map(quote) ?? "0x" + hex(value))
             case .inBuffer(let lengthArgument):
                 let length = min(Int(clamping: arguments[lengthArgument]), 32)
-                parts.append((try? kernel.space.read(value, count: length)).map { quote(bytes: $0, truncated: Int(clamping: arguments[lengthArgument]) > 32) }
+                parts.append((try? task.space.read(value, count: length)).map { quote(bytes: $0, truncated: Int(clamping: arguments[lengthArgument]) > 32) }
                              ?? "0x" + hex(value))
             case .outBuffer: parts.append("\u{0}")  // filled in after the call
             }
@@ -29,10 +29,10 @@ enum Strace {
     }
 
     static func emit(_ call: String, result: Int64, arguments: SyscallArguments, definition: SyscallDefinition?,
-                     kernel: Kernel) {
+                     task: Task) {
         var text = call
         if let definition, let index = definition.arguments.firstIndex(where: { if case .outBuffer = $0 { true } else { false } }) {
-            let shown = result > 0 ? (try? kernel.space.read(arguments[index], count: Int(min(result, 32))))
+            let shown = result > 0 ? (try? task.space.read(arguments[index], count: Int(min(result, 32))))
                 .map { quote(bytes: $0, truncated: result > 32) } : nil
             text = text.split(separator: "\u{0}", omittingEmptySubsequences: false)
                 .joined(separator: shown ?? "0x" + hex(arguments[index]))
@@ -47,8 +47,8 @@ enum Strace {
         }
         text += "\n"
         // Like strace -f: lines of forked processes name their pid.
-        if kernel.parentPID != 0 { text = "[pid \(kernel.pid)] " + text }
-        writeAll(kernel.traceFD, text)
+        if task.tid != 1 { text = "[pid \(task.tid)] " + text }
+        writeAll(task.sandbox.traceFD, text)
     }
 
     private static func quote(_ string: String) -> String { quote(bytes: Array(string.utf8), truncated: false) }

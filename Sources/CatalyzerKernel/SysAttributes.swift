@@ -2,7 +2,7 @@ import Glibc
 
 /// Syscalls that change file metadata or names: utimensat, chmod/chown, truncate, rename. They work
 /// under /tmp; on the read-only rootfs they fail with EROFS (or ENOENT for a missing path).
-extension Kernel {
+extension Task {
     func sysUtimensat(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let node: MemoryNode
         if a[1] == 0 {

@@ -2,7 +2,7 @@ import CKVM
 import Glibc
 
 /// Path and directory syscalls: cwd, directory listing, links, access checks, mkdir/unlink.
-extension Kernel {
+extension Task {
     func sysGetcwd(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let bytes = Array(workingDirectory.utf8) + [0]
         guard UInt64(bytes.count) <= a[1] else { throw Errno.ERANGE }
@@ -107,7 +107,7 @@ extension Kernel {
             guard count >= 0 else { throw Errno.lastHostError }
             try space.write(Array(buffer.prefix(count)), to: a[1])
             return UInt64(count)
-        case .pipe:
+        case .pipe, .special:
             throw Errno.ENOTDIR
         case .memory(let node):
             guard case .directory(let children) = node.content else { throw Errno.ENOTDIR }

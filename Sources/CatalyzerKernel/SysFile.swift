@@ -2,7 +2,7 @@ import CKVM
 import Glibc
 
 /// File I/O syscalls: open, close (and close_range), read and write in their variants, lseek, stat, ioctl, fcntl, dup.
-extension Kernel {
+extension Task {
     /// Upper bound on bytes moved by one read/write call; larger requests complete partially, as
     /// Linux allows, so one call never pins unbounded monitor memory.
     static let maximumTransfer = 16 << 20
@@ -75,7 +75,7 @@ extension Kernel {
     /// Records the first write to stdout: for a function, its first response.
     private func noteOutput(to file: OpenFile) {
         if file.standardStream == 1 && milestones.firstStandardOutput == nil {
-            milestones.firstStandardOutput = Self.monotonicNanoseconds()
+            milestones.firstStandardOutput = Sandbox.monotonicNanoseconds()
         }
     }
 
@@ -122,6 +122,7 @@ extension Kernel {
         guard !vectors.isEmpty else { return 0 }
         switch file.backing {
         case .host(let fd, _):
+            try waitUntilHostReady(file, fd: fd, events: Int16(POLLIN), action: "read from")
             return try retryingHostCall {
                 vectors.withUnsafeBufferPointer { buffer in
                     offset.map { preadv(fd, buffer.baseAddress, Int32(buffer.count), off_t($0)) }
@@ -142,16 +143,35 @@ extension Kernel {
             return total
         case .pipe(let pipe):
             guard offset == nil else { throw Errno.ESPIPE }
+            if pipe.isEmpty {
+                guard pipe.hasWriter else { return 0 }  // end of file
+                guard file.statusFlags & O_NONBLOCK == 0 else { throw Errno.EAGAIN }
+                try block(Wait(queues: [pipe.changed], reason: "read from \(file.guestPath)"))
+            }
             return vectors.reduce(0) { total, vector in
                 total + pipe.read(into: UnsafeMutableRawBufferPointer(start: vector.iov_base, count: vector.iov_len))
             }
+        default:
+            return try readSpecial(file, into: vectors)
         }
+    }
+
+    /// Parks the task until a host stream (a pipe or terminal behind stdio) is ready, so a wait
+    /// for the invoker never stalls the sandbox's other tasks. Regular files are always ready.
+    private func waitUntilHostReady(_ file: OpenFile, fd: Int32, events: Int16, action: String) throws(Errno) {
+        guard file.isHostStream else { return }
+        var entry = pollfd(fd: fd, events: events, revents: 0)
+        guard Glibc.poll(&entry, 1, 0) == 0 else { return }
+        guard file.statusFlags & O_NONBLOCK == 0 else { throw Errno.EAGAIN }
+        try block(Wait(hostDescriptors: [pollfd(fd: fd, events: events, revents: 0)],
+                       reason: "\(action) \(file.standardStream.map { ["stdin", "stdout", "stderr"][Int($0)] } ?? file.guestPath)"))
     }
 
     func write(_ file: OpenFile, from vectors: [iovec], at offset: Int64?) throws(Errno) -> Int {
         guard !vectors.isEmpty else { return 0 }
         switch file.backing {
         case .host(let fd, _):
+            try waitUntilHostReady(file, fd: fd, events: Int16(POLLOUT), action: "write to")
             return try retryingHostCall {
                 vectors.withUnsafeBufferPointer { buffer in
                     offset.map { pwritev(fd, buffer.baseAddress, Int32(buffer.count), off_t($0)) }
@@ -182,20 +202,28 @@ extension Kernel {
             return total
         case .pipe(let pipe):
             guard offset == nil else { throw Errno.ESPIPE }
+            guard pipe.hasReader else {
+                var info = SignalInformation(signal: SIGPIPE)
+                info.code = SignalInformation.kernelCode
+                sandbox.send(info, toTask: self)
+                throw Errno.EPIPE
+            }
+            let length = vectors.reduce(0) { $0 + $1.iov_len }
+            // Writes up to PIPE_BUF go in whole; larger ones take what fits (a partial write).
+            let needed = length <= Pipe.atomicWriteSize ? length : 1
+            if pipe.room < needed {
+                guard file.statusFlags & O_NONBLOCK == 0 else { throw Errno.EAGAIN }
+                try block(Wait(queues: [pipe.changed], reason: "write to \(file.guestPath)"))
+            }
             var total = 0
             for vector in vectors {
                 let written = pipe.write(UnsafeRawBufferPointer(start: vector.iov_base, count: vector.iov_len))
                 total += written
                 if written < vector.iov_len { break }
             }
-            if total == 0 {
-                // No reader left, or a full pipe nobody can drain (children run one at a time):
-                // as for a write to a pipe without readers, SIGPIPE ends the writer unless the
-                // program changed SIGPIPE's disposition (handlers are not run: EPIPE only).
-                if handler(for: SIGPIPE) == 0 { kill(signal: SIGPIPE, reason: "write to a pipe without readers") }
-                throw Errno.EPIPE
-            }
             return total
+        default:
+            return try writeSpecial(file, from: vectors)
         }
     }
 
@@ -217,7 +245,7 @@ extension Kernel {
             let result = lseek(fd, off_t(offset), whence)
             guard result >= 0 else { throw Errno.lastHostError }
             return UInt64(result)
-        case .pipe:
+        case .pipe, .special:
             throw Errno.ESPIPE
         case .memory(let node):
             let base: Int64
@@ -315,6 +343,13 @@ extension Kernel {
             result.st_mode = S_IFIFO | 0o600
             result.st_nlink = 1
             result.st_ino = UInt(pipe.inode)
+            result.st_blksize = 4096
+            return result
+        case .special(let object):
+            var result = stat()
+            result.st_mode = object.fileType | 0o600
+            result.st_nlink = 1
+            result.st_ino = UInt(bitPattern: ObjectIdentifier(object).hashValue)
             result.st_blksize = 4096
             return result
         }

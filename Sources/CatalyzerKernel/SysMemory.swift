@@ -2,7 +2,7 @@ import CatalyzerKVM
 import Glibc
 
 /// Memory syscalls: brk, mmap (anonymous and private file mappings), munmap, mprotect, mremap.
-extension Kernel {
+extension Task {
     func sysBrk(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let requested = a[0]
         guard requested >= space.breakStart, let newTop = Page.up(requested),

@@ -1,7 +1,7 @@
 import Glibc
 
 /// pipe(2) and pipe2(2); the buffer semantics are in Pipe.swift.
-extension Kernel {
+extension Task {
     func sysPipe(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         try makePipe(at: a[0], flags: 0)
     }

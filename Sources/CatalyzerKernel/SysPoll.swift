@@ -1,15 +1,29 @@
 import Glibc
 
-/// poll(2), ppoll(2), select(2) and pselect6(2) (select is poll over the fds its sets name). Host-backed fds (stdio, rootfs files) are polled on the host; /tmp files are
-/// always ready, as regular files are on Linux. A blocking poll is interrupted by the timeout's kick.
-extension Kernel {
+/// poll(2), ppoll(2), select(2) and pselect6(2) (select is poll over the fds its sets name). Host
+/// fds (stdio, rootfs files) are polled on the host; /tmp files are always ready, as regular files
+/// are on Linux; pipes and the monitor's own files report their state. A poll that finds nothing
+/// ready parks the task on every object it watches (and the host fds) until one changes, a signal
+/// arrives or the timeout passes.
+extension Task {
     func sysPoll(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let timeout = a.int32(2)
         return try poll(a[0], count: a[1], timeoutMilliseconds: timeout < 0 ? -1 : timeout)
     }
 
     func sysPpoll(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        try poll(a[0], count: a[1], timeoutMilliseconds: timeoutMilliseconds(at: a[2], fractionsPerSecond: 1_000_000_000))
+        try applyTemporaryMask(at: a[3], size: a[4])
+        return try poll(a[0], count: a[1], timeoutMilliseconds: timeoutMilliseconds(at: a[2], fractionsPerSecond: 1_000_000_000))
+    }
+
+    /// ppoll/pselect6/epoll_pwait's signal mask: in force while the call waits, restored on the
+    /// way back to user mode after the handler of the signal that ended it (see SignalDelivery).
+    func applyTemporaryMask(at address: UInt64, size: UInt64) throws(Errno) {
+        guard address != 0 else { return }
+        guard size == 8 else { throw Errno.EINVAL }
+        let mask = try space.load(UInt64.self, at: address) & ~unblockableSignals
+        if savedSignalMask == nil { savedSignalMask = signalMask }
+        signalMask = mask
     }
 
     /// A `struct timespec` (`fractionsPerSecond` 10⁹) or `struct timeval` (10⁶) timeout at
@@ -38,9 +52,13 @@ extension Kernel {
         try select(count: a[0], sets: [a[1], a[2], a[3]], timeoutMilliseconds: timeoutMilliseconds(at: a[4], fractionsPerSecond: 1_000_000))
     }
 
-    /// The signal mask argument is ignored: no signal is ever delivered asynchronously.
+    /// pselect6's sixth argument points at {const sigset_t *mask; size_t size}.
     func sysPselect6(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        try select(count: a[0], sets: [a[1], a[2], a[3]], timeoutMilliseconds: timeoutMilliseconds(at: a[4], fractionsPerSecond: 1_000_000_000))
+        if a[5] != 0 {
+            let mask = try space.load(UInt64.self, at: a[5]), size = try space.load(UInt64.self, at: a[5] + 8)
+            try applyTemporaryMask(at: mask, size: size)
+        }
+        return try select(count: a[0], sets: [a[1], a[2], a[3]], timeoutMilliseconds: timeoutMilliseconds(at: a[4], fractionsPerSecond: 1_000_000_000))
     }
 
     /// select over the read, write and exception `fd_set`s (bitmaps of `count` bits, NULL for none):
@@ -76,8 +94,10 @@ extension Kernel {
         return ready
     }
 
-    /// Polls `entries` in place: each entry's `revents`; returns how many have any.
+    /// Polls `entries` in place: each entry's `revents`; returns how many have any. Waits (parks
+    /// the task) when none is ready and the timeout allows.
     private func poll(_ entries: inout [pollfd], timeoutMilliseconds: Int32) throws(Errno) -> Int {
+        var wait = Wait(reason: "poll")
         var hostEntries: [pollfd] = []
         var hostIndices: [Int] = []
         var ready = 0
@@ -89,39 +109,58 @@ extension Kernel {
                 ready += 1
                 continue
             }
-            switch file.backing {
-            case .host(let fd, _):
+            let events = entries[index].events | Int16(POLLHUP | POLLERR)
+            switch readiness(of: file, waitingIn: &wait) {
+            case .host(let fd):
                 hostEntries.append(pollfd(fd: fd, events: entries[index].events, revents: 0))
                 hostIndices.append(index)
-            case .memory:
-                entries[index].revents = entries[index].events & Int16(POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM)
-                if entries[index].revents != 0 { ready += 1 }
-            case .pipe(let pipe):
-                entries[index].revents = file.isWritable
-                    ? (pipe.hasReader ? entries[index].events & Int16(POLLOUT) : Int16(POLLERR))
-                    : (pipe.isEmpty ? 0 : entries[index].events & Int16(POLLIN)) | (pipe.hasWriter ? 0 : Int16(POLLHUP))
-                // An empty pipe stays empty while this process waits (children run one at a time), so
-                // a wait without a timeout would never end: report it readable, and read finds EOF.
-                if entries[index].revents == 0 && timeoutMilliseconds < 0 {
-                    entries[index].revents = entries[index].events & Int16(POLLIN)
-                }
+            case .ready(let revents):
+                entries[index].revents = revents & events
                 if entries[index].revents != 0 { ready += 1 }
             }
         }
         if !hostEntries.isEmpty {
-            let wait = ready > 0 ? 0 : timeoutMilliseconds
-            let result = hostEntries.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), wait) }
+            let result = hostEntries.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), 0) }
             guard result >= 0 else { throw Errno.lastHostError }
             for (hostEntry, index) in zip(hostEntries, hostIndices) where hostEntry.revents != 0 {
                 entries[index].revents = hostEntry.revents
                 ready += 1
             }
-        } else if ready == 0 && timeoutMilliseconds != 0 {
-            // Nothing can become ready: sleep out the timeout (forever is until the sandbox is stopped).
-            var duration = timespec(tv_sec: Int(timeoutMilliseconds / 1000), tv_nsec: Int(timeoutMilliseconds % 1000) * 1_000_000)
-            if timeoutMilliseconds < 0 { duration.tv_sec = Int(Int32.max) }
-            guard nanosleep(&duration, nil) == 0 else { throw Errno.EINTR }
         }
-        return ready
+        if ready > 0 || timeoutMilliseconds == 0 || hasTimedOut { return ready }
+        if timeoutMilliseconds > 0 {
+            let deadline = self.deadline(afterNanoseconds: UInt64(timeoutMilliseconds) * 1_000_000)
+            wait.deadline = min(wait.deadline ?? .max, deadline)
+        }
+        wait.hostDescriptors = hostEntries
+        try block(wait)
+    }
+
+    enum Readiness {
+        /// A host fd: ask the host.
+        case host(fd: Int32)
+        /// POLLIN/POLLOUT/POLLHUP/POLLERR as they are now.
+        case ready(Int16)
+    }
+
+    /// Whether `file` is readable or writable now; adds to `wait` what to wait on for a change.
+    func readiness(of file: OpenFile, waitingIn wait: inout Wait) -> Readiness {
+        switch file.backing {
+        case .host(let fd, _):
+            return .host(fd: fd)
+        case .memory:
+            return .ready(Int16(POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM))
+        case .pipe(let pipe):
+            wait.queues.append(pipe.changed)
+            if file.isWritable {
+                return .ready(pipe.hasReader ? (pipe.room >= Pipe.atomicWriteSize || pipe.room == pipe.capacity ? Int16(POLLOUT | POLLWRNORM) : 0)
+                              : Int16(POLLERR))
+            }
+            return .ready((pipe.isEmpty ? 0 : Int16(POLLIN | POLLRDNORM)) | (pipe.hasWriter ? 0 : Int16(POLLHUP)))
+        case .special(let object):
+            wait.queues.append(object.changed)
+            if let change = object.nextChange { wait.deadline = min(wait.deadline ?? .max, change) }
+            return .ready(object.readiness())
+        }
     }
 }

@@ -1,45 +1,26 @@
 import CatalyzerKVM
 import Glibc
 
-/// Process-identity and lifecycle syscalls. The first process of a sandbox is pid 1 with parent 0;
-/// each process is single-threaded (tid = pid) and is its own process group and session.
-extension Kernel {
+/// Process-identity syscalls. The first process of a sandbox is pid 1 with parent 0; each process
+/// is its own process group and session.
+extension Task {
     func sysGetpid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(pid) }
     func sysGetppid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(parentPID) }
     func sysGetuid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(credentials.uid) }
     func sysGetgid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(credentials.gid) }
-    func sysSetTidAddress(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(pid) }
-    func sysSetRobustList(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        guard a[1] == 24 else { throw Errno.EINVAL }  // sizeof(struct robust_list_head)
-        return 0
+    func sysGettid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(tid) }
+    func sysSetTidAddress(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        clearChildTID = a[0]
+        return UInt64(tid)
     }
     /// Each process is its own process group; moving it is accepted and changes nothing.
     func sysSetpgid(_ a: SyscallArguments) throws(Errno) -> UInt64 { 0 }
-    func sysSchedYield(_ a: SyscallArguments) throws(Errno) -> UInt64 { 0 }
-
-    func sysExit(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        pendingExit = .exited(status: a.int32(0) & 0xFF)
+    func sysSchedYield(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        yieldRequested = true
         return 0
     }
 
-    func sysKill(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        let pid = a.signed(0)
-        guard pid == Int64(self.pid) || pid == 0 || pid == -1 else { throw Errno.ESRCH }
-        try deliverToSelf(signal: a.int32(1))
-        return 0
-    }
-
-    func sysTkill(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        guard a[0] == UInt64(pid) else { throw Errno.ESRCH }
-        try deliverToSelf(signal: a.int32(1))
-        return 0
-    }
-
-    func sysTgkill(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        guard a[0] == UInt64(pid), a[1] == UInt64(pid) else { throw Errno.ESRCH }
-        try deliverToSelf(signal: a.int32(2))
-        return 0
-    }
+    func sysSetsid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(pid) }
 
     func sysUname(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let fields = ["Linux", "catalyzer", "6.1.0-catalyzer", "#1 SMP", "x86_64", "(none)"]
@@ -55,10 +36,10 @@ extension Kernel {
         let setName: Int32 = 15, getName: Int32 = 16
         switch a.int32(0) {
         case setName:
-            taskName = String(try space.readCString(a[1], limit: 4096).utf8.prefix(15)) ?? taskName
+            name = String(try space.readCString(a[1], limit: 4096).utf8.prefix(15)) ?? name
             return 0
         case getName:
-            var bytes = Array(taskName.utf8.prefix(15))
+            var bytes = Array(name.utf8.prefix(15))
             bytes += [UInt8](repeating: 0, count: 16 - bytes.count)
             try space.write(bytes, to: a[1])
             return 0
@@ -72,12 +53,12 @@ extension Kernel {
         switch Int(a.int32(0)) {
         case setFS:
             guard a[1] < SystemLayout.userLimit else { throw Errno.EPERM }
-            cpu.fsBase = a[1]
+            fsBase = a[1]
         case setGS:
             guard a[1] < SystemLayout.userLimit else { throw Errno.EPERM }
-            cpu.gsBase = a[1]
-        case getFS: try space.store(cpu.fsBase, at: a[1])
-        case getGS: try space.store(cpu.gsBase, at: a[1])
+            gsBase = a[1]
+        case getFS: try space.store(fsBase, at: a[1])
+        case getGS: try space.store(gsBase, at: a[1])
         default: throw Errno.EINVAL
         }
         return 0
@@ -85,7 +66,8 @@ extension Kernel {
 
     func sysSchedGetaffinity(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         guard a[1] >= 8, a[1] % 8 == 0 else { throw Errno.EINVAL }
-        try space.store(UInt64(1), at: a[2])  // one CPU: the sandbox has one vCPU
+        guard a[0] == 0 || sandbox.tasks[a.int32(0)] != nil else { throw Errno.ESRCH }
+        try space.store(UInt64(1), at: a[2])  // one CPU: the sandbox's tasks take turns on one host thread
         return 8
     }
 
@@ -97,7 +79,7 @@ extension Kernel {
 
     /// Limits are reported (the memory ones from the guest's RAM); new limits are accepted and ignored.
     func sysPrlimit64(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        guard a[0] == 0 || a[0] == UInt64(pid) else { throw Errno.ESRCH }
+        guard a[0] == 0 || sandbox.groups[a.int32(0)] != nil else { throw Errno.ESRCH }
         let (current, maximum) = try resourceLimit(a.int32(1))
         if a[3] != 0 {
             try space.storeStruct((current, maximum), at: a[3])

@@ -2,7 +2,7 @@ import CKVM
 import Glibc
 
 /// getrandom(2), from the host's CSPRNG: every instance, restored or forked, draws fresh bytes.
-extension Kernel {
+extension Task {
     func sysGetrandom(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let flags = a.uint32(2)
         guard flags & ~UInt32(GRND_NONBLOCK | GRND_RANDOM | 0x4) == 0 else { throw Errno.EINVAL }  // 0x4: GRND_INSECURE

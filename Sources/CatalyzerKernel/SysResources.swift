@@ -2,7 +2,7 @@ import Glibc
 
 /// sysinfo(2) and getrusage(2): what the sandbox has and what the process used. Memory figures
 /// are the guest's RAM (its cap), not the host's, so runtimes size their caches to the sandbox.
-extension Kernel {
+extension Task {
     func sysSysinfo(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let uptime = time.now(CLOCK_BOOTTIME)
         // struct sysinfo (x86-64): uptime, loads[3], totalram, freeram, ..., procs at 80, mem_unit at 104.

@@ -1,7 +1,7 @@
 import Glibc
 
 /// Clock syscalls, served from the host's clocks (so they stay fresh across restore and sfork).
-extension Kernel {
+extension Task {
     /// CLOCK_REALTIME, MONOTONIC, PROCESS/THREAD_CPUTIME, MONOTONIC_RAW, *_COARSE, BOOTTIME.
     private static let clocks: Set<Int32> = [0, 1, 2, 3, 4, 5, 6, 7]
 
@@ -47,18 +47,23 @@ extension Kernel {
         return try sleep(clock: clockid_t(a.int32(0)), flags: a.int32(1), request: a[2], remaining: a[3])
     }
 
-    /// Sleeps on the host; a timeout's kick interrupts it, which ends the sandbox.
+    /// Parks the task until the deadline; a handled signal ends the sleep early with EINTR and
+    /// the time left (relative sleeps).
     private func sleep(clock: clockid_t, flags: Int32, request: UInt64, remaining: UInt64) throws(Errno) -> UInt64 {
         let requested = try space.loadStruct(timespec.self, at: request, zero: timespec())
         guard requested.tv_sec >= 0, (0..<1_000_000_000).contains(requested.tv_nsec) else { throw Errno.EINVAL }
-        let duration = flags & TIMER_ABSTIME != 0 ? time.hostTime(requested, clock: clock) : requested
-        var left = timespec()
-        let result = clock_nanosleep(clock, flags, [duration], &left)
-        if result == EINTR {
-            if remaining != 0 && flags & TIMER_ABSTIME == 0 { try space.storeStruct(left, at: remaining) }
-            throw Errno.EINTR
+        let deadline = flags & TIMER_ABSTIME != 0
+            ? self.deadline(at: hostMonotonic(absolute: requested, clock: clock))
+            : self.deadline(afterNanoseconds: requested.nanoseconds)
+        let now = Sandbox.monotonicNanoseconds()
+        if now >= deadline { return 0 }
+        do throws(Errno) {
+            try block(Wait(deadline: deadline, reason: "sleep"))
+        } catch where error == Errno.EINTR {
+            if remaining != 0 && flags & TIMER_ABSTIME == 0 {
+                try space.storeStruct(timespec(nanoseconds: deadline - now), at: remaining)
+            }
+            throw error
         }
-        guard result == 0 else { throw Errno(result) }
-        return 0
     }
 }

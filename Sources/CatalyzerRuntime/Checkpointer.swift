@@ -63,15 +63,15 @@ public enum Checkpointer {
                                                  environment: request.environment)
         configuration.standardStreams = [stdinPipe[0], output.writeEnd, output.writeEnd]
         configuration.stopsAtReadyPoint = true
-        let started = Kernel.monotonicNanoseconds()
-        let kernel: Kernel
+        let started = Sandbox.monotonicNanoseconds()
+        let kernel: Sandbox
         do {
-            kernel = try Kernel(configuration: configuration)
+            kernel = try Sandbox(configuration: configuration)
         } catch {
             throw RuntimeError("cannot start \(request.programPath) in \(request.rootfs): \(error); no image was created")
         }
         let exit = try kernel.run(timeoutSeconds: request.timeoutSeconds)
-        let initialization = Double(Kernel.monotonicNanoseconds() - started) / 1e9
+        let initialization = Double(Sandbox.monotonicNanoseconds() - started) / 1e9
         let snapshot = exit == .readyPoint ? try kernel.captureSnapshot() : nil
         // The sandbox's stdio refers to the write end only through the kernel, which is done.
         let (tail, written) = output.finish()

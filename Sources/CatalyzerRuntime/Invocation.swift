@@ -57,7 +57,7 @@ public struct InvocationResult: Sendable {
 
 public enum Invocation {
     public static func run(_ request: InvocationRequest) throws -> InvocationResult {
-        let started = Kernel.monotonicNanoseconds()
+        let started = Sandbox.monotonicNanoseconds()
         let faultsBefore = threadPageFaults()
         let mount = try CatalyzerMount.resolve(mount: request.mount, store: request.store)
         let before = request.collectFilesystemStatistics ? counters(of: request.image, on: mount) : nil

@@ -14,7 +14,7 @@ import Glibc
 /// the chunk; the program never runs on memory that was not verified.
 public final class RestoredSandbox {
     public let image: String
-    public let kernel: Kernel
+    public let kernel: Sandbox
     public let memory: GuestMemory
     /// The image's chunk size, for reporting and the working set.
     public let chunkSize: Int
@@ -38,7 +38,7 @@ public final class RestoredSandbox {
         }
         let mapped = try GuestMemory(mappingPrivately: fd, size: Int(status.st_size))
         memory = mapped
-        memoryMappedAt = Kernel.monotonicNanoseconds()
+        memoryMappedAt = Sandbox.monotonicNanoseconds()
         let vm = PendingVM(kvm: try kvm ?? KVM(), memory: mapped)
 
         let state = try CheckpointState(decoding: Self.readState(mount.statePath(image), image: image), image: image)
@@ -51,12 +51,12 @@ public final class RestoredSandbox {
             "catalyzer: error: image '\(image)': guest memory chunk ",
             " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob; its log names the blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n")
         do {
-            kernel = try Kernel(restoring: state.kernel, vm: vm, options: options)
+            kernel = try Sandbox(restoring: state.kernel, vm: vm, options: options)
         } catch {
             chost_unguard_guest_memory(guardSlot)
             throw RuntimeError("image '\(image)' cannot be restored: \(error)")
         }
-        stateRestoredAt = Kernel.monotonicNanoseconds()
+        stateRestoredAt = Sandbox.monotonicNanoseconds()
     }
 
     deinit { chost_unguard_guest_memory(guardSlot) }

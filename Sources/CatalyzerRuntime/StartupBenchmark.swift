@@ -166,8 +166,8 @@ public struct StartupBenchmark: Sendable {
                                                  arguments: PythonBenchmark.arguments(function: function.rawValue),
                                                  environment: Self.environment)
         configuration.standardStreams = streams.fds
-        let started = Kernel.monotonicNanoseconds()
-        let kernel = try Kernel(configuration: configuration)
+        let started = Sandbox.monotonicNanoseconds()
+        let kernel = try Sandbox(configuration: configuration)
         let exit = try kernel.run(timeoutSeconds: timeoutSeconds)
         try check(exit, streams, .coldStart)
         guard let answered = kernel.milestones.firstStandardOutput else {
@@ -228,8 +228,8 @@ public struct StartupBenchmark: Sendable {
     private func settledCounters(of image: String, on mount: BenchMount, workingSetChunks: Int) throws -> BenchMount.Counters {
         var counters = try mount.counters(image)
         var quiet = 0
-        let deadline = Kernel.monotonicNanoseconds() + UInt64(timeoutSeconds * 1e9)
-        while counters.prefetchedChunks < UInt64(workingSetChunks) && quiet < 10 && Kernel.monotonicNanoseconds() < deadline {
+        let deadline = Sandbox.monotonicNanoseconds() + UInt64(timeoutSeconds * 1e9)
+        while counters.prefetchedChunks < UInt64(workingSetChunks) && quiet < 10 && Sandbox.monotonicNanoseconds() < deadline {
             usleep(5000)
             let next = try mount.counters(image)
             let moved = next.bytesFetched != counters.bytesFetched || next.prefetchedChunks != counters.prefetchedChunks

@@ -62,9 +62,9 @@ struct Run: ParsableCommand {
         let configuration = SandboxConfiguration(
             rootDirectory: rootfs, memorySize: Int(ByteCount.parse(memory) ?? 0), programPath: program, arguments: command,
             environment: environment, traceSyscalls: strace)
-        let kernel: Kernel
+        let kernel: Sandbox
         do {
-            kernel = try Kernel(configuration: configuration)
+            kernel = try Sandbox(configuration: configuration)
         } catch {
             Self.report("cannot start \(command[0]): \(error)")
             throw ExitCode(127)

@@ -46,7 +46,7 @@ struct DynamicProgramTests {
         let rootfs = try requireRootfs()
         let configuration = SandboxConfiguration(rootDirectory: rootfs.root + "/bin", programPath: "/probe-dynamic",
                                                  arguments: ["probe-dynamic"])
-        #expect(throws: Errno(ENOENT)) { _ = try Kernel(configuration: configuration, kvm: kvm) }
+        #expect(throws: Errno(ENOENT)) { _ = try Sandbox(configuration: configuration, kvm: kvm) }
     }
 
     @Test("loading executables and interpreters with corrupted ELF headers fails cleanly, never crashes the monitor")
@@ -71,7 +71,7 @@ struct DynamicProgramTests {
             try loader.write(to: URL(fileURLWithPath: directory.file("lib64/ld-linux-x86-64.so.2")))
             let configuration = SandboxConfiguration(rootDirectory: directory.path, memorySize: 8 << 20,
                                                      programPath: "/program", arguments: ["program"])
-            _ = try? Kernel(configuration: configuration, kvm: kvm)
+            _ = try? Sandbox(configuration: configuration, kvm: kvm)
         }
     }
 }

@@ -109,7 +109,7 @@ func runSandbox(_ arguments: [String], memory: Int = 256 << 20, timeout: Double 
                                              programPath: arguments[0], arguments: arguments,
                                              environment: environment, traceSyscalls: strace)
     configuration.standardStreams = [input, output, errors]
-    let kernel = try Kernel(configuration: configuration, kvm: kvm)
+    let kernel = try Sandbox(configuration: configuration, kvm: kvm)
     let requester = kernel.exitRequester
     // A queue of its own (overcommit), not the shared pool that blocked tests may saturate.
     DispatchQueue(label: "sandbox-timeout").asyncAfter(deadline: .now() + timeout) { requester.requestExit() }

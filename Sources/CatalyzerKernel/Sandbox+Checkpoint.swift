@@ -1,3 +1,4 @@
+import CKVM
 import CatalyzerKVM
 import Glibc
 
@@ -7,46 +8,116 @@ public struct RestoreError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// Checkpoint and restore of the kernel state: `captureSnapshot()` turns a sandbox stopped at its
-/// ready point into a `KernelSnapshot`; the static helpers rebuild files and /tmp from one for
-/// `Kernel(restoring:vm:options:)`.
-extension Kernel {
+/// Checkpoint and restore. Each stateful component saves and restores itself here — the address
+/// space, the process, each task, the fd table, /tmp — and `captureSnapshot` / `init(restoring:)`
+/// only put the parts together. Fork and clone use the components' own copy paths
+/// (`ProcessImage.fork`, `FileTable(copying:)`, `SignalHandlers.copy`, `FilesystemContext.copy`).
+extension Sandbox {
     /// The state of a sandbox that `run()` stopped at its ready point. Guest memory is the memfd
-    /// `guestMemory` returns; together they are a checkpoint.
+    /// `guestMemory` returns; together they are a checkpoint. A checkpoint holds one process (with
+    /// any number of threads), whose threads are all parked.
     public func captureSnapshot() throws -> KernelSnapshot {
-        guard pendingExit == .readyPoint else {
+        guard exitStatus == .readyPoint, let main = readyPointTask else {
             throw RestoreError("the sandbox is not stopped at its ready point; only a program waiting for its first request can be checkpointed")
         }
+        let group = main.group
+        if let other = groups.values.first(where: { $0 !== group && !$0.isZombie }) {
+            throw RestoreError("process \(other.pid) (\(other.leader?.name ?? "?")) is still running at the ready point; a checkpoint holds one process: let child processes exit (and wait for them) before reading the first request")
+        }
+        if let task = group.tasks.first(where: { $0.image !== main.image || $0.files !== main.files }) {
+            throw RestoreError("task \(task.tid) does not share the main thread's memory and files; only threads can be checkpointed")
+        }
+        if timers.nextDeadline != nil {
+            throw RestoreError("the program has an armed timer (alarm, setitimer or timer_create) at its ready point; disarm it before reading the first request")
+        }
+        let space = main.space
         let allocation = space.allocator.state
-        let (openFiles, descriptors, pipes) = try captureFiles()
+        let (openFiles, descriptors, pipes) = try captureFiles(main.files)
+        var vcpu = try main.image.cpu.captureState()
+        vcpu.registers = VCPUState.bytes(of: main.registers)
+        let tasks = try ([main] + group.tasks.filter { $0 !== main }).map { try $0.save() }
         return KernelSnapshot(
             memorySize: memorySize,
-            vcpu: try cpu.captureState(),
+            vcpu: vcpu,
             pendingSyscall: true,
             pageTableRoot: space.pageTables.root,
             allocator: .init(start: allocation.start, nextUnused: allocation.nextUnused, freed: allocation.freed),
             regions: space.regions.map { .init(start: $0.start, end: $0.end, protection: $0.protection.rawValue, name: $0.name) },
             breakStart: space.breakStart,
             breakEnd: space.breakEnd,
-            clockPage: clock.pageAddress,
-            clockFrame: clock.physicalPage,
+            clockPage: main.image.clock.pageAddress,
+            clockFrame: main.image.clock.physicalPage,
             checkpointMonotonic: time.monotonicNanoseconds,
-            process: .init(pid: pid, executablePath: executablePath, workingDirectory: workingDirectory,
-                           uid: credentials.uid, gid: credentials.gid, taskName: taskName,
-                           signalActions: signalActions.sorted { $0.key < $1.key }.map { .init(signal: $0.key, action: $0.value) },
-                           signalMask: signalMask, fileCreationMask: fileCreationMask, nextPID: processes.nextPID,
-                           zombies: processes.zombies.sorted { $0.key < $1.key }.map { .init(pid: $0.key, parent: $0.value.parent, status: $0.value.status) }),
+            process: .init(pid: group.pid, executablePath: main.image.executablePath,
+                           workingDirectory: main.workingDirectory,
+                           uid: group.credentials.uid, gid: group.credentials.gid, taskName: main.name,
+                           signalActions: main.signalHandlers.actions.sorted { $0.key < $1.key }
+                               .map { .init(signal: $0.key, action: $0.value.bytes) },
+                           signalMask: main.signalMask,
+                           fileCreationMask: main.fileCreationMask, nextPID: nextID,
+                           zombies: groups.values.filter { $0.isZombie }.sorted { $0.pid < $1.pid }
+                               .map { .init(pid: $0.pid, parent: $0.parentPID, status: $0.zombieStatus ?? 0) }),
+            tasks: tasks,
             files: openFiles,
             descriptors: descriptors,
             pipes: pipes,
-            tmp: captureTmp(openFiles: openFiles),
+            tmp: captureTmp(openFiles: main.files),
             rootfs: (filesystem.dependencies ?? RootfsDependencies()).fingerprint(rootDirectory: filesystem.rootDirectory))
     }
 
-    /// The guest memory a checkpoint stores: the memfd of a cold-started sandbox.
-    public var guestMemory: GuestMemory { space.memory }
+    /// Resumes a checkpointed program in the VM `pendingVM` is creating, whose memory is the
+    /// checkpoint's guest memory (typically its image's `memory` file mapped privately). The
+    /// rootfs is checked while the VM is still being created. Files reopen on first use; stdio is
+    /// the invocation's. Throws `RestoreError` when the snapshot does not fit this host.
+    public convenience init(restoring snapshot: KernelSnapshot, vm pendingVM: PendingVM, options: RestoreOptions) throws {
+        let memory = pendingVM.memory
+        guard memory.size == snapshot.memorySize else {
+            throw RestoreError("guest memory is \(memory.size) bytes but the checkpoint's is \(snapshot.memorySize)")
+        }
+        let (filesystem, tmpNodes) = try Self.restoreFilesystem(snapshot)
+        let vm = try pendingVM.wait()
+        self.init(kvm: vm.kvm, memorySize: snapshot.memorySize, filesystem: filesystem,
+                  time: GuestTime(continuingFrom: snapshot.checkpointMonotonic), exitRequester: vm.vcpu.exitRequester,
+                  limits: options.limits, traceSyscalls: options.traceSyscalls,
+                  traceFD: options.standardStreams.count > 2 ? options.standardStreams[2] : 2)
+        nextID = snapshot.process.nextPID
+        let process = snapshot.process
+        let credentials = Credentials(uid: process.uid, gid: process.gid)
+        for zombie in snapshot.process.zombies {
+            let group = ThreadGroup(pid: zombie.pid, parentPID: zombie.parent, credentials: credentials)
+            group.zombieStatus = zombie.status
+            groups[zombie.pid] = group
+        }
+        let allocator = PhysicalPageAllocator(memory: memory, start: snapshot.allocator.start,
+                                              nextUnused: snapshot.allocator.nextUnused, freed: snapshot.allocator.freed)
+        let pageTables = PageTables(memory: memory, allocator: allocator, root: snapshot.pageTableRoot)
+        let cpu = try UserModeCPU(vm: vm, pageTables: pageTables, restoring: snapshot.vcpu)
+        let space = AddressSpace(memory: memory, allocator: allocator, pageTables: pageTables)
+        space.restoreRegions(snapshot.regions.map {
+            MemoryRegion(start: $0.start, end: $0.end, protection: Protection(rawValue: $0.protection), name: $0.name, pristineCopy: nil)
+        })
+        space.breakStart = snapshot.breakStart
+        space.breakEnd = snapshot.breakEnd
+        let clock = GuestClock(pageAddress: snapshot.clockPage, physicalPage: snapshot.clockFrame, vcpu: vm.vcpu)
+        let image = ProcessImage(cpu: cpu, space: space, clock: clock, executablePath: process.executablePath)
+        filesystem.executablePath = process.executablePath
+        let files = try Self.restoreFiles(snapshot, filesystem: filesystem, tmpNodes: tmpNodes,
+                                          standardStreams: options.standardStreams)
+        let group = ThreadGroup(pid: process.pid, parentPID: 0, credentials: credentials)
+        initialGroup = group
+        let handlers = SignalHandlers(actions: Dictionary(process.signalActions.map { ($0.signal, SignalAction(bytes: $0.action)) },
+                                                          uniquingKeysWith: { $1 }))
+        let fsContext = FilesystemContext(workingDirectory: process.workingDirectory, fileCreationMask: process.fileCreationMask)
+        let now = Self.monotonicNanoseconds()
+        for state in snapshot.tasks {
+            let task = Task(sandbox: self, tid: state.tid, group: group, image: image, files: files, fsContext: fsContext,
+                            signalHandlers: handlers, context: TaskContext(), name: state.name)
+            task.restore(state, now: now)
+            register(task, in: group)
+        }
+    }
 
-    private func captureFiles() throws -> ([KernelSnapshot.File], [KernelSnapshot.Descriptor], [KernelSnapshot.PipeState]) {
+    private func captureFiles(_ files: FileTable) throws -> ([KernelSnapshot.File], [KernelSnapshot.Descriptor], [KernelSnapshot.PipeState]) {
         var records: [KernelSnapshot.File] = []
         var indexOfFile: [ObjectIdentifier: Int] = [:]
         var pipes: [KernelSnapshot.PipeState] = []
@@ -80,6 +151,8 @@ extension Kernel {
                     }
                 case .memory(let node):
                     kind = .tmp(inode: node.inode, position: file.position)
+                case .special:
+                    throw RestoreError("fd \(entry.fd) (\(file.guestPath)) is open at the ready point; eventfds, timerfds, sockets and epoll instances cannot be checkpointed yet: open them after the first request")
                 case .pipe(let pipe):
                     let key = ObjectIdentifier(pipe)
                     if indexOfPipe[key] == nil {
@@ -97,7 +170,7 @@ extension Kernel {
     }
 
     /// Every /tmp node reachable from its root, plus unlinked files that are still open.
-    private func captureTmp(openFiles: [KernelSnapshot.File]) -> KernelSnapshot.TmpFilesystem {
+    private func captureTmp(openFiles files: FileTable) -> KernelSnapshot.TmpFilesystem {
         var nodes: [KernelSnapshot.TmpNode] = []
         var seen: Set<UInt64> = []
         func visit(_ node: MemoryNode) {
@@ -122,7 +195,7 @@ extension Kernel {
     }
 
     /// The rootfs (checked against the checkpoint's fingerprint) and the checkpoint's /tmp.
-    static func restoreFilesystem(_ snapshot: KernelSnapshot) throws -> (Filesystem, tmpNodes: [UInt64: MemoryNode]) {
+    private static func restoreFilesystem(_ snapshot: KernelSnapshot) throws -> (Filesystem, tmpNodes: [UInt64: MemoryNode]) {
         let rootfs = snapshot.rootfs
         var status = stat()
         guard stat(rootfs.path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else {
@@ -161,7 +234,7 @@ extension Kernel {
 
     /// The fd table: stdio bound to `standardStreams`, host files waiting to be reopened on first
     /// use, /tmp files and pipes as they were.
-    static func restoreFiles(_ snapshot: KernelSnapshot, filesystem: Filesystem, tmpNodes: [UInt64: MemoryNode],
+    private static func restoreFiles(_ snapshot: KernelSnapshot, filesystem: Filesystem, tmpNodes: [UInt64: MemoryNode],
                              standardStreams: [Int32]) throws -> FileTable {
         let pipes = snapshot.pipes.map { Pipe(buffered: $0.buffered, hasReader: $0.hasReader, hasWriter: $0.hasWriter) }
         var opened: [OpenFile?] = []
@@ -203,5 +276,41 @@ extension Kernel {
             }
         }
         return table
+    }
+}
+
+extension Task {
+    /// This thread's part of a checkpoint.
+    func save() throws -> KernelSnapshot.TaskState {
+        let now = Sandbox.monotonicNanoseconds()
+        guard state == .blocked || state == .runnable && !hasPendingSyscall else {
+            throw RestoreError("task \(tid) (\(name)) is not parked")
+        }
+        return KernelSnapshot.TaskState(
+            tid: tid, name: name, registers: VCPUState.bytes(of: registers), fsBase: fsBase, gsBase: gsBase,
+            xsaveArea: try extendedState() ?? image.cpu.vm.vcpu.xsaveArea(),
+            signalMask: signalMask, savedSignalMask: savedSignalMask,
+            pendingSignals: pendingSignals.bits,
+            alternateStack: (alternateStack.base, alternateStack.size, alternateStack.flags),
+            clearChildTID: clearChildTID, robustList: robustList, pendingSyscall: hasPendingSyscall,
+            remainingNanoseconds: syscallDeadline.map { $0 > now ? $0 - now : 0 })
+    }
+
+    /// Takes a checkpointed thread's state; a parked syscall re-runs when the task first runs,
+    /// with its timeout counted from now.
+    func restore(_ state: KernelSnapshot.TaskState, now: UInt64) {
+        context = TaskContext(registers: VCPUState.value(state.registers, zero: kvm_regs()), fsBase: state.fsBase,
+                              gsBase: state.gsBase, extendedState: state.xsaveArea)
+        signalMask = state.signalMask
+        savedSignalMask = state.savedSignalMask
+        for signal in 1...64 where state.pendingSignals & signalBit(Int32(signal)) != 0 {
+            pendingSignals.add(SignalInformation(signal: Int32(signal)))
+        }
+        alternateStack = AlternateStack(base: state.alternateStack.base, size: state.alternateStack.size,
+                                        flags: state.alternateStack.flags)
+        clearChildTID = state.clearChildTID
+        robustList = state.robustList
+        hasPendingSyscall = state.pendingSyscall
+        syscallDeadline = state.remainingNanoseconds.map { now &+ $0 }
     }
 }

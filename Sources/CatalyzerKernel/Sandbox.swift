@@ -1,0 +1,357 @@
+import CKVM
+import CatalyzerKVM
+import Dispatch
+import Glibc
+
+/// A sandbox: the monitor acting as the kernel of one function instance. It holds what its tasks
+/// share — the KVM handle, the rootfs view and /tmp, the task and process tables, the futex table,
+/// the limits, the scheduler and the statistics — and runs every task on the calling thread until
+/// the sandbox's first process exits, is killed, deadlocks or is stopped.
+public final class Sandbox {
+    let kvm: KVM
+    /// Guest RAM of each process, in bytes.
+    let memorySize: Int
+    /// The rootfs view and /tmp, shared by all processes (like a mount namespace).
+    let filesystem: Filesystem
+    /// How the guest's clocks relate to the host's.
+    var time = GuestTime.host
+    /// Lets another thread stop the sandbox (timeouts) and preempt its vCPUs.
+    public let exitRequester: ExitRequester
+    let limits: SandboxLimits
+    let scheduler = Scheduler()
+    let futexes = FutexTable()
+    /// Live tasks by TID and processes by PID (zombies included until reaped).
+    var tasks: [Int32: Task] = [:]
+    var groups: [Int32: ThreadGroup] = [:]
+    var nextID: Int32 = 1
+    /// The sandbox's first process: when it ends, the sandbox ends.
+    var initialGroup: ThreadGroup!
+    /// Set when the sandbox is over; `run()` returns it.
+    var exitStatus: SandboxExit?
+
+    let traceSyscalls: Bool
+    /// Where `--strace` lines go: the host fd behind the guest's stderr.
+    let traceFD: Int32
+    let table = SyscallTable.definitions()
+
+    /// Whether the first read of an empty stdin by the first process's main thread is the ready
+    /// point (checkpoint).
+    let stopsAtReadyPoint: Bool
+    /// The task parked at the ready point; the sandbox stops there once no other task can run.
+    var readyPointTask: Task?
+    /// Host-monotonic time the ready point was reached: other tasks get `readyPointGrace` to block.
+    var readyPointReached: UInt64?
+    static let readyPointGrace: UInt64 = 2_000_000_000
+
+    /// Unimplemented syscall numbers the program tried, with counts (each got ENOSYS).
+    public internal(set) var unimplementedSyscalls: [Int: Int] = [:]
+    public internal(set) var syscallCount = 0
+    /// User page faults that reached the monitor (resolved or fatal); KVM's shadow-paging fills
+    /// that never leave the guest are not counted.
+    public internal(set) var pageFaultCount = 0
+    /// When the sandbox first did what `invoke --timings` reports.
+    public internal(set) var milestones = Milestones()
+
+    /// CLOCK_MONOTONIC nanoseconds of first events, nil until they happen.
+    public struct Milestones: Sendable {
+        /// Just before a vCPU first entered the guest.
+        public var firstGuestEntry: UInt64?
+        /// Just after the program's first write to stdout returned.
+        public var firstStandardOutput: UInt64?
+    }
+
+    /// Guest RAM in use right now by every process (program pages and page tables), in bytes.
+    public var memoryInUse: Int {
+        var images: [ObjectIdentifier: Int] = [:]
+        for task in tasks.values { images[ObjectIdentifier(task.image)] = task.image.space.allocator.usedBytes }
+        return images.values.reduce(0, +)
+    }
+
+    /// The guest memory a checkpoint stores: the first process's.
+    public var guestMemory: GuestMemory { initialGroup.leader!.image.memory }
+
+    /// Creates the VM, loads the program and builds its initial stack; the program starts on `run()`.
+    public init(configuration: SandboxConfiguration, kvm: KVM? = nil) throws {
+        self.kvm = try kvm ?? KVM()
+        memorySize = configuration.memorySize
+        exitRequester = ExitRequester()
+        limits = configuration.limits
+        filesystem = try Filesystem(rootDirectory: configuration.rootDirectory, tmpCapacity: configuration.memorySize)
+        traceSyscalls = configuration.traceSyscalls
+        traceFD = configuration.standardStreams.count > 2 ? configuration.standardStreams[2] : 2
+        stopsAtReadyPoint = configuration.stopsAtReadyPoint
+        if stopsAtReadyPoint { filesystem.dependencies = RootfsDependencies() }
+        let path = GuestPath.normalize(configuration.programPath)
+        let credentials = Credentials()
+        let (image, context) = try ProcessImage.load(kvm: self.kvm, memorySize: memorySize, exitRequester: exitRequester,
+                                                     filesystem: filesystem, path: path, arguments: configuration.arguments,
+                                                     environment: configuration.environment, credentials: credentials)
+        filesystem.executablePath = path
+        let files = FileTable()
+        try files.installStandardStreams(configuration.standardStreams)
+        let group = ThreadGroup(pid: allocateID(), parentPID: 0, credentials: credentials)
+        initialGroup = group
+        let task = Task(sandbox: self, tid: group.pid, group: group, image: image, files: files,
+                        fsContext: FilesystemContext(workingDirectory: GuestPath.normalize(configuration.workingDirectory)),
+                        signalHandlers: SignalHandlers(), context: context, name: Task.name(ofExecutable: path))
+        register(task, in: group)
+    }
+
+    /// A sandbox rebuilt from checkpointed parts (see `Sandbox+Checkpoint.swift`).
+    init(kvm: KVM, memorySize: Int, filesystem: Filesystem, time: GuestTime, exitRequester: ExitRequester,
+         limits: SandboxLimits, traceSyscalls: Bool, traceFD: Int32) {
+        self.kvm = kvm
+        self.memorySize = memorySize
+        self.filesystem = filesystem
+        self.time = time
+        self.exitRequester = exitRequester
+        self.limits = limits
+        self.traceSyscalls = traceSyscalls
+        self.traceFD = traceFD
+        stopsAtReadyPoint = false
+    }
+
+    /// Tasks and processes refer to each other (a task to its process, a process to its tasks),
+    /// and wait queues inside files refer to tasks: untie them all, so that everything the program
+    /// held (VMs, memory, host fds) is released with the sandbox and no file's last close wakes a
+    /// task of a sandbox that is gone.
+    deinit {
+        for task in Array(scheduler.blocked.values) { scheduler.detach(task) }
+        for task in tasks.values { task.state = .exited }
+        for group in groups.values { group.tasks.removeAll() }
+        tasks.removeAll()
+        readyPointTask = nil
+    }
+
+    func allocateID() -> Int32 {
+        while tasks[nextID] != nil || groups[nextID] != nil { nextID = nextID == Int32.max ? 2 : nextID + 1 }
+        defer { nextID = nextID == Int32.max ? 2 : nextID + 1 }
+        return nextID
+    }
+
+    /// Adds a new task to its process and the run queue.
+    func register(_ task: Task, in group: ThreadGroup) {
+        tasks[task.tid] = task
+        groups[group.pid] = group
+        group.tasks.append(task)
+        task.state = .runnable
+        scheduler.enqueue(task)
+    }
+
+    /// Threads plus processes, for `--max-tasks`.
+    var taskCount: Int { tasks.count }
+
+    // MARK: running
+
+    /// Runs the program as `run()` does, stopping it after `timeoutSeconds` (`.timedOut`). The
+    /// timer has a queue of its own: it must fire even when every pool thread is busy.
+    public func run(timeoutSeconds: Double) throws -> SandboxExit {
+        let exitRequester = exitRequester
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "catalyzer-sandbox-timeout"))
+        timer.schedule(deadline: .now() + timeoutSeconds)
+        timer.setEventHandler { exitRequester.requestExit() }
+        timer.resume()
+        defer { timer.cancel() }
+        return try run()
+    }
+
+    /// Runs the sandbox's tasks until its first process exits, is killed, or `exitRequester` stops it.
+    public func run() throws -> SandboxExit {
+        exitRequester.bindCurrentThread()
+        defer { exitRequester.unbindThread() }
+        let ticker = PreemptionTicker(signals: scheduler.signals, exitRequester: exitRequester)
+        defer { ticker.stop() }
+        while true {
+            if let exitStatus { return exitStatus }
+            if exitRequester.isExitRequested { return .timedOut }
+            let now = Self.monotonicNanoseconds()
+            timers.fire(now: now, sandbox: self)
+            scheduler.expireDeadlines(now: now)
+            if scheduler.hasHostWaiters { scheduler.pollHost(timeoutNanoseconds: 0) }
+            if let task = scheduler.next() {
+                if let reached = readyPointReached, now - reached > Self.readyPointGrace {
+                    exitStatus = .killed(signal: SIGKILL, reason: "checkpoint: the program reached its ready point "
+                        + "(its main thread reads stdin) but task \(task.tid) (\(task.name)) was still running "
+                        + "\(Self.readyPointGrace / 1_000_000_000) s later; every other thread must be blocked "
+                        + "(waiting on a lock, a queue, a sleep or a pipe) for a checkpoint")
+                    continue
+                }
+                try runSlice(task)
+                continue
+            }
+            if readyPointTask != nil {
+                exitStatus = .readyPoint
+                continue
+            }
+            let deadline = [scheduler.nextDeadline, timers.nextDeadline].compactMap { $0 }.min()
+            guard deadline != nil || scheduler.hasHostWaiters else {
+                exitStatus = .killed(signal: SIGKILL, reason: "deadlock: every task is blocked and nothing can wake "
+                                     + "them: " + blockedTaskReport())
+                continue
+            }
+            scheduler.pollHost(timeoutNanoseconds: deadline.map { $0 > now ? $0 - now : 0 })
+        }
+    }
+
+    /// "tid 1 (python3): futex 0x…; tid 2 (python3): read from pipe" for a deadlock report.
+    func blockedTaskReport() -> String {
+        tasks.values.sorted { $0.tid < $1.tid }.map { task in
+            "tid \(task.tid) (\(task.name)) waits on \(task.wait?.reason ?? String(describing: task.state))"
+        }.joined(separator: "; ")
+    }
+
+    /// Runs `task` until it blocks, exits, yields or its slice ends.
+    private func runSlice(_ task: Task) throws {
+        try task.image.load(task)
+        filesystem.executablePath = task.image.executablePath  // what /proc/self/exe names
+        let signals = scheduler.signals
+        signals.othersRunnable.store(scheduler.hasRunnable, ordering: .relaxed)
+        signals.hostWaiters.store(scheduler.hasHostWaiters, ordering: .relaxed)
+        signals.nextDeadline.store([scheduler.nextDeadline, timers.nextDeadline].compactMap { $0 }.min() ?? .max,
+                                   ordering: .relaxed)
+        signals.preemptRequested.store(false, ordering: .relaxed)
+        signals.sliceNumber.add(1, ordering: .relaxed)
+        signals.inGuest.store(true, ordering: .relaxed)
+        defer { signals.inGuest.store(false, ordering: .relaxed) }
+
+        if task.hasPendingSyscall { task.resumeSyscall() }
+        while task.state == .runnable && exitStatus == nil {
+            task.deliverPendingSignals()
+            guard task.state == .runnable, exitStatus == nil else { return }
+            let image = task.image
+            try image.load(task)  // after execve: the new image
+            image.clock.refresh(space: image.space, time: time)
+            if milestones.firstGuestEntry == nil { milestones.firstGuestEntry = Self.monotonicNanoseconds() }
+            switch try image.cpu.run() {
+            case .syscall:
+                task.serveSyscall()
+            case .exception(let exception):
+                task.handleException(exception)
+            case .interrupted:
+                if exitRequester.isExitRequested { return }
+            case .fatal(let reason):
+                exitGroup(task.group, status: .killed(signal: SIGKILL, reason: "sandbox failure: \(reason)"))
+                return
+            }
+            if task.state == .runnable && task.yieldRequested {
+                task.yieldRequested = false
+                if scheduler.hasRunnable {
+                    scheduler.enqueue(task)
+                    return
+                }
+            }
+            if signals.preemptRequested.exchange(false, ordering: .acquiring) && task.state == .runnable {
+                let now = Self.monotonicNanoseconds()
+                timers.fire(now: now, sandbox: self)
+                scheduler.expireDeadlines(now: now)
+                if scheduler.hasHostWaiters { scheduler.pollHost(timeoutNanoseconds: 0) }
+                if scheduler.hasRunnable {
+                    scheduler.enqueue(task)
+                    return
+                }
+                signals.nextDeadline.store([scheduler.nextDeadline, timers.nextDeadline].compactMap { $0 }.min() ?? .max,
+                                           ordering: .relaxed)
+                signals.sliceNumber.add(1, ordering: .relaxed)
+            }
+        }
+    }
+
+    /// The sandbox's timers (ITIMER_REAL, POSIX timers, timerfds with waiters).
+    let timers = TimerList()
+
+    /// CLOCK_MONOTONIC in nanoseconds: the clock of `Milestones`, deadlines and timers.
+    public static func monotonicNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+
+    // MARK: ending tasks and processes
+
+    /// Ends one thread: exit(2), or part of its process's death.
+    func exitTask(_ task: Task) {
+        guard task.state != .exited else { return }
+        scheduler.detach(task)
+        task.state = .exited
+        task.hasPendingSyscall = false
+        let group = task.group
+        if task.clearChildTID != 0 && group.exitStatus == nil {
+            // The thread library's join: zero the TID word and wake one waiter.
+            if (try? task.space.store(UInt32(0), at: task.clearChildTID)) != nil {
+                _ = futexes.wake(FutexTable.Key(image: task.image, address: task.clearChildTID), count: 1, bitset: .max)
+            }
+        }
+        if task.robustList != 0 { releaseRobustFutexes(of: task) }
+        task.image.unload(task)
+        // Its fds close now (a pipe's reader sees end-of-file), unless other threads share them.
+        task.files = FileTable()
+        tasks[task.tid] = nil
+        group.tasks.removeAll { $0 === task }
+        if group.tasks.isEmpty { processEnded(group) }
+    }
+
+    /// Ends every thread of `group` with `status` (exit_group, a fatal signal).
+    func exitGroup(_ group: ThreadGroup, status: SandboxExit) {
+        if group.exitStatus == nil { group.exitStatus = status }
+        for task in group.tasks { exitTask(task) }
+    }
+
+    /// The last thread of `group` is gone: it becomes a zombie for its parent, or ends the sandbox.
+    private func processEnded(_ group: ThreadGroup) {
+        let status = group.exitStatus ?? .exited(status: 0)
+        group.exitStatus = status
+        group.zombieStatus = ThreadGroup.waitStatus(status)
+        timers.removeAll(ownedBy: group)
+        group.vforkDone.wakeAll()
+        if group === initialGroup {
+            if exitStatus == nil { exitStatus = status }
+            return
+        }
+        for child in groups.values where child.parentPID == group.pid { child.parentPID = initialGroup.pid }
+        guard let parent = groups[group.parentPID], !parent.isZombie else {
+            groups[group.pid] = nil  // nobody can wait for it
+            return
+        }
+        parent.childEvents.wakeAll()
+        let action = parent.leader?.signalHandlers.action(for: SIGCHLD) ?? SignalAction()
+        if group.exitSignal == SIGCHLD && (action.handler == SignalAction.ignore || action.flags & SignalAction.noChildWait != 0) {
+            groups[group.pid] = nil  // auto-reaped, as Linux does when SIGCHLD is ignored
+            return
+        }
+        if group.exitSignal > 0 {
+            var info = SignalInformation(signal: group.exitSignal)
+            info.code = status.isSignal ? SignalInformation.childKilled : SignalInformation.childExited
+            info.senderPID = group.pid
+            info.status = status.isSignal ? status.signalNumber : status.exitCode
+            send(info, toProcess: parent)
+        }
+    }
+
+    /// Removes and returns an exited child of `parent` (a specific one when `pid` > 0, any with -1).
+    func reapChild(of parent: ThreadGroup, pid: Int32, remove: Bool = true) -> ThreadGroup? {
+        let child = groups.values.filter { $0.parentPID == parent.pid && $0.isZombie && (pid <= 0 || $0.pid == pid) }
+            .min { $0.pid < $1.pid }
+        if let child, remove { groups[child.pid] = nil }
+        return child
+    }
+
+    func hasChildren(_ parent: ThreadGroup, pid: Int32) -> Bool {
+        groups.values.contains { $0.parentPID == parent.pid && (pid <= 0 || $0.pid == pid) }
+    }
+}
+
+/// Limits on what a sandbox's program may create.
+public struct SandboxLimits: Sendable {
+    /// Threads plus processes alive at once; clone/fork beyond it get EAGAIN.
+    public var maximumTasks: Int = 256
+
+    public init(maximumTasks: Int = 256) {
+        self.maximumTasks = maximumTasks
+    }
+}
+
+extension SandboxExit {
+    var isSignal: Bool { if case .killed = self { true } else { self == .timedOut || self == .readyPoint } }
+    var signalNumber: Int32 { if case .killed(let signal, _) = self { signal } else { SIGKILL } }
+    var exitCode: Int32 { if case .exited(let status) = self { status } else { 0 } }
+}
