@@ -26,6 +26,7 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
     static let ENOTSUP = Errno(Glibc.EOPNOTSUPP), ENOTSOCK = Errno(Glibc.ENOTSOCK), ENOTCONN = Errno(Glibc.ENOTCONN)
     static let EAFNOSUPPORT = Errno(Glibc.EAFNOSUPPORT), EPROTONOSUPPORT = Errno(Glibc.EPROTONOSUPPORT)
     static let ECONNRESET = Errno(Glibc.ECONNRESET), EDEADLK = Errno(Glibc.EDEADLK)
+    static let EISCONN = Errno(Glibc.EISCONN), ENOBUFS = Errno(Glibc.ENOBUFS), ENOPROTOOPT = Errno(Glibc.ENOPROTOOPT)
     static let EMSGSIZE = Errno(Glibc.EMSGSIZE), EOPNOTSUPP = Errno(Glibc.EOPNOTSUPP), ENFILE = Errno(Glibc.ENFILE)
     /// Not an error the guest sees: a handler parked the task and the syscall re-runs when it is
     /// woken (Linux's ERESTARTSYS plays a similar part). See `SyscallDispatch.swift`.
@@ -43,6 +44,6 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
         Glibc.ETIMEDOUT: "ETIMEDOUT", Glibc.EOVERFLOW: "EOVERFLOW", Glibc.EOPNOTSUPP: "EOPNOTSUPP",
         Glibc.ENOTSOCK: "ENOTSOCK", Glibc.ENOTCONN: "ENOTCONN", Glibc.EAFNOSUPPORT: "EAFNOSUPPORT",
         Glibc.EPROTONOSUPPORT: "EPROTONOSUPPORT", Glibc.ECONNRESET: "ECONNRESET", Glibc.EDEADLK: "EDEADLK",
-        Glibc.EMSGSIZE: "EMSGSIZE", Glibc.ENFILE: "ENFILE", 512: "ERESTARTSYS",
+        Glibc.EMSGSIZE: "EMSGSIZE", Glibc.EISCONN: "EISCONN", Glibc.ENOBUFS: "ENOBUFS", Glibc.ENOPROTOOPT: "ENOPROTOOPT", Glibc.ENFILE: "ENFILE", 512: "ERESTARTSYS",
     ]
 }

@@ -257,7 +257,7 @@ public final class Sandbox {
     }
 
     /// The sandbox's timers (ITIMER_REAL, POSIX timers, timerfds with waiters).
-    let timers = TimerList()
+    lazy var timers = TimerList(signals: scheduler.signals)
 
     /// CLOCK_MONOTONIC in nanoseconds: the clock of `Milestones`, deadlines and timers.
     public static func monotonicNanoseconds() -> UInt64 {

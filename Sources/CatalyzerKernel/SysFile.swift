@@ -358,6 +358,18 @@ extension Task {
     func sysIoctl(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let file = try files.file(a[0])
         let request = UInt(truncatingIfNeeded: a[1])
+        let setNonblocking: UInt = 0x5421, setCloseOnExec: UInt = 0x5451, clearCloseOnExec: UInt = 0x5450
+        switch request {
+        case setNonblocking:  // FIONBIO: os.set_blocking
+            let on = try space.load(Int32.self, at: a[2]) != 0
+            file.statusFlags = on ? file.statusFlags | O_NONBLOCK : file.statusFlags & ~O_NONBLOCK
+            return 0
+        case setCloseOnExec, clearCloseOnExec:
+            try files.setCloseOnExec(a.int32(0), request == setCloseOnExec)
+            return 0
+        default:
+            break
+        }
         // Only terminal queries on a host terminal are answered; everything else is not a tty.
         let sizes: [UInt: Int] = [UInt(TCGETS): 36, UInt(TIOCGWINSZ): 8]
         guard case .host(let fd, _) = file.backing, let size = sizes[request], isatty(fd) == 1 else {

@@ -110,14 +110,14 @@ extension Task {
                 continue
             }
             let events = entries[index].events | Int16(POLLHUP | POLLERR)
-            switch readiness(of: file, waitingIn: &wait) {
-            case .host(let fd):
+            if case .host(let fd, _) = file.backing {
                 hostEntries.append(pollfd(fd: fd, events: entries[index].events, revents: 0))
                 hostIndices.append(index)
-            case .ready(let revents):
-                entries[index].revents = revents & events
-                if entries[index].revents != 0 { ready += 1 }
+                continue
             }
+            entries[index].revents = FileReadiness.current(file) & events
+            if entries[index].revents != 0 { ready += 1 }
+            FileReadiness.addWaitTargets(of: file, events: entries[index].events, to: &wait)
         }
         if !hostEntries.isEmpty {
             let result = hostEntries.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), 0) }
@@ -134,33 +134,5 @@ extension Task {
         }
         wait.hostDescriptors = hostEntries
         try block(wait)
-    }
-
-    enum Readiness {
-        /// A host fd: ask the host.
-        case host(fd: Int32)
-        /// POLLIN/POLLOUT/POLLHUP/POLLERR as they are now.
-        case ready(Int16)
-    }
-
-    /// Whether `file` is readable or writable now; adds to `wait` what to wait on for a change.
-    func readiness(of file: OpenFile, waitingIn wait: inout Wait) -> Readiness {
-        switch file.backing {
-        case .host(let fd, _):
-            return .host(fd: fd)
-        case .memory:
-            return .ready(Int16(POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM))
-        case .pipe(let pipe):
-            wait.queues.append(pipe.changed)
-            if file.isWritable {
-                return .ready(pipe.hasReader ? (pipe.room >= Pipe.atomicWriteSize || pipe.room == pipe.capacity ? Int16(POLLOUT | POLLWRNORM) : 0)
-                              : Int16(POLLERR))
-            }
-            return .ready((pipe.isEmpty ? 0 : Int16(POLLIN | POLLRDNORM)) | (pipe.hasWriter ? 0 : Int16(POLLHUP)))
-        case .special(let object):
-            wait.queues.append(object.changed)
-            if let change = object.nextChange { wait.deadline = min(wait.deadline ?? .max, change) }
-            return .ready(object.readiness())
-        }
     }
 }

@@ -26,11 +26,18 @@ final class KernelTimer {
 /// The sandbox's armed timers.
 final class TimerList {
     private var timers: [ObjectIdentifier: KernelTimer] = [:]
+    /// Told of new deadlines, so that the ticker ends a running slice when a timer is due.
+    private let signals: SchedulerSignals
+
+    init(signals: SchedulerSignals) { self.signals = signals }
 
     func arm(_ timer: KernelTimer, deadline: UInt64?, interval: UInt64) {
         timer.deadline = deadline
         timer.interval = interval
         timers[ObjectIdentifier(timer)] = deadline == nil ? nil : timer
+        if let deadline, deadline < signals.nextDeadline.load(ordering: .relaxed) {
+            signals.nextDeadline.store(deadline, ordering: .relaxed)
+        }
     }
 
     func disarm(_ timer: KernelTimer) { arm(timer, deadline: nil, interval: 0) }

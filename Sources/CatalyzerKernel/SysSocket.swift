@@ -1,0 +1,230 @@
+import Glibc
+
+/// Sockets: socketpair(AF_UNIX) inside the sandbox, with send/recv, sendmsg/recvmsg (SCM_RIGHTS),
+/// shutdown and the socket options programs query. There is no network yet: socket(2) of any
+/// other family is EAFNOSUPPORT, and named AF_UNIX sockets (bind/connect) are not supported.
+extension Task {
+    private static let familyUnix: Int32 = 1
+    private static let typeMask: Int32 = 0xF
+    private static let messagePeek: Int32 = 2, messageTruncate: Int32 = 0x20, messageDontWait: Int32 = 0x40
+    private static let messageWaitAll: Int32 = 0x100, messageNoSignal: Int32 = 0x4000
+    private static let messageControlTruncated: Int32 = 0x8, messageCloseOnExec: Int32 = 0x4000_0000
+
+    func sysSocket(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        guard a.int32(0) == Self.familyUnix else { throw Errno.EAFNOSUPPORT }
+        throw Errno.EOPNOTSUPP  // only connected pairs (socketpair) exist in the sandbox
+    }
+
+    func sysSocketpair(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        guard a.int32(0) == Self.familyUnix else { throw Errno.EAFNOSUPPORT }
+        let type = a.int32(1) & Self.typeMask, flags = a.int32(1) & ~Self.typeMask
+        guard [UnixSocket.streamType, UnixSocket.datagramType, UnixSocket.sequencedPacketType].contains(type),
+              flags & ~(O_CLOEXEC | O_NONBLOCK) == 0 else { throw Errno.EINVAL }
+        guard a.int32(2) == 0 else { throw Errno.EPROTONOSUPPORT }
+        let (first, second) = UnixSocket.pair(type: type)
+        let closeOnExec = flags & O_CLOEXEC != 0
+        let firstFD = try files.install(OpenFile(backing: .special(first), guestPath: first.name,
+                                                 statusFlags: O_RDWR | (flags & O_NONBLOCK)), closeOnExec: closeOnExec)
+        let secondFD: Int32
+        do throws(Errno) {
+            secondFD = try files.install(OpenFile(backing: .special(second), guestPath: second.name,
+                                                  statusFlags: O_RDWR | (flags & O_NONBLOCK)), closeOnExec: closeOnExec)
+            try space.storeStruct((firstFD, secondFD), at: a[3])
+        } catch {
+            try? files.close(firstFD)
+            throw error
+        }
+        return 0
+    }
+
+    private func socket(_ fd: UInt64) throws(Errno) -> (OpenFile, UnixSocket) {
+        let file = try files.file(fd)
+        guard case .special(let object) = file.backing, let socket = object as? UnixSocket else { throw Errno.ENOTSOCK }
+        return (file, socket)
+    }
+
+    func sysSendto(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let (file, socket) = try socket(a[0])
+        guard a[4] == 0 || socket.isStream == false else { throw Errno.EISCONN }
+        let bytes = try space.read(a[1], count: min(try a.length(2), UnixSocket.capacity + 1))
+        let flags = a.int32(3)
+        return UInt64(try socket.send(self, bytes, rights: [], nonblocking: nonblocking(file, flags),
+                                      noSignal: flags & Self.messageNoSignal != 0))
+    }
+
+    func sysRecvfrom(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let (file, socket) = try socket(a[0])
+        let flags = a.int32(3)
+        let vectors = try ioBuffers([(a[1], try a.length(2))])
+        let result = try socket.receive(self, into: vectors, nonblocking: nonblocking(file, flags),
+                                        peek: flags & Self.messagePeek != 0, waitAll: flags & Self.messageWaitAll != 0)
+        if a[4] != 0 && a[5] != 0 { try space.store(UInt32(2), at: a[5]) }  // an unnamed peer: just the family
+        if a[4] != 0 { try space.store(UInt16(Self.familyUnix), at: a[4]) }
+        return UInt64(flags & Self.messageTruncate != 0 && !socket.isStream ? result.length : result.count)
+    }
+
+    func sysSendmsg(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let (file, socket) = try socket(a[0])
+        let header = try space.read(a[1], count: 56)
+        func word(_ offset: Int) -> UInt64 { header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
+        let segments = try ioVectorList(word(16), count: word(24))
+        var bytes: [UInt8] = []
+        for (base, length) in segments where bytes.count <= UnixSocket.capacity {
+            bytes += try space.read(base, count: min(length, UnixSocket.capacity + 1 - bytes.count))
+        }
+        var rights: [OpenFile] = []
+        let control = word(32), controlLength = word(40)
+        if control != 0 && controlLength > 0 {
+            guard controlLength <= 64 << 10 else { throw Errno.ENOBUFS }
+            let controlBytes = try space.read(control, count: Int(controlLength))
+            var offset = 0
+            while offset + 16 <= controlBytes.count {
+                let length = Int(controlBytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) })
+                let level = controlBytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 8, as: Int32.self) }
+                let type = controlBytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 12, as: Int32.self) }
+                guard length >= 16, offset + length <= controlBytes.count else { throw Errno.EINVAL }
+                if level == SOL_SOCKET && type == 1 {  // SCM_RIGHTS
+                    let count = (length - 16) / 4
+                    guard rights.count + count <= 253 else { throw Errno.EINVAL }  // SCM_MAX_FD
+                    for index in 0..<count {
+                        let fd = controlBytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 16 + index * 4, as: Int32.self) }
+                        rights.append(try files.file(fd))
+                    }
+                } else if !(level == SOL_SOCKET && type == 2) {  // SCM_CREDENTIALS is accepted and ignored
+                    throw Errno.EINVAL
+                }
+                offset += (length + 7) & ~7
+            }
+        }
+        let flags = a.int32(2)
+        return UInt64(try socket.send(self, bytes, rights: rights, nonblocking: nonblocking(file, flags),
+                                      noSignal: flags & Self.messageNoSignal != 0))
+    }
+
+    func sysRecvmsg(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let (file, socket) = try socket(a[0])
+        let flags = a.int32(2)
+        let header = try space.read(a[1], count: 56)
+        func word(_ offset: Int) -> UInt64 { header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
+        let vectors = try ioBuffers(try ioVectorList(word(16), count: word(24)))
+        let result = try socket.receive(self, into: vectors, nonblocking: nonblocking(file, flags),
+                                        peek: flags & Self.messagePeek != 0, waitAll: flags & Self.messageWaitAll != 0)
+        var messageFlags: Int32 = result.truncated ? Self.messageTruncate : 0
+        let control = word(32), controlLength = Int(min(word(40), 64 << 10))
+        var controlWritten = 0
+        if !result.rights.isEmpty {
+            let room = controlLength >= 16 ? (controlLength - 16) / 4 : 0
+            let passed = result.rights.prefix(room)
+            if passed.count < result.rights.count { messageFlags |= Self.messageControlTruncated }
+            if !passed.isEmpty {
+                var fds: [Int32] = []
+                for right in passed {
+                    guard let fd = try? files.install(right, closeOnExec: flags & Self.messageCloseOnExec != 0) else {
+                        messageFlags |= Self.messageControlTruncated
+                        break
+                    }
+                    fds.append(fd)
+                }
+                var bytes: [UInt8] = []
+                withUnsafeBytes(of: UInt64(16 + fds.count * 4)) { bytes += $0 }
+                withUnsafeBytes(of: Int32(SOL_SOCKET)) { bytes += $0 }
+                withUnsafeBytes(of: Int32(1)) { bytes += $0 }
+                for fd in fds { withUnsafeBytes(of: fd) { bytes += $0 } }
+                try space.write(bytes, to: control)
+                controlWritten = (bytes.count + 7) & ~7
+            }
+        }
+        if word(0) != 0 {  // msg_name: an unnamed AF_UNIX peer
+            try space.store(UInt16(Self.familyUnix), at: word(0))
+            try space.store(UInt32(2), at: a[1] + 8)
+        }
+        try space.store(UInt64(min(controlWritten, controlLength)), at: a[1] + 40)
+        try space.store(messageFlags, at: a[1] + 48)
+        return UInt64(flags & Self.messageTruncate != 0 && !socket.isStream ? result.length : result.count)
+    }
+
+    func sysShutdown(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let (_, socket) = try socket(a[0])
+        switch a.int32(1) {
+        case 0: socket.shutdown(read: true, write: false)
+        case 1: socket.shutdown(read: false, write: true)
+        case 2: socket.shutdown(read: true, write: true)
+        default: throw Errno.EINVAL
+        }
+        return 0
+    }
+
+    func sysGetsockopt(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let (_, socket) = try socket(a[0])
+        guard a.int32(1) == SOL_SOCKET else { throw Errno.ENOPROTOOPT }
+        let value: Int32
+        switch a.int32(2) {
+        case SO_TYPE: value = socket.type
+        case SO_ERROR, SO_ACCEPTCONN: value = 0
+        case SO_DOMAIN: value = Self.familyUnix
+        case SO_PROTOCOL: value = 0
+        case SO_RCVBUF, SO_SNDBUF: value = Int32(UnixSocket.capacity)
+        case SO_PASSCRED, SO_KEEPALIVE, SO_REUSEADDR, SO_BROADCAST: value = 0
+        default: throw Errno.ENOPROTOOPT
+        }
+        guard try space.load(UInt32.self, at: a[4]) >= 4 else { throw Errno.EINVAL }
+        try space.store(value, at: a[3])
+        try space.store(UInt32(4), at: a[4])
+        return 0
+    }
+
+    /// Options are accepted and have no effect (buffer sizes, credentials passing, timeouts).
+    func sysSetsockopt(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        _ = try socket(a[0])
+        return 0
+    }
+
+    func sysGetsockname(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        _ = try socket(a[0])
+        guard try space.load(UInt32.self, at: a[2]) >= 2 else { throw Errno.EINVAL }
+        try space.store(UInt16(Self.familyUnix), at: a[1])
+        try space.store(UInt32(2), at: a[2])
+        return 0
+    }
+
+    func sysGetpeername(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let (_, socket) = try socket(a[0])
+        guard !socket.peerClosed else { throw Errno.ENOTCONN }
+        return try sysGetsockname(a)
+    }
+
+    func sysUnsupportedSocketCall(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        _ = try socket(a[0])
+        throw Errno.EOPNOTSUPP
+    }
+
+    private func nonblocking(_ file: OpenFile, _ flags: Int32) -> Bool {
+        file.statusFlags & O_NONBLOCK != 0 || flags & Self.messageDontWait != 0
+    }
+
+    /// A guest `struct iovec` array as (base, length) pairs.
+    func ioVectorList(_ address: UInt64, count: UInt64) throws(Errno) -> [(UInt64, Int)] {
+        guard count <= 1024 else { throw Errno.EMSGSIZE }
+        guard count > 0 else { return [] }
+        let bytes = try space.read(address, count: Int(count) * 16)
+        return (0..<Int(count)).map { index in
+            let base = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16, as: UInt64.self) }
+            let length = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16 + 8, as: UInt64.self) }
+            return (base, Int(clamping: min(length, UInt64(Self.maximumTransfer))))
+        }
+    }
+
+    /// Host buffers behind writable guest segments.
+    func ioBuffers(_ segments: [(UInt64, Int)]) throws(Errno) -> [iovec] {
+        var vectors: [iovec] = []
+        var remaining = Self.maximumTransfer
+        for (address, length) in segments where remaining > 0 && length > 0 {
+            let take = min(length, remaining)
+            for buffer in try space.hostBuffers(address, length: take, access: .write) {
+                vectors.append(iovec(iov_base: buffer.baseAddress, iov_len: buffer.count))
+            }
+            remaining -= take
+        }
+        return vectors
+    }
+}
