@@ -123,8 +123,10 @@ final class EventPoll: SpecialFile {
         weak var file: OpenFile?
         var events: UInt32
         var data: UInt64
-        /// Conditions already reported (edge-triggered entries).
+        /// Conditions already reported (edge-triggered entries), and the generation of the file's
+        /// wait queue when they were.
         var reported: UInt32 = 0
+        var reportedGeneration: UInt64 = 0
     }
 
     static let edgeTriggered: UInt32 = 1 << 31, oneShot: UInt32 = 1 << 30
@@ -145,7 +147,9 @@ final class EventPoll: SpecialFile {
         guard index(fd: fd, file: file) == nil else { throw Errno.EEXIST }
         guard interests.count < Self.maximumInterests else { throw Errno.ENOSPC }
         if case .special(let object) = file.backing, object === self { throw Errno.EINVAL }
-        interests.append(Interest(fd: fd, file: file, events: events, data: data))
+        var interest = Interest(fd: fd, file: file, events: events, data: data)
+        interest.reportedGeneration = FileReadiness.changes(of: file).map { $0.generation &- 1 } ?? 0
+        interests.append(interest)
     }
 
     func modify(fd: Int32, file: OpenFile, events: UInt32, data: UInt64) throws(Errno) {
@@ -153,6 +157,7 @@ final class EventPoll: SpecialFile {
         interests[index].events = events
         interests[index].data = data
         interests[index].reported = 0
+        interests[index].reportedGeneration = FileReadiness.changes(of: file).map { $0.generation &- 1 } ?? 0
     }
 
     func remove(fd: Int32, file: OpenFile) throws(Errno) {
@@ -168,7 +173,7 @@ final class EventPoll: SpecialFile {
     }
 
     func readiness() -> Int16 {
-        interests.contains { $0.events & 0xFFFF != 0 && conditions($0) & ~$0.reported != 0 } ? Int16(POLLIN | POLLRDNORM) : 0
+        interests.contains { $0.events & 0xFFFF != 0 && conditions($0) != 0 } ? Int16(POLLIN | POLLRDNORM) : 0
     }
 
     /// Up to `limit` ready entries as (events, data), updating edge and one-shot state.
@@ -181,10 +186,14 @@ final class EventPoll: SpecialFile {
             if interest.events & Self.oneShot != 0 && interest.events & 0xFFFF == 0 { continue }
             let now = conditions(interest)
             if interest.events & Self.edgeTriggered != 0 {
+                // New conditions, or a new event on the file (data arrived while it stayed readable).
+                let generation = interest.file.flatMap { FileReadiness.changes(of: $0)?.generation }
+                let moved = generation.map { $0 != interest.reportedGeneration } ?? false
                 interests[index].reported &= now  // conditions that cleared can report again
                 let fresh = now & ~interest.reported
-                guard fresh != 0 else { continue }
+                guard now != 0, fresh != 0 || moved else { continue }
                 interests[index].reported |= now
+                interests[index].reportedGeneration = generation ?? 0
             } else if now == 0 {
                 continue
             }

@@ -22,6 +22,15 @@ enum FileReadiness {
         }
     }
 
+    /// The wait queue woken when `file`'s state changes (nil for host fds and regular files).
+    static func changes(of file: OpenFile) -> WaitQueue? {
+        switch file.backing {
+        case .pipe(let pipe): return pipe.changed
+        case .special(let object): return object.changed
+        case .host, .memory: return nil
+        }
+    }
+
     /// Adds to `wait` what wakes a task waiting for `file` to change: its wait queue, a time it
     /// changes by itself, or its host fd with `events`.
     static func addWaitTargets(of file: OpenFile, events: Int16, to wait: inout Wait) {

@@ -22,6 +22,9 @@ struct Wait {
 /// table). Waking makes them runnable; each re-checks its condition.
 final class WaitQueue {
     private var waiters: [Task] = []
+    /// Bumped by every `wakeAll`: edge-triggered epoll reports a file again when its queue's
+    /// generation moved (new data arrived), even if it never stopped being ready.
+    private(set) var generation: UInt64 = 0
 
     init() {}
 
@@ -67,6 +70,7 @@ final class WaitQueue {
 
     /// Wakes every waiter.
     func wakeAll() {
+        generation &+= 1
         guard !waiters.isEmpty else { return }
         let woken = waiters
         waiters.removeAll()

@@ -209,19 +209,32 @@ extension Task {
                 throw Errno.EPIPE
             }
             let length = vectors.reduce(0) { $0 + $1.iov_len }
-            // Writes up to PIPE_BUF go in whole; larger ones take what fits (a partial write).
+            // Writes up to PIPE_BUF go in whole; a larger blocking write goes in pieces as room
+            // appears, the bytes already written kept in `transferred` across the waits.
             let needed = length <= Pipe.atomicWriteSize ? length : 1
             if pipe.room < needed {
-                guard file.statusFlags & O_NONBLOCK == 0 else { throw Errno.EAGAIN }
-                try block(Wait(queues: [pipe.changed], reason: "write to \(file.guestPath)"))
+                guard file.statusFlags & O_NONBLOCK == 0 else {
+                    if transferred > 0 { return transferred }
+                    throw Errno.EAGAIN
+                }
+                try blockKeepingProgress(Wait(queues: [pipe.changed], reason: "write to \(file.guestPath)"))
             }
-            var total = 0
+            var skip = transferred
             for vector in vectors {
-                let written = pipe.write(UnsafeRawBufferPointer(start: vector.iov_base, count: vector.iov_len))
-                total += written
-                if written < vector.iov_len { break }
+                if skip >= vector.iov_len {
+                    skip -= vector.iov_len
+                    continue
+                }
+                let count = vector.iov_len - skip
+                let written = pipe.write(UnsafeRawBufferPointer(start: vector.iov_base! + skip, count: count))
+                skip = 0
+                transferred += written
+                if written < count { break }
             }
-            return total
+            if transferred < length && file.statusFlags & O_NONBLOCK == 0 {
+                try blockKeepingProgress(Wait(queues: [pipe.changed], reason: "write to \(file.guestPath)"))
+            }
+            return transferred
         default:
             return try writeSpecial(file, from: vectors)
         }

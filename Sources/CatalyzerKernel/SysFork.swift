@@ -147,7 +147,6 @@ extension Task {
             if options & Self.waitNoHang != 0 { return 0 }
             try block(Wait(queues: [group.childEvents], reason: "wait4 for \(target > 0 ? "pid \(target)" : "a child")"))
         }
-        consumeChildSignal(child)
         if a[1] != 0 { try space.store(child.zombieStatus ?? 0, at: a[1]) }
         if a[3] != 0 { try space.write([UInt8](repeating: 0, count: 144), to: a[3]) }  // struct rusage
         return UInt64(child.pid)
@@ -168,7 +167,6 @@ extension Task {
             }
             try block(Wait(queues: [group.childEvents], reason: "waitid"))
         }
-        if !keep { consumeChildSignal(child) }
         if a[2] != 0 {
             let status = child.exitStatus ?? .exited(status: 0)
             var bytes = [UInt8](repeating: 0, count: 128)
@@ -183,12 +181,6 @@ extension Task {
             try space.write(bytes, to: a[2])
         }
         return 0
-    }
-
-    /// A reaped child's SIGCHLD, if still pending and no other child is a zombie, is consumed
-    /// (a program that waits synchronously should not also get a late signal for it).
-    private func consumeChildSignal(_ child: ThreadGroup) {
-        if sandbox.reapChild(of: group, pid: -1, remove: false) == nil { group.pendingSignals.remove(SIGCHLD) }
     }
 
     func sysExecve(_ a: SyscallArguments) throws(Errno) -> UInt64 {

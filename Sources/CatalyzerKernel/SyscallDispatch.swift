@@ -54,6 +54,7 @@ extension Task {
             result = -Int64(Errno.ENOSYS.code)
         }
         syscallDeadline = nil
+        transferred = 0
         interruptedBySignal = false
         sigtimedwaitSet = nil
         interruptedSyscall = result == -Int64(Errno.EINTR.code) ? arguments.number : nil
@@ -80,6 +81,16 @@ extension Task {
         }
         sandbox.scheduler.block(self, wait)
         throw Errno.blocked
+    }
+
+    /// `block` for a transfer that has made progress: a signal then ends the call with the bytes
+    /// moved so far instead of EINTR (`transferred` is returned by the caller).
+    func blockKeepingProgress(_ wait: Wait) throws(Errno) {
+        do throws(Errno) {
+            try block(wait)
+        } catch where error == Errno.EINTR && transferred > 0 {
+            return
+        }
     }
 
     /// The host-monotonic deadline of a timeout of `nanoseconds` from the syscall's first attempt.

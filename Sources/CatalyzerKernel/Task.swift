@@ -54,6 +54,8 @@ final class Task {
     /// The absolute host-monotonic deadline of the current syscall's timeout, kept across the
     /// re-runs of a blocking syscall so that a timeout is measured from the first attempt.
     var syscallDeadline: UInt64?
+    /// Bytes a blocking write already moved before it had to wait for room (pipes, sockets).
+    var transferred = 0
     /// Set when a signal interrupted the blocked syscall: it completes with EINTR (or restarts).
     var interruptedBySignal = false
     /// A result a waker handed over (a futex wake-up): the pending syscall returns it as is.

@@ -74,17 +74,17 @@ final class UnixSocket: SpecialFile {
             && queue.allSatisfy({ $0.rights.isEmpty }) && queuedBytes < Self.capacity {
             try task.block(Wait(queues: [changed], reason: "read from a socket (MSG_WAITALL)"))
         }
-        // A stream read stops before a message carrying fds (unless it starts with it), as Linux does.
+        // A stream read takes the fds of the first message that carries some and stops after it.
         var gathered: [UInt8] = []
         var rights: [OpenFile] = []
         var consumedMessages = 0
         var partial = 0
-        for (index, message) in queue.enumerated() where gathered.count < wanted {
-            if index > 0 && !message.rights.isEmpty { break }
+        for message in queue where gathered.count < wanted {
             let take = min(message.bytes.count, wanted - gathered.count)
             gathered += message.bytes.prefix(take)
             rights += message.rights
             if take == message.bytes.count { consumedMessages += 1 } else { partial = take }
+            if !message.rights.isEmpty { break }
         }
         if !peek {
             dequeue(consumedMessages)

@@ -28,6 +28,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("env"), help: "Set an environment variable (KEY=VALUE); repeatable.")
     var environment: [String] = []
 
+    @Option(help: "Threads plus processes the program may have at once; clone and fork beyond it fail with EAGAIN.")
+    var maxTasks = 256
+
     @Flag(help: "Print every syscall with its arguments and result to stderr.")
     var strace = false
 
@@ -36,6 +39,7 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         try Self.validate(command: command, environment: environment, memory: memory)
+        guard maxTasks >= 1 else { throw ValidationError("--max-tasks must be at least 1") }
     }
 
     /// Checks the arguments every command that starts a sandbox takes.
@@ -59,9 +63,10 @@ struct Run: ParsableCommand {
     func run() throws {
         let environment = Self.environment(environment)
         let program = Self.resolveProgram(command[0], rootfs: rootfs, environment: environment)
-        let configuration = SandboxConfiguration(
+        var configuration = SandboxConfiguration(
             rootDirectory: rootfs, memorySize: Int(ByteCount.parse(memory) ?? 0), programPath: program, arguments: command,
             environment: environment, traceSyscalls: strace)
+        configuration.limits.maximumTasks = maxTasks
         let kernel: Sandbox
         do {
             kernel = try Sandbox(configuration: configuration)
