@@ -124,8 +124,9 @@ extension Kernel {
         case .host(let fd, _):
             return try retryingHostCall {
                 vectors.withUnsafeBufferPointer { buffer in
-                    offset.map { preadv(fd, buffer.baseAddress, Int32(buffer.count), off_t($0)) }
-                        ?? readv(fd, buffer.baseAddress, Int32(buffer.count))
+                    // At most IOV_MAX buffers per host call (scattered guest pages): a short read.
+                    offset.map { preadv(fd, buffer.baseAddress, Int32(min(buffer.count, Self.maximumIOVectors)), off_t($0)) }
+                        ?? readv(fd, buffer.baseAddress, Int32(min(buffer.count, Self.maximumIOVectors)))
                 }
             }
         case .memory(let node):
@@ -154,8 +155,8 @@ extension Kernel {
         case .host(let fd, _):
             return try retryingHostCall {
                 vectors.withUnsafeBufferPointer { buffer in
-                    offset.map { pwritev(fd, buffer.baseAddress, Int32(buffer.count), off_t($0)) }
-                        ?? writev(fd, buffer.baseAddress, Int32(buffer.count))
+                    offset.map { pwritev(fd, buffer.baseAddress, Int32(min(buffer.count, Self.maximumIOVectors)), off_t($0)) }
+                        ?? writev(fd, buffer.baseAddress, Int32(min(buffer.count, Self.maximumIOVectors)))
                 }
             }
         case .memory(let node):

@@ -62,7 +62,7 @@ extension Kernel {
         if let source {
             do throws(Errno) {
                 // A private file mapping is a copy of the file's bytes (bytes past EOF stay zero).
-                _ = try read(source, into: [(start, Int(size))], at: Int64(offset), access: .loader)
+                try copyFile(source, at: Int64(offset), intoMapping: start, size: Int(size))
             } catch {
                 space.unmap(start, start + size)
                 throw error
@@ -70,6 +70,27 @@ extension Kernel {
         }
         return start
     }
+
+    /// Fills a new mapping with the file's bytes from `offset`. Not one `read`: that is capped at
+    /// `maximumTransfer` and makes one host buffer per run of contiguous guest pages, and once the
+    /// program has freed memory the pages of a mapping are scattered, so a mapping over 4 MiB
+    /// could need more than IOV_MAX (1024) buffers, which preadv refuses with EINVAL. Batches of
+    /// at most IOV_MAX buffers go to the host until the mapping is full or the file ends.
+    private func copyFile(_ file: OpenFile, at offset: Int64, intoMapping start: UInt64, size: Int) throws(Errno) {
+        let buffers = try space.hostBuffers(start, length: size, access: .loader)
+        var position = offset
+        for batchStart in stride(from: 0, to: buffers.count, by: Self.maximumIOVectors) {
+            let batch = buffers[batchStart..<min(batchStart + Self.maximumIOVectors, buffers.count)]
+                .map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+            let wanted = batch.reduce(0) { $0 + $1.iov_len }
+            let got = try read(file, into: batch, at: position)
+            if got < wanted { return }  // end of file: the rest stays zero
+            position += Int64(got)
+        }
+    }
+
+    /// IOV_MAX: the most buffers one preadv/pwritev takes.
+    static let maximumIOVectors = 1024
 
     /// The identity of a rootfs file mapped from `offset`; nil for /tmp files, pipes and devices,
     /// whose contents can change under a mapping.
