@@ -23,6 +23,8 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
     static let EBUSY = Errno(Glibc.EBUSY), ENOSPC = Errno(Glibc.ENOSPC), EPIPE = Errno(Glibc.EPIPE)
     static let ECHILD = Errno(Glibc.ECHILD), E2BIG = Errno(Glibc.E2BIG), ELIBBAD = Errno(Glibc.ELIBBAD)
     static let ETIMEDOUT = Errno(Glibc.ETIMEDOUT), EOVERFLOW = Errno(Glibc.EOVERFLOW)
+    static let ENODEV = Errno(Glibc.ENODEV), ENOTSUP = Errno(Glibc.EOPNOTSUPP), EDEADLK = Errno(Glibc.EDEADLK)
+    static let ENODATA = Errno(Glibc.ENODATA), ENOLCK = Errno(Glibc.ENOLCK)
 
     private static let names: [Int32: String] = [
         Glibc.EPERM: "EPERM", Glibc.ENOENT: "ENOENT", Glibc.ESRCH: "ESRCH", Glibc.EINTR: "EINTR",
@@ -33,6 +35,7 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
         Glibc.ENAMETOOLONG: "ENAMETOOLONG", Glibc.ENOSYS: "ENOSYS", Glibc.ENOTEMPTY: "ENOTEMPTY",
         Glibc.ELOOP: "ELOOP", Glibc.ENOEXEC: "ENOEXEC", Glibc.EXDEV: "EXDEV", Glibc.EFBIG: "EFBIG", Glibc.ENOSPC: "ENOSPC", Glibc.EBUSY: "EBUSY",
         Glibc.EPIPE: "EPIPE", Glibc.ECHILD: "ECHILD", Glibc.E2BIG: "E2BIG", Glibc.ELIBBAD: "ELIBBAD",
-        Glibc.ETIMEDOUT: "ETIMEDOUT", Glibc.EOVERFLOW: "EOVERFLOW",
+        Glibc.ETIMEDOUT: "ETIMEDOUT", Glibc.EOVERFLOW: "EOVERFLOW", Glibc.ENODEV: "ENODEV",
+        Glibc.EOPNOTSUPP: "EOPNOTSUPP", Glibc.EDEADLK: "EDEADLK", Glibc.ENODATA: "ENODATA", Glibc.ENOLCK: "ENOLCK",
     ]
 }

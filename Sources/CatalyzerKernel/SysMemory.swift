@@ -33,8 +33,9 @@ extension Kernel {
         if !anonymous {
             let file = try files.file(fd)
             guard file.isReadable else { throw Errno.EACCES }
-            // Writes through a shared file mapping would have to reach the file: not supported.
-            if sharing != MAP_PRIVATE && protection.contains(.write) { throw Errno.EACCES }
+            // A shared writable mapping writes to the file: it must be open for writing. Only /tmp
+            // files (and memfds) can be; rootfs files are read-only.
+            if sharing != MAP_PRIVATE && protection.contains(.write) && !file.isWritable { throw Errno.EACCES }
             guard offset <= UInt64(Int64.max) - size else { throw Errno.EOVERFLOW }
             source = file
         }
@@ -57,9 +58,13 @@ extension Kernel {
             guard let free = space.findFree(length: size) else { throw Errno.ENOMEM }
             start = free
         }
+        var sharedPages: SharedMapping?
+        if let source, sharing != MAP_PRIVATE, case .memory(let node) = source.backing {
+            sharedPages = try sharedMapping(of: node, offset: offset, size: size)
+        }
         try space.map(start, start + size, protection: protection, name: source?.guestPath ?? "anonymous",
-                      pristineCopy: sharing == MAP_PRIVATE ? fileRange : nil)
-        if let source {
+                      pristineCopy: sharing == MAP_PRIVATE ? fileRange : nil, shared: sharedPages)
+        if let source, sharedPages == nil {
             do throws(Errno) {
                 // A private file mapping is a copy of the file's bytes (bytes past EOF stay zero).
                 try copyFile(source, at: Int64(offset), intoMapping: start, size: Int(size))
@@ -87,6 +92,38 @@ extension Kernel {
             if got < wanted { return }  // end of file: the rest stays zero
             position += Int64(got)
         }
+    }
+
+    /// The pages of a /tmp file for a `MAP_SHARED` mapping of `[offset, offset+size)`: the file's
+    /// bytes move into shared memory (see `SharedFileMemory`), which is attached to this VM.
+    /// The memfd is extended to cover the mapping (past the file's end Linux would raise SIGBUS;
+    /// here those pages read as zero and are not part of the file).
+    private func sharedMapping(of node: MemoryNode, offset: UInt64, size: UInt64) throws(Errno) -> SharedMapping {
+        guard !node.isDirectory, !node.isSymlink else { throw Errno.ENODEV }
+        let memory = try node.makeShared(reserving: filesystem.tmp.capacity)
+        guard offset + size <= UInt64(memory.reserved) else { throw Errno.ENOMEM }
+        let extent = Int(offset + size)
+        try memory.ensureBacked(extent)
+        let slotSize = (extent + (2 << 20) - 1) & ~((2 << 20) - 1)
+        let window: UInt64
+        do {
+            window = try space.memory.attach(host: memory.base, size: min(slotSize, memory.reserved), owner: memory)
+        } catch {
+            throw Errno.ENOMEM
+        }
+        return SharedMapping(memory: memory, window: window, offset: offset)
+    }
+
+    /// msync(2): shared mappings already are the file's pages, so there is nothing to write back;
+    /// the range must be mapped (ENOMEM otherwise) and the flags valid.
+    func sysMsync(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let async: Int32 = 1, invalidate: Int32 = 2, sync: Int32 = 4
+        let flags = a.int32(2)
+        guard flags & ~(async | invalidate | sync) == 0, flags & (async | sync) != (async | sync),
+              Page.isAligned(a[0]) else { throw Errno.EINVAL }
+        let (start, end) = try AddressSpace.userRange(a[0], length: a[1], error: Errno.ENOMEM)
+        guard space.isFullyMapped(start, end) else { throw Errno.ENOMEM }
+        return 0
     }
 
     /// IOV_MAX: the most buffers one preadv/pwritev takes.

@@ -16,6 +16,9 @@ extension Kernel {
     /// Each process is its own process group; moving it is accepted and changes nothing.
     func sysSetpgid(_ a: SyscallArguments) throws(Errno) -> UInt64 { 0 }
     func sysSchedYield(_ a: SyscallArguments) throws(Errno) -> UInt64 { 0 }
+    /// The sandbox is one session whose processes each lead their own group (getsid reports the
+    /// pid): setsid succeeds and returns the caller's pid as the new session id.
+    func sysSetsid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(pid) }
 
     func sysExit(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         pendingExit = .exited(status: a.int32(0) & 0xFF)
