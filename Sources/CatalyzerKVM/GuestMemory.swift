@@ -23,6 +23,29 @@ public final class GuestMemory {
     public let base: UnsafeMutableRawPointer
     public let backing: Backing
 
+    /// Host memory shared with other VMs (a /tmp file mapped `MAP_SHARED`), registered as extra
+    /// KVM memory slots at guest-physical addresses above RAM. A fork's copy of guest RAM keeps
+    /// them (the same host pages, not copies), so parent and child share them as Linux would.
+    public final class AttachedRegion {
+        public let guestPhysical: UInt64
+        public let size: Int
+        public let host: UnsafeMutableRawPointer
+        /// What owns `host` (kept alive while any VM has the slot).
+        public let owner: AnyObject
+        init(guestPhysical: UInt64, size: Int, host: UnsafeMutableRawPointer, owner: AnyObject) {
+            self.guestPhysical = guestPhysical
+            self.size = size
+            self.host = host
+            self.owner = owner
+        }
+    }
+
+    public private(set) var attachedRegions: [AttachedRegion] = []
+    /// The VM using this memory, so attaching can register its slot; set by `VM`.
+    var vmFD: Int32 = -1
+    /// KVM guarantees at least 509 user memory slots per VM (slot 0 is RAM).
+    public static let attachedRegionLimit = 500
+
     public init(size: Int, name: String = "catalyzer-guest-ram") throws {
         precondition(size > 0 && size % GuestMemory.pageSize == 0, "guest memory must be whole pages")
         let fd = ckvm_memfd_create(name)
@@ -63,6 +86,44 @@ public final class GuestMemory {
         close(fd)
     }
 
+    /// Where attached regions start: a gap of at least 1 GiB above RAM, so page runs never span both.
+    private var firstAttachedAddress: UInt64 { (UInt64(size) + (2 << 30) - 1) & ~((1 << 30) - 1) }
+
+    /// The guest-physical address at which `host[0..<size]` (owned by `owner`) appears, registering
+    /// a new memory slot unless one for the same owner and host range, at least as large, exists.
+    public func attach(host: UnsafeMutableRawPointer, size length: Int, owner: AnyObject) throws -> UInt64 {
+        precondition(length > 0 && length % GuestMemory.pageSize == 0, "attached regions are whole pages")
+        if let existing = attachedRegions.first(where: { $0.owner === owner && $0.host == host && $0.size >= length }) {
+            return existing.guestPhysical
+        }
+        guard attachedRegions.count < Self.attachedRegionLimit else { throw KVMError("attach shared memory", errno: ENOMEM) }
+        let start = attachedRegions.last.map { ($0.guestPhysical + UInt64($0.size) + 0x1F_FFFF) & ~0x1F_FFFF } ?? firstAttachedAddress
+        let region = AttachedRegion(guestPhysical: start, size: length, host: host, owner: owner)
+        if vmFD >= 0 {
+            try Self.register(region, slot: UInt32(attachedRegions.count + 1), vmFD: vmFD)
+        }
+        attachedRegions.append(region)
+        return start
+    }
+
+    static func register(_ region: AttachedRegion, slot: UInt32, vmFD: Int32) throws {
+        guard ckvm_set_user_memory_region(vmFD, slot, 0, region.guestPhysical, UInt64(region.size),
+                                          UInt64(UInt(bitPattern: region.host))) == 0 else {
+            throw KVMError("KVM_SET_USER_MEMORY_REGION (shared memory)")
+        }
+    }
+
+    /// Whether `address` is guest RAM (and not an attached region).
+    @inline(__always)
+    public func isRAM(_ address: UInt64) -> Bool { address < UInt64(size) }
+
+    private func attachedPointer(_ address: UInt64) -> UnsafeMutableRawPointer {
+        guard let region = attachedRegions.first(where: { address >= $0.guestPhysical && address - $0.guestPhysical < UInt64($0.size) }) else {
+            preconditionFailure("guest-physical address out of range")
+        }
+        return region.host + Int(address - region.guestPhysical)
+    }
+
     /// A new memfd-backed guest RAM with the same contents (fork). Only the memfd's data extents
     /// are copied (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`), so untouched memory costs nothing.
     /// A privately mapped image copies its first `inUse` bytes, the part the allocator handed out.
@@ -70,6 +131,7 @@ public final class GuestMemory {
     /// checkpoint reads the memfd from its offset.
     public func copy(inUse: Int) throws -> GuestMemory {
         let copy = try GuestMemory(size: size)
+        copy.attachedRegions = attachedRegions
         if backing == .privateFile {
             var done = 0
             let limit = min(inUse, size)
@@ -101,8 +163,8 @@ public final class GuestMemory {
     /// The monitor's pointer to guest-physical `address`; the caller keeps `address + length` in range.
     @inline(__always)
     public func pointer(_ address: UInt64) -> UnsafeMutableRawPointer {
-        precondition(address < UInt64(size), "guest-physical address out of range")
-        return base + Int(address)
+        if address < UInt64(size) { return base + Int(address) }
+        return attachedPointer(address)
     }
 
     public func load<T: FixedWidthInteger>(_ type: T.Type, at address: UInt64) -> T {
@@ -138,6 +200,11 @@ public final class GuestMemory {
     /// the next guest access re-walks the guest page tables. Needed after the monitor removes or
     /// narrows a guest mapping, because its own writes to guest page tables are invisible to KVM.
     public func dropTranslations(pageAt address: UInt64, count: Int = 1) {
+        if !isRAM(address) {
+            // Shared file pages: dropping the monitor's PTEs of a MAP_SHARED memfd keeps the data.
+            madvise(pointer(address), count * GuestMemory.pageSize, MADV_DONTNEED)
+            return
+        }
         switch backing {
         case .memfd:
             madvise(pointer(address), count * GuestMemory.pageSize, MADV_DONTNEED)

@@ -15,6 +15,9 @@ public final class VM {
             try check("KVM_SET_USER_MEMORY_REGION") {
                 ckvm_set_user_memory_region(fd, 0, 0, 0, UInt64(memory.size), UInt64(UInt(bitPattern: memory.base)))
             }
+            for (index, region) in memory.attachedRegions.enumerated() {
+                try GuestMemory.register(region, slot: UInt32(index + 1), vmFD: fd)
+            }
             self.vcpu = try VCPU(vmFD: fd, id: 0, runSize: kvm.vcpuMmapSize, exitRequester: exitRequester)
         } catch {
             close(fd)
@@ -23,7 +26,11 @@ public final class VM {
         self.kvm = kvm
         self.fd = fd
         self.memory = memory
+        memory.vmFD = fd
     }
 
-    deinit { close(fd) }
+    deinit {
+        if memory.vmFD == fd { memory.vmFD = -1 }
+        close(fd)
+    }
 }

@@ -21,6 +21,16 @@ struct MemoryRegion {
     /// For a private file mapping the program has never been able to write: the file bytes its
     /// pages hold, so a later mapping of the same bytes can keep the pages instead of copying.
     var pristineCopy: FileRange?
+    /// For a `MAP_SHARED` mapping of a /tmp file: the file's shared pages behind the region.
+    var shared: SharedMapping? = nil
+}
+
+/// Where a shared file mapping's pages are: the file's memory attached to this VM at `window`
+/// (the guest-physical address of file offset 0), and the file offset at the region's start.
+struct SharedMapping {
+    let memory: SharedFileMemory
+    let window: UInt64
+    var offset: UInt64
 }
 
 /// Bytes of a host file from `offset` on, identified by device and inode.
@@ -108,11 +118,11 @@ final class AddressSpace {
     /// Adds a region over a free range; populates its pages now unless `lazy` (or it has no access).
     /// `pristineCopy` names the file bytes the caller is about to copy into a read-only mapping.
     func map(_ start: UInt64, _ end: UInt64, protection: Protection, name: String, lazy: Bool = false,
-             pristineCopy: FileRange? = nil) throws(Errno) {
+             pristineCopy: FileRange? = nil, shared: SharedMapping? = nil) throws(Errno) {
         guard isFree(start, end) else { throw Errno.ENOMEM }
         let index = regions.firstIndex { $0.start >= end } ?? regions.count
         regions.insert(MemoryRegion(start: start, end: end, protection: protection, name: name,
-                                    pristineCopy: protection.contains(.write) ? nil : pristineCopy), at: index)
+                                    pristineCopy: protection.contains(.write) ? nil : pristineCopy, shared: shared), at: index)
         guard !lazy, !protection.isEmpty else { return }
         do {
             for page in stride(from: start, to: end, by: Int(Page.size)) { try populate(page, protection: protection) }
@@ -127,15 +137,18 @@ final class AddressSpace {
         split(at: start)
         split(at: end)
         var freed: [UInt64] = []
+        var sharedPages: [UInt64] = []
         regions.removeAll { region in
             guard region.start >= start && region.end <= end else { return false }
             for page in pageTables.mappedPages(from: region.start, to: region.end) {
                 pageTables.unmap(virtual: page.virtual)
-                freed.append(page.physical)
+                if memory.isRAM(page.physical) { freed.append(page.physical) } else { sharedPages.append(page.physical) }
             }
             return true
         }
         allocator.free(freed)
+        // Shared file pages stay with the file; only KVM's translations to them must go.
+        for run in GuestMemory.contiguousRuns(sharedPages) { memory.dropTranslations(pageAt: run.start, count: run.count) }
     }
 
     /// Frees the frames behind anonymous pages in the range, leaving the regions in place: the next
@@ -206,7 +219,9 @@ final class AddressSpace {
         guard let index = regionIndex(containing: oldStart), regions[index].end >= oldStart + length,
               isFree(newStart, newStart + length) else { throw Errno.EFAULT }
         let template = regions[index]
-        try map(newStart, newStart + length, protection: template.protection, name: template.name, lazy: true)
+        var shared = template.shared
+        shared?.offset &+= oldStart - template.start
+        try map(newStart, newStart + length, protection: template.protection, name: template.name, lazy: true, shared: shared)
         var moved: [UInt64] = []
         for (virtual, physical, flags) in pageTables.mappedPages(from: oldStart, to: oldStart + length) {
             let offset = virtual - oldStart
@@ -214,7 +229,7 @@ final class AddressSpace {
             do {
                 try pageTables.map(virtual: newStart + offset, physical: physical, flags: flags)
             } catch {
-                allocator.free(physical)
+                if memory.isRAM(physical) { allocator.free(physical) }
                 continue
             }
             moved.append(physical)
@@ -230,6 +245,7 @@ final class AddressSpace {
         var upper = regions[index]
         upper.start = address
         upper.pristineCopy?.offset &+= address - regions[index].start
+        upper.shared?.offset &+= address - regions[index].start
         regions[index].end = address
         regions.insert(upper, at: index + 1)
     }
@@ -250,6 +266,15 @@ final class AddressSpace {
 
     private func populate(_ page: UInt64, protection: Protection) throws(Errno) {
         guard pageTables.translate(virtual: page) == nil else { return }
+        if let index = regionIndex(containing: page), let shared = regions[index].shared {
+            let physical = shared.window &+ shared.offset &+ (page - regions[index].start)
+            do {
+                try pageTables.map(virtual: page, physical: physical, flags: Self.pageFlags(protection))
+            } catch {
+                throw Errno.ENOMEM
+            }
+            return
+        }
         guard let physical = allocator.allocate() else { throw Errno.ENOMEM }
         do {
             try pageTables.map(virtual: page, physical: physical, flags: Self.pageFlags(protection))

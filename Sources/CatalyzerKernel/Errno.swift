@@ -23,7 +23,7 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
     static let EBUSY = Errno(Glibc.EBUSY), ENOSPC = Errno(Glibc.ENOSPC), EPIPE = Errno(Glibc.EPIPE)
     static let ECHILD = Errno(Glibc.ECHILD), E2BIG = Errno(Glibc.E2BIG), ELIBBAD = Errno(Glibc.ELIBBAD)
     static let ETIMEDOUT = Errno(Glibc.ETIMEDOUT), EOVERFLOW = Errno(Glibc.EOVERFLOW)
-    static let ENOTSUP = Errno(Glibc.EOPNOTSUPP), ENOTSOCK = Errno(Glibc.ENOTSOCK), ENOTCONN = Errno(Glibc.ENOTCONN)
+    static let ENOTSOCK = Errno(Glibc.ENOTSOCK), ENOTCONN = Errno(Glibc.ENOTCONN)
     static let EAFNOSUPPORT = Errno(Glibc.EAFNOSUPPORT), EPROTONOSUPPORT = Errno(Glibc.EPROTONOSUPPORT)
     static let ECONNRESET = Errno(Glibc.ECONNRESET), EDEADLK = Errno(Glibc.EDEADLK)
     static let EISCONN = Errno(Glibc.EISCONN), ENOBUFS = Errno(Glibc.ENOBUFS), ENOPROTOOPT = Errno(Glibc.ENOPROTOOPT)
@@ -31,6 +31,8 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
     /// Not an error the guest sees: a handler parked the task and the syscall re-runs when it is
     /// woken (Linux's ERESTARTSYS plays a similar part). See `SyscallDispatch.swift`.
     static let blocked = Errno(512)
+    static let ENODEV = Errno(Glibc.ENODEV), ENOTSUP = Errno(Glibc.EOPNOTSUPP)
+    static let ENODATA = Errno(Glibc.ENODATA), ENOLCK = Errno(Glibc.ENOLCK)
 
     private static let names: [Int32: String] = [
         Glibc.EPERM: "EPERM", Glibc.ENOENT: "ENOENT", Glibc.ESRCH: "ESRCH", Glibc.EINTR: "EINTR",
@@ -45,5 +47,6 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
         Glibc.ENOTSOCK: "ENOTSOCK", Glibc.ENOTCONN: "ENOTCONN", Glibc.EAFNOSUPPORT: "EAFNOSUPPORT",
         Glibc.EPROTONOSUPPORT: "EPROTONOSUPPORT", Glibc.ECONNRESET: "ECONNRESET", Glibc.EDEADLK: "EDEADLK",
         Glibc.EMSGSIZE: "EMSGSIZE", Glibc.EISCONN: "EISCONN", Glibc.ENOBUFS: "ENOBUFS", Glibc.ENOPROTOOPT: "ENOPROTOOPT", Glibc.ENFILE: "ENFILE", 512: "ERESTARTSYS",
+        Glibc.ENODEV: "ENODEV", Glibc.ENODATA: "ENODATA", Glibc.ENOLCK: "ENOLCK",
     ]
 }

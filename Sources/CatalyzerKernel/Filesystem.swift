@@ -15,6 +15,8 @@ final class Filesystem {
     var executablePath = "/"
     /// Set while a program runs to its ready point: every rootfs file it opens is recorded.
     var dependencies: RootfsDependencies?
+    /// Advisory locks (fcntl, flock) of all the sandbox's processes.
+    let locks = FileLockTable()
 
     /// `tmpCapacity` bounds the bytes the guest can store in /tmp.
     convenience init(rootDirectory: String, tmpCapacity: Int) throws(Errno) {
@@ -34,7 +36,8 @@ final class Filesystem {
     /// Where a guest path lives after lexical normalization.
     enum Location {
         case rootfs(path: String)
-        case memory([String])
+        /// Under /tmp or /dev/shm: the mount's root directory and the components below it.
+        case memory(MemoryNode, [String])
         case executableLink
         case hostDevice(path: String)
     }
@@ -42,8 +45,15 @@ final class Filesystem {
     private static let passedThroughDevices: Set<String> = ["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"]
 
     func locate(_ absolutePath: String) -> Location {
-        let components = GuestPath.components(absolutePath)
-        if components.first == "tmp" { return .memory(Array(components.dropFirst())) }
+        locate(components: GuestPath.components(absolutePath))
+    }
+
+    /// `locate` for a path already split into components without `.` or `..`.
+    func locate(components: [String]) -> Location {
+        if components.first == "tmp" { return .memory(tmp.root, Array(components.dropFirst())) }
+        if components.count >= 2 && components[0] == "dev" && components[1] == "shm" {
+            return .memory(tmp.sharedMemoryRoot, Array(components.dropFirst(2)))
+        }
         if components == ["proc", "self", "exe"] { return .executableLink }
         let normalized = "/" + components.joined(separator: "/")
         if Self.passedThroughDevices.contains(normalized) { return .hostDevice(path: normalized) }
@@ -60,11 +70,15 @@ final class Filesystem {
     }
 
     /// Opens `absolutePath` for the guest with its open(2) `flags` and `mode`.
-    func open(_ absolutePath: String, flags: Int32, mode: UInt32) throws(Errno) -> OpenFile {
+    func open(_ absolutePath: String, flags: Int32, mode: UInt32, owner: Credentials = Credentials()) throws(Errno) -> OpenFile {
         let wantsWrite = flags & O_ACCMODE != O_RDONLY || flags & (O_CREAT | O_TRUNC) != 0
-        switch locate(absolutePath) {
+        // Linux refuses to create "name/" before looking at what is there.
+        if flags & O_CREAT != 0 && absolutePath.hasSuffix("/") { throw Errno.EISDIR }
+        let exclusive = flags & (O_CREAT | O_EXCL) == (O_CREAT | O_EXCL)
+        let canonicalPath = try resolve(absolutePath, followFinal: !exclusive && flags & O_NOFOLLOW == 0)
+        switch locate(canonicalPath) {
         case .executableLink:
-            return try open(executablePath, flags: flags, mode: mode)
+            return try open(executablePath, flags: flags, mode: mode, owner: owner)
         case .hostDevice(let path):
             let fd = Glibc.open(path, (flags & (O_ACCMODE | O_NONBLOCK)) | O_CLOEXEC)
             guard fd >= 0 else { throw Errno.lastHostError }
@@ -75,27 +89,31 @@ final class Filesystem {
                 if flags & O_CREAT == 0 { try requireExists(path, followSymlinks: true) }
                 throw Errno.EROFS
             }
-            let fd = try openHost(path, flags: O_RDONLY | (flags & Self.rootfsOpenFlags))
-            return OpenFile(backing: .host(fd: fd, owned: true), guestPath: GuestPath.normalize(absolutePath),
+            let fd = try openHost(path + (absolutePath.hasSuffix("/") ? "/" : ""), flags: O_RDONLY | (flags & Self.rootfsOpenFlags))
+            return OpenFile(backing: .host(fd: fd, owned: true), guestPath: canonicalPath,
                             statusFlags: flags & ~O_CLOEXEC)
-        case .memory(let components):
+        case .memory(let root, let components):
             let node: MemoryNode
             do throws(Errno) {
-                node = try tmp.lookup(components)
+                node = try tmp.lookup(components, in: root)
             } catch {
                 guard error == Errno.ENOENT && flags & O_CREAT != 0 else { throw error }
-                node = try tmp.create(components, directory: false, mode: mode & 0o7777)
-                return OpenFile(backing: .memory(node), guestPath: GuestPath.normalize(absolutePath),
+                node = try tmp.create(components, content: .file([]), mode: mode & 0o7777, owner: owner.uid, group: owner.gid, in: root)
+                return OpenFile(backing: .memory(node), guestPath: canonicalPath,
                                 statusFlags: flags & ~O_CLOEXEC)
             }
-            if flags & (O_CREAT | O_EXCL) == (O_CREAT | O_EXCL) { throw Errno.EEXIST }
-            if node.isDirectory && wantsWrite { throw Errno.EISDIR }
-            if !node.isDirectory && flags & O_DIRECTORY != 0 { throw Errno.ENOTDIR }
-            if flags & O_TRUNC != 0, case .file(let data) = node.content {
-                try tmp.charge(-data.count)
-                node.content = .file([])
+            if exclusive { throw Errno.EEXIST }
+            if node.isSymlink {
+                // Only reached with O_NOFOLLOW: O_PATH opens the link itself, anything else is ELOOP.
+                guard flags & O_PATH != 0 else { throw Errno.ELOOP }
+            } else {
+                if node.isDirectory && wantsWrite { throw Errno.EISDIR }
+                if !node.isDirectory && (flags & O_DIRECTORY != 0 || absolutePath.hasSuffix("/")) { throw Errno.ENOTDIR }
             }
-            return OpenFile(backing: .memory(node), guestPath: GuestPath.normalize(absolutePath),
+            if flags & O_TRUNC != 0 && node.size > 0, !node.isDirectory {
+                try truncateFile(node, length: 0)
+            }
+            return OpenFile(backing: .memory(node), guestPath: canonicalPath,
                             statusFlags: flags & ~O_CLOEXEC)
         }
     }
@@ -103,18 +121,23 @@ final class Filesystem {
     /// The open(2) flags passed through to the host for a rootfs file (which is only ever read).
     static let rootfsOpenFlags = O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_PATH | O_NOATIME
 
-    /// A host fd to load an executable from; only rootfs files can be executed.
+    /// A host fd to load an executable from: the rootfs file itself, or for a /tmp file with an
+    /// execute bit a sealed memfd holding a copy of its bytes (the loader only reads it).
     func openExecutable(_ absolutePath: String) throws(Errno) -> Int32 {
-        switch locate(absolutePath) {
+        switch locate(try resolve(absolutePath)) {
         case .executableLink: return try openExecutable(executablePath)
         case .rootfs(let path): return try openHost(path, flags: O_RDONLY)
-        case .memory, .hostDevice: throw Errno.EACCES
+        case .memory(let root, let components):
+            let node = try tmp.lookup(components, in: root)
+            guard let bytes = node.fileBytes, node.mode & 0o111 != 0 else { throw Errno.EACCES }
+            return try Self.memfdCopy(of: bytes)
+        case .hostDevice: throw Errno.EACCES
         }
     }
 
     /// stat/lstat of a path.
     func status(_ absolutePath: String, followSymlinks: Bool) throws(Errno) -> stat {
-        switch locate(absolutePath) {
+        switch locate(try resolve(absolutePath, followFinal: followSymlinks)) {
         case .executableLink:
             return followSymlinks ? try status(executablePath, followSymlinks: true) : Self.symlinkStatus(executablePath)
         case .hostDevice(let path):
@@ -127,13 +150,15 @@ final class Filesystem {
             var status = stat()
             guard fstatat(fd, "", &status, AT_EMPTY_PATH) == 0 else { throw Errno.lastHostError }
             return status
-        case .memory(let components):
-            return try tmp.lookup(components).status(device: MemoryFilesystem.device)
+        case .memory(let root, let components):
+            let node = try tmp.lookup(components, in: root)
+            if absolutePath.hasSuffix("/") && !node.isDirectory { throw Errno.ENOTDIR }
+            return node.status(device: MemoryFilesystem.device)
         }
     }
 
     func readLink(_ absolutePath: String) throws(Errno) -> String {
-        switch locate(absolutePath) {
+        switch locate(try resolve(absolutePath, followFinal: false)) {
         case .executableLink:
             return executablePath
         case .hostDevice:
@@ -145,15 +170,16 @@ final class Filesystem {
             let count = buffer.withUnsafeMutableBytes { readlinkat(fd, "", $0.baseAddress!, 4096) }
             guard count >= 0 else { throw errno == ENOENT ? Errno.EINVAL : Errno.lastHostError }
             return String(decoding: buffer.prefix(count), as: UTF8.self)
-        case .memory(let components):
-            _ = try tmp.lookup(components)
-            throw Errno.EINVAL  // /tmp has no symlinks
+        case .memory(let root, let components):
+            guard case .symlink(let target) = try tmp.lookup(components, in: root).content else { throw Errno.EINVAL }
+            return target
         }
     }
 
-    func makeDirectory(_ absolutePath: String, mode: UInt32) throws(Errno) {
-        switch locate(absolutePath) {
-        case .memory(let components): _ = try tmp.create(components, directory: true, mode: mode & 0o7777)
+    func makeDirectory(_ absolutePath: String, mode: UInt32, owner: Credentials = Credentials()) throws(Errno) {
+        switch locate(try resolve(absolutePath, followFinal: false)) {
+        case .memory(let root, let components):
+            _ = try tmp.create(components, content: .directory([:]), mode: mode & 0o7777, owner: owner.uid, group: owner.gid, in: root)
         case .rootfs(let path):
             // Like Linux, an existing path is EEXIST even on a read-only filesystem (mkdir -p relies on it).
             if (try? requireExists(path)) != nil { throw Errno.EEXIST }
@@ -163,8 +189,8 @@ final class Filesystem {
     }
 
     func remove(_ absolutePath: String, directory: Bool) throws(Errno) {
-        switch locate(absolutePath) {
-        case .memory(let components): try tmp.remove(components, directory: directory)
+        switch locate(try resolve(absolutePath, followFinal: false)) {
+        case .memory(let root, let components): try tmp.remove(components, directory: directory, in: root)
         case .rootfs(let path):
             try requireExists(path)
             throw Errno.EROFS
@@ -173,8 +199,9 @@ final class Filesystem {
     }
 
     func rename(_ source: String, to destination: String) throws(Errno) {
-        switch (locate(source), locate(destination)) {
-        case (.memory(let from), .memory(let to)): try tmp.rename(from, to: to)
+        switch (locate(try resolve(source, followFinal: false)), locate(try resolve(destination, followFinal: false))) {
+        case (.memory(let sourceRoot, let from), .memory(let destinationRoot, let to)):
+            try tmp.rename(from, to: to, sourceRoot: sourceRoot, destinationRoot: destinationRoot)
         case (.memory, _), (_, .memory): throw Errno.EXDEV
         case (.rootfs(let path), _):
             try requireExists(path)
@@ -186,8 +213,8 @@ final class Filesystem {
     /// For calls that modify an existing path (utimes, chmod, chown, truncate): the memory node under
     /// /tmp, or ENOENT/EROFS for the read-only rootfs.
     func modifiableNode(_ absolutePath: String, followSymlinks: Bool = true) throws(Errno) -> MemoryNode {
-        switch locate(absolutePath) {
-        case .memory(let components): return try tmp.lookup(components)
+        switch locate(try resolve(absolutePath, followFinal: followSymlinks)) {
+        case .memory(let root, let components): return try tmp.lookup(components, in: root)
         case .rootfs(let path):
             try requireExists(path, followSymlinks: followSymlinks)
             throw Errno.EROFS
@@ -196,7 +223,7 @@ final class Filesystem {
     }
 
     /// Succeeds if the rootfs path exists (ENOENT, ENOTDIR, ELOOP... otherwise).
-    private func requireExists(_ path: String, followSymlinks: Bool = false) throws(Errno) {
+    func requireExists(_ path: String, followSymlinks: Bool = false) throws(Errno) {
         close(try openHost(path, flags: O_PATH | (followSymlinks ? 0 : O_NOFOLLOW)))
     }
 

@@ -134,10 +134,19 @@ public struct KernelSnapshot: Sendable {
         public var mode: UInt32
         public var modifiedSeconds: Int64
         public var modifiedNanoseconds: Int64
-        /// File bytes, or nil for a directory.
+        /// File bytes, or nil for a directory or symlink.
         public var data: [UInt8]?
         /// Directory entries: name and inode.
         public var children: [(name: String, inode: UInt64)]
+        /// A symlink's target (version 2).
+        public var symlinkTarget: String? = nil
+        /// st_atime, st_ctime, st_uid and st_gid (version 2). Link counts are recomputed from the tree.
+        public var accessedSeconds: Int64 = 0
+        public var accessedNanoseconds: Int64 = 0
+        public var changedSeconds: Int64 = 0
+        public var changedNanoseconds: Int64 = 0
+        public var owner: UInt32 = 0
+        public var group: UInt32 = 0
     }
 }
 
@@ -195,8 +204,13 @@ extension KernelSnapshot {
         writer.write(tmp.nextInode)
         writer.write(tmp.nodes) { w, node in
             w.write(node.inode); w.write(node.mode); w.write(node.modifiedSeconds); w.write(node.modifiedNanoseconds)
+            w.write(node.accessedSeconds); w.write(node.accessedNanoseconds)
+            w.write(node.changedSeconds); w.write(node.changedNanoseconds)
+            w.write(node.owner); w.write(node.group)
             if let data = node.data {
                 w.write(UInt8(0)); w.write(data)
+            } else if let target = node.symlinkTarget {
+                w.write(UInt8(2)); w.write(target)
             } else {
                 w.write(UInt8(1))
                 w.write(node.children) { w, child in w.write(child.name); w.write(child.inode) }
@@ -281,21 +295,31 @@ extension KernelSnapshot {
         }
         let capacity = Int(try reader.read(UInt64.self, "tmp capacity"))
         let nextInode = try reader.read(UInt64.self, "tmp next inode")
-        let nodes = try reader.readArray("tmp nodes", minimumSize: 29) { (r) throws(SnapshotDecodingError) in
+        let nodes = try reader.readArray("tmp nodes", minimumSize: 69) { (r) throws(SnapshotDecodingError) in
             let inode = try r.read(UInt64.self, "node inode")
             let mode = try r.read(UInt32.self, "node mode")
             let seconds = try r.read(Int64.self, "node time")
             let nanoseconds = try r.read(Int64.self, "node time")
+            var node = TmpNode(inode: inode, mode: mode, modifiedSeconds: seconds, modifiedNanoseconds: nanoseconds,
+                               data: nil, children: [])
+            node.accessedSeconds = try r.read(Int64.self, "node access time")
+            node.accessedNanoseconds = try r.read(Int64.self, "node access time")
+            node.changedSeconds = try r.read(Int64.self, "node change time")
+            node.changedNanoseconds = try r.read(Int64.self, "node change time")
+            node.owner = try r.read(UInt32.self, "node owner")
+            node.group = try r.read(UInt32.self, "node group")
             switch try r.read(UInt8.self, "node kind") {
             case 0:
-                return TmpNode(inode: inode, mode: mode, modifiedSeconds: seconds, modifiedNanoseconds: nanoseconds,
-                               data: try r.readBytes("file contents"), children: [])
+                node.data = try r.readBytes("file contents")
+                return node
             case 1:
-                let children = try r.readArray("directory entries", minimumSize: 16) { (r) throws(SnapshotDecodingError) in
+                node.children = try r.readArray("directory entries", minimumSize: 16) { (r) throws(SnapshotDecodingError) in
                     (name: try r.readString("entry name"), inode: try r.read(UInt64.self, "entry inode"))
                 }
-                return TmpNode(inode: inode, mode: mode, modifiedSeconds: seconds, modifiedNanoseconds: nanoseconds,
-                               data: nil, children: children)
+                return node
+            case 2:
+                node.symlinkTarget = try r.readString("symlink target")
+                return node
             case let other:
                 throw r.failure("tmp node kind \(other) is unknown")
             }

@@ -1,28 +1,53 @@
 import Glibc
 
-/// A file or directory of the in-memory writable filesystem (the guest's `/tmp`).
+/// A file, directory or symbolic link of the in-memory writable filesystem (the guest's `/tmp`
+/// and `/dev/shm`).
 final class MemoryNode {
     enum Content {
         case file([UInt8])
         case directory([String: MemoryNode])
+        /// A symbolic link and its target, as given to symlink(2).
+        case symlink(String)
     }
 
     var content: Content
     var mode: UInt32
     let inode: UInt64
     var modified: timespec
+    /// Last access (st_atime): set at creation, by utimensat, and by reads as `relatime` does.
+    var accessed: timespec
+    /// Last status change (st_ctime): writes, chmod, chown, links, renames.
+    var changed: timespec
+    var owner: UInt32 = 0
+    var group: UInt32 = 0
+    /// Directory entries naming a file or symlink (hard links); 0 once unlinked. A directory's
+    /// count is derived from its subdirectories instead (see `linkCount`).
+    var links = 1
+    /// While a /tmp file is mapped `MAP_SHARED`, its bytes live here instead of in `content`
+    /// (which is then an empty `.file`), so every mapping and read/write see the same pages.
+    var shared: SharedFileMemory?
+    /// The filesystem whose capacity a file's bytes count against, until the file is gone: unlinked
+    /// and no longer open (the node is freed), as on Linux's tmpfs.
+    weak var account: MemoryFilesystem?
 
     init(content: Content, mode: UInt32, inode: UInt64, modified: timespec? = nil) {
         self.content = content
         self.mode = mode
         self.inode = inode
-        if let modified {
-            self.modified = modified
-        } else {
-            var now = timespec()
-            clock_gettime(CLOCK_REALTIME, &now)
-            self.modified = now
-        }
+        let time = modified ?? Self.now()
+        self.modified = time
+        self.accessed = time
+        self.changed = time
+    }
+
+    deinit {
+        if let account, case .file = content { account.release(size) }
+    }
+
+    static func now() -> timespec {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return now
     }
 
     var isDirectory: Bool {
@@ -30,10 +55,45 @@ final class MemoryNode {
         return false
     }
 
+    var isSymlink: Bool {
+        if case .symlink = content { return true }
+        return false
+    }
+
     var size: Int {
+        if let shared { return shared.length }
         switch content {
         case .file(let bytes): return bytes.count
         case .directory: return 4096
+        case .symlink(let target): return target.utf8.count
+        }
+    }
+
+    /// st_nlink: a directory has its own entry, its `.` and each subdirectory's `..`.
+    var linkCount: Int {
+        guard case .directory(let children) = content else { return links }
+        return 2 + children.values.filter(\.isDirectory).count
+    }
+
+    /// The bytes of a file (a copy when they live in shared memory), nil for anything else.
+    var fileBytes: [UInt8]? {
+        if let shared { return shared.bytes }
+        if case .file(let bytes) = content { return bytes }
+        return nil
+    }
+
+    /// Records a change of the data: mtime and ctime.
+    func noteModified() {
+        modified = Self.now()
+        changed = modified
+    }
+
+    /// Records a read as Linux's default `relatime` does: atime moves only when it is not newer
+    /// than mtime or ctime, or is a day old.
+    func noteAccessed() {
+        let now = Self.now()
+        if accessed.tv_sec <= modified.tv_sec || accessed.tv_sec <= changed.tv_sec || now.tv_sec - accessed.tv_sec >= 86400 {
+            accessed = now
         }
     }
 
@@ -42,25 +102,37 @@ final class MemoryNode {
         var status = stat()
         status.st_dev = UInt(device)
         status.st_ino = UInt(inode)
-        status.st_mode = (isDirectory ? S_IFDIR : S_IFREG) | (mode & 0o7777)
-        status.st_nlink = isDirectory ? 2 : 1
+        let type: UInt32 = switch content {
+        case .file: S_IFREG
+        case .directory: S_IFDIR
+        case .symlink: S_IFLNK
+        }
+        status.st_mode = type | (mode & 0o7777)
+        status.st_nlink = UInt(linkCount)
+        status.st_uid = owner
+        status.st_gid = group
         status.st_size = Int(size)
         status.st_blksize = 4096
-        status.st_blocks = (size + 511) / 512
+        status.st_blocks = isSymlink ? 0 : (size + 511) / 512
         status.st_mtim = modified
-        status.st_ctim = modified
-        status.st_atim = modified
+        status.st_ctim = changed
+        status.st_atim = accessed
         return status
     }
 }
 
-/// The writable in-memory filesystem mounted at the guest's `/tmp`. It lives only as long as the
-/// sandbox and never touches host storage. Its file bytes live in monitor memory, so like a tmpfs
-/// it has a size limit (`capacity`); beyond it writes fail with ENOSPC.
+/// The writable in-memory filesystem mounted at the guest's `/tmp`, with a second root directory
+/// for `/dev/shm` (like a bind mount of one tmpfs: same device, one capacity). It lives only as
+/// long as the sandbox and never touches host storage. Its file bytes live in monitor memory, so
+/// like a tmpfs it has a size limit (`capacity`); beyond it writes fail with ENOSPC.
 final class MemoryFilesystem {
     /// A device number no host filesystem uses, so `st_dev` tells /tmp apart from the rootfs.
     static let device: UInt64 = 0xCA7A
+    /// The inode of `/dev/shm`'s root (`/tmp` is 1; created nodes start at 3).
+    static let sharedMemoryInode: UInt64 = 2
     let root: MemoryNode
+    /// The directory mounted at `/dev/shm`.
+    let sharedMemoryRoot: MemoryNode
     let capacity: Int
     private(set) var bytesUsed = 0
     private(set) var nextInode: UInt64 = 2
@@ -68,12 +140,15 @@ final class MemoryFilesystem {
     init(capacity: Int) {
         self.capacity = capacity
         root = MemoryNode(content: .directory([:]), mode: 0o1777, inode: 1)
+        sharedMemoryRoot = MemoryNode(content: .directory([:]), mode: 0o1777, inode: Self.sharedMemoryInode)
     }
 
     /// A checkpoint's /tmp: `root` and the nodes under it, with the inode counter where it was.
-    init(capacity: Int, root: MemoryNode, nextInode: UInt64, bytesUsed: Int) {
+    init(capacity: Int, root: MemoryNode, sharedMemoryRoot: MemoryNode? = nil, nextInode: UInt64, bytesUsed: Int) {
         self.capacity = capacity
         self.root = root
+        self.sharedMemoryRoot = sharedMemoryRoot
+            ?? MemoryNode(content: .directory([:]), mode: 0o1777, inode: Self.sharedMemoryInode)
         self.nextInode = nextInode
         self.bytesUsed = bytesUsed
     }
@@ -84,9 +159,20 @@ final class MemoryFilesystem {
         bytesUsed += delta
     }
 
-    /// The node at `components` below the root, or ENOENT/ENOTDIR.
-    func lookup(_ components: [String]) throws(Errno) -> MemoryNode {
-        var node = root
+    /// `charge` for a change of `node`'s size.
+    func charge(_ delta: Int, for node: MemoryNode) throws(Errno) {
+        try charge(delta)
+    }
+
+    /// The bytes of a file that no longer exists (see `MemoryNode.account`).
+    fileprivate func release(_ bytes: Int) {
+        bytesUsed -= bytes
+    }
+
+    /// The node at `components` below `root` (the /tmp root by default), or ENOENT/ENOTDIR.
+    /// Symlinks are not followed here: `Filesystem.resolve` does that for whole paths.
+    func lookup(_ components: [String], in root: MemoryNode? = nil) throws(Errno) -> MemoryNode {
+        var node = root ?? self.root
         for name in components {
             guard case .directory(let children) = node.content else { throw Errno.ENOTDIR }
             guard let child = children[name] else { throw Errno.ENOENT }
@@ -95,29 +181,67 @@ final class MemoryFilesystem {
         return node
     }
 
-    /// Creates `name` in the directory at `parent`; EEXIST if it is already there.
-    func create(_ components: [String], directory: Bool, mode: UInt32) throws(Errno) -> MemoryNode {
-        guard let name = components.last else { throw Errno.EEXIST }
-        let parent = try lookup(Array(components.dropLast()))
-        guard case .directory(var children) = parent.content else { throw Errno.ENOTDIR }
-        guard children[name] == nil else { throw Errno.EEXIST }
+    /// A new node that is in no directory (memfd_create), charged like a /tmp file.
+    func makeUnlinkedFile(mode: UInt32) -> MemoryNode {
         nextInode += 1
-        let node = MemoryNode(content: directory ? .directory([:]) : .file([]), mode: mode, inode: nextInode)
-        children[name] = node
-        parent.content = .directory(children)
+        let node = MemoryNode(content: .file([]), mode: mode, inode: nextInode)
+        node.links = 0
+        node.account = self
         return node
     }
 
+    /// Creates `name` in the directory at `parent`; EEXIST if it is already there.
+    func create(_ components: [String], directory: Bool, mode: UInt32, in root: MemoryNode? = nil) throws(Errno) -> MemoryNode {
+        try create(components, content: directory ? .directory([:]) : .file([]), mode: mode, in: root)
+    }
+
+    /// Creates a file, directory or symlink at `components`; EEXIST if the name is taken.
+    func create(_ components: [String], content: MemoryNode.Content, mode: UInt32, owner: UInt32 = 0, group: UInt32 = 0,
+                in root: MemoryNode? = nil) throws(Errno) -> MemoryNode {
+        guard let name = components.last else { throw Errno.EEXIST }
+        let parent = try lookup(Array(components.dropLast()), in: root)
+        guard case .directory(var children) = parent.content else { throw Errno.ENOTDIR }
+        guard children[name] == nil else { throw Errno.EEXIST }
+        guard name.utf8.count <= 255 else { throw Errno.ENAMETOOLONG }
+        nextInode += 1
+        let node = MemoryNode(content: content, mode: mode, inode: nextInode)
+        node.account = self
+        node.owner = owner
+        node.group = group
+        children[name] = node
+        parent.content = .directory(children)
+        parent.noteModified()
+        return node
+    }
+
+    /// Adds another name for `node` (link(2)); directories cannot be linked.
+    func link(_ node: MemoryNode, at components: [String], in root: MemoryNode? = nil) throws(Errno) {
+        guard !node.isDirectory else { throw Errno.EPERM }
+        guard let name = components.last else { throw Errno.EEXIST }
+        let parent = try lookup(Array(components.dropLast()), in: root)
+        guard case .directory(var children) = parent.content else { throw Errno.ENOTDIR }
+        guard children[name] == nil else { throw Errno.EEXIST }
+        guard node.links > 0 else { throw Errno.ENOENT }  // an unlinked (open) file cannot regain a name
+        children[name] = node
+        parent.content = .directory(children)
+        parent.noteModified()
+        node.links += 1
+        node.changed = MemoryNode.now()
+    }
+
     /// Moves a node, replacing a file (or empty directory) at the destination, as rename(2) does.
-    func rename(_ source: [String], to destination: [String]) throws(Errno) {
+    func rename(_ source: [String], to destination: [String], sourceRoot: MemoryNode? = nil,
+                destinationRoot: MemoryNode? = nil) throws(Errno) {
         guard let sourceName = source.last, let destinationName = destination.last else { throw Errno.EBUSY }
-        let sourceParent = try lookup(Array(source.dropLast()))
-        let destinationParent = try lookup(Array(destination.dropLast()))
+        let sourceParent = try lookup(Array(source.dropLast()), in: sourceRoot)
+        let destinationParent = try lookup(Array(destination.dropLast()), in: destinationRoot)
         guard case .directory(var sourceChildren) = sourceParent.content else { throw Errno.ENOTDIR }
         guard let node = sourceChildren[sourceName] else { throw Errno.ENOENT }
         guard case .directory(var destinationChildren) = destinationParent.content else { throw Errno.ENOTDIR }
-        if destination.starts(with: source) && destination.count > source.count { throw Errno.EINVAL }
-        if let existing = destinationChildren[destinationName], existing !== node {
+        if (sourceRoot ?? root) === (destinationRoot ?? root),
+           destination.starts(with: source) && destination.count > source.count { throw Errno.EINVAL }
+        let replaced = destinationChildren[destinationName]
+        if let existing = replaced, existing !== node {
             if case .directory(let grandchildren) = existing.content {
                 guard node.isDirectory else { throw Errno.EISDIR }
                 guard grandchildren.isEmpty else { throw Errno.ENOTEMPTY }
@@ -125,17 +249,22 @@ final class MemoryFilesystem {
                 throw Errno.ENOTDIR
             }
         }
+        if replaced === node { return }  // two names of one file: nothing happens
         sourceChildren[sourceName] = nil
         sourceParent.content = .directory(sourceChildren)
         if sourceParent === destinationParent { destinationChildren = sourceChildren }
         destinationChildren[destinationName] = node
         destinationParent.content = .directory(destinationChildren)
+        if let replaced { dropLink(replaced) }
+        sourceParent.noteModified()
+        destinationParent.noteModified()
+        node.changed = MemoryNode.now()
     }
 
     /// Removes `name`; directories must be empty and are removed only when `directory` is true.
-    func remove(_ components: [String], directory: Bool) throws(Errno) {
+    func remove(_ components: [String], directory: Bool, in root: MemoryNode? = nil) throws(Errno) {
         guard let name = components.last else { throw Errno.EINVAL }
-        let parent = try lookup(Array(components.dropLast()))
+        let parent = try lookup(Array(components.dropLast()), in: root)
         guard case .directory(var children) = parent.content else { throw Errno.ENOTDIR }
         guard let node = children[name] else { throw Errno.ENOENT }
         if case .directory(let grandchildren) = node.content {
@@ -146,6 +275,15 @@ final class MemoryFilesystem {
         }
         children[name] = nil
         parent.content = .directory(children)
-        if !node.isDirectory { bytesUsed -= node.size }
+        parent.noteModified()
+        dropLink(node)
+    }
+
+    /// One directory entry for `node` went away. Its bytes are freed when the node is (its last
+    /// name gone and its last open file closed).
+    private func dropLink(_ node: MemoryNode) {
+        guard !node.isDirectory else { return }
+        node.links = max(0, node.links - 1)
+        node.changed = MemoryNode.now()
     }
 }

@@ -61,7 +61,7 @@ extension Sandbox {
             files: openFiles,
             descriptors: descriptors,
             pipes: pipes,
-            tmp: captureTmp(openFiles: main.files),
+            tmp: try captureTmp(openFiles: main.files, space: space),
             rootfs: (filesystem.dependencies ?? RootfsDependencies()).fingerprint(rootDirectory: filesystem.rootDirectory))
     }
 
@@ -170,24 +170,39 @@ extension Sandbox {
     }
 
     /// Every /tmp node reachable from its root, plus unlinked files that are still open.
-    private func captureTmp(openFiles files: FileTable) -> KernelSnapshot.TmpFilesystem {
+    private func captureTmp(openFiles files: FileTable, space: AddressSpace) throws -> KernelSnapshot.TmpFilesystem {
+        // A shared mapping's pages are outside guest RAM (an extra memory slot), which an image
+        // does not hold.
+        if let region = space.regions.first(where: { $0.shared != nil }) {
+            throw RestoreError("\(region.name) is mapped MAP_SHARED at 0x\(hex(region.start)); a sandbox with shared file mappings cannot be checkpointed")
+        }
         var nodes: [KernelSnapshot.TmpNode] = []
         var seen: Set<UInt64> = []
         func visit(_ node: MemoryNode) {
             guard seen.insert(node.inode).inserted else { return }
+            var record = KernelSnapshot.TmpNode(inode: node.inode, mode: node.mode, modifiedSeconds: Int64(node.modified.tv_sec),
+                                                modifiedNanoseconds: Int64(node.modified.tv_nsec), data: nil, children: [])
+            record.accessedSeconds = Int64(node.accessed.tv_sec)
+            record.accessedNanoseconds = Int64(node.accessed.tv_nsec)
+            record.changedSeconds = Int64(node.changed.tv_sec)
+            record.changedNanoseconds = Int64(node.changed.tv_nsec)
+            record.owner = node.owner
+            record.group = node.group
+            var sorted: [(key: String, value: MemoryNode)] = []
             switch node.content {
-            case .file(let bytes):
-                nodes.append(.init(inode: node.inode, mode: node.mode, modifiedSeconds: Int64(node.modified.tv_sec),
-                                   modifiedNanoseconds: Int64(node.modified.tv_nsec), data: bytes, children: []))
+            case .file:
+                record.data = node.fileBytes ?? []
+            case .symlink(let target):
+                record.symlinkTarget = target
             case .directory(let children):
-                let sorted = children.sorted { $0.key < $1.key }
-                nodes.append(.init(inode: node.inode, mode: node.mode, modifiedSeconds: Int64(node.modified.tv_sec),
-                                   modifiedNanoseconds: Int64(node.modified.tv_nsec), data: nil,
-                                   children: sorted.map { ($0.key, $0.value.inode) }))
-                for (_, child) in sorted { visit(child) }
+                sorted = children.sorted { $0.key < $1.key }
+                record.children = sorted.map { ($0.key, $0.value.inode) }
             }
+            nodes.append(record)
+            for (_, child) in sorted { visit(child) }
         }
         visit(filesystem.tmp.root)
+        visit(filesystem.tmp.sharedMemoryRoot)
         for entry in files.allEntries {
             if case .memory(let node) = entry.file.backing { visit(node) }
         }
@@ -217,19 +232,33 @@ extension Sandbox {
     /// The /tmp tree, and every node by inode (open files may refer to unlinked ones).
     private static func restoreTmp(_ tmp: KernelSnapshot.TmpFilesystem) -> (MemoryFilesystem, [UInt64: MemoryNode]) {
         var byInode: [UInt64: MemoryNode] = [:]
-        var bytesUsed = 0
         for record in tmp.nodes {
             let modified = timespec(tv_sec: Int(record.modifiedSeconds), tv_nsec: Int(record.modifiedNanoseconds))
-            let content: MemoryNode.Content = record.data.map { .file($0) } ?? .directory([:])
-            if let data = record.data { bytesUsed += data.count }
-            byInode[record.inode] = MemoryNode(content: content, mode: record.mode, inode: record.inode, modified: modified)
+            let content: MemoryNode.Content = record.data.map { .file($0) } ?? record.symlinkTarget.map { .symlink($0) } ?? .directory([:])
+            let node = MemoryNode(content: content, mode: record.mode, inode: record.inode, modified: modified)
+            node.accessed = timespec(tv_sec: Int(record.accessedSeconds), tv_nsec: Int(record.accessedNanoseconds))
+            node.changed = timespec(tv_sec: Int(record.changedSeconds), tv_nsec: Int(record.changedNanoseconds))
+            node.owner = record.owner
+            node.group = record.group
+            node.links = 0
+            byInode[record.inode] = node
         }
-        for record in tmp.nodes where record.data == nil {
+        for record in tmp.nodes where record.data == nil && record.symlinkTarget == nil {
             let children = Dictionary(record.children.compactMap { child in byInode[child.inode].map { (child.name, $0) } },
                                       uniquingKeysWith: { first, _ in first })
+            for child in children.values { child.links += 1 }
             byInode[record.inode]?.content = .directory(children)
         }
-        return (MemoryFilesystem(capacity: tmp.capacity, root: byInode[1]!, nextInode: tmp.nextInode, bytesUsed: bytesUsed), byInode)
+        // Every file's bytes count until the file is gone, as in `MemoryFilesystem`.
+        let bytesUsed = byInode.values.reduce(0) { total, node in
+            if case .file(let bytes) = node.content { return total + bytes.count }
+            return total
+        }
+        let filesystem = MemoryFilesystem(capacity: tmp.capacity, root: byInode[1]!,
+                                          sharedMemoryRoot: byInode[MemoryFilesystem.sharedMemoryInode],
+                                          nextInode: tmp.nextInode, bytesUsed: bytesUsed)
+        for node in byInode.values { node.account = filesystem }
+        return (filesystem, byInode)
     }
 
     /// The fd table: stdio bound to `standardStreams`, host files waiting to be reopened on first

@@ -11,39 +11,83 @@ extension Task {
             let path = try absolutePath(try space.readCString(a[1]), relativeTo: a.int32(0))
             node = try filesystem.modifiableNode(path, followSymlinks: a.int32(3) & AT_SYMLINK_NOFOLLOW == 0)
         }
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
+        let now = MemoryNode.now()
+        var accessed = now, modified = now
         if a[2] != 0 {
-            let modified = try space.loadStruct(timespec.self, at: a[2] &+ 16, zero: timespec())
-            let omit = 0x3FFF_FFFE, setToNow = 0x3FFF_FFFF
-            if modified.tv_nsec == omit { return 0 }
-            if modified.tv_nsec != setToNow { now = modified }
+            accessed = try space.loadStruct(timespec.self, at: a[2], zero: timespec())
+            modified = try space.loadStruct(timespec.self, at: a[2] &+ 16, zero: timespec())
         }
-        node.modified = now
+        let omit = 0x3FFF_FFFE, setToNow = 0x3FFF_FFFF
+        for time in [accessed, modified] where time.tv_nsec != omit && time.tv_nsec != setToNow {
+            guard time.tv_nsec >= 0 && time.tv_nsec < 1_000_000_000 else { throw Errno.EINVAL }
+        }
+        if accessed.tv_nsec != omit { node.accessed = accessed.tv_nsec == setToNow ? now : accessed }
+        if modified.tv_nsec != omit { node.modified = modified.tv_nsec == setToNow ? now : modified }
+        if accessed.tv_nsec != omit || modified.tv_nsec != omit { node.changed = now }
         return 0
     }
 
     func sysChmod(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let node = try filesystem.modifiableNode(try absolutePath(try space.readCString(a[0]), relativeTo: AT_FDCWD))
         node.mode = a.uint32(1) & 0o7777
+        node.changed = MemoryNode.now()
         return 0
     }
 
     func sysFchmod(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        try memoryNode(of: try files.file(a.int32(0))).mode = a.uint32(1) & 0o7777
+        let node = try memoryNode(of: try files.file(a.int32(0)))
+        node.mode = a.uint32(1) & 0o7777
+        node.changed = MemoryNode.now()
         return 0
     }
 
     func sysFchmodat(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let node = try filesystem.modifiableNode(try absolutePath(try space.readCString(a[1]), relativeTo: a.int32(0)))
         node.mode = a.uint32(2) & 0o7777
+        node.changed = MemoryNode.now()
         return 0
     }
 
-    /// Ownership never changes: the program is root in its sandbox and /tmp is all its own.
+    /// chown(2) and lchown(2) (number 94) of a /tmp node. The program is root in its sandbox, so
+    /// any owner may be given; -1 leaves that id as it is.
     func sysChown(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        _ = try filesystem.modifiableNode(try absolutePath(try space.readCString(a[0]), relativeTo: AT_FDCWD))
+        let path = try absolutePath(try space.readCString(a[0]), relativeTo: AT_FDCWD)
+        changeOwner(try filesystem.modifiableNode(path, followSymlinks: a.number != 94), a.uint32(1), a.uint32(2))
         return 0
+    }
+
+    func sysFchown(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        changeOwner(try memoryNode(of: try files.file(a.int32(0))), a.uint32(1), a.uint32(2))
+        return 0
+    }
+
+    /// fchownat(2): AT_SYMLINK_NOFOLLOW and AT_EMPTY_PATH.
+    func sysFchownat(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let flags = a.int32(4)
+        guard flags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH) == 0 else { throw Errno.EINVAL }
+        let path = try space.readCString(a[1])
+        let node: MemoryNode
+        if path.isEmpty {
+            guard flags & AT_EMPTY_PATH != 0 else { throw Errno.ENOENT }
+            node = try memoryNode(of: try files.file(a.int32(0)))
+        } else {
+            node = try filesystem.modifiableNode(try absolutePath(path, relativeTo: a.int32(0)),
+                                                 followSymlinks: flags & AT_SYMLINK_NOFOLLOW == 0)
+        }
+        changeOwner(node, a.uint32(2), a.uint32(3))
+        return 0
+    }
+
+    private func changeOwner(_ node: MemoryNode, _ owner: UInt32, _ group: UInt32) {
+        if owner != UInt32.max { node.owner = owner }
+        if group != UInt32.max { node.group = group }
+        // As Linux does for a chown of a non-directory: set-user-ID goes, and set-group-ID when
+        // the group can execute (otherwise it marks mandatory locking).
+        if !node.isDirectory && !node.isSymlink && (owner != UInt32.max || group != UInt32.max) {
+            node.mode &= ~UInt32(S_ISUID)
+            if node.mode & 0o010 != 0 { node.mode &= ~UInt32(S_ISGID) }
+        }
+        node.changed = MemoryNode.now()
     }
 
     func sysFtruncate(_ a: SyscallArguments) throws(Errno) -> UInt64 {
@@ -61,16 +105,9 @@ extension Task {
 
     private func truncate(_ node: MemoryNode, length: Int64) throws(Errno) {
         guard length >= 0 else { throw Errno.EINVAL }
-        guard case .file(var data) = node.content else { throw Errno.EISDIR }
+        guard !node.isDirectory else { throw Errno.EISDIR }
         guard length <= Int64(filesystem.tmp.capacity) else { throw Errno.EFBIG }
-        try filesystem.tmp.charge(Int(length) - data.count)
-        node.content = .file([])
-        if Int(length) < data.count {
-            data.removeLast(data.count - Int(length))
-        } else {
-            data += [UInt8](repeating: 0, count: Int(length) - data.count)
-        }
-        node.content = .file(data)
+        try filesystem.truncateFile(node, length: Int(length))
     }
 
     func sysRename(_ a: SyscallArguments) throws(Errno) -> UInt64 {
@@ -90,8 +127,7 @@ extension Task {
         return 0
     }
 
-    /// Hard links, symlinks and device nodes: /tmp holds only files and directories and the rootfs
-    /// is read-only, so these always fail with EROFS.
+    /// Device nodes (mknod): /tmp holds no devices and the rootfs is read-only, so EROFS.
     func sysCreateInRootfs(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         throw Errno.EROFS
     }

@@ -24,7 +24,7 @@ extension Task {
     private func changeDirectory(to path: String) throws(Errno) {
         let status = try filesystem.status(path, followSymlinks: true)
         guard status.st_mode & S_IFMT == S_IFDIR else { throw Errno.ENOTDIR }
-        workingDirectory = GuestPath.normalize(path)
+        workingDirectory = try filesystem.resolve(path)  // symlinks in /tmp followed, as getcwd reports
     }
 
     func sysMkdir(_ a: SyscallArguments) throws(Errno) -> UInt64 {
@@ -37,7 +37,7 @@ extension Task {
 
     private func makeDirectory(dirfd: Int32, pathAddress: UInt64, mode: UInt32) throws(Errno) -> UInt64 {
         let path = try absolutePath(try space.readCString(pathAddress), relativeTo: dirfd)
-        try filesystem.makeDirectory(path, mode: mode & ~fileCreationMask)
+        try filesystem.makeDirectory(path, mode: mode & ~fileCreationMask, owner: credentials)
         return 0
     }
 
@@ -86,7 +86,9 @@ extension Task {
         guard mode & ~(R_OK | W_OK | X_OK) == 0 else { throw Errno.EINVAL }
         let path = try absolutePath(try space.readCString(pathAddress), relativeTo: dirfd)
         let status = try filesystem.status(path, followSymlinks: flags & AT_SYMLINK_NOFOLLOW == 0)
-        if mode & W_OK != 0, case .rootfs = filesystem.locate(path) { throw Errno.EROFS }
+        if mode & W_OK != 0, case .rootfs = filesystem.locate(try filesystem.resolve(path, followFinal: flags & AT_SYMLINK_NOFOLLOW == 0)) {
+            throw Errno.EROFS
+        }
         if mode & X_OK != 0, status.st_mode & S_IFMT != S_IFDIR, status.st_mode & 0o111 == 0 { throw Errno.EACCES }
         return 0
     }
@@ -113,11 +115,13 @@ extension Task {
             guard case .directory(let children) = node.content else { throw Errno.ENOTDIR }
             let entries = [(".", node.inode, true), ("..", UInt64(1), true)]
                 + children.sorted { $0.key < $1.key }.map { ($0.key, $0.value.inode, $0.value.isDirectory) }
+            let symlinks = Set(children.values.filter(\.isSymlink).map(\.inode))
             var output: [UInt8] = []
             while file.position < entries.count {
                 let (name, inode, isDirectory) = entries[file.position]
-                let record = Self.directoryRecord(name: name, inode: inode, isDirectory: isDirectory,
+                var record = Self.directoryRecord(name: name, inode: inode, isDirectory: isDirectory,
                                                   nextOffset: file.position + 1)
+                if symlinks.contains(inode) { record[18] = UInt8(DT_LNK) }
                 guard output.count + record.count <= capacity else { break }
                 output += record
                 file.position += 1

@@ -19,11 +19,12 @@ extension Task {
         let path = try space.readCString(pathAddress)
         guard !path.isEmpty else { throw Errno.ENOENT }
         let file = try filesystem.open(try absolutePath(path, relativeTo: dirfd), flags: flags,
-                                       mode: mode & ~fileCreationMask)
+                                       mode: mode & ~fileCreationMask, owner: credentials)
         return UInt64(try files.install(file, closeOnExec: flags & O_CLOEXEC != 0))
     }
 
     func sysClose(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        if let file = try? files.file(a.int32(0)) { releasePOSIXLocks(file) }
         try files.close(a.int32(0))
         return 0
     }
@@ -125,21 +126,17 @@ extension Task {
             try waitUntilHostReady(file, fd: fd, events: Int16(POLLIN), action: "read from")
             return try retryingHostCall {
                 vectors.withUnsafeBufferPointer { buffer in
-                    offset.map { preadv(fd, buffer.baseAddress, Int32(buffer.count), off_t($0)) }
-                        ?? readv(fd, buffer.baseAddress, Int32(buffer.count))
+                    // At most IOV_MAX buffers per host call (scattered guest pages): a short read.
+                    offset.map { preadv(fd, buffer.baseAddress, Int32(min(buffer.count, Self.maximumIOVectors)), off_t($0)) }
+                        ?? readv(fd, buffer.baseAddress, Int32(min(buffer.count, Self.maximumIOVectors)))
                 }
             }
         case .memory(let node):
-            guard case .file(let data) = node.content else { throw Errno.EISDIR }
-            var position = offset.map(Int.init) ?? file.position
-            var total = 0
-            for vector in vectors where position < data.count {
-                let count = min(vector.iov_len, data.count - position)
-                data.withUnsafeBytes { vector.iov_base!.copyMemory(from: $0.baseAddress! + position, byteCount: count) }
-                position += count
-                total += count
-            }
-            if offset == nil { file.position = position }
+            guard !node.isDirectory else { throw Errno.EISDIR }
+            guard !node.isSymlink else { throw Errno.EBADF }  // an O_PATH descriptor
+            let total = node.readFile(into: vectors, at: offset.map(Int.init) ?? file.position)
+            if offset == nil { file.position += total }
+            node.noteAccessed()
             return total
         case .pipe(let pipe):
             guard offset == nil else { throw Errno.ESPIPE }
@@ -174,31 +171,27 @@ extension Task {
             try waitUntilHostReady(file, fd: fd, events: Int16(POLLOUT), action: "write to")
             return try retryingHostCall {
                 vectors.withUnsafeBufferPointer { buffer in
-                    offset.map { pwritev(fd, buffer.baseAddress, Int32(buffer.count), off_t($0)) }
-                        ?? writev(fd, buffer.baseAddress, Int32(buffer.count))
+                    offset.map { pwritev(fd, buffer.baseAddress, Int32(min(buffer.count, Self.maximumIOVectors)), off_t($0)) }
+                        ?? writev(fd, buffer.baseAddress, Int32(min(buffer.count, Self.maximumIOVectors)))
                 }
             }
         case .memory(let node):
-            guard case .file(var data) = node.content else { throw Errno.EISDIR }
-            node.content = .file([])  // keep `data` uniquely referenced while editing
-            defer { node.content = .file(data) }
-            var position = offset.map(Int.init) ?? (file.statusFlags & O_APPEND != 0 ? data.count : file.position)
+            guard !node.isDirectory else { throw Errno.EISDIR }
+            guard !node.isSymlink else { throw Errno.EBADF }  // an O_PATH descriptor
+            let size = node.size
+            let position = offset.map(Int.init) ?? (file.statusFlags & O_APPEND != 0 ? size : file.position)
             let length = vectors.reduce(0) { $0 + $1.iov_len }
             guard position <= Int.max - length else { throw Errno.EFBIG }
-            try filesystem.tmp.charge(max(0, position + length - data.count))
-            var total = 0
-            for vector in vectors {
-                let bytes = UnsafeRawBufferPointer(start: vector.iov_base, count: vector.iov_len)
-                if position > data.count { data += [UInt8](repeating: 0, count: position - data.count) }
-                let overlap = min(bytes.count, data.count - position)
-                data.replaceSubrange(position..<position + overlap, with: bytes)
-                position += bytes.count
-                total += bytes.count
+            try filesystem.tmp.charge(max(0, position + length - size), for: node)
+            let total: Int
+            do throws(Errno) {
+                total = try node.writeFile(from: vectors, at: position)
+            } catch {
+                try? filesystem.tmp.charge(-max(0, position + length - size), for: node)
+                throw error
             }
-            if offset == nil { file.position = position }
-            var now = timespec()
-            clock_gettime(CLOCK_REALTIME, &now)
-            node.modified = now
+            if offset == nil { file.position = position + total }
+            node.noteModified()
             return total
         case .pipe(let pipe):
             guard offset == nil else { throw Errno.ESPIPE }
@@ -371,18 +364,7 @@ extension Task {
     func sysIoctl(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let file = try files.file(a[0])
         let request = UInt(truncatingIfNeeded: a[1])
-        let setNonblocking: UInt = 0x5421, setCloseOnExec: UInt = 0x5451, clearCloseOnExec: UInt = 0x5450
-        switch request {
-        case setNonblocking:  // FIONBIO: os.set_blocking
-            let on = try space.load(Int32.self, at: a[2]) != 0
-            file.statusFlags = on ? file.statusFlags | O_NONBLOCK : file.statusFlags & ~O_NONBLOCK
-            return 0
-        case setCloseOnExec, clearCloseOnExec:
-            try files.setCloseOnExec(a.int32(0), request == setCloseOnExec)
-            return 0
-        default:
-            break
-        }
+        if let result = try fileIoctl(file, fd: a.int32(0), request: request, argument: a[2]) { return result }
         // Only terminal queries on a host terminal are answered; everything else is not a tty.
         let sizes: [UInt: Int] = [UInt(TCGETS): 36, UInt(TIOCGWINSZ): 8]
         guard case .host(let fd, _) = file.backing, let size = sizes[request], isatty(fd) == 1 else {
@@ -413,6 +395,8 @@ extension Task {
             let changeable = O_APPEND | O_NONBLOCK
             file.statusFlags = (file.statusFlags & ~changeable) | (a.int32(2) & changeable)
             return 0
+        case let command where Self.lockCommands.contains(command):
+            return try recordLock(file, command: command, address: a[2])
         default:
             throw Errno.EINVAL
         }

@@ -33,8 +33,9 @@ extension Task {
         if !anonymous {
             let file = try files.file(fd)
             guard file.isReadable else { throw Errno.EACCES }
-            // Writes through a shared file mapping would have to reach the file: not supported.
-            if sharing != MAP_PRIVATE && protection.contains(.write) { throw Errno.EACCES }
+            // A shared writable mapping writes to the file: it must be open for writing. Only /tmp
+            // files (and memfds) can be; rootfs files are read-only.
+            if sharing != MAP_PRIVATE && protection.contains(.write) && !file.isWritable { throw Errno.EACCES }
             guard offset <= UInt64(Int64.max) - size else { throw Errno.EOVERFLOW }
             source = file
         }
@@ -57,12 +58,16 @@ extension Task {
             guard let free = space.findFree(length: size) else { throw Errno.ENOMEM }
             start = free
         }
+        var sharedPages: SharedMapping?
+        if let source, sharing != MAP_PRIVATE, case .memory(let node) = source.backing {
+            sharedPages = try sharedMapping(of: node, offset: offset, size: size)
+        }
         try space.map(start, start + size, protection: protection, name: source?.guestPath ?? "anonymous",
-                      pristineCopy: sharing == MAP_PRIVATE ? fileRange : nil)
-        if let source {
+                      pristineCopy: sharing == MAP_PRIVATE ? fileRange : nil, shared: sharedPages)
+        if let source, sharedPages == nil {
             do throws(Errno) {
                 // A private file mapping is a copy of the file's bytes (bytes past EOF stay zero).
-                _ = try read(source, into: [(start, Int(size))], at: Int64(offset), access: .loader)
+                try copyFile(source, at: Int64(offset), intoMapping: start, size: Int(size))
             } catch {
                 space.unmap(start, start + size)
                 throw error
@@ -70,6 +75,59 @@ extension Task {
         }
         return start
     }
+
+    /// Fills a new mapping with the file's bytes from `offset`. Not one `read`: that is capped at
+    /// `maximumTransfer` and makes one host buffer per run of contiguous guest pages, and once the
+    /// program has freed memory the pages of a mapping are scattered, so a mapping over 4 MiB
+    /// could need more than IOV_MAX (1024) buffers, which preadv refuses with EINVAL. Batches of
+    /// at most IOV_MAX buffers go to the host until the mapping is full or the file ends.
+    private func copyFile(_ file: OpenFile, at offset: Int64, intoMapping start: UInt64, size: Int) throws(Errno) {
+        let buffers = try space.hostBuffers(start, length: size, access: .loader)
+        var position = offset
+        for batchStart in stride(from: 0, to: buffers.count, by: Self.maximumIOVectors) {
+            let batch = buffers[batchStart..<min(batchStart + Self.maximumIOVectors, buffers.count)]
+                .map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+            let wanted = batch.reduce(0) { $0 + $1.iov_len }
+            let got = try read(file, into: batch, at: position)
+            if got < wanted { return }  // end of file: the rest stays zero
+            position += Int64(got)
+        }
+    }
+
+    /// The pages of a /tmp file for a `MAP_SHARED` mapping of `[offset, offset+size)`: the file's
+    /// bytes move into shared memory (see `SharedFileMemory`), which is attached to this VM.
+    /// The memfd is extended to cover the mapping (past the file's end Linux would raise SIGBUS;
+    /// here those pages read as zero and are not part of the file).
+    private func sharedMapping(of node: MemoryNode, offset: UInt64, size: UInt64) throws(Errno) -> SharedMapping {
+        guard !node.isDirectory, !node.isSymlink else { throw Errno.ENODEV }
+        let memory = try node.makeShared(reserving: filesystem.tmp.capacity)
+        guard offset + size <= UInt64(memory.reserved) else { throw Errno.ENOMEM }
+        let extent = Int(offset + size)
+        try memory.ensureBacked(extent)
+        let slotSize = (extent + (2 << 20) - 1) & ~((2 << 20) - 1)
+        let window: UInt64
+        do {
+            window = try space.memory.attach(host: memory.base, size: min(slotSize, memory.reserved), owner: memory)
+        } catch {
+            throw Errno.ENOMEM
+        }
+        return SharedMapping(memory: memory, window: window, offset: offset)
+    }
+
+    /// msync(2): shared mappings already are the file's pages, so there is nothing to write back;
+    /// the range must be mapped (ENOMEM otherwise) and the flags valid.
+    func sysMsync(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let async: Int32 = 1, invalidate: Int32 = 2, sync: Int32 = 4
+        let flags = a.int32(2)
+        guard flags & ~(async | invalidate | sync) == 0, flags & (async | sync) != (async | sync),
+              Page.isAligned(a[0]) else { throw Errno.EINVAL }
+        let (start, end) = try AddressSpace.userRange(a[0], length: a[1], error: Errno.ENOMEM)
+        guard space.isFullyMapped(start, end) else { throw Errno.ENOMEM }
+        return 0
+    }
+
+    /// IOV_MAX: the most buffers one preadv/pwritev takes.
+    static let maximumIOVectors = 1024
 
     /// The identity of a rootfs file mapped from `offset`; nil for /tmp files, pipes and devices,
     /// whose contents can change under a mapping.

@@ -20,6 +20,8 @@ extension Task {
         return 0
     }
 
+    /// The sandbox is one session whose processes each lead their own group (getsid reports the
+    /// pid): setsid succeeds and returns the caller's pid as the new session id.
     func sysSetsid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(pid) }
 
     func sysUname(_ a: SyscallArguments) throws(Errno) -> UInt64 {

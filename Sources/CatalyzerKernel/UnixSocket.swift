@@ -40,6 +40,9 @@ final class UnixSocket: SpecialFile {
         return (first, second)
     }
 
+    /// FIONREAD: bytes waiting (a stream's total, a datagram socket's next message).
+    var bytesReadable: Int { isStream ? queuedBytes : queue.first?.bytes.count ?? 0 }
+
     var name: String { "socket:[\(UInt(bitPattern: ObjectIdentifier(self).hashValue) & 0xFFFFFF)]" }
     var fileType: mode_t { S_IFSOCK }
     var isStream: Bool { type == Self.streamType }

@@ -50,6 +50,9 @@ struct TestRootfs: Sendable {
             gcc -static -O1 -o \(root)/bin/probe \(fixtures)/probe.c
             gcc -static-pie -O1 -o \(root)/bin/probe-pie \(fixtures)/probe.c
             gcc -O1 -o \(root)/bin/probe-dynamic \(fixtures)/probe.c
+            gcc -static -O1 -o \(root)/bin/fsprobe \(fixtures)/fsprobe.c
+            mkdir -p \(root)/big
+            head -c 20971520 /dev/urandom > \(root)/big/large.bin
             mkdir -p \(root)/usr/bin \(root)/lib64 \(root)/lib/x86_64-linux-gnu
             cp /usr/bin/true /usr/bin/cat /usr/bin/sort \(root)/usr/bin/
             ldd \(root)/bin/probe-dynamic /usr/bin/true /usr/bin/cat /usr/bin/sort | awk '/=> \\// { print $3 }' | sort -u |

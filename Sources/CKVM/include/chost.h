@@ -29,6 +29,11 @@ static inline long chost_copy_file_range(int in, int64_t *in_offset, int out, in
     return syscall(SYS_copy_file_range, in, in_offset, out, out_offset, length, 0);
 }
 
+/// fstatfs(2) into a `struct statfs` (120 bytes on x86-64) the caller provides.
+static inline int chost_fstatfs(int fd, void *buffer) {
+    return (int)syscall(SYS_fstatfs, fd, buffer);
+}
+
 /// The host's time-stamp counter.
 static inline uint64_t chost_rdtsc(void) {
     uint32_t low, high;
