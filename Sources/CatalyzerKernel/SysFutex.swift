@@ -1,15 +1,21 @@
 import Glibc
 
-/// The futex table: waiters by futex word. A word is named by its process image and virtual
-/// address (private futexes; images are never shared between processes, which have a VM each).
+/// The futex table: waiters by futex word. A word in private memory is named by its process
+/// image and virtual address; a word in a MAP_SHARED file mapping by the file's shared memory and
+/// the offset in it, so processes (each with its own VM) that map the same file meet on it.
 final class FutexTable {
     struct Key: Hashable {
-        let image: ObjectIdentifier
+        let object: ObjectIdentifier
         let address: UInt64
 
         init(image: ProcessImage, address: UInt64) {
-            self.image = ObjectIdentifier(image)
-            self.address = address
+            if let index = image.space.regionIndex(containing: address), let shared = image.space.regions[index].shared {
+                object = ObjectIdentifier(shared.memory)
+                self.address = shared.offset &+ (address - image.space.regions[index].start)
+            } else {
+                object = ObjectIdentifier(image)
+                self.address = address
+            }
         }
     }
 
