@@ -66,8 +66,11 @@ runpy.run_module('test', run_name='__main__', alter_sys=True)
 """
 
 # The result stream is stdout, as regrtest's is. Before each test it stats a path naming the test
-# (which does not exist), so the sandbox's syscall trace shows which test made each call.
+# (which does not exist), so the sandbox's syscall trace shows which test made each call. Right
+# after a failure or error it prints a CAUSE line, because unittest prints its failure reports
+# only at the end, which a run that hangs or dies never reaches.
 MARKER = "/.catalyzer-compat/"
+CAUSE = "@@compat-cause "
 UNITTEST_BOOT = """\
 import os, sys, tempfile, unittest
 os.dup2(1, 2)
@@ -82,6 +85,31 @@ class Result(unittest.TextTestResult):
             pass
         super().startTest(test)
 
+    def cause(self, test, err):
+        kind, value = err[0], err[1]
+        name = kind.__qualname__
+        if kind.__module__ not in ("builtins", "__main__"):
+            name = kind.__module__ + "." + name
+        try:
+            lines = str(value).splitlines()
+        except Exception:
+            lines = []
+        self.stream.write("\\n%%s%%s: %%s\\n" %% (%r, test.id(), name + (": " + lines[0] if lines else "")))
+        self.stream.flush()
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self.cause(test, err)
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self.cause(test, err)
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self.cause(test, err)
+
 class Runner(unittest.TextTestRunner):
     resultclass = Result
     def __init__(self, **options):
@@ -89,7 +117,7 @@ class Runner(unittest.TextTestRunner):
 
 os.chdir(tempfile.mkdtemp(prefix='test_python_'))
 unittest.main(module=None, argv=['python3 -m unittest', '-v', sys.argv[1]], testRunner=Runner)
-""" % MARKER
+""" % (MARKER, CAUSE)
 
 # Mounts the host reference run's view of the rootfs, then chroots; runs as PID 1 of a new PID
 # namespace inside a new mount namespace, so every mount and process goes away with it.
@@ -107,10 +135,14 @@ exec chroot "$root" "$@"
 
 PASSED = ("ok", "expected failure")
 STATUS_WORDS = r"ok|FAIL|ERROR|skipped(?: .*)?|expected failure|unexpected success"
-# `name (dotted.id)` plus what follows: a subtest's `[msg] (params)`, ` ... STATUS`, or nothing.
-START_RE = re.compile(r"^(?P<indent>\s*)(?P<name>[^\s()\[\]]+) \((?P<id>[\w.]*)\)(?P<rest>.*)$")
-STATUS_AFTER_DOTS_RE = re.compile(r" \.\.\. (?P<status>" + STATUS_WORDS + r")$")
-STATUS_LINE_RE = re.compile(r"^(?P<status>" + STATUS_WORDS + r")$")
+# `name (dotted.id)` plus what follows: a subtest's `[msg] (params)`, ` ... STATUS`, or nothing. A
+# duration the previous test printed without a newline may come first.
+START_RE = re.compile(r"^(?:\d+\.\d+s )?(?P<indent>\s*)(?P<name>[^\s()\[\]]+) \((?P<id>[\w.]*)\)(?P<rest>.*)$")
+# The status ends the line; a test's own output may come before it (test_concurrent_futures
+# prints each test's duration: "... 0.10s ok").
+STATUS_AFTER_DOTS_RE = re.compile(r" \.\.\. (?:.*? )?(?P<status>" + STATUS_WORDS + r")$")
+STATUS_LINE_RE = re.compile(r"^(?:\d+\.\d+s )?(?P<status>" + STATUS_WORDS + r")$")
+CAUSE_RE = re.compile(r"^" + re.escape(CAUSE) + r"(?P<test>[\w.]+): (?P<cause>.*)$")
 REPORT_HEADER_RE = re.compile(r"^(?P<kind>ERROR|FAIL|UNEXPECTED SUCCESS): (?P<desc>.*)$")
 STRACE_RE = re.compile(r"^(?:\[pid \d+\] )?(?P<name>\w+)\(.*\) = (?P<result>.*)$")  # a child's lines: [pid N]
 # ENOSYS results that explain no failure: glibc probes rseq in every new process and carries on.
@@ -201,9 +233,14 @@ def parse_output(text):
             results[key] = {"status": status, "detail": detail or (old or {}).get("detail", "")}
 
     lines = text.splitlines()
+    early_causes = {}  # the unittest runner's CAUSE lines
     for index, line in enumerate(lines):
         if line == SEPARATOR_EQ and index + 1 < len(lines) and REPORT_HEADER_RE.match(lines[index + 1]):
             break  # the failure reports follow; outcomes are all printed before them
+        cause = CAUSE_RE.match(line)
+        if cause:
+            early_causes.setdefault(cause.group("test"), stable_cause(cause.group("cause")))
+            continue
         match = START_RE.match(line)
         if match:
             rest = match.group("rest")
@@ -249,6 +286,8 @@ def parse_output(text):
                 i = j
                 continue
         i += 1
+    for key, cause in early_causes.items():
+        causes.setdefault(key, cause)
     for key, cause in causes.items():
         if key in results and results[key]["status"] in ("FAIL", "ERROR", "unexpected success"):
             results[key]["detail"] = cause
