@@ -27,7 +27,7 @@ import Testing
     /// They run with the script's `unittest` runner: regrtest (`python3 -m test`) cannot start in
     /// the sandbox yet, because it enables faulthandler and sigaltstack gives ENOSYS. Switch to
     /// `regrtest` once it can.
-    static let gated = ["test_functools", "test_tempfile"]
+    static let gated = ["test_select", "test_functools", "test_tempfile"]
     static let runner = "unittest"
 
     /// Seconds per module and side; these modules take a few seconds each on the host.
@@ -67,13 +67,14 @@ import Testing
             let host = try #require(entry["host"] as? [String: Any])
             let sandbox = try #require(entry["sandbox"] as? [String: Any])
             let hostTests = (host["tests"] as? [String: Any])?.count ?? 0
-            #expect(hostTests > 20 && host["complete"] as? Bool == true, "\(module): the host run did not complete: \(host)")
+            #expect(hostTests > 0 && host["complete"] as? Bool == true, "\(module): the host run did not complete: \(host)")
             #expect(sandbox["complete"] as? Bool == true, "\(module): the sandbox run did not complete")
         }
     }
 
     /// The parser reads unittest's verbose lines, including output between a test's name and its
-    /// result, docstrings, subtests, fixtures and a run that ends inside a test.
+    /// result, docstrings, subtests, fixtures, the runner's early cause lines (a run that dies
+    /// never prints unittest's failure reports) and a run that ends inside a test.
     @Test func parserReadsVerboseOutput() throws {
         let log = """
             0:00:00 load avg: 0.18 [1/1] test_demo
@@ -98,6 +99,10 @@ import Testing
               test_subok (test.test_demo.A.test_subok) (i=1) ... skipped 'y'
             test_subok (test.test_demo.A.test_subok) ... ok
             setUpClass (test.test_demo.B) ... skipped 'no B'
+            test_early (test.test_demo.A.test_early) ... ERROR
+
+            @@compat-cause test.test_demo.A.test_early: OSError: [Errno 30] Read-only file system: '@test_1_tmpæ'
+            0.00s test_timed (test.test_demo.A.test_timed) ... 0.10s ok
             test_hang (test.test_demo.C.test_hang) ...\u{20}
             ======================================================================
             FAIL: test_doc (test.test_demo.A.test_doc)
@@ -146,7 +151,9 @@ import Testing
         #expect(outcome("test.test_demo.A.test_sub") == "FAIL|AssertionError: False is not true")
         #expect(outcome("test.test_demo.A.test_subok") == "ok|")
         #expect(outcome("test.test_demo.B.setUpClass") == "skipped|no B")
-        #expect(tests.count == 10)
+        #expect(outcome("test.test_demo.A.test_early") == "ERROR|OSError: [Errno 30] Read-only file system")
+        #expect(outcome("test.test_demo.A.test_timed") == "ok|")
+        #expect(tests.count == 12)
         #expect(parsed["pending"] as? String == "test.test_demo.C.test_hang")
         // ENOSYS results from the syscall trace, charged to the test named by the runner's marker
         // (a child's lines too); rseq explains nothing and is left out of a test's list.
