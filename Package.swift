@@ -54,6 +54,8 @@ let package = Package(
         .target(name: "CatalyzerTestSupport", dependencies: ["CatalyzerImage"], path: "Tests/Support"),
 
         .testTarget(name: "CatalyzerRootfsTests", dependencies: ["CatalyzerTestSupport"]),
+        // CPython's own regression tests in the sandbox vs the host (Scripts/cpython-compat.py).
+        .testTarget(name: "CatalyzerCompatTests", dependencies: ["CatalyzerTestSupport", "catalyzer"]),
         .testTarget(
             name: "CatalyzerImageTests",
             dependencies: ["CatalyzerImage", "CatalyzerBench", "CatalyzerTestSupport", "catalyzer"]

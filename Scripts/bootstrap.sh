@@ -17,12 +17,14 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || { command -v sudo >/dev/null && exec sudo -E "$0" "$@"; echo "$0: run as root" >&2; exit 1; }
 
 # Debian packages: build (C libraries for the shims), run (fuse3 for mount/umount),
-# test (busybox-static, gcc, fio, python3 for dumps and the guest rootfs, docker-registry, skopeo),
+# test (busybox-static, gcc, fio, python3 for dumps and the guest rootfs, docker-registry, skopeo,
+# python3-pip and libpython3.11-testsuite for the test rootfs: numpy and CPython's own regression
+# tests, for the sandbox-vs-host comparison),
 # benchmark baselines (runsc: gVisor).
 packages=(
   pkg-config gcc libc6-dev
   libfuse3-dev fuse3 libzstd-dev liblz4-dev
-  python3 python3.11 cpio busybox-static fio docker-registry skopeo runsc
+  python3 python3.11 python3-pip libpython3.11-testsuite cpio busybox-static fio docker-registry skopeo runsc
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -6,7 +6,11 @@
 # OUTDIR gets the interpreter, ld.so and every library `ldd` lists for it and for the standard
 # library's extension modules, the standard library without its tests (precompiled, since the
 # sandbox's rootfs is read-only and python could not write __pycache__ there), the reference
-# runner /opt/catalyzer/runner.py and the sample functions /functions/{hello,heavy}.py.
+# runner /opt/catalyzer/runner.py and the sample functions /functions/{hello,heavy}.py, plus
+# libgcc_s.so.1 (no ELF file lists it, but glibc dlopens it to unwind a thread in pthread_exit and
+# thread cancellation, so a threaded python aborts without it) and an /etc with passwd, group,
+# hosts (localhost, IPv4 and IPv6), host.conf (multi on, as Debian ships it: getaddrinfo returns
+# every address a name has there) and nsswitch.conf (files first, so localhost needs no DNS).
 # Libraries are real files at the paths ld.so searches by default; no ld.so.cache is needed.
 # The rootfs is built next to OUTDIR and renamed into place, so OUTDIR is never half-built.
 set -euo pipefail
@@ -48,10 +52,18 @@ stdlib=/usr/lib/python$version
   cpio --null -pdm --quiet "$stage$stdlib")
 copy_libraries "$stage$stdlib"/lib-dynload/*.so
 
+# glibc loads libgcc_s.so.1 at run time (dlopen, for unwinding in pthread_exit and cancellation).
+libgcc_s=$(ldconfig -p | awk '$1 == "libgcc_s.so.1" && /x86-64/ { print $NF; exit }')
+[[ -n $libgcc_s && -f $libgcc_s ]] || { echo "build-rootfs: libgcc_s.so.1 is missing (apt-get install libgcc-s1)" >&2; exit 1; }
+cp -L "$libgcc_s" "$stage/lib/x86_64-linux-gnu/libgcc_s.so.1"
+
 cp "$here/rootfs/opt/catalyzer/runner.py" "$stage/opt/catalyzer/"
 cp "$here/rootfs/functions/"*.py "$stage/functions/"
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$stage/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$stage/etc/group"
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$stage/etc/hosts"
+printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$stage/etc/nsswitch.conf"
+printf 'multi on\n' >"$stage/etc/host.conf"
 
 # Bytecode for everything, compiled by the same interpreter, paths as seen inside the rootfs.
 "$python" -m compileall -q -j 0 -s "$stage" -p / "$stage$stdlib" "$stage/opt/catalyzer" "$stage/functions" >/dev/null

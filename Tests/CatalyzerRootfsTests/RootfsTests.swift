@@ -52,6 +52,41 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: root + "/usr/lib/python3.11/test"))
     }
 
+    @Test func threadsExitCleanlyWithLibgccS() throws {
+        try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
+        let root = try PythonRootfs.path()
+        // glibc dlopens libgcc_s.so.1 for pthread_exit; CPython calls it when a daemon thread
+        // wakes up during interpreter shutdown. Without the library the process aborts (134).
+        #expect(FileManager.default.fileExists(atPath: root + "/lib/x86_64-linux-gnu/libgcc_s.so.1"))
+        let script = """
+            import threading, time
+            def spin():
+                while True: time.sleep(0.0001)
+            for _ in range(4): threading.Thread(target=spin, daemon=True).start()
+            t = threading.Thread(target=lambda: None); t.start(); t.join()
+            time.sleep(0.05)
+            print("done")
+            """
+        for _ in 0..<3 {
+            let result = try Command.run("chroot", [root, "/usr/bin/python3", "-c", script])
+            #expect(result.status == 0 && result.stdout == "done\n" && !result.stderr.contains("libgcc_s"), "\(result)")
+        }
+    }
+
+    @Test func localhostResolvesFromEtcHosts() throws {
+        try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
+        let root = try PythonRootfs.path()
+        let hosts = try String(contentsOfFile: root + "/etc/hosts", encoding: .utf8)
+        #expect(hosts.contains("127.0.0.1\tlocalhost") && hosts.contains("::1\tlocalhost"), "\(hosts)")
+        let script = """
+            import socket
+            print(socket.gethostbyname("localhost"))
+            print(sorted({a[4][0] for a in socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)}))
+            """
+        let result = try Command.run("chroot", [root, "/usr/bin/python3", "-c", script])
+        #expect(result.status == 0 && result.stdout == "127.0.0.1\n['127.0.0.1', '::1']\n", "\(result)")
+    }
+
     @Test func everyInstanceGetsItsOwnInstanceId() throws {
         try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
         // A function that reports its instance id (set by the runner on the first request).
