@@ -169,13 +169,7 @@ public final class Sandbox {
             scheduler.expireDeadlines(now: now)
             if scheduler.hasHostWaiters { scheduler.pollHost(timeoutNanoseconds: 0) }
             if let task = scheduler.next() {
-                if let reached = readyPointReached, now - reached > Self.readyPointGrace {
-                    exitStatus = .killed(signal: SIGKILL, reason: "checkpoint: the program reached its ready point "
-                        + "(its main thread reads stdin) but task \(task.tid) (\(task.name)) was still running "
-                        + "\(Self.readyPointGrace / 1_000_000_000) s later; every other thread must be blocked "
-                        + "(waiting on a lock, a queue, a sleep or a pipe) for a checkpoint")
-                    continue
-                }
+                if readyPointGraceExpired(running: task) { continue }
                 try runSlice(task)
                 continue
             }
@@ -183,7 +177,7 @@ public final class Sandbox {
                 exitStatus = .readyPoint
                 continue
             }
-            let deadline = [scheduler.nextDeadline, timers.nextDeadline].compactMap { $0 }.min()
+            let deadline = nextDueTime
             guard deadline != nil || scheduler.hasHostWaiters else {
                 exitStatus = .killed(signal: SIGKILL, reason: "deadlock: every task is blocked and nothing can wake "
                                      + "them: " + blockedTaskReport())
@@ -191,6 +185,23 @@ public final class Sandbox {
             }
             scheduler.pollHost(timeoutNanoseconds: deadline.map { $0 > now ? $0 - now : 0 })
         }
+    }
+
+    /// The next time something is due without an event: a blocked task's deadline, a timer, the
+    /// end of the ready point's grace period.
+    var nextDueTime: UInt64? {
+        [scheduler.nextDeadline, timers.nextDeadline, readyPointReached.map { $0 + Self.readyPointGrace }].compactMap { $0 }.min()
+    }
+
+    /// Whether the ready point was reached and `task` still runs after the grace period; if so
+    /// the sandbox ends with an error naming it (a checkpoint needs every other task parked).
+    private func readyPointGraceExpired(running task: Task) -> Bool {
+        guard let reached = readyPointReached, Self.monotonicNanoseconds() - reached > Self.readyPointGrace else { return false }
+        exitStatus = .killed(signal: SIGKILL, reason: "checkpoint: the program reached its ready point "
+            + "(its main thread reads stdin) but task \(task.tid) (\(task.name)) was still running "
+            + "\(Self.readyPointGrace / 1_000_000_000) s later; every other thread must be blocked "
+            + "(waiting on a lock, a queue, a sleep or a pipe) for a checkpoint")
+        return true
     }
 
     /// "tid 1 (python3): futex 0x…; tid 2 (python3): read from pipe" for a deadlock report.
@@ -207,7 +218,7 @@ public final class Sandbox {
         let signals = scheduler.signals
         signals.othersRunnable.store(scheduler.hasRunnable, ordering: .relaxed)
         signals.hostWaiters.store(scheduler.hasHostWaiters, ordering: .relaxed)
-        signals.nextDeadline.store([scheduler.nextDeadline, timers.nextDeadline].compactMap { $0 }.min() ?? .max,
+        signals.nextDeadline.store(nextDueTime ?? .max,
                                    ordering: .relaxed)
         signals.preemptRequested.store(false, ordering: .relaxed)
         signals.sliceNumber.add(1, ordering: .relaxed)
@@ -249,7 +260,8 @@ public final class Sandbox {
                     scheduler.enqueue(task)
                     return
                 }
-                signals.nextDeadline.store([scheduler.nextDeadline, timers.nextDeadline].compactMap { $0 }.min() ?? .max,
+                if readyPointGraceExpired(running: task) { return }
+                signals.nextDeadline.store(nextDueTime ?? .max,
                                            ordering: .relaxed)
                 signals.sliceNumber.add(1, ordering: .relaxed)
             }

@@ -19,7 +19,12 @@ extension Task {
         if sandbox.stopsAtReadyPoint && sandbox.readyPointTask == nil && isReadyPointRead(arguments) {
             // Left unserved: the registers still hold the read, which a restore serves first.
             sandbox.readyPointTask = self
-            sandbox.readyPointReached = Sandbox.monotonicNanoseconds()
+            let now = Sandbox.monotonicNanoseconds()
+            sandbox.readyPointReached = now
+            // Other tasks get a grace period to park; the ticker ends a slice that outlasts it.
+            let signals = sandbox.scheduler.signals
+            signals.nextDeadline.store(min(signals.nextDeadline.load(ordering: .relaxed), now + Sandbox.readyPointGrace),
+                                       ordering: .relaxed)
             hasPendingSyscall = true
             sandbox.scheduler.block(self, Wait(reason: "its first request (the ready point)", interruptible: false))
             return

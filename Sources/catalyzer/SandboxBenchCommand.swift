@@ -7,7 +7,7 @@ import Foundation
 struct SandboxBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sandbox",
-        abstract: "Syscall round trip, first touch per page, and start-to-exit of a static program, in the sandbox and on the host.",
+        abstract: "Syscall round trip, first touch per page, start-to-exit of a static program, thread create+join, futex and pipe ping-pong, in the sandbox and on the host.",
         discussion: "Without --rootfs, start-to-exit runs `busybox echo hello` from a temporary rootfs holding Debian's busybox-static. Needs /dev/kvm.")
 
     @Option(help: "A rootfs holding the static program for start-to-exit.") var rootfs: String?
@@ -66,6 +66,13 @@ struct SandboxBench: ParsableCommand {
                 rows.append(Row(name: "start to exit", sandboxMedianMicros: sandbox.sandboxMedianMicros, sandboxP99Micros: sandbox.sandboxP99Micros,
                                 baseline: "runsc run (gVisor)", baselineMedianMicros: runsc.median, baselineP99Micros: runsc.p99,
                                 ratio: sandbox.sandboxMedianMicros / max(runsc.median, 1e-9)))
+            }
+            Output.err("bench: thread create+join, futex and pipe ping-pong (gcc -static)")
+            for row in try TaskBenchmark.run(rootfs: root, iterations: max(20, runs * 7)) {
+                let sandbox = Samples(row.sandbox.map { $0 / 1000 }), host = Samples(row.host.map { $0 / 1000 })
+                rows.append(Row(name: row.name, sandboxMedianMicros: sandbox.median, sandboxP99Micros: sandbox.p99,
+                                baseline: "host, same program", baselineMedianMicros: host.median, baselineP99Micros: host.p99,
+                                ratio: sandbox.median / max(host.median, 1e-9)))
             }
             if json { return Output.json(rows) }
             var table = Table(["what", "sandbox p50 µs", "sandbox p99 µs", "baseline", "baseline p50 µs", "baseline p99 µs", "sandbox/baseline"])

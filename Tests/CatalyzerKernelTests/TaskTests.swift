@@ -211,7 +211,7 @@ struct TaskTests {
     static func host(_ arguments: [String]) throws -> CommandResult {
         try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
         let root = try PythonRootfs.path()
-        return try Command.run("/usr/bin/timeout", ["60", "/usr/bin/env", "-i"] + PythonTests.environment
+        return try Command.run("/usr/bin/timeout", ["-s", "KILL", "60", "/usr/bin/env", "-i"] + PythonTests.environment
                                + ["/usr/sbin/chroot", root] + arguments)
     }
 

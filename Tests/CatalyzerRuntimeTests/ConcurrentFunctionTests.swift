@@ -82,7 +82,8 @@ struct ConcurrentFunctionTests {
     static var command: [String] {
         let literal = module.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"\"\"", with: "\\\"\\\"\\\"")
         return ["/usr/bin/python3", "-c", """
-            import os, runpy, sys
+            import os, runpy, signal, sys
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())  # a host run inherits the test runner's mask
             for stale in ("/tmp/function.db", "/tmp/function.py"):
                 if os.path.exists(stale):
                     os.remove(stale)
@@ -104,11 +105,14 @@ struct ConcurrentFunctionTests {
     func sameAnswersEverywhere() throws {
         let rootfs = try PythonRootfs.path()
         let input = RunnerResponse.input(Self.requests)
-        let host = try Command.run("/usr/bin/timeout", ["120", "/usr/bin/env", "-i", "PATH=/usr/bin:/bin",
-                                                        "/usr/sbin/chroot", rootfs] + Self.command, stdin: input)
+        // The host run gets what the sandbox has: an empty /tmp and a /dev/shm (tmpfs, in a mount
+        // namespace of its own) under the same rootfs.
+        let setup = "mkdir -p \"$0/dev/shm\" && mount -t tmpfs tmpfs \"$0/dev/shm\" && mount -t tmpfs tmpfs \"$0/tmp\" && "
+            + "exec /usr/bin/timeout -s KILL 120 /usr/bin/env -i PATH=/usr/bin:/bin /usr/sbin/chroot \"$0\" \"$@\""
+        let host = try Command.run("/usr/bin/unshare", ["-m", "/bin/sh", "-c", setup, rootfs] + Self.command, stdin: input)
         try #require(host.status == 0, "the host run failed: \(host)")
-        let responses = try RunnerResponse.parse(host.stdout)
-        #expect(responses.count == Self.requests.count && responses.allSatisfy(\.ok), "\(host.stdout)")
+        let lines = host.stdout.split(separator: "\n")
+        #expect(lines.count == Self.requests.count && lines.allSatisfy { $0.hasPrefix("{\"ok\":true,") }, "\(host.stdout)")
 
         let cold = try Command.catalyzer(["run", "--rootfs", rootfs, "--memory", "512M", "--timeout", "120s", "--"] + Self.command,
                                          stdin: input)
