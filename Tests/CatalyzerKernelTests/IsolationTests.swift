@@ -87,4 +87,12 @@ struct IsolationTests {
         #expect(result.stdout.contains("answered 10000 syscalls"))
         #expect(result.syscallCount >= 10000)
     }
+
+    @Test("10 000 random syscalls from 4 threads at once, blocking ones cut short by per-thread timers", arguments: [1, 2])
+    func fuzzThreads(_ seed: Int) throws {
+        let result = try runSandbox(["/bin/probe", "fuzz-threads", "10000", String(seed)], timeout: 120)
+        #expect(result.exit == .exited(status: 0), "\(result.exit) \(result.stderr)")
+        #expect(result.stdout.contains("answered 10000 syscalls from 4 threads"))
+        #expect(result.syscallCount >= 10000)
+    }
 }

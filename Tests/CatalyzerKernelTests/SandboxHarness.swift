@@ -47,9 +47,9 @@ struct TestRootfs: Sendable {
             ln -s \(directory)/secret.txt \(root)/absolute-escape
             ln -s ../secret.txt \(root)/relative-escape
             ln -s ../../../../../../../../\(directory)/secret.txt \(root)/deep-escape
-            gcc -static -O1 -o \(root)/bin/probe \(fixtures)/probe.c
-            gcc -static-pie -O1 -o \(root)/bin/probe-pie \(fixtures)/probe.c
-            gcc -O1 -o \(root)/bin/probe-dynamic \(fixtures)/probe.c
+            gcc -static -O1 -pthread -o \(root)/bin/probe \(fixtures)/probe.c
+            gcc -static-pie -O1 -pthread -o \(root)/bin/probe-pie \(fixtures)/probe.c
+            gcc -O1 -pthread -o \(root)/bin/probe-dynamic \(fixtures)/probe.c
             gcc -static -O1 -o \(root)/bin/fsprobe \(fixtures)/fsprobe.c
             mkdir -p \(root)/big
             head -c 20971520 /dev/urandom > \(root)/big/large.bin
