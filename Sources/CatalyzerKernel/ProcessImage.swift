@@ -1,3 +1,4 @@
+import CKVM
 import CatalyzerKVM
 import Glibc
 
@@ -76,6 +77,49 @@ final class ProcessImage {
         context.registers.rsp = try stack.build(in: space, top: AddressSpace.stackTop)
         context.registers.rip = program.entry
         return (ProcessImage(cpu: cpu, space: space, clock: clock, executablePath: path), context)
+    }
+
+    // MARK: persistence: save (checkpoint), restore, clone (fork)
+
+    /// The image's part of a checkpoint: the vCPU (with `registers`, the ready thread's), the
+    /// address space's bookkeeping (its page tables are in guest memory) and the vDSO clock page.
+    struct State {
+        var vcpu: VCPUState
+        var pageTableRoot: UInt64
+        var allocator: KernelSnapshot.AllocatorState
+        var regions: [KernelSnapshot.Region]
+        var breakStart: UInt64
+        var breakEnd: UInt64
+        var clockPage: UInt64
+        var clockFrame: UInt64
+    }
+
+    func save(registers: kvm_regs) throws -> State {
+        var vcpu = try cpu.captureState()
+        vcpu.registers = VCPUState.bytes(of: registers)
+        let allocation = space.allocator.state
+        return State(vcpu: vcpu, pageTableRoot: space.pageTables.root,
+                     allocator: .init(start: allocation.start, nextUnused: allocation.nextUnused, freed: allocation.freed),
+                     regions: space.regions.map { .init(start: $0.start, end: $0.end, protection: $0.protection.rawValue, name: $0.name) },
+                     breakStart: space.breakStart, breakEnd: space.breakEnd,
+                     clockPage: clock.pageAddress, clockFrame: clock.physicalPage)
+    }
+
+    /// The checkpointed image in `vm`, whose memory is the checkpoint's guest memory.
+    convenience init(restoring snapshot: KernelSnapshot, vm: VM) throws {
+        let memory = vm.memory
+        let allocator = PhysicalPageAllocator(memory: memory, start: snapshot.allocator.start,
+                                              nextUnused: snapshot.allocator.nextUnused, freed: snapshot.allocator.freed)
+        let pageTables = PageTables(memory: memory, allocator: allocator, root: snapshot.pageTableRoot)
+        let cpu = try UserModeCPU(vm: vm, pageTables: pageTables, restoring: snapshot.vcpu)
+        let space = AddressSpace(memory: memory, allocator: allocator, pageTables: pageTables)
+        space.restoreRegions(snapshot.regions.map {
+            MemoryRegion(start: $0.start, end: $0.end, protection: Protection(rawValue: $0.protection), name: $0.name, pristineCopy: nil)
+        })
+        space.breakStart = snapshot.breakStart
+        space.breakEnd = snapshot.breakEnd
+        let clock = GuestClock(pageAddress: snapshot.clockPage, physicalPage: snapshot.clockFrame, vcpu: vm.vcpu)
+        self.init(cpu: cpu, space: space, clock: clock, executablePath: snapshot.process.executablePath)
     }
 
     /// A copy of this image in a new VM (fork): memory, address space and clock page. The child's

@@ -30,23 +30,20 @@ extension Sandbox {
         if timers.nextDeadline != nil {
             throw RestoreError("the program has an armed timer (alarm, setitimer or timer_create) at its ready point; disarm it before reading the first request")
         }
-        let space = main.space
-        let allocation = space.allocator.state
+        let image = try main.image.save(registers: main.registers)
         let (openFiles, descriptors, pipes) = try captureFiles(main.files)
-        var vcpu = try main.image.cpu.captureState()
-        vcpu.registers = VCPUState.bytes(of: main.registers)
         let tasks = try ([main] + group.tasks.filter { $0 !== main }).map { try $0.save() }
         return KernelSnapshot(
             memorySize: memorySize,
-            vcpu: vcpu,
+            vcpu: image.vcpu,
             pendingSyscall: true,
-            pageTableRoot: space.pageTables.root,
-            allocator: .init(start: allocation.start, nextUnused: allocation.nextUnused, freed: allocation.freed),
-            regions: space.regions.map { .init(start: $0.start, end: $0.end, protection: $0.protection.rawValue, name: $0.name) },
-            breakStart: space.breakStart,
-            breakEnd: space.breakEnd,
-            clockPage: main.image.clock.pageAddress,
-            clockFrame: main.image.clock.physicalPage,
+            pageTableRoot: image.pageTableRoot,
+            allocator: image.allocator,
+            regions: image.regions,
+            breakStart: image.breakStart,
+            breakEnd: image.breakEnd,
+            clockPage: image.clockPage,
+            clockFrame: image.clockFrame,
             checkpointMonotonic: time.monotonicNanoseconds,
             process: .init(pid: group.pid, executablePath: main.image.executablePath,
                            workingDirectory: main.workingDirectory,
@@ -61,7 +58,7 @@ extension Sandbox {
             files: openFiles,
             descriptors: descriptors,
             pipes: pipes,
-            tmp: try captureTmp(openFiles: main.files, space: space),
+            tmp: try captureTmp(openFiles: main.files, space: main.space),
             rootfs: (filesystem.dependencies ?? RootfsDependencies()).fingerprint(rootDirectory: filesystem.rootDirectory))
     }
 
@@ -88,18 +85,7 @@ extension Sandbox {
             group.zombieStatus = zombie.status
             groups[zombie.pid] = group
         }
-        let allocator = PhysicalPageAllocator(memory: memory, start: snapshot.allocator.start,
-                                              nextUnused: snapshot.allocator.nextUnused, freed: snapshot.allocator.freed)
-        let pageTables = PageTables(memory: memory, allocator: allocator, root: snapshot.pageTableRoot)
-        let cpu = try UserModeCPU(vm: vm, pageTables: pageTables, restoring: snapshot.vcpu)
-        let space = AddressSpace(memory: memory, allocator: allocator, pageTables: pageTables)
-        space.restoreRegions(snapshot.regions.map {
-            MemoryRegion(start: $0.start, end: $0.end, protection: Protection(rawValue: $0.protection), name: $0.name, pristineCopy: nil)
-        })
-        space.breakStart = snapshot.breakStart
-        space.breakEnd = snapshot.breakEnd
-        let clock = GuestClock(pageAddress: snapshot.clockPage, physicalPage: snapshot.clockFrame, vcpu: vm.vcpu)
-        let image = ProcessImage(cpu: cpu, space: space, clock: clock, executablePath: process.executablePath)
+        let image = try ProcessImage(restoring: snapshot, vm: vm)
         filesystem.executablePath = process.executablePath
         let files = try Self.restoreFiles(snapshot, filesystem: filesystem, tmpNodes: tmpNodes,
                                           standardStreams: options.standardStreams)
