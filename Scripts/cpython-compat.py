@@ -5,6 +5,7 @@
                       [--markdown FILE] [--json FILE] [--logs DIR]
                       [--require-same MOD...] [--require-ratio RATIO MOD...] MODULE...
     cpython-compat.py --parse LOG     the outcomes it reads from a saved verbose output, as JSON
+    cpython-compat.py --render JSON MARKDOWN    the markdown report again from a run's --json
 
 R is a test rootfs (Scripts/build-test-rootfs.sh). For every module (`test_json`,
 `test_asyncio.test_events`, ...) and runner it runs, one after the other:
@@ -587,7 +588,8 @@ def markdown(report, requirements, verdicts_by_runner, command):
         "(`chroot R` as root, in a private mount and PID namespace with a read-only R, tmpfs `/tmp` and `/dev/shm`, "
         "its own `/proc`, and the host's `/dev/null`, `zero`, `random`, `urandom`), one after the other, with "
         "the same environment (`PATH`, `TMPDIR=/tmp`, `PYTHONUNBUFFERED=1`). R is the test rootfs "
-        "(`Scripts/build-test-rootfs.sh`): the function rootfs plus Debian's `libpython3.11-testsuite` and numpy. "
+        "(`Scripts/build-test-rootfs.sh`): the function rootfs plus Debian's `libpython3.11-testsuite` and numpy; "
+        "it has no `/bin/sh`, `/etc/services` or pty devices, so tests that need them fail on the host as well. "
         "Outcomes come from unittest's verbose lines; a difference's cause is the exception line of the "
         "sandbox's traceback, the skip reason, or how the sandbox run ended (\"timed out\", \"crashed: <exit status>\"; "
         "the tests it did not reach are \"not run\"). \"passed\" counts `ok` and `expected failure`.\n"
@@ -635,6 +637,19 @@ def markdown(report, requirements, verdicts_by_runner, command):
             out.append("|---|---|")
             for cause, n in causes.most_common(25):
                 out.append("| %d | %s |" % (n, md_escape(cause)))
+            out.append("")
+        host_failures = collections.OrderedDict()
+        for module, result in modules.items():
+            host = result["host"]
+            for key, test in host["tests"].items():
+                if test["status"] in ("FAIL", "ERROR", "unexpected success"):
+                    host_failures.setdefault((module, test["detail"] or test["status"]), []).append(short_name(key, module))
+            if not host["tests"] and host["startupError"]:
+                host_failures.setdefault((module, host["startupError"]), [])
+        if host_failures:
+            out.append("Tests that fail on the host too (they count for neither side):\n")
+            for (module, cause), keys in host_failures.items():
+                out.append("- `%s`: %s%s" % (module, md_escape(cause), " (%d): %s" % (len(keys), ", ".join("`%s`" % k for k in keys)) if keys else ""))
             out.append("")
         out.append("### Differences, test by test (`%s`)\n" % runner)
         for module, result in modules.items():
@@ -731,6 +746,35 @@ def parse_arguments(argv):
     return args, modules, requirements
 
 
+def verdict(kind, result):
+    """Whether a module's result meets its bar: "same", or a ratio of the host's passes."""
+    if kind == "same":
+        return result["same"] and bool(result["host"]["tests"])
+    return result["ratio"] is not None and result["ratio"] >= kind
+
+
+def write_markdown(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def render(json_path, markdown_path):
+    """--render: the markdown report again, from a run's --json output (no tests are run)."""
+    with open(json_path) as f:
+        report = json.load(f, object_pairs_hook=collections.OrderedDict)
+    for results in report["runs"].values():
+        for result in results.values():
+            result["differences"] = [(d["test"], d["host"], d["sandbox"], d["cause"]) for d in result["differences"]]
+    requirements = report.get("requirements")
+    if requirements is None:  # written before requirements were recorded: read them off the command
+        _, _, requirements = parse_arguments(shlex.split(report["command"])[1:])
+    verdicts = {runner: {module: verdict(kind, results[module]) for module, kind in requirements.items() if module in results}
+                for runner, results in report["runs"].items()}
+    write_markdown(markdown_path, markdown(report, requirements, verdicts, report["command"]))
+    return 0
+
+
 def save_log(args, runner, module, side, text):
     if args.logs:
         with open(os.path.join(args.logs, "%s.%s.%s.log" % (runner, module, side)), "w") as f:
@@ -740,6 +784,8 @@ def save_log(args, runner, module, side, text):
 def main(argv):
     if len(argv) == 2 and argv[0] == "--parse":
         return parse_log(argv[1])
+    if len(argv) == 3 and argv[0] == "--render":
+        return render(argv[1], argv[2])
     args, modules, requirements = parse_arguments(argv)
     command = " ".join(shlex.quote(a) for a in ["Scripts/cpython-compat.py"] + argv)
     report = {"commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -767,10 +813,8 @@ def main(argv):
             r = ratio(host, sandbox)
             results[module] = {"host": host, "sandbox": sandbox, "differences": differences, "same": same, "ratio": r}
             kind = requirements.get(module)
-            if kind == "same":
-                verdicts[module] = same and bool(host["tests"])
-            elif kind is not None:
-                verdicts[module] = r is not None and r >= kind
+            if kind is not None:
+                verdicts[module] = verdict(kind, results[module])
             line = "%-36s host: %s | sandbox: %s | %s" % (
                 module, summary_text(host), summary_text(sandbox),
                 "same" if same else "%d differ" % len(differences))
@@ -783,6 +827,8 @@ def main(argv):
             print(line, flush=True)
         report["runs"][runner] = results
         verdicts_by_runner[runner] = verdicts
+    report["requirements"] = requirements
+    report["verdicts"] = verdicts_by_runner
     if args.json:
         serializable = json.loads(json.dumps(report, default=str))
         for runner, results in serializable["runs"].items():
@@ -791,10 +837,7 @@ def main(argv):
         with open(args.json, "w") as f:
             json.dump(serializable, f, indent=1)
     if args.markdown:
-        text = markdown(report, requirements, verdicts_by_runner, command)
-        with open(args.markdown + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(args.markdown + ".tmp", args.markdown)
+        write_markdown(args.markdown, markdown(report, requirements, verdicts_by_runner, command))
     if missed:
         print("cpython-compat: bar missed: " + ", ".join(missed), file=sys.stderr)
         return 1
