@@ -81,7 +81,7 @@ extension Task {
     }
 
     /// Reads a guest `struct iovec` array.
-    private func ioVectors(_ address: UInt64, count: UInt64) throws(Errno) -> [(UInt64, Int)] {
+    func ioVectors(_ address: UInt64, count: UInt64) throws(Errno) -> [(UInt64, Int)] {
         guard count <= 1024 else { throw Errno.EINVAL }
         let bytes = try space.read(address, count: Int(count) * 16)
         return (0..<Int(count)).map { index in
@@ -92,7 +92,7 @@ extension Task {
     }
 
     /// Host buffers behind guest segments, trimmed to `maximumTransfer` bytes in total.
-    private func hostBuffers(_ segments: [(UInt64, Int)], access: AddressSpace.Access) throws(Errno) -> [iovec] {
+    func hostBuffers(_ segments: [(UInt64, Int)], access: AddressSpace.Access) throws(Errno) -> [iovec] {
         var remaining = Self.maximumTransfer
         var vectors: [iovec] = []
         for (address, length) in segments where remaining > 0 && length > 0 {

@@ -55,7 +55,7 @@ extension Task {
     func sysRecvfrom(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let (file, socket) = try socket(a[0])
         let flags = a.int32(3)
-        let vectors = try ioBuffers([(a[1], try a.length(2))])
+        let vectors = try hostBuffers([(a[1], try a.length(2))], access: .write)
         let result = try socket.receive(self, into: vectors, nonblocking: nonblocking(file, flags),
                                         peek: flags & Self.messagePeek != 0, waitAll: flags & Self.messageWaitAll != 0)
         if a[4] != 0 && a[5] != 0 { try space.store(UInt32(2), at: a[5]) }  // an unnamed peer: just the family
@@ -67,7 +67,7 @@ extension Task {
         let (file, socket) = try socket(a[0])
         let header = try space.read(a[1], count: 56)
         func word(_ offset: Int) -> UInt64 { header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
-        let segments = try ioVectorList(word(16), count: word(24))
+        let segments = try ioVectors(word(16), count: word(24))
         var bytes: [UInt8] = []
         for (base, length) in segments where bytes.count <= UnixSocket.capacity {
             bytes += try space.read(base, count: min(length, UnixSocket.capacity + 1 - bytes.count))
@@ -106,7 +106,7 @@ extension Task {
         let flags = a.int32(2)
         let header = try space.read(a[1], count: 56)
         func word(_ offset: Int) -> UInt64 { header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
-        let vectors = try ioBuffers(try ioVectorList(word(16), count: word(24)))
+        let vectors = try hostBuffers(try ioVectors(word(16), count: word(24)), access: .write)
         let result = try socket.receive(self, into: vectors, nonblocking: nonblocking(file, flags),
                                         peek: flags & Self.messagePeek != 0, waitAll: flags & Self.messageWaitAll != 0)
         var messageFlags: Int32 = result.truncated ? Self.messageTruncate : 0
@@ -200,31 +200,5 @@ extension Task {
 
     private func nonblocking(_ file: OpenFile, _ flags: Int32) -> Bool {
         file.statusFlags & O_NONBLOCK != 0 || flags & Self.messageDontWait != 0
-    }
-
-    /// A guest `struct iovec` array as (base, length) pairs.
-    func ioVectorList(_ address: UInt64, count: UInt64) throws(Errno) -> [(UInt64, Int)] {
-        guard count <= 1024 else { throw Errno.EMSGSIZE }
-        guard count > 0 else { return [] }
-        let bytes = try space.read(address, count: Int(count) * 16)
-        return (0..<Int(count)).map { index in
-            let base = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16, as: UInt64.self) }
-            let length = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 16 + 8, as: UInt64.self) }
-            return (base, Int(clamping: min(length, UInt64(Self.maximumTransfer))))
-        }
-    }
-
-    /// Host buffers behind writable guest segments.
-    func ioBuffers(_ segments: [(UInt64, Int)]) throws(Errno) -> [iovec] {
-        var vectors: [iovec] = []
-        var remaining = Self.maximumTransfer
-        for (address, length) in segments where remaining > 0 && length > 0 {
-            let take = min(length, remaining)
-            for buffer in try space.hostBuffers(address, length: take, access: .write) {
-                vectors.append(iovec(iov_base: buffer.baseAddress, iov_len: buffer.count))
-            }
-            remaining -= take
-        }
-        return vectors
     }
 }
