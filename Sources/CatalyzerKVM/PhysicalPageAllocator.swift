@@ -1,33 +1,49 @@
 /// Hands out 4 KiB guest-physical pages from guest RAM above the system area. Every page it returns
 /// reads as zero: fresh memfd pages are zero and freed pages are discarded (hole-punched) before reuse.
 /// The memfd's size is the guest's memory cap, so running out is the guest's ENOMEM, never host OOM.
+///
+/// Every page handed out is charged to `account`, which the processes of one sandbox share: their
+/// guest RAM together stays within the sandbox's memory limit, however many processes it forks.
 public final class PhysicalPageAllocator {
     private let memory: GuestMemory
     private let start: UInt64
     private var nextUnused: UInt64
     private var freed: [UInt64] = []
+    public let account: MemoryAccount
 
-    public init(memory: GuestMemory, start: UInt64 = SystemLayout.firstFreePhysical) {
+    public init(memory: GuestMemory, start: UInt64 = SystemLayout.firstFreePhysical, account: MemoryAccount? = nil) {
         self.memory = memory
         self.start = start
         self.nextUnused = start
+        self.account = account ?? MemoryAccount(limit: memory.size)
     }
 
-    /// The same allocation state over `memory`, a copy of this allocator's memory (fork).
-    public init(copying other: PhysicalPageAllocator, memory: GuestMemory) {
+    /// The same allocation state over `memory`, a copy of this allocator's memory (fork); nil
+    /// when the shared account cannot take the copy's pages.
+    public init?(copying other: PhysicalPageAllocator, memory: GuestMemory) {
         self.memory = memory
         self.start = other.start
         self.nextUnused = other.nextUnused
         self.freed = other.freed
+        self.account = other.account
+        guard account.charge(usedBytes) else {
+            nextUnused = start
+            freed = []
+            return nil
+        }
     }
 
     /// The allocation state a checkpoint recorded, over the restored `memory`.
-    public init(memory: GuestMemory, start: UInt64, nextUnused: UInt64, freed: [UInt64]) {
+    public init(memory: GuestMemory, start: UInt64, nextUnused: UInt64, freed: [UInt64], account: MemoryAccount? = nil) {
         self.memory = memory
         self.start = start
         self.nextUnused = nextUnused
         self.freed = freed
+        self.account = account ?? MemoryAccount(limit: memory.size)
+        _ = self.account.charge(usedBytes)
     }
+
+    deinit { account.release(usedBytes) }
 
     /// What a checkpoint records: where allocation started, the high-water mark, the free list.
     public var state: (start: UInt64, nextUnused: UInt64, freed: [UInt64]) { (start, nextUnused, freed) }
@@ -37,6 +53,7 @@ public final class PhysicalPageAllocator {
 
     /// A zeroed page's guest-physical address, or nil when guest RAM is exhausted.
     public func allocate() -> UInt64? {
+        guard account.charge(GuestMemory.pageSize) else { return nil }
         let page: UInt64
         if let reused = freed.popLast() {
             page = reused
@@ -44,6 +61,7 @@ public final class PhysicalPageAllocator {
             page = nextUnused
             nextUnused += UInt64(GuestMemory.pageSize)
         } else {
+            account.release(GuestMemory.pageSize)
             return nil
         }
         return page
@@ -58,5 +76,24 @@ public final class PhysicalPageAllocator {
     public func free(_ pages: [UInt64]) {
         for run in GuestMemory.contiguousRuns(pages) { memory.discard(pageAt: run.start, count: run.count) }
         freed.append(contentsOf: pages)
+        account.release(pages.count * GuestMemory.pageSize)
     }
+}
+
+/// Guest RAM charged against one limit: the pages every process of a sandbox holds. Used only by
+/// the sandbox's monitor thread.
+public final class MemoryAccount {
+    public let limit: Int
+    public private(set) var used = 0
+
+    public init(limit: Int) { self.limit = limit }
+
+    /// Takes `bytes` if they fit under the limit.
+    public func charge(_ bytes: Int) -> Bool {
+        guard bytes <= limit - used else { return false }
+        used += bytes
+        return true
+    }
+
+    public func release(_ bytes: Int) { used = max(0, used - bytes) }
 }

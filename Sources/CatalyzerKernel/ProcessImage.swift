@@ -50,11 +50,11 @@ final class ProcessImage {
 
     /// A fresh VM with `path` loaded and its initial stack built: a new process image, and the
     /// user context its first task starts with.
-    static func load(kvm: KVM, memorySize: Int, exitRequester: ExitRequester, filesystem: Filesystem,
+    static func load(kvm: KVM, memorySize: Int, account: MemoryAccount, exitRequester: ExitRequester, filesystem: Filesystem,
                      path: String, arguments: [String], environment: [String],
                      credentials: Credentials) throws -> (ProcessImage, TaskContext) {
         let memory = try GuestMemory(size: memorySize)
-        let allocator = PhysicalPageAllocator(memory: memory)
+        let allocator = PhysicalPageAllocator(memory: memory, account: account)
         let pageTables = PageTables(memory: memory, allocator: allocator)
         let vm = try VM(kvm: kvm, memory: memory, exitRequester: exitRequester)
         let cpu = try UserModeCPU(vm: vm, pageTables: pageTables)
@@ -106,10 +106,11 @@ final class ProcessImage {
     }
 
     /// The checkpointed image in `vm`, whose memory is the checkpoint's guest memory.
-    convenience init(restoring snapshot: KernelSnapshot, vm: VM) throws {
+    convenience init(restoring snapshot: KernelSnapshot, vm: VM, account: MemoryAccount) throws {
         let memory = vm.memory
         let allocator = PhysicalPageAllocator(memory: memory, start: snapshot.allocator.start,
-                                              nextUnused: snapshot.allocator.nextUnused, freed: snapshot.allocator.freed)
+                                              nextUnused: snapshot.allocator.nextUnused, freed: snapshot.allocator.freed,
+                                              account: account)
         let pageTables = PageTables(memory: memory, allocator: allocator, root: snapshot.pageTableRoot)
         let cpu = try UserModeCPU(vm: vm, pageTables: pageTables, restoring: snapshot.vcpu)
         let space = AddressSpace(memory: memory, allocator: allocator, pageTables: pageTables)
@@ -125,8 +126,11 @@ final class ProcessImage {
     /// A copy of this image in a new VM (fork): memory, address space and clock page. The child's
     /// task gets its context from the parent task separately.
     func fork(kvm: KVM, exitRequester: ExitRequester) throws -> ProcessImage {
+        guard space.allocator.usedBytes <= space.allocator.account.limit - space.allocator.account.used else {
+            throw Errno.ENOMEM  // the sandbox's processes together would exceed its memory
+        }
         let memory = try space.memory.copy(inUse: Int(space.allocator.state.nextUnused))
-        let allocator = PhysicalPageAllocator(copying: space.allocator, memory: memory)
+        guard let allocator = PhysicalPageAllocator(copying: space.allocator, memory: memory) else { throw Errno.ENOMEM }
         let pageTables = PageTables(memory: memory, allocator: allocator, root: space.pageTables.root)
         let vm = try VM(kvm: kvm, memory: memory, exitRequester: exitRequester)
         let childCPU = try UserModeCPU(vm: vm, pageTables: pageTables, continuing: cpu)

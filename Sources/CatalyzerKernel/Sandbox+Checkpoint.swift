@@ -85,7 +85,7 @@ extension Sandbox {
             group.zombieStatus = zombie.status
             groups[zombie.pid] = group
         }
-        let image = try ProcessImage(restoring: snapshot, vm: vm)
+        let image = try ProcessImage(restoring: snapshot, vm: vm, account: memoryAccount)
         filesystem.executablePath = process.executablePath
         let files = try Self.restoreFiles(snapshot, filesystem: filesystem, tmpNodes: tmpNodes,
                                           standardStreams: options.standardStreams)

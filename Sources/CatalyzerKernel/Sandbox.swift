@@ -18,6 +18,8 @@ public final class Sandbox {
     /// Lets another thread stop the sandbox (timeouts) and preempt its vCPUs.
     public let exitRequester: ExitRequester
     let limits: SandboxLimits
+    /// Guest RAM of all its processes together, bounded by `memorySize`.
+    let memoryAccount: MemoryAccount
     let scheduler = Scheduler()
     let futexes = FutexTable()
     /// Live tasks by TID and processes by PID (zombies included until reaped).
@@ -60,12 +62,14 @@ public final class Sandbox {
         public var firstStandardOutput: UInt64?
     }
 
-    /// Guest RAM in use right now by every process (program pages and page tables), in bytes.
+    /// Guest RAM in use by every live process (program pages and page tables), in bytes; once
+    /// the sandbox's first process has exited, what it used when it did.
     public var memoryInUse: Int {
         var images: [ObjectIdentifier: Int] = [:]
         for task in tasks.values { images[ObjectIdentifier(task.image)] = task.image.space.allocator.usedBytes }
-        return images.values.reduce(0, +)
+        return images.isEmpty ? memoryInUseAtExit : images.values.reduce(0, +)
     }
+    private var memoryInUseAtExit = 0
 
     /// The guest memory a checkpoint stores: the first process's.
     public var guestMemory: GuestMemory { initialGroup.leader!.image.memory }
@@ -76,6 +80,7 @@ public final class Sandbox {
         memorySize = configuration.memorySize
         exitRequester = ExitRequester()
         limits = configuration.limits
+        memoryAccount = MemoryAccount(limit: configuration.memorySize)
         filesystem = try Filesystem(rootDirectory: configuration.rootDirectory, tmpCapacity: configuration.memorySize)
         traceSyscalls = configuration.traceSyscalls
         traceFD = configuration.standardStreams.count > 2 ? configuration.standardStreams[2] : 2
@@ -83,7 +88,8 @@ public final class Sandbox {
         if stopsAtReadyPoint { filesystem.dependencies = RootfsDependencies() }
         let path = GuestPath.normalize(configuration.programPath)
         let credentials = Credentials()
-        let (image, context) = try ProcessImage.load(kvm: self.kvm, memorySize: memorySize, exitRequester: exitRequester,
+        let (image, context) = try ProcessImage.load(kvm: self.kvm, memorySize: memorySize, account: memoryAccount,
+                                                     exitRequester: exitRequester,
                                                      filesystem: filesystem, path: path, arguments: configuration.arguments,
                                                      environment: configuration.environment, credentials: credentials)
         filesystem.executablePath = path
@@ -106,6 +112,7 @@ public final class Sandbox {
         self.time = time
         self.exitRequester = exitRequester
         self.limits = limits
+        memoryAccount = MemoryAccount(limit: memorySize)
         self.traceSyscalls = traceSyscalls
         self.traceFD = traceFD
         stopsAtReadyPoint = false
@@ -299,6 +306,7 @@ public final class Sandbox {
         task.files = FileTable()
         tasks[task.tid] = nil
         group.tasks.removeAll { $0 === task }
+        if group.tasks.isEmpty && group === initialGroup { memoryInUseAtExit = task.image.space.allocator.usedBytes }
         if group.tasks.isEmpty { processEnded(group) }
     }
 

@@ -237,7 +237,8 @@ extension Task {
         var path = path
         if case .executableLink = filesystem.locate(path) { path = executablePath }
         do {
-            return try ProcessImage.load(kvm: sandbox.kvm, memorySize: memorySize, exitRequester: exitRequester,
+            return try ProcessImage.load(kvm: sandbox.kvm, memorySize: memorySize, account: sandbox.memoryAccount,
+                                         exitRequester: exitRequester,
                                          filesystem: filesystem, path: path, arguments: arguments,
                                          environment: environment, credentials: credentials)
         } catch let error as Errno where error == Errno.ENOEXEC {
