@@ -23,12 +23,11 @@ import Testing
 
     /// The required modules CI checks today: those that met their bar with the kernel at the time
     /// (see docs/compatibility.md). Add a module here when the kernel work it waits for lands.
-    ///
-    /// They run with the script's `unittest` runner: regrtest (`python3 -m test`) cannot start in
-    /// the sandbox yet, because it enables faulthandler and sigaltstack gives ENOSYS. Switch to
-    /// `regrtest` once it can.
-    static let gated = ["test_select", "test_functools", "test_tempfile"]
-    static let runner = "unittest"
+    /// With threads, signals and sigaltstack in the kernel they run under CPython's own runner
+    /// (`python3 -m test -v`, faulthandler enabled).
+    static let gated = ["test_threading", "test_thread", "test_threading_local", "test_queue", "test_select",
+                        "test_selectors", "test_json", "test_functools", "test_tempfile", "test_shutil"]
+    static let runner = "regrtest"
 
     /// Seconds per module and side; these modules take a few seconds each on the host.
     static let timeout = 120
