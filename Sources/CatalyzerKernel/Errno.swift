@@ -31,7 +31,7 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
     /// Not an error the guest sees: a handler parked the task and the syscall re-runs when it is
     /// woken (Linux's ERESTARTSYS plays a similar part). See `SyscallDispatch.swift`.
     static let blocked = Errno(512)
-    static let ENODEV = Errno(Glibc.ENODEV), ENOTSUP = Errno(Glibc.EOPNOTSUPP)
+    static let ENODEV = Errno(Glibc.ENODEV)
     static let ENODATA = Errno(Glibc.ENODATA), ENOLCK = Errno(Glibc.ENOLCK)
 
     private static let names: [Int32: String] = [

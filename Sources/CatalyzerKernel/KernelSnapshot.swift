@@ -13,9 +13,6 @@ public struct KernelSnapshot: Sendable {
     /// The vCPU, with the registers and XSAVE area of the thread at the ready point (each thread's
     /// own are in `tasks`).
     public var vcpu: VCPUState
-    /// The program's main thread trapped with a syscall that restore must serve first: the
-    /// ready-point read.
-    public var pendingSyscall: Bool
     public var pageTableRoot: UInt64
     public var allocator: AllocatorState
     public var regions: [Region]
@@ -55,9 +52,7 @@ public struct KernelSnapshot: Sendable {
         public var workingDirectory: String
         public var uid: UInt32
         public var gid: UInt32
-        public var taskName: String
         public var signalActions: [SignalAction]
-        public var signalMask: UInt64
         public var fileCreationMask: UInt32
         public var nextPID: Int32
         public var zombies: [Zombie]
@@ -161,7 +156,6 @@ extension KernelSnapshot {
         writer.write(vcpu.xsaveArea)
         writer.write(vcpu.xcr0)
         writer.write(vcpu.modelSpecificRegisters) { $0.write($1.index); $0.write($1.value) }
-        writer.write(pendingSyscall)
         writer.write(pageTableRoot)
         writer.write(allocator.start)
         writer.write(allocator.nextUnused)
@@ -234,7 +228,6 @@ extension KernelSnapshot {
         }
         vcpu = VCPUState(registers: registers, specialRegisters: specialRegisters, xsaveArea: xsaveArea, xcr0: xcr0,
                          modelSpecificRegisters: msrs)
-        pendingSyscall = try reader.readBool("pending syscall")
         pageTableRoot = try reader.read(UInt64.self, "page table root")
         allocator = AllocatorState(
             start: try reader.read(UInt64.self, "allocator start"),
@@ -368,9 +361,7 @@ extension KernelSnapshot.Process {
         writer.write(workingDirectory)
         writer.write(uid)
         writer.write(gid)
-        writer.write(taskName)
         writer.write(signalActions) { $0.write($1.signal); $0.write($1.action) }
-        writer.write(signalMask)
         writer.write(fileCreationMask)
         writer.write(nextPID)
         writer.write(zombies) { $0.write($1.pid); $0.write($1.parent); $0.write($1.status) }
@@ -382,11 +373,9 @@ extension KernelSnapshot.Process {
         workingDirectory = try reader.readString("working directory")
         uid = try reader.read(UInt32.self, "uid")
         gid = try reader.read(UInt32.self, "gid")
-        taskName = try reader.readString("task name")
         signalActions = try reader.readArray("signal actions", minimumSize: 12) { (r) throws(SnapshotDecodingError) in
             KernelSnapshot.SignalAction(signal: try r.read(Int32.self, "signal"), action: try r.readBytes("signal action"))
         }
-        signalMask = try reader.read(UInt64.self, "signal mask")
         fileCreationMask = try reader.read(UInt32.self, "umask")
         nextPID = try reader.read(Int32.self, "next pid")
         zombies = try reader.readArray("exited children", minimumSize: 12) { (r) throws(SnapshotDecodingError) in

@@ -36,7 +36,6 @@ extension Sandbox {
         return KernelSnapshot(
             memorySize: memorySize,
             vcpu: image.vcpu,
-            pendingSyscall: true,
             pageTableRoot: image.pageTableRoot,
             allocator: image.allocator,
             regions: image.regions,
@@ -47,10 +46,9 @@ extension Sandbox {
             checkpointMonotonic: time.monotonicNanoseconds,
             process: .init(pid: group.pid, executablePath: main.image.executablePath,
                            workingDirectory: main.workingDirectory,
-                           uid: group.credentials.uid, gid: group.credentials.gid, taskName: main.name,
+                           uid: group.credentials.uid, gid: group.credentials.gid,
                            signalActions: main.signalHandlers.actions.sorted { $0.key < $1.key }
                                .map { .init(signal: $0.key, action: $0.value.bytes) },
-                           signalMask: main.signalMask,
                            fileCreationMask: main.fileCreationMask, nextPID: nextID,
                            zombies: groups.values.filter { $0.isZombie }.sorted { $0.pid < $1.pid }
                                .map { .init(pid: $0.pid, parent: $0.parentPID, status: $0.zombieStatus ?? 0) }),

@@ -172,9 +172,7 @@ public final class Sandbox {
             if let exitStatus { return exitStatus }
             if exitRequester.isExitRequested { return .timedOut }
             let now = Self.monotonicNanoseconds()
-            timers.fire(now: now, sandbox: self)
-            scheduler.expireDeadlines(now: now)
-            if scheduler.hasHostWaiters { scheduler.pollHost(timeoutNanoseconds: 0) }
+            collectDueEvents(now: now)
             if let task = scheduler.next() {
                 if readyPointGraceExpired(running: task) { continue }
                 try runSlice(task)
@@ -192,6 +190,18 @@ public final class Sandbox {
             }
             scheduler.pollHost(timeoutNanoseconds: deadline.map { $0 > now ? $0 - now : 0 })
         }
+    }
+
+    /// Fires due timers and wakes the tasks whose deadline passed or whose host fd is ready.
+    private func collectDueEvents(now: UInt64) {
+        timers.fire(now: now, sandbox: self)
+        scheduler.expireDeadlines(now: now)
+        if scheduler.hasHostWaiters { scheduler.pollHost(timeoutNanoseconds: 0) }
+    }
+
+    /// Tells the ticker when the running slice must end at the latest.
+    private func publishNextDueTime() {
+        scheduler.signals.nextDeadline.store(nextDueTime ?? .max, ordering: .relaxed)
     }
 
     /// The next time something is due without an event: a blocked task's deadline, a timer, the
@@ -225,8 +235,7 @@ public final class Sandbox {
         let signals = scheduler.signals
         signals.othersRunnable.store(scheduler.hasRunnable, ordering: .relaxed)
         signals.hostWaiters.store(scheduler.hasHostWaiters, ordering: .relaxed)
-        signals.nextDeadline.store(nextDueTime ?? .max,
-                                   ordering: .relaxed)
+        publishNextDueTime()
         signals.preemptRequested.store(false, ordering: .relaxed)
         signals.sliceNumber.add(1, ordering: .relaxed)
         signals.inGuest.store(true, ordering: .relaxed)
@@ -259,17 +268,13 @@ public final class Sandbox {
                 }
             }
             if signals.preemptRequested.exchange(false, ordering: .acquiring) && task.state == .runnable {
-                let now = Self.monotonicNanoseconds()
-                timers.fire(now: now, sandbox: self)
-                scheduler.expireDeadlines(now: now)
-                if scheduler.hasHostWaiters { scheduler.pollHost(timeoutNanoseconds: 0) }
+                collectDueEvents(now: Self.monotonicNanoseconds())
                 if scheduler.hasRunnable {
                     scheduler.enqueue(task)
                     return
                 }
                 if readyPointGraceExpired(running: task) { return }
-                signals.nextDeadline.store(nextDueTime ?? .max,
-                                           ordering: .relaxed)
+                publishNextDueTime()
                 signals.sliceNumber.add(1, ordering: .relaxed)
             }
         }

@@ -81,8 +81,7 @@ extension Task {
         let file = try files.file(fd)
         switch file.backing {
         case .memory: throw Errno.EPERM  // regular files cannot be watched, as on Linux
-        case .host(let hostFD, _) where !file.isHostStream:
-            _ = hostFD
+        case .host where !file.isHostStream:
             throw Errno.EPERM
         default: break
         }

@@ -29,7 +29,7 @@ extension Task {
     private func getAttribute(_ a: SyscallArguments, _ target: Target) throws(Errno) -> UInt64 {
         _ = try xattrTarget(a, target)
         try checkName(a[1])
-        throw Errno.ENOTSUP
+        throw Errno.EOPNOTSUPP
     }
 
     private func setAttribute(_ a: SyscallArguments, _ target: Target) throws(Errno) -> UInt64 {
@@ -37,7 +37,7 @@ extension Task {
         try checkName(a[1])
         guard a.int32(4) & ~0x3 == 0 else { throw Errno.EINVAL }  // XATTR_CREATE | XATTR_REPLACE
         if case .rootfs = location { throw Errno.EROFS }
-        throw Errno.ENOTSUP
+        throw Errno.EOPNOTSUPP
     }
 
     private func listAttributes(_ a: SyscallArguments, _ target: Target) throws(Errno) -> UInt64 {
@@ -49,7 +49,7 @@ extension Task {
         let location = try xattrTarget(a, target)
         try checkName(a[1])
         if case .rootfs = location { throw Errno.EROFS }
-        throw Errno.ENOTSUP
+        throw Errno.EOPNOTSUPP
     }
 
     func sysSetxattr(_ a: SyscallArguments) throws(Errno) -> UInt64 { try setAttribute(a, .path(followSymlinks: true)) }

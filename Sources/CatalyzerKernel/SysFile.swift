@@ -420,18 +420,42 @@ extension Task {
 
     func sysSendfile(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let output = try files.file(a.int32(0)), input = try files.file(a.int32(1))
+        return try copyBytes(from: input, offsetAt: a[2], to: output, offsetAt: 0, count: try a.length(3))
+    }
+
+    /// Bytes one sendfile, splice or copy_file_range call moves at most (a short count is allowed).
+    static let maximumCopy = 1 << 20
+
+    /// sendfile, splice and copy_file_range: moves up to `count` bytes from `input` to `output`
+    /// through a monitor buffer. A guest `loff_t` at a nonzero `offsetAt` address gives that
+    /// side's position (and is advanced); otherwise the file's own position moves. A pipe
+    /// destination is waited for before anything is read, and at most its room is read, so a
+    /// wait never drops bytes already taken from the input.
+    func copyBytes(from input: OpenFile, offsetAt inputAddress: UInt64, to output: OpenFile, offsetAt outputAddress: UInt64,
+                   count requested: Int) throws(Errno) -> UInt64 {
         guard output.isWritable, input.isReadable else { throw Errno.EBADF }
-        let count = min(try a.length(3), 1 << 20)
+        let inputOffset: Int64? = inputAddress == 0 ? nil : try space.load(Int64.self, at: inputAddress)
+        let outputOffset: Int64? = outputAddress == 0 ? nil : try space.load(Int64.self, at: outputAddress)
+        if (inputOffset ?? 0) < 0 || (outputOffset ?? 0) < 0 { throw Errno.EINVAL }
+        var count = min(requested, Self.maximumCopy)
+        if case .pipe(let pipe) = output.backing, pipe.hasReader {
+            if pipe.room == 0 && count > 0 {
+                guard output.statusFlags & O_NONBLOCK == 0 else { throw Errno.EAGAIN }
+                try block(Wait(queues: [pipe.changed], reason: "write to \(output.guestPath)"))
+            }
+            count = min(count, pipe.room)
+        }
         guard count > 0 else { return 0 }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
         defer { buffer.deallocate() }
-        let offset: Int64? = a[2] == 0 ? nil : try space.load(Int64.self, at: a[2])
-        let got = try read(input, into: [iovec(iov_base: buffer.baseAddress, iov_len: count)], at: offset)
+        let got = try read(input, into: [iovec(iov_base: buffer.baseAddress, iov_len: count)], at: inputOffset)
         var written = 0
         while written < got {
-            written += try write(output, from: [iovec(iov_base: buffer.baseAddress! + written, iov_len: got - written)], at: nil)
+            let position = outputOffset.map { $0 + Int64(written) }
+            written += try write(output, from: [iovec(iov_base: buffer.baseAddress! + written, iov_len: got - written)], at: position)
         }
-        if let offset { try space.store(offset &+ Int64(got), at: a[2]) }
+        if let inputOffset { try space.store(inputOffset + Int64(got), at: inputAddress) }
+        if let outputOffset { try space.store(outputOffset + Int64(got), at: outputAddress) }
         return UInt64(got)
     }
 }

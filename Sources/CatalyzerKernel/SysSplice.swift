@@ -4,9 +4,6 @@ import Glibc
 /// memfd_create(2), an anonymous /tmp-like file. Pipes and /tmp files are monitor memory, so
 /// "zero-copy" is a copy through a monitor buffer here, which is what the ABI permits.
 extension Task {
-    /// Bytes one splice or copy_file_range call moves at most (a short count is allowed).
-    static let maximumSplice = 1 << 20
-
     func sysSplice(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let input = try files.file(a.int32(0)), output = try files.file(a.int32(2))
         let inputOffsetAddress = a[1], outputOffsetAddress = a[3]
@@ -16,14 +13,8 @@ extension Task {
         guard inputIsPipe || outputIsPipe else { throw Errno.EINVAL }
         if (inputIsPipe && inputOffsetAddress != 0) || (outputIsPipe && outputOffsetAddress != 0) { throw Errno.ESPIPE }
         if !outputIsPipe && output.statusFlags & O_APPEND != 0 { throw Errno.EINVAL }
-        let inputOffset: Int64? = inputOffsetAddress == 0 ? nil : try space.load(Int64.self, at: inputOffsetAddress)
-        let outputOffset: Int64? = outputOffsetAddress == 0 ? nil : try space.load(Int64.self, at: outputOffsetAddress)
-        if (inputOffset ?? 0) < 0 || (outputOffset ?? 0) < 0 { throw Errno.EINVAL }
-        let moved = try copyBytes(from: input, at: inputOffset, to: output, at: outputOffset,
-                                  count: min(try a.length(4), Self.maximumSplice))
-        if let inputOffset { try space.store(inputOffset + Int64(moved), at: inputOffsetAddress) }
-        if let outputOffset { try space.store(outputOffset + Int64(moved), at: outputOffsetAddress) }
-        return UInt64(moved)
+        return try copyBytes(from: input, offsetAt: inputOffsetAddress, to: output, offsetAt: outputOffsetAddress,
+                             count: try a.length(4))
     }
 
     /// tee(2) duplicates pipe contents without consuming them: not supported (EINVAL, as for
@@ -47,31 +38,7 @@ extension Task {
         // and rootfs files are never open for writing.
         if case .host = input.backing { throw Errno.EXDEV }
         if case .host = output.backing { throw Errno.EBADF }
-        let inputOffsetAddress = a[1], outputOffsetAddress = a[3]
-        let inputOffset: Int64? = inputOffsetAddress == 0 ? nil : try space.load(Int64.self, at: inputOffsetAddress)
-        let outputOffset: Int64? = outputOffsetAddress == 0 ? nil : try space.load(Int64.self, at: outputOffsetAddress)
-        if (inputOffset ?? 0) < 0 || (outputOffset ?? 0) < 0 { throw Errno.EINVAL }
-        let moved = try copyBytes(from: input, at: inputOffset, to: output, at: outputOffset,
-                                  count: min(try a.length(4), Self.maximumSplice))
-        if let inputOffset { try space.store(inputOffset + Int64(moved), at: inputOffsetAddress) }
-        if let outputOffset { try space.store(outputOffset + Int64(moved), at: outputOffsetAddress) }
-        return UInt64(moved)
-    }
-
-    /// Reads up to `count` bytes and writes all that were read (file offsets move only for the
-    /// sides without an explicit offset).
-    private func copyBytes(from input: OpenFile, at inputOffset: Int64?, to output: OpenFile, at outputOffset: Int64?,
-                           count: Int) throws(Errno) -> Int {
-        guard count > 0 else { return 0 }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
-        defer { buffer.deallocate() }
-        let got = try read(input, into: [iovec(iov_base: buffer.baseAddress, iov_len: count)], at: inputOffset)
-        var written = 0
-        while written < got {
-            let position = outputOffset.map { $0 + Int64(written) }
-            written += try write(output, from: [iovec(iov_base: buffer.baseAddress! + written, iov_len: got - written)], at: position)
-        }
-        return got
+        return try copyBytes(from: input, offsetAt: a[1], to: output, offsetAt: a[3], count: try a.length(4))
     }
 
     /// memfd_create(2): a file in no directory, in /tmp's memory (counted against its capacity

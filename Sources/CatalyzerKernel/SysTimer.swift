@@ -96,11 +96,11 @@ extension Task {
     /// The process's ITIMER_REAL: SIGALRM to the process at each expiry.
     private var realTimer: KernelTimer {
         if let timer = group.realTimerObject { return timer }
-        let target = group
-        let timer = KernelTimer(owner: target) { sandbox, _ in
+        let timer = KernelTimer(owner: group) { [weak group] sandbox, _ in
+            guard let group else { return }
             var info = SignalInformation(signal: SIGALRM)
             info.code = SignalInformation.kernelCode
-            sandbox.send(info, toProcess: target)
+            sandbox.send(info, toProcess: group)
         }
         group.realTimerObject = timer
         return timer
@@ -165,8 +165,8 @@ extension Task {
         }
         guard group.posixTimers.count < 1024 else { throw Errno.EAGAIN }
         let posix = PosixTimer(id: id, clock: clock, notify: notify, signal: signal, value: value, threadID: threadID)
-        let target = group
-        posix.timer = KernelTimer(owner: target) { [unowned posix] sandbox, expirations in
+        posix.timer = KernelTimer(owner: group) { [unowned posix, weak group] sandbox, expirations in
+            guard let target = group else { return }
             posix.overrun = expirations - 1
             guard posix.notify != Task.timerSignalNone else { return }
             var info = SignalInformation(signal: posix.signal)

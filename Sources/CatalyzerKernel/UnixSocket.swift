@@ -16,8 +16,9 @@ final class UnixSocket: SpecialFile {
     static let capacity = 212_992
 
     let type: Int32
-    /// The other end; nil once it is closed (then reads see end-of-file, writes EPIPE).
-    private(set) weak var peer: UnixSocket?
+    /// The other end; nil once either end is closed (then reads see end-of-file, writes EPIPE).
+    /// The two ends refer to each other until one's last description closes, which cuts both links.
+    private(set) var peer: UnixSocket?
     private var queue: [Message] = []
     private var queuedBytes = 0
     /// shutdown(SHUT_RD) here, or SHUT_WR by the peer: no more data will arrive.
@@ -26,8 +27,6 @@ final class UnixSocket: SpecialFile {
     private(set) var sendShutdown = false
     private(set) var peerClosed = false
     let changed = WaitQueue()
-    /// Keeps the pair alive while both ends are open (each end holds the other weakly).
-    private var pairOwner: UnixSocket?
 
     private init(type: Int32) { self.type = type }
 
@@ -35,8 +34,6 @@ final class UnixSocket: SpecialFile {
         let first = UnixSocket(type: type), second = UnixSocket(type: type)
         first.peer = second
         second.peer = first
-        first.pairOwner = second
-        second.pairOwner = first
         return (first, second)
     }
 
@@ -158,10 +155,9 @@ final class UnixSocket: SpecialFile {
         queuedBytes = 0
         if let peer {
             peer.peerClosed = true
-            peer.pairOwner = nil
+            peer.peer = nil
             peer.changed.wakeAll()
         }
-        pairOwner = nil
         peer = nil
         changed.wakeAll()
     }
