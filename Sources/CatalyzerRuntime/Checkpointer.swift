@@ -16,6 +16,8 @@ public struct CheckpointRequest: Sendable {
     public var timeoutSeconds: Double
     /// Codec, level and chunk size of the image.
     public var image: ImageCreateOptions
+    /// Threads plus processes the function may have (`--max-tasks`).
+    public var limits = SandboxLimits()
 
     public init(name: String, rootfs: String, memorySize: Int, programPath: String, arguments: [String],
                 environment: [String], timeoutSeconds: Double = 60, image: ImageCreateOptions = .init()) {
@@ -63,6 +65,7 @@ public enum Checkpointer {
                                                  environment: request.environment)
         configuration.standardStreams = [stdinPipe[0], output.writeEnd, output.writeEnd]
         configuration.stopsAtReadyPoint = true
+        configuration.limits = request.limits
         let started = Sandbox.monotonicNanoseconds()
         let kernel: Sandbox
         do {

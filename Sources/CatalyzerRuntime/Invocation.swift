@@ -13,6 +13,8 @@ public struct InvocationRequest: Sendable {
     public var standardStreams: [Int32] = [0, 1, 2]
     public var timeoutSeconds: Double = 30
     public var traceSyscalls = false
+    /// Threads plus processes the instance may have (`--max-tasks`).
+    public var limits = SandboxLimits()
     /// Read catalyzerfs's `/.stats` before and after, for the FUSE figures of the timings.
     public var collectFilesystemStatistics = false
     /// Report which chunks of the memory file were resident after the run (the working set).
@@ -64,6 +66,7 @@ public enum Invocation {
         var options = RestoreOptions()
         options.standardStreams = request.standardStreams
         options.traceSyscalls = request.traceSyscalls
+        options.limits = request.limits
         let sandbox = try RestoredSandbox(image: request.image, mount: mount, store: request.store, options: options)
         let exit = try sandbox.run(timeoutSeconds: request.timeoutSeconds)
         let faultsAfter = threadPageFaults()

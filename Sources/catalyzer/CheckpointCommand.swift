@@ -31,6 +31,8 @@ struct CheckpointCommand: ParsableCommand {
     @Option(help: "Chunk size, a power of two from 4K to 64M.") var chunkSize = ByteCountArgument(argument: "256K")!
     @Option(help: "Give up if the function is not ready after this long.") var timeout = DurationArgument(argument: "60s")!
     @Option(name: .customLong("env"), help: "Set an environment variable (KEY=VALUE); repeatable.") var environment: [String] = []
+    @Option(help: "Threads plus processes the function may have at once; clone and fork beyond it fail with EAGAIN.")
+    var maxTasks = 256
     @Flag(help: "Record the chunks a first invocation touches, for catalyzerfs to prefetch.") var recordWorkingSet = false
     @Option(help: "The request that --record-working-set serves (one line).") var workingSetInput = "{}"
     @Option(help: "The catalyzerfs mount --record-working-set restores from (default: $CATALYZER_MOUNT, else the managed mount).")
@@ -43,6 +45,7 @@ struct CheckpointCommand: ParsableCommand {
     func validate() throws {
         try Run.validate(command: command, environment: environment, memory: memory)
         guard !workingSetInput.contains("\n") else { throw ValidationError("--working-set-input must be one line") }
+        guard maxTasks >= 1 else { throw ValidationError("--max-tasks must be at least 1") }
     }
 
     struct Result: Encodable {
@@ -58,10 +61,11 @@ struct CheckpointCommand: ParsableCommand {
             image.codec = codec
             image.compressionLevel = level
             image.chunkSize = Int(chunkSize.bytes)
-            let request = CheckpointRequest(
+            var request = CheckpointRequest(
                 name: name, rootfs: rootfs, memorySize: Int(ByteCount.parse(memory) ?? 0),
                 programPath: Run.resolveProgram(command[0], rootfs: rootfs, environment: environment),
                 arguments: command, environment: environment, timeoutSeconds: Double(timeout.nanoseconds) / 1e9, image: image)
+            request.limits.maximumTasks = maxTasks
             let report = try Checkpointer.checkpoint(request, store: store)
             if !report.output.isEmpty && !json { Output.err("function output while initializing:\n" + report.output) }
             let workingSet = recordWorkingSet

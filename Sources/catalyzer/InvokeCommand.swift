@@ -36,10 +36,13 @@ struct InvokeCommand: ParsableCommand {
     @Flag(help: "Print the responses (and timings) as one JSON document.") var json = false
     @Option(help: "Stop the instance after this long.") var timeout = DurationArgument(argument: "30s")!
     @Flag(help: "Print every syscall of the instance to stderr.") var strace = false
+    @Option(help: "Threads plus processes the instance may have at once; clone and fork beyond it fail with EAGAIN.")
+    var maxTasks = 256
     @OptionGroup var storeOptions: StoreOptions
 
     func validate() throws {
         if let input, input.contains("\n") { throw ValidationError("--input must be one line") }
+        guard maxTasks >= 1 else { throw ValidationError("--max-tasks must be at least 1") }
     }
 
     struct Document: Encodable {
@@ -66,6 +69,7 @@ struct InvokeCommand: ParsableCommand {
             request.standardStreams = streams
             request.timeoutSeconds = Double(timeout.nanoseconds) / 1e9
             request.traceSyscalls = strace
+            request.limits.maximumTasks = maxTasks
             request.collectFilesystemStatistics = timings
             let result = try Invocation.run(request)
             status = result.exit.status

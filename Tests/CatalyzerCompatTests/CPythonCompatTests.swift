@@ -179,7 +179,28 @@ import Testing
         let libs = try FileManager.default.contentsOfDirectory(atPath: rootfs + "/usr/local/lib/python3.11/dist-packages/numpy.libs")
         #expect(libs.contains { $0.contains("openblas") }, "\(libs)")
     }
+    /// numpy (its 20+ MB OpenBLAS mapped by ld.so, OpenBLAS's worker threads) computes the same
+    /// matrix products in the sandbox as on the host.
+    @Test func numpyMatrixProductMatchesTheHost() throws {
+        try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
+        try #require(TestEnvironment.hasKVM, Comment(rawValue: TestEnvironment.requirementMessage("/dev/kvm")))
+        let rootfs = try CPythonTestRootfs.path()
+        let script = """
+            import numpy
+            a = numpy.arange(40000, dtype=numpy.float64).reshape(200, 200) / 1000
+            b = numpy.linalg.inv(numpy.eye(200) * 2 + 0.001)
+            product = a @ b
+            print(product.shape, round(float(product.sum()), 6), round(float(numpy.linalg.det(b[:3, :3])), 9))
+            """
+        let host = try Command.run("chroot", [rootfs, "/usr/bin/python3", "-c", script])
+        #expect(host.status == 0, "\(host)")
+        let sandbox = try Command.run(Command.binary("catalyzer"), ["run", "--rootfs", rootfs, "--memory", "1G", "--timeout", "60s",
+                                                                   "--", "/usr/bin/python3", "-c", script])
+        #expect(sandbox.status == 0, "\(sandbox)")
+        #expect(sandbox.stdout == host.stdout && !host.stdout.isEmpty, "\(sandbox)")
+    }
 }
+
 
 /// The test rootfs (`Scripts/build-test-rootfs.sh`), built once per machine and set of inputs and
 /// shared by test processes: the build scripts, the runner files, and the host's python and

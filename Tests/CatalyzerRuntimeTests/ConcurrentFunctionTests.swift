@@ -75,6 +75,18 @@ struct ConcurrentFunctionTests {
                     process.start()
                 process.join(10)
                 return process.exitcode
+            if kind == "threads":
+                gate = threading.Event()
+                started = [threading.Thread(target=gate.wait, daemon=True) for _ in range(8)]
+                try:
+                    for thread in started:
+                        thread.start()  # all 8 alive at once: they wait for the gate
+                finally:
+                    gate.set()
+                for thread in started:
+                    if thread.ident is not None:
+                        thread.join()
+                return len(started)
             raise ValueError(kind)
         """
 
@@ -128,6 +140,12 @@ struct ConcurrentFunctionTests {
         // A second instance starts from the checkpoint again: its database is empty.
         let again = try scene.invoke("threaded", input: #"{"kind": "sqlite", "n": 1}"#)
         #expect(again.stdout == "{\"ok\":true,\"result\":[1,1]}\n", "\(again)")
+        // --max-tasks bounds a restored instance: 6 tasks came with the checkpoint, 8 more do not fit in 8.
+        let bounded = try scene.invoke("threaded", input: #"{"kind": "threads"}"#, options: ["--max-tasks", "8"])
+        #expect(bounded.status == 0, "\(bounded)")
+        #expect(bounded.stdout.contains("\"ok\":false") && bounded.stdout.contains("can't start new thread"), "\(bounded)")
+        let unbounded = try scene.invoke("threaded", input: #"{"kind": "threads"}"#)
+        #expect(unbounded.stdout == "{\"ok\":true,\"result\":8}\n", "\(unbounded)")
     }
 
     @Test("a checkpoint refuses a thread that keeps running past the ready point")
