@@ -153,6 +153,8 @@ public final class GuestMemory {
             var from = Int64(dataStart), to = Int64(dataStart)
             while from < Int64(dataEnd) {
                 let copied = chost_copy_file_range(fd, &from, copy.fd, &to, Int(Int64(dataEnd) - from))
+                // The monitor's thread is kicked with a signal (preemption, timeouts): retry.
+                if copied < 0 && errno == EINTR { continue }
                 guard copied > 0 else { throw KVMError("copy_file_range guest memory") }
             }
             offset = dataEnd
@@ -224,7 +226,11 @@ public final class GuestMemory {
         let length = count * GuestMemory.pageSize
         switch backing {
         case .memfd:
-            if ckvm_punch_hole(fd, off_t(address), off_t(length)) == 0 { return }
+            // shmem's fallocate gives EINTR when a kick signal is pending: retry a few times.
+            for _ in 0..<4 {
+                if ckvm_punch_hole(fd, off_t(address), off_t(length)) == 0 { return }
+                if errno != EINTR { break }
+            }
         case .privateFile:
             // Fresh anonymous pages over the range: zero, without reading the image's bytes first.
             let start = pointer(address)
