@@ -2,7 +2,8 @@ import Glibc
 
 /// Sockets: socketpair(AF_UNIX) inside the sandbox, with send/recv, sendmsg/recvmsg (SCM_RIGHTS),
 /// shutdown and the socket options programs query. There is no network yet: socket(2) of any
-/// other family is EAFNOSUPPORT, and named AF_UNIX sockets (bind/connect) are not supported.
+/// other family is EAFNOSUPPORT; socket(AF_UNIX) gives a socket that cannot be bound or connected
+/// yet (EOPNOTSUPP), so programs that probe for unix-socket support see a clear refusal.
 extension Task {
     private static let familyUnix: Int32 = 1
     private static let typeMask: Int32 = 0xF
@@ -12,7 +13,13 @@ extension Task {
 
     func sysSocket(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         guard a.int32(0) == Self.familyUnix else { throw Errno.EAFNOSUPPORT }
-        throw Errno.EOPNOTSUPP  // only connected pairs (socketpair) exist in the sandbox
+        let type = a.int32(1) & Self.typeMask, flags = a.int32(1) & ~Self.typeMask
+        guard [UnixSocket.streamType, UnixSocket.datagramType, UnixSocket.sequencedPacketType].contains(type),
+              flags & ~(O_CLOEXEC | O_NONBLOCK) == 0 else { throw Errno.EINVAL }
+        guard a.int32(2) == 0 else { throw Errno.EPROTONOSUPPORT }
+        let socket = UnixSocket.unconnected(type: type)
+        let file = OpenFile(backing: .special(socket), guestPath: socket.name, statusFlags: O_RDWR | (flags & O_NONBLOCK))
+        return UInt64(try files.install(file, closeOnExec: flags & O_CLOEXEC != 0))
     }
 
     func sysSocketpair(_ a: SyscallArguments) throws(Errno) -> UInt64 {
@@ -189,7 +196,7 @@ extension Task {
 
     func sysGetpeername(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let (_, socket) = try socket(a[0])
-        guard !socket.peerClosed else { throw Errno.ENOTCONN }
+        guard socket.isConnected, !socket.peerClosed else { throw Errno.ENOTCONN }
         return try sysGetsockname(a)
     }
 

@@ -28,10 +28,20 @@ final class UnixSocket: SpecialFile {
     private(set) var peerClosed = false
     let changed = WaitQueue()
 
-    private init(type: Int32) { self.type = type }
+    /// Whether it was created connected (socketpair); a socket(2) socket never connects here.
+    let isConnected: Bool
+
+    private init(type: Int32, connected: Bool) {
+        self.type = type
+        isConnected = connected
+    }
+
+    /// socket(AF_UNIX): a socket that can be created, queried and closed; binding and connecting
+    /// it are not supported yet (EOPNOTSUPP), so sending and receiving give ENOTCONN.
+    static func unconnected(type: Int32) -> UnixSocket { UnixSocket(type: type, connected: false) }
 
     static func pair(type: Int32) -> (UnixSocket, UnixSocket) {
-        let first = UnixSocket(type: type), second = UnixSocket(type: type)
+        let first = UnixSocket(type: type, connected: true), second = UnixSocket(type: type, connected: true)
         first.peer = second
         second.peer = first
         return (first, second)
@@ -45,6 +55,7 @@ final class UnixSocket: SpecialFile {
     var isStream: Bool { type == Self.streamType }
 
     func readiness() -> Int16 {
+        guard isConnected else { return Int16(POLLOUT | POLLHUP) }  // Linux's answer for an unconnected socket
         var ready: Int16 = 0
         if !queue.isEmpty || receiveShutdown || peerClosed { ready |= Int16(POLLIN | POLLRDNORM) }
         if receiveShutdown || peerClosed { ready |= 0x2000 }  // POLLRDHUP
@@ -58,6 +69,7 @@ final class UnixSocket: SpecialFile {
     /// full length. `peek` leaves the data queued.
     func receive(_ task: Task, into vectors: [iovec], nonblocking: Bool, peek: Bool,
                  waitAll: Bool) throws(Errno) -> (count: Int, rights: [OpenFile], truncated: Bool, length: Int) {
+        guard isConnected else { throw Errno.ENOTCONN }
         if queue.isEmpty {
             if receiveShutdown || peerClosed { return (0, [], false, 0) }
             guard !nonblocking else { throw Errno.EAGAIN }
@@ -107,6 +119,7 @@ final class UnixSocket: SpecialFile {
 
     /// Sends `bytes` (with `rights`) to the peer.
     func send(_ task: Task, _ bytes: [UInt8], rights: [OpenFile], nonblocking: Bool, noSignal: Bool) throws(Errno) -> Int {
+        guard isConnected else { throw Errno.ENOTCONN }
         guard !sendShutdown, let peer, !peer.receiveShutdown else {
             if !noSignal {
                 var info = SignalInformation(signal: SIGPIPE)
