@@ -26,13 +26,14 @@ public final class GuestMemory {
     /// Host memory shared with other VMs (a /tmp file mapped `MAP_SHARED`), registered as extra
     /// KVM memory slots at guest-physical addresses above RAM. A fork's copy of guest RAM keeps
     /// them (the same host pages, not copies), so parent and child share them as Linux would.
+    /// A detached region (no owner) keeps its slot number and guest-physical window for reuse.
     public final class AttachedRegion {
         public let guestPhysical: UInt64
         public let size: Int
-        public let host: UnsafeMutableRawPointer
-        /// What owns `host` (kept alive while any VM has the slot).
-        public let owner: AnyObject
-        init(guestPhysical: UInt64, size: Int, host: UnsafeMutableRawPointer, owner: AnyObject) {
+        public let host: UnsafeMutableRawPointer?
+        /// What owns `host` (kept alive while any VM has the slot); nil for a free slot.
+        public let owner: AnyObject?
+        init(guestPhysical: UInt64, size: Int, host: UnsafeMutableRawPointer?, owner: AnyObject?) {
             self.guestPhysical = guestPhysical
             self.size = size
             self.host = host
@@ -96,6 +97,14 @@ public final class GuestMemory {
         if let existing = attachedRegions.first(where: { $0.owner === owner && $0.host == host && $0.size >= length }) {
             return existing.guestPhysical
         }
+        // A free slot whose window is large enough is reused, so mapping and unmapping shared
+        // memory (a semaphore per multiprocessing lock) never runs out of slots.
+        if let index = attachedRegions.firstIndex(where: { $0.owner == nil && $0.size >= length }) {
+            let region = AttachedRegion(guestPhysical: attachedRegions[index].guestPhysical, size: length, host: host, owner: owner)
+            if vmFD >= 0 { try Self.register(region, slot: UInt32(index + 1), vmFD: vmFD) }
+            attachedRegions[index] = region
+            return region.guestPhysical
+        }
         guard attachedRegions.count < Self.attachedRegionLimit else { throw KVMError("attach shared memory", errno: ENOMEM) }
         let start = attachedRegions.last.map { ($0.guestPhysical + UInt64($0.size) + 0x1F_FFFF) & ~0x1F_FFFF } ?? firstAttachedAddress
         let region = AttachedRegion(guestPhysical: start, size: length, host: host, owner: owner)
@@ -106,9 +115,20 @@ public final class GuestMemory {
         return start
     }
 
+    /// Removes `owner`'s slots from this VM (nothing maps them any more); their windows are reused.
+    /// Entries are replaced, not changed: a fork's copy shares the region objects.
+    public func detach(owner: AnyObject) {
+        for index in attachedRegions.indices where attachedRegions[index].owner === owner {
+            let old = attachedRegions[index]
+            if vmFD >= 0 { _ = ckvm_set_user_memory_region(vmFD, UInt32(index + 1), 0, old.guestPhysical, 0, 0) }
+            attachedRegions[index] = AttachedRegion(guestPhysical: old.guestPhysical, size: old.size, host: nil, owner: nil)
+        }
+    }
+
     static func register(_ region: AttachedRegion, slot: UInt32, vmFD: Int32) throws {
+        guard let host = region.host else { return }  // a free slot: nothing to register
         guard ckvm_set_user_memory_region(vmFD, slot, 0, region.guestPhysical, UInt64(region.size),
-                                          UInt64(UInt(bitPattern: region.host))) == 0 else {
+                                          UInt64(UInt(bitPattern: host))) == 0 else {
             throw KVMError("KVM_SET_USER_MEMORY_REGION (shared memory)")
         }
     }
@@ -118,10 +138,12 @@ public final class GuestMemory {
     public func isRAM(_ address: UInt64) -> Bool { address < UInt64(size) }
 
     private func attachedPointer(_ address: UInt64) -> UnsafeMutableRawPointer {
-        guard let region = attachedRegions.first(where: { address >= $0.guestPhysical && address - $0.guestPhysical < UInt64($0.size) }) else {
+        guard let region = attachedRegions.first(where: { $0.host != nil && address >= $0.guestPhysical
+                                                          && address - $0.guestPhysical < UInt64($0.size) }),
+              let host = region.host else {
             preconditionFailure("guest-physical address out of range")
         }
-        return region.host + Int(address - region.guestPhysical)
+        return host + Int(address - region.guestPhysical)
     }
 
     /// A new memfd-backed guest RAM with the same contents (fork). Only the memfd's data extents

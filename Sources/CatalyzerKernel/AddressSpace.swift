@@ -138,8 +138,10 @@ final class AddressSpace {
         split(at: end)
         var freed: [UInt64] = []
         var sharedPages: [UInt64] = []
+        var unmappedShared: [SharedFileMemory] = []
         regions.removeAll { region in
             guard region.start >= start && region.end <= end else { return false }
+            if let shared = region.shared { unmappedShared.append(shared.memory) }
             for page in pageTables.mappedPages(from: region.start, to: region.end) {
                 pageTables.unmap(virtual: page.virtual)
                 if memory.isRAM(page.physical) { freed.append(page.physical) } else { sharedPages.append(page.physical) }
@@ -149,6 +151,10 @@ final class AddressSpace {
         allocator.free(freed)
         // Shared file pages stay with the file; only KVM's translations to them must go.
         for run in GuestMemory.contiguousRuns(sharedPages) { memory.dropTranslations(pageAt: run.start, count: run.count) }
+        // A shared file no region maps any more gives its memory slot back.
+        for shared in unmappedShared where !regions.contains(where: { $0.shared?.memory === shared }) {
+            memory.detach(owner: shared)
+        }
     }
 
     /// Frees the frames behind anonymous pages in the range, leaving the regions in place: the next

@@ -330,6 +330,26 @@ struct TaskTests {
         #expect(result.stdout == "bind ENOTSUP\nsend ENOTCONN\n", "\(result)")  // Python names 95 ENOTSUP
     }
 
+    @Test("1200 multiprocessing locks one after the other: each unmapped semaphore gives its memory slot back")
+    func sharedMemorySlotsAreReused() throws {
+        let script = """
+            import multiprocessing, os
+            for _ in range(1200):
+                with multiprocessing.Lock():
+                    pass
+            semaphore = multiprocessing.Semaphore(0)
+            pid = os.fork()
+            if pid == 0:
+                semaphore.release()
+                os._exit(0)
+            semaphore.acquire()
+            os.waitpid(pid, 0)
+            print("done")
+            """
+        let result = try PythonTests.sandbox(["/usr/bin/python3", "-c", script], timeout: "100s")
+        #expect(result.status == 0 && result.stdout == "done\n", "\(result)")
+    }
+
     @Test("a signal storm between two processes neither hangs nor crashes the monitor")
     func signalStorm() throws {
         let script = """
