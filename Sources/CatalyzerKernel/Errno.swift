@@ -33,6 +33,8 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
     static let blocked = Errno(512)
     static let ENODEV = Errno(Glibc.ENODEV)
     static let ENODATA = Errno(Glibc.ENODATA), ENOLCK = Errno(Glibc.ENOLCK)
+    static let EADDRINUSE = Errno(Glibc.EADDRINUSE), ECONNREFUSED = Errno(Glibc.ECONNREFUSED)
+    static let ENXIO = Errno(Glibc.ENXIO), EPROTOTYPE = Errno(Glibc.EPROTOTYPE)
 
     private static let names: [Int32: String] = [
         Glibc.EPERM: "EPERM", Glibc.ENOENT: "ENOENT", Glibc.ESRCH: "ESRCH", Glibc.EINTR: "EINTR",
@@ -48,5 +50,7 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
         Glibc.EPROTONOSUPPORT: "EPROTONOSUPPORT", Glibc.ECONNRESET: "ECONNRESET", Glibc.EDEADLK: "EDEADLK",
         Glibc.EMSGSIZE: "EMSGSIZE", Glibc.EISCONN: "EISCONN", Glibc.ENOBUFS: "ENOBUFS", Glibc.ENOPROTOOPT: "ENOPROTOOPT", Glibc.ENFILE: "ENFILE", 512: "ERESTARTSYS",
         Glibc.ENODEV: "ENODEV", Glibc.ENODATA: "ENODATA", Glibc.ENOLCK: "ENOLCK",
+        Glibc.EADDRINUSE: "EADDRINUSE", Glibc.ECONNREFUSED: "ECONNREFUSED", Glibc.ENXIO: "ENXIO",
+        Glibc.EPROTOTYPE: "EPROTOTYPE",
     ]
 }

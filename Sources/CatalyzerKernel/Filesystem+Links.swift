@@ -109,3 +109,39 @@ extension Filesystem {
         return fd
     }
 }
+
+/// Names of unix sockets: bind(2) creates a socket file, connect(2) and sendto(2) find the socket
+/// through it. Only /tmp and /dev/shm are writable, so only there can sockets be bound by path.
+extension Filesystem {
+    /// Creates the socket file at `absolutePath` (EADDRINUSE when the name exists, as on Linux).
+    func bindSocket(_ absolutePath: String, _ binding: UnixSocketBinding, mode: UInt32, owner: Credentials) throws(Errno) {
+        switch locate(try resolve(absolutePath, followFinal: false)) {
+        case .memory(let root, let components):
+            do throws(Errno) {
+                _ = try tmp.create(components, content: .socket(binding), mode: mode & 0o7777, owner: owner.uid,
+                                   group: owner.gid, in: root)
+            } catch {
+                throw error == Errno.EEXIST ? Errno.EADDRINUSE : error
+            }
+        case .rootfs(let path):
+            if (try? requireExists(path)) != nil { throw Errno.EADDRINUSE }
+            throw Errno.EROFS
+        case .executableLink, .hostDevice: throw Errno.EADDRINUSE
+        }
+    }
+
+    /// The socket listening at `absolutePath`: ENOENT when there is no such name, ECONNREFUSED
+    /// when it is not a socket file or nothing is bound to it any more.
+    func boundSocket(at absolutePath: String) throws(Errno) -> UnixSocket {
+        switch locate(try resolve(absolutePath)) {
+        case .memory(let root, let components):
+            guard case .socket(let binding) = try tmp.lookup(components, in: root).content,
+                  let socket = binding.socket else { throw Errno.ECONNREFUSED }
+            return socket
+        case .rootfs(let path):
+            try requireExists(path, followSymlinks: true)
+            throw Errno.ECONNREFUSED
+        case .executableLink, .hostDevice: throw Errno.ECONNREFUSED
+        }
+    }
+}

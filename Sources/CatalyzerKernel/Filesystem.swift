@@ -106,6 +106,8 @@ final class Filesystem {
             if node.isSymlink {
                 // Only reached with O_NOFOLLOW: O_PATH opens the link itself, anything else is ELOOP.
                 guard flags & O_PATH != 0 else { throw Errno.ELOOP }
+            } else if node.isSocket {
+                guard flags & O_PATH != 0 else { throw Errno.ENXIO }  // a socket is connected to, not opened
             } else {
                 if node.isDirectory && wantsWrite { throw Errno.EISDIR }
                 if !node.isDirectory && (flags & O_DIRECTORY != 0 || absolutePath.hasSuffix("/")) { throw Errno.ENOTDIR }

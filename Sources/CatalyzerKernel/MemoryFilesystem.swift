@@ -8,6 +8,8 @@ final class MemoryNode {
         case directory([String: MemoryNode])
         /// A symbolic link and its target, as given to symlink(2).
         case symlink(String)
+        /// A unix socket's name in the filesystem (bind(2)); connect(2) finds the socket through it.
+        case socket(UnixSocketBinding)
     }
 
     var content: Content
@@ -60,12 +62,18 @@ final class MemoryNode {
         return false
     }
 
+    var isSocket: Bool {
+        if case .socket = content { return true }
+        return false
+    }
+
     var size: Int {
         if let shared { return shared.length }
         switch content {
         case .file(let bytes): return bytes.count
         case .directory: return 4096
         case .symlink(let target): return target.utf8.count
+        case .socket: return 0
         }
     }
 
@@ -106,6 +114,7 @@ final class MemoryNode {
         case .file: S_IFREG
         case .directory: S_IFDIR
         case .symlink: S_IFLNK
+        case .socket: S_IFSOCK
         }
         status.st_mode = type | (mode & 0o7777)
         status.st_nlink = UInt(linkCount)

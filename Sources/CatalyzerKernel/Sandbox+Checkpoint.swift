@@ -162,6 +162,7 @@ extension Sandbox {
         }
         var nodes: [KernelSnapshot.TmpNode] = []
         var seen: Set<UInt64> = []
+        var socketName: String?
         func visit(_ node: MemoryNode) {
             guard seen.insert(node.inode).inserted else { return }
             var record = KernelSnapshot.TmpNode(inode: node.inode, mode: node.mode, modifiedSeconds: Int64(node.modified.tv_sec),
@@ -181,12 +182,18 @@ extension Sandbox {
             case .directory(let children):
                 sorted = children.sorted { $0.key < $1.key }
                 record.children = sorted.map { ($0.key, $0.value.inode) }
+                if let socket = children.first(where: { $0.value.isSocket }) { socketName = socket.key }
+            case .socket:
+                break
             }
             nodes.append(record)
             for (_, child) in sorted { visit(child) }
         }
         visit(filesystem.tmp.root)
         visit(filesystem.tmp.sharedMemoryRoot)
+        if let socketName {
+            throw RestoreError("a unix socket file (\(socketName)) exists in /tmp at the ready point; unlink it before reading stdin to checkpoint this function")
+        }
         for entry in files.allEntries {
             if case .memory(let node) = entry.file.backing { visit(node) }
         }

@@ -22,6 +22,8 @@ public final class Sandbox {
     let memoryAccount: MemoryAccount
     let scheduler = Scheduler()
     let futexes = FutexTable()
+    /// Unix sockets bound to abstract names (a leading NUL byte), the sandbox's own namespace.
+    var abstractSockets: [[UInt8]: UnixSocketBinding] = [:]
     /// Live tasks by TID and processes by PID (zombies included until reaped).
     var tasks: [Int32: Task] = [:]
     var groups: [Int32: ThreadGroup] = [:]

@@ -116,12 +116,14 @@ extension Task {
             let entries = [(".", node.inode, true), ("..", UInt64(1), true)]
                 + children.sorted { $0.key < $1.key }.map { ($0.key, $0.value.inode, $0.value.isDirectory) }
             let symlinks = Set(children.values.filter(\.isSymlink).map(\.inode))
+            let sockets = Set(children.values.filter(\.isSocket).map(\.inode))
             var output: [UInt8] = []
             while file.position < entries.count {
                 let (name, inode, isDirectory) = entries[file.position]
                 var record = Self.directoryRecord(name: name, inode: inode, isDirectory: isDirectory,
                                                   nextOffset: file.position + 1)
                 if symlinks.contains(inode) { record[18] = UInt8(DT_LNK) }
+                if sockets.contains(inode) { record[18] = UInt8(DT_SOCK) }
                 guard output.count + record.count <= capacity else { break }
                 output += record
                 file.position += 1
