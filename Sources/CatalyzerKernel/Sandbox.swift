@@ -201,9 +201,14 @@ public final class Sandbox {
         if scheduler.hasHostWaiters { scheduler.pollHost(timeoutNanoseconds: 0) }
     }
 
-    /// Tells the ticker when the running slice must end at the latest.
-    private func publishNextDueTime() {
-        scheduler.signals.nextDeadline.store(nextDueTime ?? .max, ordering: .relaxed)
+    /// Tells the ticker when the running slice must end at the latest: when something is due, or
+    /// when the running process's CPU-time timer would fire if it kept the CPU.
+    func publishNextDueTime(running task: Task) {
+        let group = task.group
+        let cpuTimers = [group.virtualTimer, group.profilingTimer].filter(\.isArmed).map(\.value).min()
+            .map { Self.monotonicNanoseconds() &+ $0 }
+        let due = [nextDueTime, cpuTimers].compactMap { $0 }.min()
+        scheduler.signals.nextDeadline.store(due ?? .max, ordering: .relaxed)
     }
 
     /// The next time something is due without an event: a blocked task's deadline, a timer, the
@@ -237,7 +242,7 @@ public final class Sandbox {
         let signals = scheduler.signals
         signals.othersRunnable.store(scheduler.hasRunnable, ordering: .relaxed)
         signals.hostWaiters.store(scheduler.hasHostWaiters, ordering: .relaxed)
-        publishNextDueTime()
+        publishNextDueTime(running: task)
         signals.preemptRequested.store(false, ordering: .relaxed)
         signals.sliceNumber.add(1, ordering: .relaxed)
         signals.inGuest.store(true, ordering: .relaxed)
@@ -251,7 +256,12 @@ public final class Sandbox {
             try image.load(task)  // after execve: the new image
             image.clock.refresh(space: image.space, time: time)
             if milestones.firstGuestEntry == nil { milestones.firstGuestEntry = Self.monotonicNanoseconds() }
-            switch try image.cpu.run() {
+            let entered = Self.monotonicNanoseconds()
+            let exit = try image.cpu.run()
+            let exited = Self.monotonicNanoseconds()
+            chargeCPUTime(task, user: exited &- entered, system: 0)  // before the syscall that may read it
+            defer { chargeCPUTime(task, user: 0, system: Self.monotonicNanoseconds() &- exited) }
+            switch exit {
             case .syscall:
                 task.serveSyscall()
             case .exception(let exception):
@@ -276,10 +286,35 @@ public final class Sandbox {
                     return
                 }
                 if readyPointGraceExpired(running: task) { return }
-                publishNextDueTime()
+                publishNextDueTime(running: task)
                 signals.sliceNumber.add(1, ordering: .relaxed)
             }
         }
+    }
+
+    /// Adds a VM entry's time to the task and its process, and runs the process's CPU-time timers.
+    private func chargeCPUTime(_ task: Task, user: UInt64, system: UInt64) {
+        task.cpuTime.userNanoseconds &+= user
+        task.cpuTime.systemNanoseconds &+= system
+        let group = task.group
+        group.cpuTime.userNanoseconds &+= user
+        group.cpuTime.systemNanoseconds &+= system
+        var fired = false
+        if group.virtualTimer.consume(user) {
+            sendTimerSignal(SIGVTALRM, to: group)
+            fired = true
+        }
+        if group.profilingTimer.consume(user &+ system) {
+            sendTimerSignal(SIGPROF, to: group)
+            fired = true
+        }
+        if fired { publishNextDueTime(running: task) }  // the reloaded timer's next expiry
+    }
+
+    private func sendTimerSignal(_ signal: Int32, to group: ThreadGroup) {
+        var info = SignalInformation(signal: signal)
+        info.code = SignalInformation.kernelCode
+        send(info, toProcess: group)
     }
 
     /// The sandbox's timers (ITIMER_REAL, POSIX timers, timerfds with waiters).
@@ -358,7 +393,11 @@ public final class Sandbox {
     func reapChild(of parent: ThreadGroup, pid: Int32, remove: Bool = true) -> ThreadGroup? {
         let child = groups.values.filter { $0.parentPID == parent.pid && $0.isZombie && (pid <= 0 || $0.pid == pid) }
             .min { $0.pid < $1.pid }
-        if let child, remove { groups[child.pid] = nil }
+        if let child, remove {
+            groups[child.pid] = nil
+            parent.reapedChildrenCPUTime += child.cpuTime
+            parent.reapedChildrenCPUTime += child.reapedChildrenCPUTime
+        }
         return child
     }
 

@@ -23,14 +23,27 @@ extension Task {
         let current: Int32 = 0, children: Int32 = -1, thread: Int32 = 1
         guard [current, children, thread].contains(a.int32(0)) else { throw Errno.EINVAL }
         var usage = rusage()
-        if a.int32(0) != children {
-            // The vCPU runs on this host thread, so its CPU time is the guest's plus the monitor's.
-            var time = timespec()
-            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
-            usage.ru_utime = timeval(tv_sec: time.tv_sec, tv_usec: time.tv_nsec / 1000)
-            usage.ru_maxrss = space.allocator.usedBytes / 1024
+        let time = switch a.int32(0) {
+        case children: group.reapedChildrenCPUTime
+        case thread: cpuTime
+        default: group.cpuTime
         }
+        usage.ru_utime = timeval(nanoseconds: time.userNanoseconds)
+        usage.ru_stime = timeval(nanoseconds: time.systemNanoseconds)
+        if a.int32(0) != children { usage.ru_maxrss = space.allocator.usedBytes / 1024 }
         try space.storeStruct(usage, at: a[1])
         return 0
+    }
+
+    /// times(2): CPU times in clock ticks (USER_HZ, 100 a second) and the ticks since boot.
+    func sysTimes(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let nanosecondsPerTick: UInt64 = 10_000_000
+        if a[0] != 0 {
+            let own = group.cpuTime, children = group.reapedChildrenCPUTime
+            try space.storeStruct((Int64(own.userNanoseconds / nanosecondsPerTick), Int64(own.systemNanoseconds / nanosecondsPerTick),
+                                   Int64(children.userNanoseconds / nanosecondsPerTick),
+                                   Int64(children.systemNanoseconds / nanosecondsPerTick)), at: a[0])
+        }
+        return time.now(CLOCK_BOOTTIME).nanoseconds / nanosecondsPerTick
     }
 }

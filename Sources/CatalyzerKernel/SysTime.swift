@@ -6,8 +6,13 @@ extension Task {
     private static let clocks: Set<Int32> = [0, 1, 2, 3, 4, 5, 6, 7]
 
     func sysClockGettime(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        guard Self.clocks.contains(a.int32(0)) else { throw Errno.EINVAL }
-        try space.storeStruct(time.now(clockid_t(a.int32(0))), at: a[1])
+        let clock = a.int32(0)
+        guard Self.clocks.contains(clock) else { throw Errno.EINVAL }
+        switch clockid_t(clock) {
+        case CLOCK_PROCESS_CPUTIME_ID: try space.storeStruct(timespec(nanoseconds: group.cpuTime.totalNanoseconds), at: a[1])
+        case CLOCK_THREAD_CPUTIME_ID: try space.storeStruct(timespec(nanoseconds: cpuTime.totalNanoseconds), at: a[1])
+        default: try space.storeStruct(time.now(clockid_t(clock)), at: a[1])
+        }
         return 0
     }
 

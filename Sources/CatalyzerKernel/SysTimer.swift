@@ -89,7 +89,8 @@ final class PosixTimer {
     }
 }
 
-/// alarm, setitimer/getitimer (ITIMER_REAL) and the POSIX timers; all on the host's clocks.
+/// alarm, setitimer/getitimer and the POSIX timers. ITIMER_REAL and POSIX timers run on the host's
+/// clocks; ITIMER_VIRTUAL and ITIMER_PROF count the process's CPU time (see `CPUTime`).
 extension Task {
     private static let timerSignalNone: Int32 = 1, timerSignalSignal: Int32 = 0, timerSignalThreadID: Int32 = 4
 
@@ -115,34 +116,54 @@ extension Task {
         return (remaining + 999_999_999) / 1_000_000_000
     }
 
+    private static let realTimerWhich: Int32 = 0, virtualTimerWhich: Int32 = 1, profilingTimerWhich: Int32 = 2
+
     func sysSetitimer(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        guard a.int32(0) == 0 else { throw Errno.EINVAL }  // ITIMER_VIRTUAL and ITIMER_PROF are not kept
-        if a[2] != 0 { try storeRealTimer(at: a[2]) }
-        guard a[1] != 0 else { return 0 }
-        let interval = try space.loadStruct(timeval.self, at: a[1], zero: timeval())
-        let value = try space.loadStruct(timeval.self, at: a[1] + 16, zero: timeval())
-        guard interval.tv_sec >= 0, (0..<1_000_000).contains(interval.tv_usec),
-              value.tv_sec >= 0, (0..<1_000_000).contains(value.tv_usec) else { throw Errno.EINVAL }
-        let now = Sandbox.monotonicNanoseconds()
-        let first = value.nanoseconds
-        sandbox.timers.arm(realTimer, deadline: first == 0 ? nil : now &+ first, interval: interval.nanoseconds)
+        let which = a.int32(0)
+        guard (Self.realTimerWhich...Self.profilingTimerWhich).contains(which) else { throw Errno.EINVAL }
+        var interval = timeval(), value = timeval()
+        if a[1] != 0 {
+            interval = try space.loadStruct(timeval.self, at: a[1], zero: timeval())
+            value = try space.loadStruct(timeval.self, at: a[1] + 16, zero: timeval())
+            guard interval.tv_sec >= 0, (0..<1_000_000).contains(interval.tv_usec),
+                  value.tv_sec >= 0, (0..<1_000_000).contains(value.tv_usec) else { throw Errno.EINVAL }
+        }
+        if a[2] != 0 { try storeIntervalTimer(which, at: a[2]) }
+        switch which {
+        case Self.realTimerWhich:
+            let first = value.nanoseconds
+            sandbox.timers.arm(realTimer, deadline: first == 0 ? nil : Sandbox.monotonicNanoseconds() &+ first,
+                               interval: interval.nanoseconds)
+        case Self.virtualTimerWhich:
+            group.virtualTimer = IntervalTimer(value: value.nanoseconds, interval: interval.nanoseconds)
+        default:
+            group.profilingTimer = IntervalTimer(value: value.nanoseconds, interval: interval.nanoseconds)
+        }
+        sandbox.publishNextDueTime(running: self)  // so the ticker ends the slice when it is due
         return 0
     }
 
     func sysGetitimer(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        guard (0...2).contains(a.int32(0)) else { throw Errno.EINVAL }
-        if a.int32(0) != 0 {
-            try space.write([UInt8](repeating: 0, count: 32), to: a[1])
-            return 0
-        }
-        try storeRealTimer(at: a[1])
+        let which = a.int32(0)
+        guard (Self.realTimerWhich...Self.profilingTimerWhich).contains(which) else { throw Errno.EINVAL }
+        try storeIntervalTimer(which, at: a[1])
         return 0
     }
 
-    private func storeRealTimer(at address: UInt64) throws(Errno) {
-        let timer = realTimer
-        let remaining = timer.remaining(now: Sandbox.monotonicNanoseconds())
-        try space.storeStruct((timeval(nanoseconds: timer.interval), timeval(nanoseconds: remaining)), at: address)
+    /// `struct itimerval` (interval, then value) of the timer `which`.
+    private func storeIntervalTimer(_ which: Int32, at address: UInt64) throws(Errno) {
+        let interval: UInt64, remaining: UInt64
+        switch which {
+        case Self.realTimerWhich:
+            let timer = realTimer
+            (interval, remaining) = (timer.interval, timer.remaining(now: Sandbox.monotonicNanoseconds()))
+        case Self.virtualTimerWhich:
+            (interval, remaining) = (group.virtualTimer.interval, group.virtualTimer.value)
+        default:
+            (interval, remaining) = (group.profilingTimer.interval, group.profilingTimer.value)
+        }
+        // Rounded up to a microsecond, so an armed timer never reads as disarmed.
+        try space.storeStruct((timeval(nanoseconds: interval), timeval(nanoseconds: (remaining + 999) / 1000 * 1000)), at: address)
     }
 
     func sysTimerCreate(_ a: SyscallArguments) throws(Errno) -> UInt64 {

@@ -199,6 +199,7 @@ enum SyscallTable {
         add(202, "futex", [.hex, .int, .int, .hex, .hex, .int], Task.sysFutex)
         add(99, "sysinfo", [.hex], Task.sysSysinfo)
         add(98, "getrusage", [.int, .hex], Task.sysGetrusage)
+        add(100, "times", [.hex], Task.sysTimes)
         add(302, "prlimit64", [.int, .int, .hex, .hex], Task.sysPrlimit64)
         // Events (SysEvents.swift)
         add(284, "eventfd", [.int], Task.sysEventfd)

@@ -72,6 +72,8 @@ final class Task {
     var faultReason: String?
     /// sched_yield: go to the back of the run queue after this syscall.
     var yieldRequested = false
+    /// This thread's CPU time (CLOCK_THREAD_CPUTIME_ID, RUSAGE_THREAD).
+    var cpuTime = CPUTime()
 
     init(sandbox: Sandbox, tid: Int32, group: ThreadGroup, image: ProcessImage, files: FileTable,
          fsContext: FilesystemContext, signalHandlers: SignalHandlers, context: TaskContext, name: String) {

@@ -25,6 +25,13 @@ final class ThreadGroup {
     var exitSignal: Int32 = SIGCHLD
     /// ITIMER_REAL / alarm(2), created on first use.
     var realTimerObject: KernelTimer?
+    /// ITIMER_VIRTUAL (user time) and ITIMER_PROF (user and system time).
+    var virtualTimer = IntervalTimer()
+    var profilingTimer = IntervalTimer()
+    /// CPU time of its threads, living and exited.
+    var cpuTime = CPUTime()
+    /// CPU time of the children it (or they) reaped: getrusage(RUSAGE_CHILDREN), times(2).
+    var reapedChildrenCPUTime = CPUTime()
     /// timer_create's timers by id.
     var posixTimers: [Int32: PosixTimer] = [:]
     var nextTimerID: Int32 = 0

@@ -26,7 +26,9 @@ import Testing
     /// With threads, signals and sigaltstack in the kernel they run under CPython's own runner
     /// (`python3 -m test -v`, faulthandler enabled).
     static let gated = ["test_threading", "test_thread", "test_threading_local", "test_queue", "test_select",
-                        "test_selectors", "test_json", "test_functools", "test_tempfile", "test_shutil"]
+                        "test_selectors", "test_json", "test_functools", "test_tempfile", "test_shutil",
+                        "test_asyncio.test_tasks", "test_asyncio.test_locks", "test_asyncio.test_queues",
+                        "test_asyncio.test_timeouts"]
     static let runner = "regrtest"
 
     /// Seconds per module and side; these modules take a few seconds each on the host.

@@ -276,6 +276,47 @@ struct TaskTests {
         os.rmdir("/tmp/us-dir")
         print("done")
         """),
+        ("CPU time and its timers", """
+        import signal, time, os, resource, threading
+        fired = {"vt": 0, "prof": 0}
+        signal.signal(signal.SIGVTALRM, lambda s, f: fired.__setitem__("vt", fired["vt"] + 1))
+        signal.signal(signal.SIGPROF, lambda s, f: fired.__setitem__("prof", fired["prof"] + 1))
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0.05, 0.05)
+        signal.setitimer(signal.ITIMER_PROF, 0.05)
+        start = time.monotonic()
+        while fired["vt"] < 3 and time.monotonic() - start < 10:
+            sum(range(10000))
+        value, interval = signal.getitimer(signal.ITIMER_VIRTUAL)
+        print("virtual fired", fired["vt"] >= 3, "interval", interval, "armed", 0 < value <= 0.05)
+        print("prof fired once", fired["prof"] == 1, signal.getitimer(signal.ITIMER_PROF))
+        print("old value returned", 0 < signal.setitimer(signal.ITIMER_VIRTUAL, 0)[0] <= 0.05)
+        print("disarmed", signal.getitimer(signal.ITIMER_VIRTUAL))
+        # sleeping uses no CPU time: a virtual timer does not fire during a sleep
+        fired["vt"] = 0
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0.05)
+        time.sleep(0.2)
+        print("not fired while sleeping", fired["vt"] == 0)
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        t0 = time.process_time(); w0 = time.monotonic()
+        while time.monotonic() - w0 < 0.2: pass
+        busy = time.process_time() - t0
+        t0 = time.process_time(); time.sleep(0.2); idle = time.process_time() - t0
+        print("process time counts work", 0.1 < busy < 0.4, "not sleep", idle < 0.05)
+        th = [0]
+        def spin():
+            w = time.monotonic()
+            while time.monotonic() - w < 0.1: pass
+            th[0] = time.thread_time()
+        t = threading.Thread(target=spin); t.start(); t.join()
+        print("thread time is the thread's", 0.05 < th[0] < 0.3, time.thread_time() < time.process_time())
+        pid = os.fork()
+        if pid == 0:
+            w = time.monotonic()
+            while time.monotonic() - w < 0.1: pass
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("children time", 0.05 < resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime < 0.4, os.times().children_user + os.times().children_system > 0.04)
+        """),
     ]
 
     @Test("a script prints what it prints on the host", arguments: scripts.map(\.0))
