@@ -25,6 +25,7 @@ packages=(
   pkg-config gcc libc6-dev
   libfuse3-dev fuse3 libzstd-dev liblz4-dev
   python3 python3.11 python3-pip libpython3.11-testsuite cpio busybox-static fio docker-registry skopeo runsc
+  iproute2
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -130,6 +130,7 @@ mount -o remount,bind,ro "$root"
 mount -t tmpfs -o "size=$tmpsize,mode=1777" tmpfs "$root/tmp"
 mount -t tmpfs -o mode=1777 tmpfs "$root/dev/shm"
 mount -t proc proc "$root/proc"
+ip link set lo up
 for device in """ + " ".join(HOST_DEVICES) + r"""; do mount --bind "/dev/$device" "$root/dev/$device"; done
 exec chroot "$root" "$@"
 """
@@ -432,7 +433,7 @@ def run_sandbox(args, runner, module):
 
 
 def run_host(args, runner, module):
-    argv = ["unshare", "--mount", "--pid", "--fork", "--", "/bin/sh", "-c", HOST_SETUP, "sh",
+    argv = ["unshare", "--mount", "--pid", "--net", "--fork", "--", "/bin/sh", "-c", HOST_SETUP, "sh",
             args.rootfs, args.memory] + runner_arguments(runner, module)
     output, status, seconds = run_process(argv, args.timeout, dict(ENVIRONMENT))
     return output, status, status is None, seconds

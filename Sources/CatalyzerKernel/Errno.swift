@@ -35,6 +35,9 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
     static let ENODATA = Errno(Glibc.ENODATA), ENOLCK = Errno(Glibc.ENOLCK)
     static let EADDRINUSE = Errno(Glibc.EADDRINUSE), ECONNREFUSED = Errno(Glibc.ECONNREFUSED)
     static let ENXIO = Errno(Glibc.ENXIO), EPROTOTYPE = Errno(Glibc.EPROTOTYPE)
+    static let EDESTADDRREQ = Errno(Glibc.EDESTADDRREQ), EADDRNOTAVAIL = Errno(Glibc.EADDRNOTAVAIL)
+    static let ENETUNREACH = Errno(Glibc.ENETUNREACH), EINPROGRESS = Errno(Glibc.EINPROGRESS)
+    static let ESOCKTNOSUPPORT = Errno(Glibc.ESOCKTNOSUPPORT)
 
     private static let names: [Int32: String] = [
         Glibc.EPERM: "EPERM", Glibc.ENOENT: "ENOENT", Glibc.ESRCH: "ESRCH", Glibc.EINTR: "EINTR",
@@ -51,6 +54,7 @@ public struct Errno: Error, Equatable, CustomStringConvertible {
         Glibc.EMSGSIZE: "EMSGSIZE", Glibc.EISCONN: "EISCONN", Glibc.ENOBUFS: "ENOBUFS", Glibc.ENOPROTOOPT: "ENOPROTOOPT", Glibc.ENFILE: "ENFILE", 512: "ERESTARTSYS",
         Glibc.ENODEV: "ENODEV", Glibc.ENODATA: "ENODATA", Glibc.ENOLCK: "ENOLCK",
         Glibc.EADDRINUSE: "EADDRINUSE", Glibc.ECONNREFUSED: "ECONNREFUSED", Glibc.ENXIO: "ENXIO",
-        Glibc.EPROTOTYPE: "EPROTOTYPE",
+        Glibc.EPROTOTYPE: "EPROTOTYPE", Glibc.EDESTADDRREQ: "EDESTADDRREQ", Glibc.EADDRNOTAVAIL: "EADDRNOTAVAIL",
+        Glibc.ENETUNREACH: "ENETUNREACH", Glibc.EINPROGRESS: "EINPROGRESS", Glibc.ESOCKTNOSUPPORT: "ESOCKTNOSUPPORT",
     ]
 }

@@ -132,7 +132,7 @@ extension Filesystem {
 
     /// The socket listening at `absolutePath`: ENOENT when there is no such name, ECONNREFUSED
     /// when it is not a socket file or nothing is bound to it any more.
-    func boundSocket(at absolutePath: String) throws(Errno) -> UnixSocket {
+    func boundSocket(at absolutePath: String) throws(Errno) -> SandboxSocket {
         switch locate(try resolve(absolutePath)) {
         case .memory(let root, let components):
             guard case .socket(let binding) = try tmp.lookup(components, in: root).content,

@@ -24,6 +24,8 @@ public final class Sandbox {
     let futexes = FutexTable()
     /// Unix sockets bound to abstract names (a leading NUL byte), the sandbox's own namespace.
     var abstractSockets: [[UInt8]: UnixSocketBinding] = [:]
+    /// IPv4/IPv6 ports of the sandbox's own loopback.
+    let inetPorts = InetPortTable()
     /// Live tasks by TID and processes by PID (zombies included until reaped).
     var tasks: [Int32: Task] = [:]
     var groups: [Int32: ThreadGroup] = [:]

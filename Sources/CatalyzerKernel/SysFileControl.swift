@@ -24,7 +24,7 @@ extension Task {
             switch file.backing {
             case .pipe(let pipe): count = pipe.count
             case .special(let object):
-                guard let socket = object as? UnixSocket else { throw Errno.ENOTTY }
+                guard let socket = object as? SandboxSocket else { throw Errno.ENOTTY }
                 count = socket.bytesReadable
             case .memory(let node):
                 guard !node.isDirectory else { throw Errno.ENOTTY }

@@ -1,34 +1,55 @@
 import Glibc
 
-/// Sockets: AF_UNIX inside the sandbox. socketpair, and socket(2) sockets bound to a file in /tmp
-/// or an abstract name, with listen/accept/connect between the sandbox's own processes; send/recv,
-/// sendmsg/recvmsg (SCM_RIGHTS), shutdown and the socket options programs query. There is no
-/// network yet: socket(2) of any other family is EAFNOSUPPORT.
+/// Sockets between the sandbox's own processes (`SandboxSocket`):
+/// - AF_UNIX: socketpair, and sockets bound to a file in /tmp or an abstract name;
+/// - AF_INET and AF_INET6 (TCP and UDP) on the sandbox's loopback (`InetPortTable`): 127.0.0.0/8,
+///   ::1 and the wildcard address. A connection or datagram to any other address is ENETUNREACH:
+///   the sandbox has no network beyond itself yet.
+/// With listen/accept/connect, send/recv, sendmsg/recvmsg (SCM_RIGHTS on unix sockets), shutdown
+/// and the socket options programs set and query. Other families are EAFNOSUPPORT.
 extension Task {
-    private static let familyUnix: Int32 = 1
+    private static let familyUnix = SocketAddress.familyUnix, familyInet = SocketAddress.familyInet
+    private static let familyInet6 = SocketAddress.familyInet6, familyUnspecified: Int32 = 0
+    private static let protocolTCP: Int32 = 6, protocolUDP: Int32 = 17
+    private static let levelIP: Int32 = 0, levelTCP: Int32 = 6, levelIPv6: Int32 = 41
     private static let typeMask: Int32 = 0xF
     private static let messagePeek: Int32 = 2, messageTruncate: Int32 = 0x20, messageDontWait: Int32 = 0x40
     private static let messageWaitAll: Int32 = 0x100, messageNoSignal: Int32 = 0x4000
     private static let messageControlTruncated: Int32 = 0x8, messageCloseOnExec: Int32 = 0x4000_0000
 
     func sysSocket(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        guard a.int32(0) == Self.familyUnix else { throw Errno.EAFNOSUPPORT }
+        let family = a.int32(0)
         let type = a.int32(1) & Self.typeMask, flags = a.int32(1) & ~Self.typeMask
-        guard [UnixSocket.streamType, UnixSocket.datagramType, UnixSocket.sequencedPacketType].contains(type),
-              flags & ~(O_CLOEXEC | O_NONBLOCK) == 0 else { throw Errno.EINVAL }
-        guard a.int32(2) == 0 else { throw Errno.EPROTONOSUPPORT }
-        let socket = UnixSocket.unconnected(type: type)
+        guard flags & ~(O_CLOEXEC | O_NONBLOCK) == 0 else { throw Errno.EINVAL }
+        switch family {
+        case Self.familyUnix:
+            guard [SandboxSocket.streamType, SandboxSocket.datagramType, SandboxSocket.sequencedPacketType].contains(type) else {
+                throw Errno.EINVAL
+            }
+            guard a.int32(2) == 0 else { throw Errno.EPROTONOSUPPORT }
+        case Self.familyInet, Self.familyInet6:
+            switch type {
+            case SandboxSocket.streamType: guard [0, Self.protocolTCP].contains(a.int32(2)) else { throw Errno.EPROTONOSUPPORT }
+            case SandboxSocket.datagramType: guard [0, Self.protocolUDP].contains(a.int32(2)) else { throw Errno.EPROTONOSUPPORT }
+            default: throw Errno.ESOCKTNOSUPPORT  // raw and seqpacket inet sockets are not served
+            }
+        default:
+            throw Errno.EAFNOSUPPORT
+        }
+        let socket = SandboxSocket.unconnected(family: family, type: type)
         let file = OpenFile(backing: .special(socket), guestPath: socket.name, statusFlags: O_RDWR | (flags & O_NONBLOCK))
         return UInt64(try files.install(file, closeOnExec: flags & O_CLOEXEC != 0))
     }
 
     func sysSocketpair(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        guard a.int32(0) == Self.familyUnix else { throw Errno.EAFNOSUPPORT }
+        guard a.int32(0) == Self.familyUnix else {
+            throw [Self.familyInet, Self.familyInet6].contains(a.int32(0)) ? Errno.EOPNOTSUPP : Errno.EAFNOSUPPORT
+        }
         let type = a.int32(1) & Self.typeMask, flags = a.int32(1) & ~Self.typeMask
-        guard [UnixSocket.streamType, UnixSocket.datagramType, UnixSocket.sequencedPacketType].contains(type),
+        guard [SandboxSocket.streamType, SandboxSocket.datagramType, SandboxSocket.sequencedPacketType].contains(type),
               flags & ~(O_CLOEXEC | O_NONBLOCK) == 0 else { throw Errno.EINVAL }
         guard a.int32(2) == 0 else { throw Errno.EPROTONOSUPPORT }
-        let (first, second) = UnixSocket.pair(type: type, creator: .init(pid: group.pid, uid: credentials.uid, gid: credentials.gid))
+        let (first, second) = SandboxSocket.pair(type: type, creator: .init(pid: group.pid, uid: credentials.uid, gid: credentials.gid))
         let closeOnExec = flags & O_CLOEXEC != 0
         let firstFD = try files.install(OpenFile(backing: .special(first), guestPath: first.name,
                                                  statusFlags: O_RDWR | (flags & O_NONBLOCK)), closeOnExec: closeOnExec)
@@ -44,67 +65,97 @@ extension Task {
         return 0
     }
 
-    private func socket(_ fd: UInt64) throws(Errno) -> (OpenFile, UnixSocket) {
+    private func socket(_ fd: UInt64) throws(Errno) -> (OpenFile, SandboxSocket) {
         let file = try files.file(fd)
-        guard case .special(let object) = file.backing, let socket = object as? UnixSocket else { throw Errno.ENOTSOCK }
+        guard case .special(let object) = file.backing, let socket = object as? SandboxSocket else { throw Errno.ENOTSOCK }
         return (file, socket)
     }
 
     func sysSendto(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let (file, socket) = try socket(a[0])
         let destination = try datagramDestination(socket, address: a[4], length: a[5])
-        let bytes = try space.read(a[1], count: min(try a.length(2), UnixSocket.capacity + 1))
+        let bytes = try space.read(a[1], count: min(try a.length(2), SandboxSocket.capacity + 1))
         let flags = a.int32(3)
-        return UInt64(try socket.send(self, bytes, rights: [], to: destination, nonblocking: nonblocking(file, flags),
-                                      noSignal: flags & Self.messageNoSignal != 0))
+        return UInt64(try socket.send(self, bytes, rights: [], to: destination.socket, hasDestination: destination.given,
+                                      nonblocking: nonblocking(file, flags), noSignal: flags & Self.messageNoSignal != 0))
     }
 
-    /// The socket a sendto/sendmsg address names: nil without one. A connection-oriented socket
-    /// ignores the address once connected, as Linux does, and refuses it before (EOPNOTSUPP).
-    private func datagramDestination(_ socket: UnixSocket, address: UInt64, length: UInt64) throws(Errno) -> UnixSocket? {
-        guard address != 0 && length != 0 else { return nil }
+    /// The socket a sendto/sendmsg address names, and whether an address applies. A
+    /// connection-oriented socket ignores the address once connected, as Linux does, and refuses
+    /// it before (EOPNOTSUPP). A connected inet datagram socket without one sends to its peer's
+    /// port, looked up now. An inet datagram to a free port has a destination but no socket.
+    private func datagramDestination(_ socket: SandboxSocket, address: UInt64,
+                                     length: UInt64) throws(Errno) -> (socket: SandboxSocket?, given: Bool) {
+        let named = address != 0 && length != 0
         guard !socket.isConnectionOriented else {
-            if socket.isConnected { return nil }
+            if !named || socket.isConnected { return (nil, false) }
             throw socket.isListening ? Errno.ENOTCONN : Errno.EOPNOTSUPP
         }
-        return try lookUpSocket(try readAddress(address, length: length), type: socket.type)
+        guard named else { return (nil, false) }
+        let name = try readAddress(socket, address: address, length: length)
+        guard case .inet(let destination) = name else { return (try lookUpSocket(name, type: socket.type), true) }
+        let target = try reachableInet(destination)
+        if !socket.isBound { try socket.bind(InetAddress(wildcardFor: socket.family, port: 0), in: sandbox.inetPorts) }
+        return (sandbox.inetPorts.find(target, stream: false), true)
     }
 
-    /// A guest `sockaddr_un` (EINVAL when it is not one).
-    private func readAddress(_ address: UInt64, length: UInt64) throws(Errno) -> UnixAddress {
+    /// A guest `sockaddr` for `socket`'s family (EINVAL, or EAFNOSUPPORT for another family).
+    private func readAddress(_ socket: SandboxSocket, address: UInt64, length: UInt64) throws(Errno) -> SocketAddress {
         guard length >= 2, length <= UInt64(UnixAddress.maximumLength) else { throw Errno.EINVAL }
-        return try UnixAddress(parsing: try space.read(address, count: Int(length)))
+        let bytes = try space.read(address, count: Int(length))
+        if socket.isInet { return .inet(try InetAddress(parsing: bytes, socketFamily: socket.family)) }
+        return .unix(try UnixAddress(parsing: bytes))
+    }
+
+    /// A destination on the sandbox's loopback, with the wildcard meaning the loopback address as
+    /// on Linux; anything else is ENETUNREACH (no network beyond the sandbox yet).
+    private func reachableInet(_ destination: InetAddress) throws(Errno) -> InetAddress {
+        if destination.isWildcard {
+            return InetAddress.loopback(for: destination.isIPv4 ? Self.familyInet : Self.familyInet6, port: destination.port)
+        }
+        guard destination.isLoopback else { throw Errno.ENETUNREACH }
+        return destination
     }
 
     /// The live socket of `type` bound at `name`. As on Linux, a socket file of another type is
     /// EPROTOTYPE, while an abstract name of another type is not found at all (ECONNREFUSED).
-    private func lookUpSocket(_ name: UnixAddress, type: Int32) throws(Errno) -> UnixSocket {
+    private func lookUpSocket(_ name: SocketAddress, type: Int32) throws(Errno) -> SandboxSocket {
         switch name {
-        case .unnamed: throw Errno.EINVAL
-        case .path(let path):
+        case .unix(.unnamed): throw Errno.EINVAL
+        case .unix(.path(let path)):
             let socket = try sandbox.filesystem.boundSocket(at: try absolutePath(path, relativeTo: AT_FDCWD))
             guard socket.type == type else { throw Errno.EPROTOTYPE }
             return socket
-        case .abstract(let bytes):
+        case .unix(.abstract(let bytes)):
             guard let socket = sandbox.abstractSockets[bytes]?.socket, socket.type == type else { throw Errno.ECONNREFUSED }
+            return socket
+        case .inet(let destination):
+            guard let socket = sandbox.inetPorts.find(try reachableInet(destination), stream: type != SandboxSocket.datagramType)
+            else { throw Errno.ECONNREFUSED }
             return socket
         }
     }
 
     /// Writes `name` to a guest (addr, addrlen) pair as accept/getsockname do: truncated to the
     /// room the caller gave, with the full length stored back.
-    private func storeAddress(_ name: UnixAddress, at address: UInt64, lengthAt lengthAddress: UInt64) throws(Errno) {
+    private func storeAddress(_ name: SocketAddress, of socket: SandboxSocket, at address: UInt64,
+                              lengthAt lengthAddress: UInt64) throws(Errno) {
         guard address != 0 else { return }
         let room = try space.load(Int32.self, at: lengthAddress)
         guard room >= 0 else { throw Errno.EINVAL }
-        let bytes = name.encoded
+        let bytes = name.encoded(family: socket.family)
         try space.write(Array(bytes.prefix(Int(room))), to: address)
         try space.store(UInt32(bytes.count), at: lengthAddress)
     }
 
     func sysBind(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let (_, socket) = try socket(a[0])
-        var name = try readAddress(a[1], length: a[2])
+        let address = try readAddress(socket, address: a[1], length: a[2])
+        guard case .unix(var name) = address else {
+            guard case .inet(let inet) = address else { throw Errno.EINVAL }
+            try socket.bind(inet, in: sandbox.inetPorts)
+            return 0
+        }
         if name == .unnamed { name = .abstract(try autobindName()) }  // Linux's autobind
         let sandbox = sandbox
         switch name {
@@ -137,6 +188,9 @@ extension Task {
 
     func sysListen(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let (_, socket) = try socket(a[0])
+        if socket.isInet && !socket.isBound && socket.isConnectionOriented {
+            try socket.bind(InetAddress(wildcardFor: socket.family, port: 0), in: sandbox.inetPorts)
+        }
         try socket.listen(backlog: a.int32(1))
         socket.noteListener(self)
         return 0
@@ -144,13 +198,45 @@ extension Task {
 
     func sysConnect(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let (file, socket) = try socket(a[0])
-        let name = try readAddress(a[1], length: a[2])
-        guard name != .unnamed else { throw Errno.EINVAL }
-        let target = try lookUpSocket(name, type: socket.type)
-        if socket.isConnectionOriented {
-            try socket.connect(self, to: target, address: name, nonblocking: file.statusFlags & O_NONBLOCK != 0)
-        } else {
-            try socket.connectDatagram(to: target, address: name)
+        let nonblocking = file.statusFlags & O_NONBLOCK != 0
+        guard socket.isInet else {
+            let name = try readAddress(socket, address: a[1], length: a[2])
+            guard name != .unix(.unnamed) else { throw Errno.EINVAL }
+            let target = try lookUpSocket(name, type: socket.type)
+            if socket.isConnectionOriented {
+                try socket.connect(self, to: target, address: name, nonblocking: nonblocking)
+            } else {
+                socket.connectDatagram(to: target, address: name)
+            }
+            return 0
+        }
+        if !socket.isConnectionOriented && a[2] >= 2, try space.load(UInt16.self, at: a[1]) == UInt16(Self.familyUnspecified) {
+            socket.disconnectDatagram()  // connect(AF_UNSPEC) dissolves a UDP association
+            return 0
+        }
+        guard case .inet(let requested) = try readAddress(socket, address: a[1], length: a[2]) else { throw Errno.EINVAL }
+        let destination = try reachableInet(requested)
+        if !socket.isBound {
+            var source = destination
+            source.port = 0
+            try socket.bind(source, in: sandbox.inetPorts)
+        }
+        guard socket.isConnectionOriented else {
+            socket.connectDatagram(to: nil, address: .inet(destination))
+            return 0
+        }
+        if socket.isConnected {
+            guard socket.connectReportedInProgress else { throw Errno.EISCONN }
+            socket.connectReportedInProgress = false
+            return 0
+        }
+        guard let listener = sandbox.inetPorts.find(destination, stream: true) else { throw Errno.ECONNREFUSED }
+        try socket.connect(self, to: listener, address: .inet(destination), nonblocking: nonblocking)
+        // The connection is made at once, but a non-blocking TCP connect reports it as under way
+        // (Linux does, even on loopback); the socket is writable and SO_ERROR is 0 when polled.
+        if nonblocking {
+            socket.connectReportedInProgress = true
+            throw Errno.EINPROGRESS
         }
         return 0
     }
@@ -173,7 +259,7 @@ extension Task {
         let accepted = OpenFile(backing: .special(connection), guestPath: connection.name,
                                 statusFlags: O_RDWR | (flags & O_NONBLOCK))
         let fd = try files.install(accepted, closeOnExec: flags & O_CLOEXEC != 0)
-        try storeAddress(connection.peerAddress, at: a[1], lengthAt: a[2])
+        try storeAddress(connection.peerAddress, of: connection, at: a[1], lengthAt: a[2])
         return UInt64(fd)
     }
 
@@ -183,7 +269,7 @@ extension Task {
         let vectors = try hostBuffers([(a[1], try a.length(2))], access: .write)
         let result = try socket.receive(self, into: vectors, nonblocking: nonblocking(file, flags),
                                         peek: flags & Self.messagePeek != 0, waitAll: flags & Self.messageWaitAll != 0)
-        if a[4] != 0 && a[5] != 0 { try storeAddress(result.sender, at: a[4], lengthAt: a[5]) }
+        if a[4] != 0 && a[5] != 0 { try storeAddress(result.sender, of: socket, at: a[4], lengthAt: a[5]) }
         return UInt64(flags & Self.messageTruncate != 0 && !socket.isStream ? result.length : result.count)
     }
 
@@ -193,8 +279,8 @@ extension Task {
         func word(_ offset: Int) -> UInt64 { header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
         let segments = try ioVectors(word(16), count: word(24))
         var bytes: [UInt8] = []
-        for (base, length) in segments where bytes.count <= UnixSocket.capacity {
-            bytes += try space.read(base, count: min(length, UnixSocket.capacity + 1 - bytes.count))
+        for (base, length) in segments where bytes.count <= SandboxSocket.capacity {
+            bytes += try space.read(base, count: min(length, SandboxSocket.capacity + 1 - bytes.count))
         }
         var rights: [OpenFile] = []
         let control = word(32), controlLength = word(40)
@@ -222,7 +308,9 @@ extension Task {
         }
         let flags = a.int32(2)
         let destination = try datagramDestination(socket, address: word(0), length: word(8) & 0xFFFF_FFFF)
-        return UInt64(try socket.send(self, bytes, rights: rights, to: destination, nonblocking: nonblocking(file, flags),
+        if !rights.isEmpty && socket.isInet { throw Errno.EINVAL }  // SCM_RIGHTS is for unix sockets
+        return UInt64(try socket.send(self, bytes, rights: rights, to: destination.socket, hasDestination: destination.given,
+                                      nonblocking: nonblocking(file, flags),
                                       noSignal: flags & Self.messageNoSignal != 0))
     }
 
@@ -260,7 +348,7 @@ extension Task {
             }
         }
         if word(0) != 0 {  // msg_name: the sender's name, within msg_namelen
-            let name = result.sender.encoded
+            let name = result.sender.encoded(family: socket.family)
             let room = Int(UInt32(truncatingIfNeeded: word(8)))
             try space.write(Array(name.prefix(room)), to: word(0))
             try space.store(UInt32(name.count), at: a[1] + 8)
@@ -281,48 +369,95 @@ extension Task {
         return 0
     }
 
-    func sysGetsockopt(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        let (_, socket) = try socket(a[0])
-        guard a.int32(1) == SOL_SOCKET else { throw Errno.ENOPROTOOPT }
-        let value: Int32
-        switch a.int32(2) {
-        case SO_PEERCRED:  // struct ucred
-            guard try space.load(UInt32.self, at: a[4]) >= 12 else { throw Errno.EINVAL }
-            let credentials = socket.peerCredentials
-            try space.storeStruct((credentials.pid, credentials.uid, credentials.gid), at: a[3])
-            try space.store(UInt32(12), at: a[4])
-            return 0
-        case SO_TYPE: value = socket.type
-        case SO_ACCEPTCONN: value = socket.isListening ? 1 : 0
-        case SO_ERROR: value = 0
-        case SO_DOMAIN: value = Self.familyUnix
-        case SO_PROTOCOL: value = 0
-        case SO_RCVBUF, SO_SNDBUF: value = Int32(UnixSocket.capacity)
-        case SO_PASSCRED, SO_KEEPALIVE, SO_REUSEADDR, SO_BROADCAST: value = 0
+    private static let optionReusePort: Int32 = 15, optionIPv6Only: Int32 = 26
+
+    /// Whether `level` applies to `socket`: SOL_SOCKET to all, IP and TCP levels to inet sockets
+    /// (TCP to streams), IPv6 to AF_INET6 sockets.
+    private func checkLevel(_ level: Int32, of socket: SandboxSocket) throws(Errno) {
+        switch level {
+        case SOL_SOCKET: return
+        case Self.levelIP: guard socket.isInet else { throw Errno.EOPNOTSUPP }
+        case Self.levelTCP: guard socket.isInet && socket.isStream else { throw Errno.EOPNOTSUPP }
+        case Self.levelIPv6: guard socket.family == Self.familyInet6 else { throw Errno.ENOPROTOOPT }
+        case Self.protocolUDP: guard socket.isInet && !socket.isConnectionOriented else { throw Errno.EOPNOTSUPP }
         default: throw Errno.ENOPROTOOPT
         }
-        guard try space.load(UInt32.self, at: a[4]) >= 4 else { throw Errno.EINVAL }
-        try space.store(value, at: a[3])
-        try space.store(UInt32(4), at: a[4])
+    }
+
+    func sysGetsockopt(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let (_, socket) = try socket(a[0])
+        let level = a.int32(1), name = a.int32(2)
+        try checkLevel(level, of: socket)
+        let room = try space.load(Int32.self, at: a[4])
+        guard room >= 0 else { throw Errno.EINVAL }
+        func integer(_ value: Int32) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
+        let stored = socket.options.values[SandboxSocket.Options.key(level, name)]
+        let value: [UInt8]
+        switch (level, name) {
+        case (SOL_SOCKET, SO_PEERCRED):  // struct ucred
+            let credentials = socket.peerCredentials
+            value = withUnsafeBytes(of: (credentials.pid, credentials.uid, credentials.gid)) { Array($0) }
+        case (SOL_SOCKET, SO_TYPE): value = integer(socket.type)
+        case (SOL_SOCKET, SO_ACCEPTCONN): value = integer(socket.isListening ? 1 : 0)
+        case (SOL_SOCKET, SO_ERROR):  // connections here complete or fail at once; datagrams may be refused
+            value = integer(socket.pendingError?.code ?? 0)
+            socket.pendingError = nil
+        case (SOL_SOCKET, SO_DOMAIN): value = integer(socket.family)
+        case (SOL_SOCKET, SO_PROTOCOL):
+            value = integer(!socket.isInet ? 0 : socket.isStream ? Self.protocolTCP : Self.protocolUDP)
+        case (SOL_SOCKET, SO_REUSEADDR): value = integer(socket.options.reuseAddress ? 1 : 0)
+        case (SOL_SOCKET, Self.optionReusePort): value = integer(socket.options.reusePort ? 1 : 0)
+        case (SOL_SOCKET, SO_RCVBUF), (SOL_SOCKET, SO_SNDBUF): value = stored ?? integer(Int32(SandboxSocket.capacity))
+        case (SOL_SOCKET, SO_LINGER): value = stored ?? [UInt8](repeating: 0, count: 8)
+        case (SOL_SOCKET, SO_RCVTIMEO), (SOL_SOCKET, SO_SNDTIMEO): value = stored ?? [UInt8](repeating: 0, count: 16)
+        case (SOL_SOCKET, SO_PASSCRED), (SOL_SOCKET, SO_KEEPALIVE), (SOL_SOCKET, SO_BROADCAST), (SOL_SOCKET, SO_OOBINLINE),
+             (Self.levelTCP, 1):  // TCP_NODELAY
+            value = stored ?? integer(0)
+        case (Self.levelIPv6, Self.optionIPv6Only): value = integer(socket.options.ipv6Only ? 1 : 0)
+        default:
+            guard let stored else { throw Errno.ENOPROTOOPT }
+            value = stored
+        }
+        try space.write(Array(value.prefix(Int(room))), to: a[3])
+        try space.store(UInt32(value.count), at: a[4])
         return 0
     }
 
-    /// Options are accepted and have no effect (buffer sizes, credentials passing, timeouts).
+    /// Stores the option; SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY change how binding works,
+    /// the rest (buffer sizes, keepalive, TCP_NODELAY, timeouts, linger) are reported back by
+    /// getsockopt and have no other effect on a connection inside the sandbox.
     func sysSetsockopt(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        _ = try socket(a[0])
+        let (_, socket) = try socket(a[0])
+        let level = a.int32(1), name = a.int32(2)
+        try checkLevel(level, of: socket)
+        let length = try a.length(4)
+        guard length <= 256 else { throw Errno.EINVAL }
+        let bytes = try space.read(a[3], count: length)
+        let isStruct = level == SOL_SOCKET && [SO_LINGER, SO_RCVTIMEO, SO_SNDTIMEO].contains(name)
+        guard isStruct || length >= 4 else { throw Errno.EINVAL }
+        let integer = length >= 4 ? bytes.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) } : 0
+        switch (level, name) {
+        case (SOL_SOCKET, SO_REUSEADDR): socket.options.reuseAddress = integer != 0
+        case (SOL_SOCKET, Self.optionReusePort): socket.options.reusePort = integer != 0
+        case (Self.levelIPv6, Self.optionIPv6Only):
+            guard !socket.isBound else { throw Errno.EINVAL }
+            socket.options.ipv6Only = integer != 0
+        default:
+            socket.options.values[SandboxSocket.Options.key(level, name)] = isStruct ? bytes : Array(bytes.prefix(4))
+        }
         return 0
     }
 
     func sysGetsockname(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let (_, socket) = try socket(a[0])
-        try storeAddress(socket.localAddress ?? .unnamed, at: a[1], lengthAt: a[2])
+        try storeAddress(socket.localAddress ?? .unbound(family: socket.family), of: socket, at: a[1], lengthAt: a[2])
         return 0
     }
 
     func sysGetpeername(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         let (_, socket) = try socket(a[0])
         guard socket.isConnected else { throw Errno.ENOTCONN }
-        try storeAddress(socket.peerAddress, at: a[1], lengthAt: a[2])
+        try storeAddress(socket.peerAddress, of: socket, at: a[1], lengthAt: a[2])
         return 0
     }
 

@@ -317,6 +317,78 @@ struct TaskTests {
         os.waitpid(pid, 0)
         print("children time", 0.05 < resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime < 0.4, os.times().children_user + os.times().children_system > 0.04)
         """),
+        ("TCP and UDP on the sandbox's own loopback", """
+        import socket, os, errno, select, threading, selectors
+        def err(call):
+            try:
+                r = call(); return "ok"
+            except OSError as e:
+                return errno.errorcode[e.errno]
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", 0)); srv.listen()
+        host, port = srv.getsockname()
+        print("bound", host, 32768 <= port <= 60999, srv.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0)
+        pid = os.fork()
+        if pid == 0:
+            c = socket.create_connection(("127.0.0.1", port))
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.sendall(b"ping " + str(c.getpeername()[1] == port).encode() + b" nodelay " + str(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0).encode())
+            c.shutdown(socket.SHUT_WR)
+            print("child got", c.recv(100), flush=True)
+            os._exit(0)
+        conn, addr = srv.accept()
+        print("accepted", addr[0], conn.getsockname() == ("127.0.0.1", port))
+        data = b""
+        while chunk := conn.recv(100): data += chunk
+        print("server got", data)
+        conn.sendall(b"pong"); conn.close()
+        os.waitpid(pid, 0)
+        print("in use", err(lambda: socket.socket().bind(("127.0.0.1", port))))
+        s6 = socket.socket(socket.AF_INET6); s6.bind(("::1", 0)); s6.listen()
+        c6 = socket.create_connection(("::1", s6.getsockname()[1])); a6, _ = s6.accept()
+        c6.send(b"v6"); print("ipv6", a6.recv(10), a6.getpeername()[0])
+        dual = socket.socket(socket.AF_INET6); dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); dual.bind(("::", 0)); dual.listen()
+        c4 = socket.create_connection(("127.0.0.1", dual.getsockname()[1])); a4, addr4 = dual.accept(); print("dual stack peer", addr4[0])
+        print("refused", err(lambda: socket.create_connection(("127.0.0.1", 1))))
+        print("no network", err(lambda: socket.socket().connect(("192.0.2.1", 80))))
+        print("bind foreign", err(lambda: socket.socket().bind(("192.0.2.1", 0))))
+        # non-blocking connect and epoll
+        nb = socket.socket(); nb.setblocking(False)
+        print("nonblocking connect", err(lambda: nb.connect(("127.0.0.1", port))))
+        ep = select.epoll(); ep.register(nb.fileno(), select.EPOLLOUT)
+        print("writable", [e & select.EPOLLOUT != 0 for _, e in ep.poll(1)], "so_error", nb.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), "again", err(lambda: nb.connect(("127.0.0.1", port))))
+        srv.accept()[0].close()
+        # UDP
+        u1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u1.bind(("127.0.0.1", 0))
+        u2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u2.sendto(b"dgram", u1.getsockname()); data, src = u1.recvfrom(100)
+        print("udp", data, src[0], src[1] == u2.getsockname()[1])
+        u1.sendto(b"reply", src); print("udp reply", u2.recv(100))
+        u2.connect(u1.getsockname()); u2.send(b"connected"); print(u1.recv(100))
+        u2.sendto(b"lost", ("127.0.0.1", 9)); print("dropped ok")
+        # asyncio streams over TCP
+        import asyncio
+        async def main():
+            async def handle(r, w):
+                w.write((await r.readline()).upper()); await w.drain(); w.close()
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            r, w = await asyncio.open_connection(*server.sockets[0].getsockname())
+            w.write(b"asyncio line\\n"); line = await r.readline(); w.close(); server.close(); await server.wait_closed()
+            return line
+        print(asyncio.run(main()))
+        # http.server and urllib on loopback
+        import http.server, urllib.request
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200); self.end_headers(); self.wfile.write(b"hello " + self.path.encode())
+            def log_message(self, *a): pass
+        httpd = http.server.HTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        print(urllib.request.urlopen(f"http://127.0.0.1:{httpd.server_address[1]}/x", timeout=5).read())
+        httpd.shutdown()
+        print("localhost", socket.getaddrinfo("localhost", 80, socket.AF_INET, socket.SOCK_STREAM)[0][4])
+        """),
     ]
 
     @Test("a script prints what it prints on the host", arguments: scripts.map(\.0))
@@ -331,13 +403,82 @@ struct TaskTests {
         #expect(sandbox.stdout == host.stdout, "\(sandbox)")
     }
 
-    /// `chroot R ARGUMENTS` as `PythonTests.host`, stopped after a minute (a script that hangs on
-    /// the host is a broken test, not a reason to hang the suite).
+    /// `chroot R ARGUMENTS` as `PythonTests.host`, in a network namespace of its own with only
+    /// `lo` up (the sandbox's network: its own loopback, nothing beyond), stopped after a minute
+    /// (a script that hangs on the host is a broken test, not a reason to hang the suite).
     static func host(_ arguments: [String]) throws -> CommandResult {
         try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
         let root = try PythonRootfs.path()
-        return try Command.run("/usr/bin/timeout", ["-s", "KILL", "60", "/usr/bin/env", "-i"] + PythonTests.environment
-                               + ["/usr/sbin/chroot", root] + arguments)
+        return try Command.run("/usr/bin/timeout", ["-s", "KILL", "60", "/usr/bin/unshare", "--net", "--", "/bin/sh", "-c",
+                                                    "ip link set lo up && exec \"$@\"", "sh", "/usr/bin/env", "-i"]
+                               + PythonTests.environment + ["/usr/sbin/chroot", root] + arguments)
+    }
+
+    @Test("the sandbox's loopback is its own: a listener on the host's 127.0.0.1 is unreachable, and a port bound in one sandbox is free in another")
+    func loopbackIsPerSandbox() throws {
+        // A real listener on the host's loopback, on a port the kernel picks.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(listener >= 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) == 0 && listen(listener, 8) == 0
+                && getsockname(listener, $0, &length) == 0 }
+        }
+        try #require(bound)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let script = """
+            import socket, errno
+            c = socket.socket()
+            try:
+                c.connect(("127.0.0.1", \(port)))
+                print("connected")
+            except OSError as e:
+                print(errno.errorcode[e.errno])
+            s = socket.socket()
+            s.bind(("127.0.0.1", \(port)))
+            s.listen()
+            print("bound the host's port in the sandbox")
+            """
+        let first = try PythonTests.sandbox(["/usr/bin/python3", "-c", script], timeout: "30s")
+        #expect(first.status == 0, "\(first)")
+        #expect(first.stdout == "ECONNREFUSED\nbound the host's port in the sandbox\n", "\(first)")
+        // Nothing reached the host's listener.
+        var pending = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&pending, 1, 0) == 0, "a connection from the sandbox reached the host's loopback")
+        // Two sandboxes at once: each binds the same port on its own loopback.
+        let holdScript = """
+            import socket, sys
+            s = socket.socket(); s.bind(("127.0.0.1", 40000)); s.listen()
+            print("holding", flush=True)
+            sys.stdin.read()
+            """
+        let probeScript = """
+            import socket, errno
+            try:
+                socket.create_connection(("127.0.0.1", 40000)); print("connected")
+            except OSError as e:
+                print(errno.errorcode[e.errno])
+            s = socket.socket(); s.bind(("127.0.0.1", 40000)); print("bound")
+            """
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: Command.binary("catalyzer"))
+        holder.arguments = ["run", "--rootfs", try PythonRootfs.path(), "--timeout", "30s", "--", "/usr/bin/python3", "-c", holdScript]
+        let input = Pipe(), output = Pipe()
+        holder.standardInput = input
+        holder.standardOutput = output
+        try holder.run()
+        defer {
+            try? input.fileHandleForWriting.close()
+            holder.waitUntilExit()
+        }
+        let line = output.fileHandleForReading.availableData
+        #expect(String(decoding: line, as: UTF8.self) == "holding\n")
+        let probe = try PythonTests.sandbox(["/usr/bin/python3", "-c", probeScript], timeout: "30s")
+        #expect(probe.stdout == "ECONNREFUSED\nbound\n", "\(probe)")
     }
 
     @Test("two threads waiting on each other's locks end as a deadlock naming both")

@@ -1,20 +1,21 @@
 import Glibc
 
-/// An AF_UNIX socket inside the sandbox: a socketpair(2) end, or a socket(2) socket that is bound
-/// to a name (a socket file in /tmp, or an abstract name), listens and accepts, or connects to a
-/// listener of the same sandbox. Nothing here reaches a host socket.
+/// A socket whose every peer is in the sandbox: an AF_UNIX socket (a socketpair(2) end, or a
+/// socket bound to a socket file in /tmp or an abstract name), or an AF_INET/AF_INET6 socket on the
+/// sandbox's own loopback (`InetPortTable`). It listens and accepts, or connects to a listener of
+/// the same sandbox. Nothing here reaches a host socket.
 ///
 /// Each socket has a receive queue of messages; a connected peer's writes append to it. Stream
 /// sockets read across message boundaries (stopping before one that carries fds); datagram and
 /// seqpacket sockets read one message per call. The queue holds up to `capacity` bytes; writers
 /// wait for room.
-final class UnixSocket: SpecialFile {
+final class SandboxSocket: SpecialFile {
     struct Message {
         var bytes: [UInt8]
         /// Open file descriptions passed with SCM_RIGHTS, installed in the receiver on recvmsg.
         var rights: [OpenFile]
         /// The sending socket's name, reported by recvfrom/recvmsg.
-        var sender: UnixAddress = .unnamed
+        var sender: SocketAddress
     }
 
     enum State {
@@ -33,31 +34,56 @@ final class UnixSocket: SpecialFile {
     /// Linux's net.core.somaxconn: listen(2) backlogs above it are cut to it.
     static let maximumBacklog = 4096
 
+    /// AF_UNIX, AF_INET or AF_INET6.
+    let family: Int32
     let type: Int32
     private(set) var state: State
-    /// The name from bind(2), or an abstract name chosen at autobind; nil while unnamed.
-    private(set) var localAddress: UnixAddress?
+    /// The name from bind(2) (or an automatic bind); nil while unnamed.
+    private(set) var localAddress: SocketAddress?
     /// The name of the socket this one connected to (or was accepted from); what getpeername says.
-    private(set) var peerAddress: UnixAddress = .unnamed
+    private(set) var peerAddress: SocketAddress
+    var options = Options()
     /// Who created the peer end (SO_PEERCRED): its process and credentials at connect time.
     private(set) var peerCredentials = PeerCredentials()
-    /// The binding that makes this socket reachable by name; its weak link is cut when it closes.
-    private var binding: UnixSocketBinding?
+    /// Gives the name back when the socket closes (a unix binding's weak link is cut, an inet
+    /// port is released).
+    private var releaseName: (() -> Void)?
     /// The other end; nil once either end is closed (then reads see end-of-file, writes EPIPE).
     /// The two ends refer to each other until one's last description closes, which cuts both links.
-    private(set) var peer: UnixSocket?
-    /// A datagram socket's default destination after connect(2). Not mutual, unlike `peer`.
-    private weak var datagramDestination: UnixSocket?
+    private(set) var peer: SandboxSocket?
+    /// A unix datagram socket's default destination after connect(2). Not mutual, unlike `peer`.
+    /// An inet one looks its peer's port up at each send instead (in `ports`).
+    private weak var datagramDestination: SandboxSocket?
+    private weak var ports: InetPortTable?
     private var queue: [Message] = []
     private var queuedBytes = 0
     /// Connections made to this listening socket and not accepted yet: their server-side ends.
-    private var pending: [UnixSocket] = []
+    private var pending: [SandboxSocket] = []
     /// shutdown(SHUT_RD) here, or SHUT_WR by the peer: no more data will arrive.
     private(set) var receiveShutdown = false
     /// shutdown(SHUT_WR) here: no more writes.
     private(set) var sendShutdown = false
     private(set) var peerClosed = false
+    /// An error to report once (SO_ERROR, the next receive, POLLERR): a connected inet datagram
+    /// socket's send to a port nobody holds is refused, as the ICMP port-unreachable a Linux
+    /// loopback sends back makes it.
+    var pendingError: Errno?
+    /// A non-blocking connect answered EINPROGRESS; the next connect reports the connection
+    /// made (0), later ones EISCONN, as on Linux.
+    var connectReportedInProgress = false
     let changed = WaitQueue()
+
+    /// What setsockopt stored that changes behaviour; other options are stored in `values` and
+    /// reported back by getsockopt.
+    struct Options {
+        var reuseAddress = false
+        var reusePort = false
+        var ipv6Only = false
+        /// (level, name) → value as set, for options that are only reported back.
+        var values: [Int64: [UInt8]] = [:]
+
+        static func key(_ level: Int32, _ name: Int32) -> Int64 { Int64(level) << 32 | Int64(UInt32(bitPattern: name)) }
+    }
 
     struct PeerCredentials {
         var pid: Int32 = 0
@@ -65,17 +91,21 @@ final class UnixSocket: SpecialFile {
         var gid: UInt32 = 0
     }
 
-    private init(type: Int32, state: State) {
+    private init(family: Int32, type: Int32, state: State) {
+        self.family = family
         self.type = type
         self.state = state
+        peerAddress = .unbound(family: family)
     }
 
-    /// socket(AF_UNIX): unnamed and unconnected.
-    static func unconnected(type: Int32) -> UnixSocket { UnixSocket(type: type, state: .unconnected) }
+    /// socket(2): unnamed and unconnected.
+    static func unconnected(family: Int32, type: Int32) -> SandboxSocket { SandboxSocket(family: family, type: type, state: .unconnected) }
 
     /// socketpair(2): two connected, unnamed ends; each reports its creator as the peer.
-    static func pair(type: Int32, creator: PeerCredentials) -> (UnixSocket, UnixSocket) {
-        let first = UnixSocket(type: type, state: .connected), second = UnixSocket(type: type, state: .connected)
+    static func pair(type: Int32, creator: PeerCredentials) -> (SandboxSocket, SandboxSocket) {
+        let family = SocketAddress.familyUnix
+        let first = SandboxSocket(family: family, type: type, state: .connected)
+        let second = SandboxSocket(family: family, type: type, state: .connected)
         first.peer = second
         second.peer = first
         first.peerCredentials = creator
@@ -102,6 +132,13 @@ final class UnixSocket: SpecialFile {
     var name: String { "socket:[\(UInt(bitPattern: ObjectIdentifier(self).hashValue) & 0xFFFFFF)]" }
     var fileType: mode_t { S_IFSOCK }
     var isStream: Bool { type == Self.streamType }
+    var isInet: Bool { family != SocketAddress.familyUnix }
+
+    /// The local inet address, when bound.
+    var inetAddress: InetAddress? {
+        if case .inet(let address) = localAddress { return address }
+        return nil
+    }
 
     func readiness() -> Int16 {
         switch state {
@@ -116,7 +153,7 @@ final class UnixSocket: SpecialFile {
         case .connected:
             break
         }
-        var ready: Int16 = 0
+        var ready: Int16 = pendingError == nil ? 0 : Int16(POLLERR)
         if !queue.isEmpty || receiveShutdown || peerClosed { ready |= Int16(POLLIN | POLLRDNORM) }
         if receiveShutdown || peerClosed { ready |= 0x2000 }  // POLLRDHUP
         if let peer, !sendShutdown, peer.queuedBytes < Self.capacity { ready |= Int16(POLLOUT | POLLWRNORM) }
@@ -127,18 +164,32 @@ final class UnixSocket: SpecialFile {
 
     // MARK: Names and connections
 
-    /// bind(2): gives the socket `address`, registering it where connect and sendto find it.
-    /// `register` creates the socket file or the abstract-namespace entry and may fail (EADDRINUSE).
+    /// bind(2) of an AF_UNIX socket: gives it `address`, registering it where connect and sendto
+    /// find it. `register` creates the socket file or the abstract-namespace entry and may fail
+    /// (EADDRINUSE).
     func bind(_ address: UnixAddress, register: (UnixSocketBinding) throws(Errno) -> Void) throws(Errno) {
         guard localAddress == nil else { throw Errno.EINVAL }
         let binding = UnixSocketBinding(socket: self)
         try register(binding)
-        self.binding = binding
-        localAddress = address
+        releaseName = { [weak binding] in binding?.socket = nil }
+        localAddress = .unix(address)
     }
 
-    /// listen(2). The socket must be bound, as on Linux for a named listener (autobind happens
-    /// at bind(2) with an empty name).
+    /// bind(2) of an inet socket (also the automatic bind of connect, listen and sendto).
+    func bind(_ address: InetAddress, in ports: InetPortTable) throws(Errno) {
+        guard localAddress == nil else { throw Errno.EINVAL }
+        let bound = try ports.bind(self, to: address)
+        self.ports = ports
+        releaseName = { [weak self, weak ports] in
+            if let self { ports?.release(self, port: bound.port) }
+        }
+        localAddress = .inet(bound)
+    }
+
+    var isBound: Bool { localAddress != nil }
+
+    /// listen(2). The socket must be bound (the caller binds an inet socket to an ephemeral port
+    /// first; an unbound unix socket is EINVAL, as on Linux).
     func listen(backlog: Int32) throws(Errno) {
         guard isConnectionOriented else { throw Errno.EOPNOTSUPP }
         switch state {
@@ -152,7 +203,7 @@ final class UnixSocket: SpecialFile {
 
     /// connect(2) of a stream or seqpacket socket to `listener`: makes the server-side end, queues
     /// it for accept and connects this socket to it at once. Waits while the backlog is full.
-    func connect(_ task: Task, to listener: UnixSocket, address: UnixAddress, nonblocking: Bool) throws(Errno) {
+    func connect(_ task: Task, to listener: SandboxSocket, address: SocketAddress, nonblocking: Bool) throws(Errno) {
         switch state {
         case .connected: throw Errno.EISCONN
         case .listening: throw Errno.EINVAL
@@ -163,9 +214,10 @@ final class UnixSocket: SpecialFile {
             guard !nonblocking else { throw Errno.EAGAIN }
             try task.block(Wait(queues: [listener.changed], reason: "connect to a unix socket (backlog full)"))
         }
-        let server = UnixSocket(type: type, state: .connected)
-        server.localAddress = listener.localAddress
-        server.peerAddress = localAddress ?? .unnamed
+        let server = SandboxSocket(family: listener.family, type: type, state: .connected)
+        server.options = listener.options
+        server.localAddress = isInet ? address : listener.localAddress  // inet: the address connected to
+        server.peerAddress = localAddress ?? .unbound(family: family)
         server.peerCredentials = PeerCredentials(pid: task.group.pid, uid: task.credentials.uid, gid: task.credentials.gid)
         peerCredentials = listener.peerCredentials
         peerAddress = address
@@ -183,7 +235,7 @@ final class UnixSocket: SpecialFile {
     }
 
     /// accept(2): the oldest pending connection; waits for one unless `nonblocking`.
-    func accept(_ task: Task, nonblocking: Bool) throws(Errno) -> UnixSocket {
+    func accept(_ task: Task, nonblocking: Bool) throws(Errno) -> SandboxSocket {
         guard isListening else { throw Errno.EINVAL }
         if pending.isEmpty {
             guard !nonblocking else { throw Errno.EAGAIN }
@@ -195,10 +247,17 @@ final class UnixSocket: SpecialFile {
     }
 
     /// connect(2) of a datagram socket: sets the default destination.
-    func connectDatagram(to destination: UnixSocket, address: UnixAddress) {
+    func connectDatagram(to destination: SandboxSocket?, address: SocketAddress) {
         datagramDestination = destination
         peerAddress = address
         state = .connected
+    }
+
+    /// connect(AF_UNSPEC) of a datagram socket: no default destination any more.
+    func disconnectDatagram() {
+        datagramDestination = nil
+        peerAddress = .unbound(family: family)
+        if case .connected = state, peer == nil { state = .unconnected }
     }
 
     // MARK: Data
@@ -206,10 +265,14 @@ final class UnixSocket: SpecialFile {
     /// Receives into `vectors`: bytes read, fds passed, whether a datagram was truncated, its
     /// full length and who sent it. `peek` leaves the data queued.
     func receive(_ task: Task, into vectors: [iovec], nonblocking: Bool, peek: Bool,
-                 waitAll: Bool) throws(Errno) -> (count: Int, rights: [OpenFile], truncated: Bool, length: Int, sender: UnixAddress) {
+                 waitAll: Bool) throws(Errno) -> (count: Int, rights: [OpenFile], truncated: Bool, length: Int, sender: SocketAddress) {
         guard isConnected || !isConnectionOriented else { throw isListening ? Errno.EINVAL : Errno.ENOTCONN }
+        if let error = pendingError {
+            pendingError = nil
+            throw error
+        }
         if queue.isEmpty {
-            if receiveShutdown || peerClosed { return (0, [], false, 0, .unnamed) }
+            if receiveShutdown || peerClosed { return (0, [], false, 0, peerAddress) }
             guard !nonblocking else { throw Errno.EAGAIN }
             try task.block(Wait(queues: [changed], reason: "read from a socket"))
         }
@@ -236,7 +299,7 @@ final class UnixSocket: SpecialFile {
             if take == message.bytes.count { consumedMessages += 1 } else { partial = take }
             if !message.rights.isEmpty { break }
         }
-        let sender = queue.first?.sender ?? .unnamed
+        let sender = queue.first?.sender ?? peerAddress
         if !peek {
             dequeue(consumedMessages)
             if partial > 0 {
@@ -271,11 +334,25 @@ final class UnixSocket: SpecialFile {
 
     /// Sends `bytes` (with `rights`) to the connected peer, or for a datagram socket to
     /// `destination` (sendto) or its default destination.
-    func send(_ task: Task, _ bytes: [UInt8], rights: [OpenFile], to destination: UnixSocket? = nil,
-              nonblocking: Bool, noSignal: Bool) throws(Errno) -> Int {
+    /// `hasDestination` says a sendto address was given (an inet datagram to a port nobody holds
+    /// has a destination but no socket: it is dropped, as UDP does).
+    func send(_ task: Task, _ bytes: [UInt8], rights: [OpenFile], to destination: SandboxSocket? = nil,
+              hasDestination: Bool = false, nonblocking: Bool, noSignal: Bool) throws(Errno) -> Int {
         if !isConnectionOriented && peer == nil {
-            guard let target = destination ?? datagramDestination else {
-                throw peerAddress == .unnamed ? Errno.ENOTCONN : Errno.ECONNREFUSED
+            var connectedTarget = datagramDestination
+            if isInet, isConnected, !hasDestination, case .inet(let address) = peerAddress {
+                connectedTarget = ports?.find(address, stream: false)
+            }
+            guard let target = destination ?? connectedTarget else {
+                if isInet && (hasDestination || isConnected) {
+                    guard bytes.count <= Self.capacity else { throw Errno.EMSGSIZE }
+                    if isConnected && !hasDestination {
+                        pendingError = Errno.ECONNREFUSED
+                        changed.wakeAll()
+                    }
+                    return bytes.count  // dropped: nothing listens there
+                }
+                throw isConnected ? Errno.ECONNREFUSED : isInet ? Errno.EDESTADDRREQ : Errno.ENOTCONN
             }
             return try sendDatagram(task, bytes, rights: rights, to: target, nonblocking: nonblocking)
         }
@@ -290,25 +367,34 @@ final class UnixSocket: SpecialFile {
         }
         let count = isStream ? min(bytes.count, room) : bytes.count
         if count == 0 && isStream && rights.isEmpty { return 0 }
-        peer.queue.append(Message(bytes: Array(bytes.prefix(count)), rights: rights, sender: localAddress ?? .unnamed))
+        peer.queue.append(Message(bytes: Array(bytes.prefix(count)), rights: rights, sender: localAddress ?? .unbound(family: family)))
         peer.queuedBytes += count
         peer.changed.wakeAll()
         return count
     }
 
-    private func sendDatagram(_ task: Task, _ bytes: [UInt8], rights: [OpenFile], to target: UnixSocket,
+    private func sendDatagram(_ task: Task, _ bytes: [UInt8], rights: [OpenFile], to target: SandboxSocket,
                               nonblocking: Bool) throws(Errno) -> Int {
-        guard target.binding != nil || target.peer != nil else { throw Errno.ECONNREFUSED }  // closed since
+        guard target.releaseName != nil || target.peer != nil else { throw Errno.ECONNREFUSED }  // closed since
         guard !sendShutdown else { throw Errno.EPIPE }
         guard bytes.count <= Self.capacity else { throw Errno.EMSGSIZE }
         if target.queuedBytes + bytes.count > Self.capacity {
             guard !nonblocking else { throw Errno.EAGAIN }
             try task.block(Wait(queues: [target.waitingSenders], reason: "send to a unix datagram socket"))
         }
-        target.queue.append(Message(bytes: bytes, rights: rights, sender: localAddress ?? .unnamed))
+        target.queue.append(Message(bytes: bytes, rights: rights, sender: senderAddress(toward: target)))
         target.queuedBytes += bytes.count
         target.changed.wakeAll()
         return bytes.count
+    }
+
+    /// The source address a datagram to `target` carries: an inet socket bound to the wildcard
+    /// sends from the loopback address of the destination's side.
+    private func senderAddress(toward target: SandboxSocket) -> SocketAddress {
+        guard let local = localAddress else { return .unbound(family: family) }
+        guard case .inet(var address) = local, address.isWildcard, let destination = target.inetAddress else { return local }
+        address.ip = destination.isWildcard ? InetAddress.loopback(for: family, port: 0).ip : destination.ip
+        return .inet(address)
     }
 
     func shutdown(read: Bool, write: Bool) throws(Errno) {
@@ -335,8 +421,8 @@ final class UnixSocket: SpecialFile {
     func lastDescriptionClosed() {
         queue.removeAll()
         queuedBytes = 0
-        binding?.socket = nil  // the name stays (a socket file) but nothing answers at it any more
-        binding = nil
+        releaseName?()  // a socket file stays, but nothing answers at it any more
+        releaseName = nil
         // Connections nobody accepted are reset: their clients see the end of the stream.
         for connection in pending { connection.lastDescriptionClosed() }
         pending.removeAll()
@@ -355,47 +441,7 @@ final class UnixSocket: SpecialFile {
 /// sandbox's abstract namespace) and pointing weakly at the socket, so a closed socket leaves a
 /// name that refuses connections, as on Linux.
 final class UnixSocketBinding {
-    weak var socket: UnixSocket?
+    weak var socket: SandboxSocket?
 
-    init(socket: UnixSocket) { self.socket = socket }
-}
-
-/// A `sockaddr_un` as the guest passes and receives it.
-enum UnixAddress: Equatable {
-    /// An unbound socket: only the family is reported.
-    case unnamed
-    /// A filesystem name, as given to bind (getsockname reports it unchanged).
-    case path(String)
-    /// Linux's abstract namespace: a name starting with a NUL byte, bound to no file.
-    case abstract([UInt8])
-
-    static let family: UInt16 = 1
-    /// sizeof(struct sockaddr_un).
-    static let maximumLength = 110
-
-    /// Parses a guest `sockaddr_un` of `bytes` (as long as the caller's addrlen).
-    init(parsing bytes: [UInt8]) throws(Errno) {
-        guard bytes.count >= 2 else { throw Errno.EINVAL }
-        guard UInt16(bytes[0]) | UInt16(bytes[1]) << 8 == Self.family else { throw Errno.EINVAL }
-        let name = bytes.dropFirst(2)
-        if name.isEmpty {
-            self = .unnamed
-        } else if name.first == 0 {
-            self = .abstract(Array(name.dropFirst()))
-        } else {
-            let path = name.prefix { $0 != 0 }
-            self = .path(String(decoding: path, as: UTF8.self))
-        }
-    }
-
-    /// The `sockaddr_un` bytes the kernel reports, with their length (addrlen).
-    var encoded: [UInt8] {
-        var bytes: [UInt8] = [UInt8(Self.family & 0xFF), UInt8(Self.family >> 8)]
-        switch self {
-        case .unnamed: break
-        case .path(let path): bytes += Array(path.utf8) + [0]
-        case .abstract(let name): bytes += [0] + name
-        }
-        return bytes
-    }
+    init(socket: SandboxSocket) { self.socket = socket }
 }
