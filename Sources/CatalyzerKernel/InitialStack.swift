@@ -40,8 +40,8 @@ struct InitialStack {
         let auxiliary: [(AuxiliaryType, UInt64)] = [
             (.phdr, program.programHeaders), (.phent, 56), (.phnum, UInt64(program.programHeaderCount)),
             (.pagesz, Page.size), (.base, program.interpreterBase), (.flags, 0), (.entry, program.programEntry),
-            (.uid, UInt64(credentials.uid)), (.euid, UInt64(credentials.uid)),
-            (.gid, UInt64(credentials.gid)), (.egid, UInt64(credentials.gid)), (.secure, 0),
+            (.uid, UInt64(credentials.uid)), (.euid, UInt64(credentials.effectiveUID)),
+            (.gid, UInt64(credentials.gid)), (.egid, UInt64(credentials.effectiveGID)), (.secure, 0),
             (.random, random), (.execfn, execfn), (.platform, platform),
             (.hwcap, Self.hardwareCapabilities()), (.hwcap2, 0), (.clktck, 100), (.sysinfoELFHeader, vdso), (.null, 0),
         ]

@@ -27,6 +27,9 @@ extension Sandbox {
         if let task = group.tasks.first(where: { $0.image !== main.image || $0.files !== main.files }) {
             throw RestoreError("task \(task.tid) does not share the main thread's memory and files; only threads can be checkpointed")
         }
+        if let changed = groups.values.first(where: { !$0.credentials.isPlain }) {
+            throw RestoreError("process \(changed.pid) changed its effective or saved user or group IDs or its supplementary groups before its ready point; a checkpoint keeps only the real uid and gid, so set them with setuid/setgid (or not at all) before reading the first request")
+        }
         if groups.values.contains(where: { $0.virtualTimer.isArmed || $0.profilingTimer.isArmed }) {
             throw RestoreError("the program has an armed CPU-time timer (setitimer ITIMER_VIRTUAL or ITIMER_PROF) at its ready point; disarm it before reading the first request")
         }

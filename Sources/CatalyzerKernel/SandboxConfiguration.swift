@@ -66,8 +66,37 @@ public enum SandboxExit: Equatable, Sendable {
     }
 }
 
-/// The user and group the program runs as (root inside its own sandbox, like a container).
+/// The user and group the program runs as (root inside its own sandbox, like a container), with
+/// Linux's real, effective and saved IDs and supplementary groups. They decide who owns the files
+/// it creates in /tmp; the sandbox boundary, not these IDs, is what isolates it from the host.
 struct Credentials {
+    /// The real IDs (getuid, getgid).
     var uid: UInt32 = 0
     var gid: UInt32 = 0
+    var effectiveUID: UInt32 = 0
+    var effectiveGID: UInt32 = 0
+    var savedUID: UInt32 = 0
+    var savedGID: UInt32 = 0
+    var groups: [UInt32] = []
+
+    init(uid: UInt32 = 0, gid: UInt32 = 0) {
+        self.uid = uid
+        self.gid = gid
+        effectiveUID = uid
+        effectiveGID = gid
+        savedUID = uid
+        savedGID = gid
+    }
+
+    /// Root may change any ID (CAP_SETUID, CAP_SETGID); others only among their own.
+    var isPrivileged: Bool { effectiveUID == 0 }
+
+    /// The owner of files it creates: its effective IDs.
+    var fileOwner: Credentials { Credentials(uid: effectiveUID, gid: effectiveGID) }
+
+    /// Whether a checkpoint's real uid and gid say everything (no changed effective or saved
+    /// IDs, no supplementary groups).
+    var isPlain: Bool {
+        effectiveUID == uid && savedUID == uid && effectiveGID == gid && savedGID == gid && groups.isEmpty
+    }
 }

@@ -37,7 +37,7 @@ extension Task {
 
     private func makeDirectory(dirfd: Int32, pathAddress: UInt64, mode: UInt32) throws(Errno) -> UInt64 {
         let path = try absolutePath(try space.readCString(pathAddress), relativeTo: dirfd)
-        try filesystem.makeDirectory(path, mode: mode & ~fileCreationMask, owner: credentials)
+        try filesystem.makeDirectory(path, mode: mode & ~fileCreationMask, owner: credentials.fileOwner)
         return 0
     }
 

@@ -19,7 +19,7 @@ extension Task {
         let path = try space.readCString(pathAddress)
         guard !path.isEmpty else { throw Errno.ENOENT }
         let file = try filesystem.open(try absolutePath(path, relativeTo: dirfd), flags: flags,
-                                       mode: mode & ~fileCreationMask, owner: credentials)
+                                       mode: mode & ~fileCreationMask, owner: credentials.fileOwner)
         return UInt64(try files.install(file, closeOnExec: flags & O_CLOEXEC != 0))
     }
 
@@ -397,8 +397,41 @@ extension Task {
             return 0
         case let command where Self.lockCommands.contains(command):
             return try recordLock(file, command: command, address: a[2])
+        case Self.setPipeSize, Self.getPipeSize:
+            return try pipeSize(file, set: a.int32(1) == Self.setPipeSize ? a.int32(2) : nil)
         default:
             throw Errno.EINVAL
+        }
+    }
+
+    private static let setPipeSize: Int32 = 1031, getPipeSize: Int32 = 1032
+
+    /// F_GETPIPE_SZ, and F_SETPIPE_SZ up to `Pipe.maximumCapacity` (Linux's pipe-max-size; EPERM
+    /// beyond, as for an unprivileged caller, so a guest cannot make the host buffer more). A
+    /// host pipe (the sandbox's stdio) reports its size and is resized within the same bound.
+    private func pipeSize(_ file: OpenFile, set requested: Int32?) throws(Errno) -> UInt64 {
+        switch file.backing {
+        case .pipe(let pipe):
+            guard let requested else { return UInt64(pipe.capacity) }
+            guard requested >= 0 else { throw Errno.EINVAL }
+            guard Int(requested) <= Pipe.maximumCapacity else { throw Errno.EPERM }
+            guard let size = pipe.resize(to: Int(requested)) else { throw Errno.EBUSY }
+            return UInt64(size)
+        case .host(let fd, _):
+            var status = stat()
+            guard fstat(fd, &status) == 0, status.st_mode & S_IFMT == S_IFIFO else { throw Errno.EBADF }
+            if let requested {
+                guard requested >= 0 else { throw Errno.EINVAL }
+                guard Int(requested) <= Pipe.maximumCapacity else { throw Errno.EPERM }
+                let result = fcntl(fd, Self.setPipeSize, requested)
+                guard result >= 0 else { throw Errno.lastHostError }
+                return UInt64(result)
+            }
+            let result = fcntl(fd, Self.getPipeSize)
+            guard result >= 0 else { throw Errno.lastHostError }
+            return UInt64(result)
+        case .memory, .special:
+            throw Errno.EBADF
         }
     }
 

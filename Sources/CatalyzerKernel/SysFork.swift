@@ -99,6 +99,7 @@ extension Task {
             let parentPID = flags & Self.cloneParent != 0 ? group.parentPID : pid
             childGroup = ThreadGroup(pid: sandbox.allocateID(), parentPID: parentPID, credentials: credentials)
             childGroup.exitSignal = request.exitSignal
+            childGroup.niceValue = group.niceValue
         }
         let tid = flags & Self.cloneThread != 0 ? sandbox.allocateID() : childGroup.pid
         let child = Task(sandbox: sandbox, tid: tid, group: childGroup, image: childImage,

@@ -48,7 +48,7 @@ extension Task {
     private func makeSymlink(target: UInt64, directory: Int32, path: UInt64) throws(Errno) -> UInt64 {
         let targetPath = try space.readCString(target)
         let linkPath = try absolutePath(try space.readCString(path), relativeTo: directory)
-        try filesystem.makeSymlink(linkPath, target: targetPath, owner: credentials)
+        try filesystem.makeSymlink(linkPath, target: targetPath, owner: credentials.fileOwner)
         return 0
     }
 }

@@ -6,8 +6,6 @@ import Glibc
 extension Task {
     func sysGetpid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(pid) }
     func sysGetppid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(parentPID) }
-    func sysGetuid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(credentials.uid) }
-    func sysGetgid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(credentials.gid) }
     func sysGettid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(tid) }
     func sysSetTidAddress(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         clearChildTID = a[0]

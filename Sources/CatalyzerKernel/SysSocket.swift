@@ -163,7 +163,7 @@ extension Task {
         case .path(let path):
             guard !path.isEmpty else { throw Errno.ENOENT }
             let absolute = try absolutePath(path, relativeTo: AT_FDCWD)
-            let mode = 0o777 & ~fileCreationMask, owner = credentials
+            let mode = 0o777 & ~fileCreationMask, owner = credentials.fileOwner
             try socket.bind(name) { binding throws(Errno) in
                 try sandbox.filesystem.bindSocket(absolute, binding, mode: mode, owner: owner)
             }

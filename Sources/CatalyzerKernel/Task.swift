@@ -128,7 +128,10 @@ final class Task {
     var exitRequester: ExitRequester { sandbox.exitRequester }
     var pid: Int32 { group.pid }
     var parentPID: Int32 { group.parentPID }
-    var credentials: Credentials { group.credentials }
+    var credentials: Credentials {
+        get { group.credentials }
+        set { group.credentials = newValue }
+    }
     var executablePath: String { image.executablePath }
 
     var workingDirectory: String {

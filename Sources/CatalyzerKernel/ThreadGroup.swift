@@ -8,6 +8,8 @@ final class ThreadGroup {
     /// The parent's PID; 0 for the sandbox's first process. Orphans are adopted by pid 1.
     var parentPID: Int32
     var credentials: Credentials
+    /// The nice value (getpriority/setpriority); the monitor's scheduler does not weigh it.
+    var niceValue: Int32 = 0
     /// Live threads, leader first.
     var tasks: [Task] = []
     /// Signals sent to the process (kill), delivered to any thread that does not block them.

@@ -389,6 +389,45 @@ struct TaskTests {
         httpd.shutdown()
         print("localhost", socket.getaddrinfo("localhost", 80, socket.AF_INET, socket.SOCK_STREAM)[0][4])
         """),
+        ("user and group IDs, priority", """
+        import os, errno, subprocess
+        def err(call):
+            try:
+                r = call(); return r if r is not None else "ok"
+            except OSError as e:
+                return errno.errorcode[e.errno]
+        print("start", os.getresuid(), os.getresgid(), os.getgroups())
+        os.setgroups([5, 6]); print("groups", os.getgroups())
+        os.setregid(-1, -1); os.setreuid(-1, -1); print("neg1 ok", os.getresuid())
+        print("priority", os.getpriority(os.PRIO_PROCESS, 0)); os.setpriority(os.PRIO_PROCESS, 0, 5); print("nice", os.getpriority(os.PRIO_PROCESS, 0), os.nice(0))
+        pid = os.fork()
+        if pid == 0:
+            os.setresgid(100, 100, 100)
+            os.setresuid(1000, 1000, 0)
+            print("child", os.getresuid(), os.getresgid(), flush=True)
+            print("regain root via saved", err(lambda: os.seteuid(0)), os.geteuid(), flush=True)
+            os.setresuid(1000, 1000, 1000)
+            print("no way back", err(lambda: os.setuid(0)), err(lambda: os.setgroups([])), err(lambda: os.setpriority(os.PRIO_PROCESS, 0, 0)), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(subprocess.run(["/usr/bin/python3", "-c", "import os; print(os.getresuid(), os.getgroups())"], user=65534, group=65534, extra_groups=[7], capture_output=True, text=True).stdout, end="")
+        print("parent unchanged", os.getresuid())
+        """),
+        ("pipe sizes", """
+        import fcntl, os, subprocess, sys
+        r, w = os.pipe()
+        print("default", fcntl.fcntl(w, fcntl.F_GETPIPE_SZ))
+        print("set", fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 100000), fcntl.fcntl(r, fcntl.F_GETPIPE_SZ))
+        os.write(w, b"x" * 100000)
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+        except OSError as e:
+            print("shrink below contents", e.errno)
+        p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, pipesize=-1)
+        print("child pipes", fcntl.fcntl(p.stdin.fileno(), fcntl.F_GETPIPE_SZ), fcntl.fcntl(p.stdout.fileno(), fcntl.F_GETPIPE_SZ)); p.communicate()
+        p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, pipesize=8192)
+        print("pipesize=8192", fcntl.fcntl(p.stdin.fileno(), fcntl.F_GETPIPE_SZ)); p.communicate()
+        """),
     ]
 
     @Test("a script prints what it prints on the host", arguments: scripts.map(\.0))
