@@ -50,7 +50,7 @@ public final class Image: Sendable {
     static func checkedConfig(_ bytes: [UInt8], manifest: OCIManifest, image: String) throws(ImageError) -> ImageConfig {
         let config = try decodeConfig(bytes, image: image)
         if let problem = config.validationProblem() {
-            throw .invalidManifest(image: image, detail: problem)
+            throw .invalidManifest(image: image, detail: problem + "; the image is damaged or was not written by catalyzer: remove it (`catalyzer image rm \(image)`) and re-create or re-pull it")
         }
         let layers = Set(manifest.layers.map(\.digest))
         if let unlisted = config.chunks.first(where: { !layers.contains($0.digest) }) {
