@@ -1,7 +1,9 @@
 #define _GNU_SOURCE
 #include "guestfault.h"
+#include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum { slot_count = 64, text_size = 512 };
@@ -16,6 +18,8 @@ struct guard_slot {
     uint64_t chunk_size;
     char prefix[text_size];
     char suffix[text_size];
+    char probe_path[text_size];
+    char dead_suffix[text_size];
 };
 
 static struct guard_slot slots[slot_count];
@@ -40,9 +44,14 @@ static void on_sigbus(int signal, siginfo_t *info, void *context) {
         char digits[24];
         int count = 0;
         do { digits[sizeof(digits) - 1 - count++] = (char)('0' + chunk % 10); chunk /= 10; } while (chunk > 0);
+        // stat(2) is async-signal-safe; a dead FUSE mount answers it with ENOTCONN at once.
+        const char *suffix = slot->suffix;
+        struct stat status;
+        if (slot->probe_path[0] && stat(slot->probe_path, &status) != 0 && (errno == ENOTCONN || errno == ECONNABORTED))
+            suffix = slot->dead_suffix;
         write_all(slot->prefix, strlen(slot->prefix));
         write_all(digits + sizeof(digits) - count, (size_t)count);
-        write_all(slot->suffix, strlen(slot->suffix));
+        write_all(suffix, strlen(suffix));
         _exit(1);
     }
     // Not guest memory: a real crash. Take the default action when the access repeats.
@@ -52,7 +61,8 @@ static void on_sigbus(int signal, siginfo_t *info, void *context) {
     sigaction(signal, &fallback, NULL);
 }
 
-int chost_guard_guest_memory(const void *base, uint64_t size, uint64_t chunk_size, const char *prefix, const char *suffix) {
+int chost_guard_guest_memory(const void *base, uint64_t size, uint64_t chunk_size, const char *prefix, const char *suffix,
+                             const char *probe_path, const char *dead_suffix) {
     if (!handler_installed) {
         struct sigaction action;
         memset(&action, 0, sizeof(action));
@@ -73,6 +83,10 @@ int chost_guard_guest_memory(const void *base, uint64_t size, uint64_t chunk_siz
         slot->prefix[text_size - 1] = 0;
         strncpy(slot->suffix, suffix, text_size - 1);
         slot->suffix[text_size - 1] = 0;
+        strncpy(slot->probe_path, probe_path ? probe_path : "", text_size - 1);
+        slot->probe_path[text_size - 1] = 0;
+        strncpy(slot->dead_suffix, dead_suffix ? dead_suffix : "", text_size - 1);
+        slot->dead_suffix[text_size - 1] = 0;
         __atomic_store_n(&slot->active, 1, __ATOMIC_RELEASE);
         return i;
     }

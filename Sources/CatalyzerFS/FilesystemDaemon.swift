@@ -75,6 +75,7 @@ public enum FilesystemDaemon {
             return ExitStatus.mountFailure
         }
         filesystem.log.write("serving \(store) at \(mountpoint): cache_size=\(ByteCount.format(options.cacheSize)), readahead=\(ByteCount.format(filesystem.readahead)), prefetch=\(options.prefetch ? "on" : "off")")
+        if let problem = filesystem.catalog.store.privacyProblem { filesystem.log.write("warning: \(problem)") }
         let status = catalyzerfs_session_loop_mt(session, idleThreads)
         filesystem.prefetcher.stop()
         filesystem.session.withLock { $0 = nil }

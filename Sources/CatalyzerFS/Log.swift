@@ -23,7 +23,7 @@ public struct Log: Sendable {
 
     /// Appends to the file at `path`, created if missing.
     public static func file(_ path: String) throws(FilesystemError) -> Log {
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .logUnwritable(path: path, errno: errno) }
         return Log(destination: .descriptor(fd))
     }

@@ -11,6 +11,57 @@ enum FileIO {
         }
     }
 
+    /// Opens an existing file of the store for reading, refusing anything but a regular file:
+    /// the store writes nothing else, and a FIFO put in its place would block the reader (a
+    /// catalyzerfs worker, an invocation) forever, a device would be read from the host, and a
+    /// symbolic link could point outside the store. `O_NONBLOCK` makes even the open of a FIFO
+    /// return at once; `O_NOFOLLOW` fails on a link (ELOOP). Returns the fd and the file's size.
+    static func openRegular(_ path: String) throws(RegularFileError) -> (fd: Int32, size: Int64) {
+        var fd: Int32
+        repeat {
+            fd = Glibc.open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC)
+        } while fd < 0 && errno == EINTR
+        guard fd >= 0 else {
+            let code = errno
+            if code == ELOOP { throw .notRegular(kind: "a symbolic link") }
+            // A socket cannot be opened at all; say what it is rather than "no such device".
+            var info = stat()
+            if code == ENXIO && lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFSOCK { throw .notRegular(kind: "a socket") }
+            throw .io(.io(operation: "open", path: path, errno: code))
+        }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            let code = errno
+            close(fd)
+            throw .io(.io(operation: "stat", path: path, errno: code))
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw .notRegular(kind: fileKind(info.st_mode))
+        }
+        return (fd, Int64(info.st_size))
+    }
+
+    /// Why `openRegular` failed: the path is not a regular file, or a system call failed.
+    enum RegularFileError: Error {
+        case notRegular(kind: String)
+        case io(ImageError)
+    }
+
+    /// "a FIFO", "a directory", ... for an `st_mode`.
+    static func fileKind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFREG: "a regular file"
+        case S_IFDIR: "a directory"
+        case S_IFIFO: "a FIFO"
+        case S_IFCHR: "a character device"
+        case S_IFBLK: "a block device"
+        case S_IFSOCK: "a socket"
+        case S_IFLNK: "a symbolic link"
+        default: "a file of unknown type"
+        }
+    }
+
     /// Size of the open file `fd`.
     static func size(_ fd: Int32, path: String) throws(ImageError) -> Int64 {
         var info = stat()
@@ -32,9 +83,14 @@ enum FileIO {
 
     /// Reads the whole file at `path`, refusing files larger than `limit`.
     static func readFile(_ path: String, limit: Int64 = .max) throws(ImageError) -> [UInt8] {
-        let fd = try open(path, O_RDONLY)
+        let fd: Int32, size: Int64
+        do { (fd, size) = try openRegular(path) } catch {
+            switch error {
+            case let .notRegular(kind): throw .notRegularFile(path: path, kind: kind)
+            case let .io(failure): throw failure
+            }
+        }
         defer { close(fd) }
-        let size = try self.size(fd, path: path)
         guard size <= limit else {
             throw .invalidInput("\(path) is \(size) bytes, more than the \(limit) bytes allowed for it")
         }
@@ -68,12 +124,13 @@ enum FileIO {
         access(path, F_OK) == 0
     }
 
-    /// Creates `path` and its missing parents.
-    static func makeDirectories(_ path: String) throws(ImageError) {
+    /// Creates `path` and its missing parents; `path` itself gets `mode`, the parents 0755.
+    static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(ImageError) {
         var current = path.hasPrefix("/") ? "" : "."
-        for component in path.split(separator: "/") {
+        let components = path.split(separator: "/")
+        for (position, component) in components.enumerated() {
             current += "/" + component
-            if mkdir(current, 0o755) != 0 && errno != EEXIST {
+            if mkdir(current, position == components.count - 1 ? mode : 0o755) != 0 && errno != EEXIST {
                 throw .io(operation: "mkdir", path: current, errno: errno)
             }
         }

@@ -10,6 +10,9 @@ public struct GCReport: Sendable, Codable {
     /// Image versions no name refers to any more whose blobs were kept because a sandbox still
     /// runs from them.
     public var versionsInUse: Int
+    /// Entries of `blobs/sha256/` that are not regular files (a directory, a FIFO, a link):
+    /// never blobs the store wrote, so gc leaves them alone and names them instead of failing.
+    public var foreignEntries: [String] = []
 }
 
 extension ImageStore {
@@ -35,7 +38,9 @@ extension ImageStore {
             let manifest: OCIManifest
             do {
                 var status = stat()
-                let stored = size ?? (stat(blobPath(digest), &status) == 0 ? Int64(status.st_size) : 0)
+                // A version only a running sandbox names has no descriptor: its manifest's size
+                // is the file's, capped like any manifest's so a planted file cannot size a buffer.
+                let stored = size ?? (lstat(blobPath(digest), &status) == 0 ? min(Int64(status.st_size), Image.metadataLimit + 1) : 0)
                 let bytes = try readVerifiedBlob(digest, size: stored, image: label, role: "manifest")
                 manifest = try JSONDecoder().decode(OCIManifest.self, from: Data(bytes))
             } catch {
@@ -55,19 +60,28 @@ extension ImageStore {
         }
 
         var report = GCReport(blobsRemoved: 0, bytesRemoved: 0, blobsKept: 0, temporaryFilesRemoved: 0, versionsInUse: versionsInUse)
-        for file in try FileIO.listDirectory(blobsDirectory) {
+        for file in try FileIO.listDirectory(blobsDirectory).sorted() {
             if let digest = Digest("sha256:" + file), live.contains(digest) {
                 report.blobsKept += 1
                 continue
             }
             let path = blobsDirectory + "/" + file
             var info = stat()
-            let size = stat(path, &info) == 0 ? Int64(info.st_size) : 0
+            guard lstat(path, &info) == 0 else {
+                if errno == ENOENT { continue }  // removed meanwhile
+                throw ImageError.io(operation: "stat", path: path, errno: errno)
+            }
+            guard info.st_mode & S_IFMT == S_IFREG else {
+                report.foreignEntries.append("\(path) (\(FileIO.fileKind(info.st_mode)))")
+                continue
+            }
+            let size = Int64(info.st_size)
             guard unlink(path) == 0 else { throw ImageError.writing("unlink", path, errno: errno, store: root) }
             report.blobsRemoved += 1
             report.bytesRemoved += size
         }
         if FileIO.exists(ingestDirectory) {
+            // unlink never removes a directory, so something planted in ingest/ is left alone.
             for file in try FileIO.listDirectory(ingestDirectory) where unlink(ingestDirectory + "/" + file) == 0 {
                 report.temporaryFilesRemoved += 1
             }

@@ -12,8 +12,6 @@ public final class Image: Sendable {
     /// The manifest exactly as stored (what catalyzerfs serves as `manifest.json`).
     public let manifestBytes: [UInt8]
     public let config: ImageConfig
-    /// For every chunk position, the index into `config.chunks`, or -1 for an all-zero chunk.
-    private let slots: [Int32]
 
     /// Manifests and configs are small; a multi-megabyte one is damage or an attack.
     static let metadataLimit: Int64 = 64 << 20
@@ -44,20 +42,24 @@ public final class Image: Sendable {
             throw .invalidManifest(image: name, detail: "config is \(manifest.config.size) bytes, larger than any catalyzer config")
         }
         let configBytes = try store.readVerifiedBlob(manifest.config.digest, size: manifest.config.size, image: name, role: "config")
-        config = try Self.decodeConfig(configBytes, image: name)
+        config = try Self.checkedConfig(configBytes, manifest: manifest, image: name)
+    }
+
+    /// Decodes a config and checks it against itself and its manifest: everything opening an
+    /// image trusts about it. The bytes are hostile input (this is what the fuzz tests drive).
+    static func checkedConfig(_ bytes: [UInt8], manifest: OCIManifest, image: String) throws(ImageError) -> ImageConfig {
+        let config = try decodeConfig(bytes, image: image)
         if let problem = config.validationProblem() {
-            throw .invalidManifest(image: name, detail: problem)
+            throw .invalidManifest(image: image, detail: problem + "; the image is damaged or was not written by catalyzer: remove it (`catalyzer image rm \(image)`) and re-create or re-pull it")
         }
         let layers = Set(manifest.layers.map(\.digest))
         if let unlisted = config.chunks.first(where: { !layers.contains($0.digest) }) {
-            throw .invalidManifest(image: name, detail: "chunk \(unlisted.index) blob \(unlisted.digest) is not a layer of the manifest")
+            throw .invalidManifest(image: image, detail: "chunk \(unlisted.index) blob \(unlisted.digest) is not a layer of the manifest")
         }
         guard layers.contains(config.state.digest) else {
-            throw .invalidManifest(image: name, detail: "state blob \(config.state.digest) is not a layer of the manifest")
+            throw .invalidManifest(image: image, detail: "state blob \(config.state.digest) is not a layer of the manifest")
         }
-        var slots = [Int32](repeating: -1, count: config.chunkCount)
-        for (position, chunk) in config.chunks.enumerated() { slots[chunk.index] = Int32(position) }
-        self.slots = slots
+        return config
     }
 
     /// Decodes a config, checking the format version before anything else so that a newer
@@ -80,15 +82,14 @@ public final class Image: Sendable {
 
     /// The stored chunk at `index`, or nil when that chunk is all zero.
     public func chunk(at index: Int) -> ChunkEntry? {
-        guard index >= 0 && index < slots.count, slots[index] >= 0 else { return nil }
-        return config.chunks[Int(slots[index])]
+        config.entryPosition(ofChunk: index).map { config.chunks[$0] }
     }
 
     /// Fills `buffer` (exactly `config.chunkLength(index)` bytes) with chunk `index`: zeros for
     /// an elided chunk, else the blob, verified against its digest and decompressed. On any
     /// error the buffer's content is unspecified and must not be used.
     public func readChunk(_ index: Int, into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) {
-        precondition(index >= 0 && index < slots.count && buffer.count == config.chunkLength(index))
+        precondition(index >= 0 && index < config.chunkCount && buffer.count == config.chunkLength(index))
         guard let entry = chunk(at: index) else {
             buffer.initializeMemory(as: UInt8.self, repeating: 0)
             return
@@ -121,7 +122,7 @@ public final class Image: Sendable {
     /// chunk is verified; on error a partial regular file is removed.
     public func export(to path: String) throws(ImageError) {
         let toStandardOutput = path == "-"
-        let fd = toStandardOutput ? STDOUT_FILENO : Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let fd = toStandardOutput ? STDOUT_FILENO : Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .io(operation: "create", path: path, errno: errno) }
         var info = stat()
         let regular = fstat(fd, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG

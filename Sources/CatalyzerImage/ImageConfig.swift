@@ -61,40 +61,69 @@ public struct ImageConfig: Codable, Sendable, Equatable {
         self.annotations = annotations
     }
 
-    /// Number of chunk positions, stored or not.
-    public var chunkCount: Int {
-        Int((memorySize + Int64(chunkSize) - 1) / Int64(chunkSize))
+    /// The most guest memory an image may describe: 1 TiB, far above any sandbox this monitor
+    /// runs (guest-physical memory is one KVM slot mapped in the host's address space), and low
+    /// enough that no size, offset or chunk index derived from it can overflow 64 bits.
+    public static let maximumMemorySize: Int64 = 1 << 40
+
+    /// The largest state blob an image may have: the monitor's state is registers, tables and
+    /// the contents of `/tmp` and of pipes, all bounded by the sandbox's memory, so a state
+    /// larger than twice the memory (plus room for the tables) is not one catalyzer wrote. The
+    /// state is read whole into memory, so this also bounds what opening an image can allocate.
+    public static func maximumStateSize(memorySize: Int64) -> Int64 {
+        2 * min(max(memorySize, 0), maximumMemorySize) + (64 << 20)
     }
 
-    /// Length of chunk `index` in bytes: `chunkSize`, except for a shorter last chunk.
+    /// Number of chunk positions, stored or not (0 for sizes `validationProblem` rejects).
+    public var chunkCount: Int {
+        guard memorySize > 0, chunkSize > 0 else { return 0 }
+        let size = Int64(chunkSize)
+        return Int(memorySize / size + (memorySize % size == 0 ? 0 : 1))
+    }
+
+    /// Length of chunk `index` in bytes: `chunkSize`, except for a shorter last chunk; 0 for an
+    /// index outside the memory.
     public func chunkLength(_ index: Int) -> Int {
-        Int(min(Int64(chunkSize), memorySize - Int64(index) * Int64(chunkSize)))
+        guard index >= 0, index < chunkCount else { return 0 }
+        return Int(min(Int64(chunkSize), memorySize - Int64(index) * Int64(chunkSize)))
     }
 
     /// Bytes of all stored chunk blobs, counting a blob shared by two chunks twice.
-    public var storedChunkBytes: Int64 { chunks.reduce(0) { $0 + $1.size } }
+    public var storedChunkBytes: Int64 { chunks.reduce(0) { $0 &+ $1.size } }
 
     /// Checks every invariant a reader relies on. Returns the first violation as a sentence.
+    ///
+    /// Every number here comes from a file anyone with write access to the store (or a registry)
+    /// could have crafted, so ranges are checked before any arithmetic on them, and messages only
+    /// print the numbers as read: building a message must never be what overflows.
     public func validationProblem() -> String? {
         guard formatVersion == Self.currentFormatVersion else {
             return "format version \(formatVersion) is not supported (this catalyzer reads version \(Self.currentFormatVersion))"
         }
         guard memorySize > 0 else { return "memory size \(memorySize) must be positive" }
+        guard memorySize <= Self.maximumMemorySize else {
+            return "memory size \(memorySize) is more than the \(Self.maximumMemorySize) bytes (1 TiB) an image may have"
+        }
         guard ChunkSize.isValid(chunkSize) else {
             return "chunk size \(chunkSize) is not a power of two between \(ChunkSize.minimum) and \(ChunkSize.maximum)"
         }
         guard state.mediaType == MediaType.state else {
             return "state blob has media type '\(state.mediaType)', expected '\(MediaType.state)'"
         }
+        guard state.size >= 0, state.size <= Self.maximumStateSize(memorySize: memorySize) else {
+            return "state blob size \(state.size) is implausible for \(memorySize) bytes of memory (at most \(Self.maximumStateSize(memorySize: memorySize)))"
+        }
+        let count = chunkCount
         var previous = -1
         for (position, chunk) in chunks.enumerated() {
+            guard chunk.index >= 0 else { return "chunk table entry \(position) names chunk \(chunk.index), a negative position" }
             if chunk.index <= previous {
                 return chunk.index == previous
                     ? "chunk table entries \(position - 1) and \(position) both claim chunk \(chunk.index) (overlap)"
                     : "chunk table is not sorted: entry \(position) (chunk \(chunk.index)) follows chunk \(previous)"
             }
-            guard chunk.index < chunkCount else {
-                return "chunk \(chunk.index) starts at byte \(Int64(chunk.index) * Int64(chunkSize)), past the memory size \(memorySize)"
+            guard chunk.index < count else {
+                return "chunk table entry \(position) names chunk \(chunk.index), past the memory size \(memorySize) (chunks 0..<\(count) of \(chunkSize) bytes)"
             }
             guard chunk.size > 0, chunk.size <= Int64(ChunkSize.maximum) * 2 else {
                 return "chunk \(chunk.index) has an implausible stored size \(chunk.size)"
@@ -104,8 +133,22 @@ public struct ImageConfig: Codable, Sendable, Equatable {
             }
             previous = chunk.index
         }
-        if let workingSet, let bad = workingSet.first(where: { $0 < 0 || $0 >= chunkCount }) {
-            return "working set names chunk \(bad), outside 0..<\(chunkCount)"
+        if let workingSet, let bad = workingSet.first(where: { $0 < 0 || $0 >= count }) {
+            return "working set names chunk \(bad), outside 0..<\(count)"
+        }
+        return nil
+    }
+
+    /// The position in `chunks` of the entry for chunk `index`, or nil for an all-zero chunk.
+    /// A binary search of the sorted table rather than a table per chunk position: memory an
+    /// image only claims to have must not cost memory to open it.
+    public func entryPosition(ofChunk index: Int) -> Int? {
+        var low = 0, high = chunks.count
+        while low < high {
+            let middle = low + (high - low) / 2
+            let found = chunks[middle].index
+            if found == index { return middle }
+            if found < index { low = middle + 1 } else { high = middle }
         }
         return nil
     }

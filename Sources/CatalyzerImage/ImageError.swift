@@ -13,18 +13,26 @@ public enum ImageError: Error, Sendable, Equatable, CustomStringConvertible {
     case blobSizeMismatch(image: String, digest: Digest, role: String, expected: Int64, actual: Int64)
     /// A blob's content does not hash to its digest.
     case blobCorrupt(image: String, digest: Digest, role: String, actualDigest: Digest)
+    /// A blob path holds something other than a regular file (a FIFO, a device, a directory, a
+    /// symbolic link). The store only ever writes regular files, so this is tampering; reading
+    /// it could block forever or reach outside the store, so it is never opened for reading.
+    case blobNotRegular(image: String, digest: Digest, role: String, path: String, kind: String)
     /// A chunk blob hashes correctly but does not decompress to its chunk.
     case chunkUndecodable(image: String, index: Int, digest: Digest, detail: String)
     /// The manifest or config is not something this catalyzer can read.
     case invalidManifest(image: String, detail: String)
     /// The store directory is not an image store (or a damaged one).
     case invalidStore(path: String, detail: String)
+    /// The store exists but this user may not read it (it is private to its owner).
+    case storeNotReadable(path: String)
     /// The store exists but cannot be written.
     case storeNotWritable(path: String, detail: String)
     /// The disk filled up while writing.
     case noSpace(path: String)
     /// The input to `image create` is unusable.
     case invalidInput(String)
+    /// A file of the store's layout (index.json, oci-layout) is not a regular file.
+    case notRegularFile(path: String, kind: String)
     /// A system call failed.
     case io(operation: String, path: String, errno: Int32)
 
@@ -40,18 +48,24 @@ public enum ImageError: Error, Sendable, Equatable, CustomStringConvertible {
             return "image '\(image)': \(role) blob \(digest) has \(actual) bytes, expected \(expected) (truncated or overwritten); the store is damaged: re-create or re-pull the image"
         case let .blobCorrupt(image, digest, role, actualDigest):
             return "image '\(image)': \(role) blob \(digest) is corrupt (its content hashes to \(actualDigest)); the store is damaged: re-create or re-pull the image"
+        case let .blobNotRegular(image, digest, role, path, kind):
+            return "image '\(image)': \(role) blob \(digest) is \(kind), not a regular file (\(path)); the store only writes regular files, so something else put it there: remove \(path), then re-create or re-pull the image"
         case let .chunkUndecodable(image, index, digest, detail):
             return "image '\(image)': chunk \(index) (blob \(digest)) does not decompress: \(detail); the image was written wrongly: re-create it"
         case let .invalidManifest(image, detail):
             return "image '\(image)': manifest is not readable by this catalyzer: \(detail)"
         case let .invalidStore(path, detail):
             return "\(path) is not a usable image store: \(detail)"
+        case let .storeNotReadable(path):
+            return "permission denied on the image store at \(path): it is private to its owner, because images hold function memory (secrets included); run catalyzer as that user (e.g. with sudo)"
         case let .storeNotWritable(path, detail):
             return "the image store at \(path) is not writable (\(detail)); pass a writable --store or set CATALYZER_STORE"
         case let .noSpace(path):
             return "no space left on the device holding \(path); nothing was published: free space, then run `catalyzer image gc`"
         case let .invalidInput(detail):
             return detail
+        case let .notRegularFile(path, kind):
+            return "\(path) is \(kind), not a regular file; the store only writes regular files, so something else put it there: remove it and restore the file from a backup"
         case let .io(operation, path, code):
             return "\(operation) \(path): \(String(cString: strerror(code)))"
         }

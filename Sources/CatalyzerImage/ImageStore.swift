@@ -39,6 +39,13 @@ public struct ImageStore: Sendable {
     /// Whether `root` holds an image layout at all.
     public var exists: Bool { FileIO.exists(layoutPath) }
 
+    /// Whether this user is kept out of the store by its permissions: the layout marker is
+    /// there, but cannot be reached. Told apart from "no store" so that the error says which.
+    public var isPrivateToAnotherUser: Bool {
+        guard access(layoutPath, F_OK) != 0, errno == EACCES else { return false }
+        return true
+    }
+
     /// Image names: a letter or digit, then letters, digits, `.`, `_`, `-`; at most 128. Names
     /// become directory names on catalyzerfs, so `/` and a leading `.` are excluded.
     public static func isValidName(_ name: String) -> Bool {
@@ -49,11 +56,30 @@ public struct ImageStore: Sendable {
 
     // MARK: Layout
 
+    /// Mode of every file the store writes: owner only, like the store directory itself.
+    static let fileMode: mode_t = 0o600
+
+    /// Why other users can read the store's images, or nil when they cannot. Every image holds a
+    /// function's whole memory at its ready point, secrets included (an API key passed with
+    /// `--env`), so a store that others can enter is a leak even if it was made by an older
+    /// catalyzer that wrote world-readable blobs. Only the root directory's mode is looked at:
+    /// without search permission on it, nothing inside can be reached.
+    public var privacyProblem: String? {
+        var info = stat()
+        guard stat(root, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else { return nil }
+        let mode = info.st_mode & 0o777
+        guard mode & 0o055 != 0 else { return nil }
+        let who = mode & 0o005 != 0 ? "every user on this host" : "the members of its group"
+        return "the image store \(root) can be read by \(who) (mode \(String(mode, radix: 8))), and its images hold the memory of functions, secrets included; make it private with `chmod -R go= \(root)`"
+    }
+
     /// Creates the layout if it is missing and checks that the store can be written.
     func prepareForWriting() throws(ImageError) {
         if !exists {
-            for dir in [root, blobsDirectory, ingestDirectory] {
-                do { try FileIO.makeDirectories(dir) } catch {
+            // Private to its owner: blobs hold function memory, and with it whatever secrets a
+            // function held at its ready point (see `privacyProblem`).
+            for dir in [root, root + "/blobs", blobsDirectory, ingestDirectory] {
+                do { try FileIO.makeDirectories(dir, mode: 0o700) } catch {
                     if case let .io(op, path, code) = error { throw ImageError.writing(op, path, errno: code, store: root) }
                     throw error
                 }
@@ -62,7 +88,7 @@ public struct ImageStore: Sendable {
             try writeAtomically(Self.encode(OCILayout()), to: layoutPath)
         } else {
             try checkLayout()
-            if !FileIO.exists(ingestDirectory) && mkdir(ingestDirectory, 0o755) != 0 && errno != EEXIST {
+            if !FileIO.exists(ingestDirectory) && mkdir(ingestDirectory, 0o700) != 0 && errno != EEXIST {
                 throw ImageError.writing("mkdir", ingestDirectory, errno: errno, store: root)
             }
         }
@@ -87,7 +113,10 @@ public struct ImageStore: Sendable {
 
     /// The store's index. A store that does not exist yet is empty.
     public func index() throws(ImageError) -> OCIIndex {
-        guard exists else { return OCIIndex() }
+        guard exists else {
+            if isPrivateToAnotherUser { throw .storeNotReadable(path: root) }
+            return OCIIndex()
+        }
         try checkLayout()
         let bytes = try FileIO.readFile(indexPath, limit: 64 << 20)
         do {
@@ -172,7 +201,7 @@ public struct ImageStore: Sendable {
     func writeAtomically(_ bytes: UnsafeRawBufferPointer, to path: String, syncData: Bool = true) throws(ImageError) {
         let directory = FileIO.exists(ingestDirectory) ? ingestDirectory : root
         let temporary = directory + "/tmp-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
-        let fd = Glibc.open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        let fd = Glibc.open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, Self.fileMode)
         guard fd >= 0 else { throw ImageError.writing("create", temporary, errno: errno, store: root) }
         var failure: ImageError?
         do throws(ImageError) {
@@ -208,15 +237,20 @@ public struct ImageStore: Sendable {
     /// Reads a blob and checks its size and digest. `image` and `role` only label errors.
     public func readVerifiedBlob(_ digest: Digest, size: Int64, image: String, role: String) throws(ImageError) -> [UInt8] {
         let path = blobPath(digest)
-        let fd: Int32
-        do { fd = try FileIO.open(path, O_RDONLY) } catch {
-            if case let .io(_, _, code) = error, code == ENOENT {
+        let fd: Int32, actual: Int64
+        do { (fd, actual) = try FileIO.openRegular(path) } catch {
+            switch error {
+            case let .notRegular(kind):
+                throw .blobNotRegular(image: image, digest: digest, role: role, path: path, kind: kind)
+            case let .io(.io(_, _, code)) where code == ENOENT:
                 throw .blobMissing(image: image, digest: digest, role: role, path: path)
+            case let .io(failure):
+                throw failure
             }
-            throw error
         }
         defer { close(fd) }
-        let actual = try FileIO.size(fd, path: path)
+        // The size check comes before the allocation, so a descriptor's size (hostile input) never
+        // sizes a buffer larger than the file really is.
         guard actual == size else {
             throw .blobSizeMismatch(image: image, digest: digest, role: role, expected: size, actual: actual)
         }

@@ -8,11 +8,17 @@ public struct VerifyReport: Sendable, Codable {
     public var ok: Bool { problems.isEmpty }
 }
 
+/// Checks an image's state blob (already verified against its digest) the way a restore would
+/// decode it; returns one sentence per problem. The image layer treats the state as opaque, so
+/// the layer that owns its format (the runtime) supplies this.
+public typealias StateCheck = (_ image: String, _ config: ImageConfig, _ state: [UInt8]) -> [String]
+
 extension ImageStore {
     /// Re-hashes every blob of the named image (manifest, config, state, each chunk) and
-    /// decompresses every chunk to its exact length. Problems are collected, not thrown, so one
-    /// run lists all the damage; only a name that does not exist throws.
-    public func verify(_ name: String) throws(ImageError) -> VerifyReport {
+    /// decompresses every chunk to its exact length; with `stateCheck`, also decodes the state.
+    /// Problems are collected, not thrown, so one run lists all the damage; only a name that does
+    /// not exist throws.
+    public func verify(_ name: String, stateCheck: StateCheck? = nil) throws(ImageError) -> VerifyReport {
         let descriptor = try manifestDescriptor(named: name)
         var report = VerifyReport(name: name, blobsChecked: 0, bytesChecked: 0, problems: [])
         let image: Image
@@ -25,7 +31,8 @@ extension ImageStore {
         report.blobsChecked = 2
         report.bytesChecked = descriptor.size + image.manifest.config.size
         do {
-            _ = try image.readState()
+            let state = try image.readState()
+            if let stateCheck { report.problems += stateCheck(name, image.config, state) }
         } catch {
             report.problems.append(error.description)
         }

@@ -14,7 +14,7 @@ final class StoreLock {
     enum Mode { case shared, exclusive }
 
     init(path: String, mode: Mode, store: String) throws(ImageError) {
-        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, ImageStore.fileMode)
         guard fd >= 0 else { throw ImageError.writing("open", path, errno: errno, store: store) }
         while flock(fd, mode == .shared ? LOCK_SH : LOCK_EX) != 0 {
             if errno != EINTR {

@@ -42,7 +42,7 @@ final class Filesystem {
         case hostDevice(path: String)
     }
 
-    private static let passedThroughDevices: Set<String> = ["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"]
+    static let passedThroughDevices: Set<String> = ["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"]
 
     func locate(_ absolutePath: String) -> Location {
         locate(components: GuestPath.components(absolutePath))
@@ -61,13 +61,47 @@ final class Filesystem {
     }
 
     /// Opens a rootfs path on the host; only read-only opens are ever requested.
+    ///
+    /// A device node in the rootfs is never opened: it would be the host's device of that
+    /// number (a char node 10,232 is the host's /dev/kvm), whatever the operator meant. So the
+    /// path is first resolved to an `O_PATH` handle, which opens nothing, and its type checked;
+    /// anything but a device is then opened through that handle, so what was checked is what is
+    /// opened. The sandbox's devices are the monitor's own (`passedThroughDevices`).
     func openHost(_ path: String, flags: Int32) throws(Errno) -> Int32 {
         let resolve = UInt64(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-        let fd = path.withCString { chost_openat2(rootFD, $0, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), 0, resolve) }
+        if flags & O_PATH != 0 {
+            let fd = path.withCString { chost_openat2(rootFD, $0, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), 0, resolve) }
+            guard fd >= 0 else { throw Errno.lastHostError }
+            dependencies?.record(path: path, flags: flags, fd: fd)
+            return fd
+        }
+        let handleFlags = O_PATH | O_CLOEXEC | (flags & (O_NOFOLLOW | O_DIRECTORY))
+        let handle = path.withCString { chost_openat2(rootFD, $0, UInt64(UInt32(bitPattern: handleFlags)), 0, resolve) }
+        guard handle >= 0 else { throw Errno.lastHostError }
+        defer { close(handle) }
+        var status = stat()
+        guard fstat(handle, &status) == 0 else { throw Errno.lastHostError }
+        switch status.st_mode & S_IFMT {
+        case S_IFCHR, S_IFBLK: throw Errno.EACCES
+        case S_IFLNK: throw Errno.ELOOP  // O_NOFOLLOW on a symlink, as openat2 itself would say
+        default: break
+        }
+        let fd = Glibc.open("/proc/self/fd/\(handle)", (flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | O_TRUNC)) | O_CLOEXEC | O_NOCTTY)
         guard fd >= 0 else { throw Errno.lastHostError }
         dependencies?.record(path: path, flags: flags, fd: fd)
         return fd
     }
+
+    /// Opens one of the monitor's own devices for the guest. The random devices are opened
+    /// read-only whatever the guest asked: Linux lets any process write to them (mixing bytes
+    /// into the pool), and here such writes are accepted and discarded (see `OpenFile`), never
+    /// passed to the host's pool.
+    static func openDevice(_ path: String, flags: Int32) -> Int32 {
+        let access = isRandomDevice(path) ? O_RDONLY : flags & O_ACCMODE
+        return Glibc.open(path, access | (flags & O_NONBLOCK) | O_CLOEXEC)
+    }
+
+    static func isRandomDevice(_ path: String) -> Bool { path == "/dev/urandom" || path == "/dev/random" }
 
     /// Opens `absolutePath` for the guest with its open(2) `flags` and `mode`.
     func open(_ absolutePath: String, flags: Int32, mode: UInt32, owner: Credentials = Credentials()) throws(Errno) -> OpenFile {
@@ -80,13 +114,20 @@ final class Filesystem {
         case .executableLink:
             return try open(executablePath, flags: flags, mode: mode, owner: owner)
         case .hostDevice(let path):
-            let fd = Glibc.open(path, (flags & (O_ACCMODE | O_NONBLOCK)) | O_CLOEXEC)
+            let fd = Self.openDevice(path, flags: flags)
             guard fd >= 0 else { throw Errno.lastHostError }
             return OpenFile(backing: .host(fd: fd, owned: true), guestPath: path, statusFlags: flags & ~O_CLOEXEC)
         case .rootfs(let path):
             if wantsWrite {
-                // Report ENOENT for a missing parent like Linux would, EROFS otherwise.
+                // Report ENOENT for a missing parent like Linux would, EROFS otherwise; a device
+                // node is EACCES whatever the access (the read-only rootfs is not what stops it).
                 if flags & O_CREAT == 0 { try requireExists(path, followSymlinks: true) }
+                if let handle = try? openHost(path, flags: O_PATH | (flags & O_NOFOLLOW)) {
+                    var status = stat()
+                    let isDevice = fstat(handle, &status) == 0 && [S_IFCHR, S_IFBLK].contains(status.st_mode & S_IFMT)
+                    close(handle)
+                    if isDevice { throw Errno.EACCES }
+                }
                 throw Errno.EROFS
             }
             let fd = try openHost(path + (absolutePath.hasSuffix("/") ? "/" : ""), flags: O_RDONLY | (flags & Self.rootfsOpenFlags))

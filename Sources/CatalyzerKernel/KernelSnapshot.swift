@@ -218,7 +218,7 @@ extension KernelSnapshot {
         guard version == Self.formatVersion else {
             throw reader.failure("kernel state version \(version) is not supported (this catalyzer reads version \(Self.formatVersion)); re-checkpoint the function with this catalyzer")
         }
-        memorySize = Int(try reader.read(UInt64.self, "memory size"))
+        memorySize = try reader.readInt("memory size")
         let registers = try reader.readBytes("vCPU registers")
         let specialRegisters = try reader.readBytes("vCPU special registers")
         let xsaveArea = try reader.readBytes("vCPU XSAVE area")
@@ -273,20 +273,20 @@ extension KernelSnapshot {
             case 1: kind = .rootfs(path: try r.readString("file path"), offset: try r.read(Int64.self, "file offset"))
             case 2: kind = .hostDevice(path: try r.readString("device path"))
             case 3: kind = .tmp(inode: try r.read(UInt64.self, "tmp inode"), position: Int(try r.read(Int64.self, "tmp position")))
-            case 4: kind = .pipe(index: Int(try r.read(UInt64.self, "pipe index")))
+            case 4: kind = .pipe(index: try r.readInt("pipe index"))
             case let other: throw r.failure("open file kind \(other) is unknown")
             }
             return File(kind: kind, guestPath: try r.readString("file guest path"), statusFlags: try r.read(Int32.self, "file flags"))
         }
         descriptors = try reader.readArray("descriptors", minimumSize: 13) { (r) throws(SnapshotDecodingError) in
-            Descriptor(fd: try r.read(Int32.self, "fd"), file: Int(try r.read(UInt64.self, "fd's file")),
+            Descriptor(fd: try r.read(Int32.self, "fd"), file: try r.readInt("fd's file"),
                        closeOnExec: try r.readBool("close-on-exec"))
         }
         pipes = try reader.readArray("pipes", minimumSize: 10) { (r) throws(SnapshotDecodingError) in
             PipeState(buffered: try r.readBytes("pipe contents"), hasReader: try r.readBool("pipe reader"),
                       hasWriter: try r.readBool("pipe writer"))
         }
-        let capacity = Int(try reader.read(UInt64.self, "tmp capacity"))
+        let capacity = try reader.readInt("tmp capacity")
         let nextInode = try reader.read(UInt64.self, "tmp next inode")
         let nodes = try reader.readArray("tmp nodes", minimumSize: 69) { (r) throws(SnapshotDecodingError) in
             let inode = try r.read(UInt64.self, "node inode")
@@ -329,7 +329,8 @@ extension KernelSnapshot {
         }
         let limit = UInt64(memorySize)
         guard allocator.start <= allocator.nextUnused, allocator.nextUnused <= limit, pageTableRoot < limit,
-              clockFrame < limit, allocator.freed.allSatisfy({ $0 < limit && $0 % 4096 == 0 }) else {
+              clockFrame < limit, pageTableRoot % 4096 == 0, clockFrame % 4096 == 0,
+              allocator.freed.allSatisfy({ $0 < limit && $0 % 4096 == 0 }) else {
             throw reader.failure("physical memory bookkeeping points outside the \(memorySize)-byte guest memory")
         }
         guard zip(regions, regions.dropFirst()).allSatisfy({ $0.end <= $1.start }),
@@ -345,6 +346,11 @@ extension KernelSnapshot {
         }
         let inodes = Set(tmp.nodes.map(\.inode))
         for file in files {
+            // Restoring reopens a device by this path on the host: only the monitor's own.
+            if case .hostDevice(let path) = file.kind, !Filesystem.passedThroughDevices.contains(path) {
+                throw reader.failure("an open file is the host device \(path), which a sandbox never has")
+            }
+            if case .tmp(_, let position) = file.kind, position < 0 { throw reader.failure("an open /tmp file is at position \(position)") }
             if case .pipe(let index) = file.kind, index >= pipes.count { throw reader.failure("an open file refers to pipe \(index) of \(pipes.count)") }
             if case .tmp(let inode, _) = file.kind, !inodes.contains(inode) { throw reader.failure("an open file refers to missing /tmp inode \(inode)") }
         }

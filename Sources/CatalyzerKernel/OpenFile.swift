@@ -70,7 +70,7 @@ final class OpenFile {
                     throw Errno.lastHostError
                 }
             case .hostDevice(let path):
-                fd = Glibc.open(path, (statusFlags & (O_ACCMODE | O_NONBLOCK)) | O_CLOEXEC)
+                fd = Filesystem.openDevice(path, flags: statusFlags)
                 guard fd >= 0 else { throw Errno.lastHostError }
             }
         } catch {
@@ -101,6 +101,13 @@ final class OpenFile {
         return stream
     }
     private var hostStream: Bool?
+
+    /// /dev/random or /dev/urandom: writes are accepted and dropped by the monitor (the host
+    /// fd is read-only), as the guest must not feed the host's entropy pool.
+    var discardsWrites: Bool {
+        if case .host = backing { return Filesystem.isRandomDevice(guestPath) }
+        return false
+    }
 
     var isReadable: Bool { statusFlags & O_ACCMODE != O_WRONLY }
     var isWritable: Bool { statusFlags & O_ACCMODE != O_RDONLY }

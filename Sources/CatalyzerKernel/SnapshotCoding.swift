@@ -53,6 +53,14 @@ public struct SnapshotReader {
         return T(littleEndian: value)
     }
 
+    /// An unsigned 64-bit field that becomes an `Int` (a size, an index): one above `Int.max` is
+    /// an error here rather than a trap in the conversion, since the blob is untrusted input.
+    public mutating func readInt(_ field: String) throws(SnapshotDecodingError) -> Int {
+        let value = try read(UInt64.self, field)
+        guard value <= UInt64(Int.max) else { throw failure("\(field) \(value) is out of range") }
+        return Int(value)
+    }
+
     public mutating func readBool(_ field: String) throws(SnapshotDecodingError) -> Bool {
         switch try read(UInt8.self, field) {
         case 0: return false

@@ -39,7 +39,7 @@ enum CatalyzerFSLauncher {
         let deadline = Date().addingTimeInterval(startTimeout)
         // The daemon's own messages before it detaches go to standard error: append them to its
         // log too, so a failure is explained in one place. Remember where this attempt starts.
-        let log = open(location.logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let log = open(location.logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard log >= 0 else { throw .runDirectoryUnusable(operation: "open the log file", path: location.logPath, errno: errno) }
         let logStart = lseek(log, 0, SEEK_END)
         let pid: pid_t

@@ -47,6 +47,8 @@ public struct CatalyzerMount: Sendable {
         guard let resolved = realpath(path, nil) else {
             let code = errno
             if code == ENOENT || code == ENOTDIR { throw .mountDirectoryMissing(path: path) }
+            // A live FUSE mount that is not this user's: the kernel refuses its root to others.
+            if MountError.isPermissionDenied(code) { throw .permissionDenied(path: path) }
             throw .notAnswering(path: path, errno: code)  // ENOTCONN, ECONNABORTED: a dead FUSE mount
         }
         let mountpoint = String(cString: resolved)
@@ -57,7 +59,10 @@ public struct CatalyzerMount: Sendable {
         guard top.fsType == fsType else { throw .notCatalyzerFS(path: mountpoint, fsType: top.fsType, store: storeRoot) }
         let served = ManagedMountLocation.resolved(top.source)
         guard served == storeRoot else { throw .servesOtherStore(path: mountpoint, served: served, expected: storeRoot) }
-        if let code = failureToAnswer(mountpoint) { throw .notAnswering(path: mountpoint, errno: code) }
+        if let code = failureToAnswer(mountpoint) {
+            if MountError.isPermissionDenied(code) { throw .permissionDenied(path: mountpoint) }
+            throw .notAnswering(path: mountpoint, errno: code)
+        }
         return CatalyzerMount(mountpoint: mountpoint, storeRoot: storeRoot, isManaged: false)
     }
 
@@ -72,7 +77,11 @@ public struct CatalyzerMount: Sendable {
         let storeRoot = try canonicalRoot(of: store)
         // Fast path, taken by nearly every invocation: no lock, one mountinfo read, one stat.
         let expected = ManagedMountLocation(storeRoot: storeRoot, runDirectory: runDirectory)
-        if case .healthy = state(of: expected) { return managedMount(expected) }
+        switch state(of: expected) {
+        case .healthy: return managedMount(expected)
+        case .permissionDenied: throw .permissionDenied(path: expected.mountpoint)
+        default: break
+        }
 
         try expected.createDirectories()
         // Computed again now that the run directory exists and resolves as mountinfo shows it.
@@ -92,6 +101,8 @@ public struct CatalyzerMount: Sendable {
                     throw .daemonTimedOut(mountpoint: location.mountpoint, seconds: Int(CatalyzerFSLauncher.startTimeout), log: location.logPath)
                 }
                 return managedMount(location)
+            case .permissionDenied:
+                throw .permissionDenied(path: location.mountpoint)
             case let .notAnswering(code):
                 guard detached < 8, umount2(location.mountpoint, Int32(MNT_DETACH)) == 0 else {
                     throw .notAnswering(path: location.mountpoint, errno: code)
@@ -140,12 +151,16 @@ public struct CatalyzerMount: Sendable {
         case notAnswering(errno: Int32)
         /// Something else mounted on the private mountpoint.
         case occupied(MountInfoTable.Entry)
+        /// A catalyzerfs mount of the store that answers, but not to this user (EACCES).
+        case permissionDenied
     }
 
     private static func state(of location: ManagedMountLocation) -> ManagedState {
         guard let top = MountInfoTable.entries(at: location.mountpoint).last else { return .absent }
         guard top.fsType == fsType, top.source == location.storeRoot else { return .occupied(top) }
-        if let code = failureToAnswer(location.mountpoint) { return .notAnswering(errno: code) }
+        if let code = failureToAnswer(location.mountpoint) {
+            return MountError.isPermissionDenied(code) ? .permissionDenied : .notAnswering(errno: code)
+        }
         return .healthy
     }
 
@@ -159,7 +174,10 @@ public struct CatalyzerMount: Sendable {
     /// The store's canonical path, as the managed mount's key and mountinfo source; the store
     /// must exist.
     private static func canonicalRoot(of store: ImageStore) throws(MountError) -> String {
-        guard store.exists else { throw .storeMissing(store: ManagedMountLocation.absolute(store.root)) }
+        guard store.exists else {
+            if store.isPrivateToAnotherUser { throw .storeNotReadable(store: ManagedMountLocation.absolute(store.root)) }
+            throw .storeMissing(store: ManagedMountLocation.absolute(store.root))
+        }
         return resolvedRoot(of: store)
     }
 

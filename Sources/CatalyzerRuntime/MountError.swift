@@ -5,6 +5,8 @@ import Glibc
 public enum MountError: Error, CustomStringConvertible, Equatable {
     /// The store has no image layout, so there is nothing to serve.
     case storeMissing(store: String)
+    /// The store exists but this user may not read it (it is private to its owner).
+    case storeNotReadable(store: String)
     /// The directory given as the mount (--mount, $CATALYZER_MOUNT) does not exist.
     case mountDirectoryMissing(path: String)
     /// The directory given as the mount is a plain directory, not a mount point.
@@ -15,6 +17,9 @@ public enum MountError: Error, CustomStringConvertible, Equatable {
     case servesOtherStore(path: String, served: String, expected: String)
     /// A catalyzerfs mount whose daemon is gone (ENOTCONN, ECONNABORTED) or that fails requests.
     case notAnswering(path: String, errno: Int32)
+    /// A healthy mount this user may not use: catalyzerfs serves only the user who mounted it
+    /// (root) unless mounted with `allow_other`, and the kernel answers everyone else EACCES.
+    case permissionDenied(path: String)
     /// The private mountpoint of the managed mount holds a mount catalyzer did not make.
     case managedMountpointOccupied(path: String, fsType: String, source: String)
     /// The run directory (or a file in it) cannot be created or opened.
@@ -36,6 +41,8 @@ public enum MountError: Error, CustomStringConvertible, Equatable {
         switch self {
         case let .storeMissing(store):
             return "no image store at \(store) (it has no oci-layout file): create an image there with `catalyzer image create --store \(store)`, or name the store you use with --store or $CATALYZER_STORE"
+        case let .storeNotReadable(store):
+            return "permission denied on the image store at \(store): it is private to its owner, because images hold function memory (secrets included); run catalyzer as that user (e.g. with sudo)"
         case let .mountDirectoryMissing(path):
             return "the catalyzerfs mount \(path) does not exist: pass the directory where catalyzerfs is mounted (--mount or $CATALYZER_MOUNT), or set neither to let catalyzer mount the store itself"
         case let .notAMount(path, store):
@@ -46,6 +53,8 @@ public enum MountError: Error, CustomStringConvertible, Equatable {
             return "the catalyzerfs mount \(path) serves the store \(served), not \(expected): pass --store \(served) to use its images, or mount \(expected) (`mount -t catalyzerfs \(expected) DIR`) and pass that directory"
         case let .notAnswering(path, code):
             return "the catalyzerfs mount \(path) does not answer (\(Self.text(code))\(code == ENOTCONN || code == ECONNABORTED ? ": its daemon is gone" : "")): unmount it with `umount -l \(path)` and mount the store again"
+        case let .permissionDenied(path):
+            return "permission denied on the catalyzerfs mount \(path): the mount is healthy, but it serves only the user who mounted it (root, for the mounts catalyzer makes), because images hold function memory; run catalyzer as that user (e.g. with sudo)"
         case let .managedMountpointOccupied(path, fsType, source):
             return "the managed mountpoint \(path) already has a \(fsType) mount of \(source) that catalyzer did not make: unmount it (`umount \(path)`) and retry"
         case let .runDirectoryUnusable(operation, path, code):
@@ -70,4 +79,7 @@ public enum MountError: Error, CustomStringConvertible, Equatable {
     }
 
     static func text(_ code: Int32) -> String { String(cString: strerror(code)) }
+
+    /// Whether `code`, from stat or realpath on a mount, means this user lacks permission.
+    static func isPermissionDenied(_ code: Int32) -> Bool { code == EACCES || code == EPERM }
 }

@@ -22,9 +22,11 @@ public final class RestoredSandbox {
     public let memoryMappedAt: UInt64
     public let stateRestoredAt: UInt64
     private let guardSlot: Int32
+    private let mount: CatalyzerMount
 
     public init(image: String, mount: CatalyzerMount, store: ImageStore, options: RestoreOptions, kvm: KVM? = nil) throws {
         self.image = image
+        self.mount = mount
         let memoryPath = mount.memoryPath(image)
         let fd = open(memoryPath, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
@@ -34,6 +36,9 @@ public final class RestoredSandbox {
         var status = stat()
         guard fstat(fd, &status) == 0, status.st_size > 0, status.st_size % Int(GuestMemory.pageSize) == 0 else {
             close(fd)
+            if status.st_size > 0 {
+                throw RuntimeError("image '\(image)': its memory is \(status.st_size) bytes, not a whole number of \(GuestMemory.pageSize)-byte pages, so it cannot be guest memory; the image is damaged or was not made by `catalyzer checkpoint`: check it with `catalyzer image verify \(image)`")
+            }
             throw RuntimeError("image '\(image)': \(memoryPath) is not a guest memory file (size \(status.st_size)); is \(mount.mountpoint) a catalyzerfs mount?")
         }
         let mapped = try GuestMemory(mappingPrivately: fd, size: Int(status.st_size))
@@ -41,7 +46,7 @@ public final class RestoredSandbox {
         memoryMappedAt = Sandbox.monotonicNanoseconds()
         let vm = PendingVM(kvm: try kvm ?? KVM(), memory: mapped)
 
-        let state = try CheckpointState(decoding: Self.readState(mount.statePath(image), image: image), image: image)
+        let state = try CheckpointState(decoding: Self.readState(mount.statePath(image), image: image, mount: mount), image: image)
         guard state.kernel.memorySize == mapped.size else {
             throw RuntimeError("image '\(image)': its state is for \(state.kernel.memorySize) bytes of memory but its memory file has \(mapped.size); the image is inconsistent: re-create it")
         }
@@ -49,7 +54,9 @@ public final class RestoredSandbox {
         guardSlot = chost_guard_guest_memory(
             mapped.base, UInt64(mapped.size), UInt64(chunkSize),
             "catalyzer: error: image '\(image)': guest memory chunk ",
-            " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob; its log names the blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n")
+            " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob; its log names the blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n",
+            mount.statsPath,
+            " could not be read from \(memoryPath): \(Self.daemonGone(mount)). The invocation was stopped before running on that memory.\n")
         do {
             kernel = try Sandbox(restoring: state.kernel, vm: vm, options: options)
         } catch {
@@ -94,6 +101,9 @@ public final class RestoredSandbox {
         while offset < memory.size {
             if pread(memory.fd, buffer, min(chunkSize, memory.size - offset), off_t(offset)) < 0 {
                 let code = errno
+                if code == ENOTCONN || code == ECONNABORTED {
+                    return "image '\(image)': guest memory chunk \(offset / chunkSize) cannot be read: \(Self.daemonGone(mount)). The invocation was stopped before running on that memory"
+                }
                 return "image '\(image)': guest memory chunk \(offset / chunkSize) (bytes \(offset)-\(offset + chunkSize - 1)) cannot be read: \(String(cString: strerror(code))) (catalyzerfs failed to serve it: a corrupt or missing chunk blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`"
             }
             offset += chunkSize
@@ -101,11 +111,23 @@ public final class RestoredSandbox {
         return "image '\(image)': KVM could not map a page of guest memory (EFAULT), though every chunk reads now; the invocation was stopped"
     }
 
+    /// What to say when the mount's daemon is gone: the image is not to blame, the daemon is.
+    static func daemonGone(_ mount: CatalyzerMount) -> String {
+        let cause = "the catalyzerfs daemon serving \(mount.mountpoint) has died (its mount answers ENOTCONN), so pages not read before cannot be served; the image is not at fault"
+        if mount.isManaged {
+            return cause + ". Its log \(mount.mountpoint).log may say why; the next invocation mounts the store again"
+        }
+        return cause + ". Its log may say why; unmount it (`umount -l \(mount.mountpoint)`) and mount the store again"
+    }
+
     /// The state blob through the mount (catalyzerfs verifies its digest).
-    private static func readState(_ path: String, image: String) throws -> [UInt8] {
+    private static func readState(_ path: String, image: String, mount: CatalyzerMount) throws -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
-            throw RuntimeError("image '\(image)': cannot open its state \(path): \(String(cString: strerror(errno)))")
+            let code = errno
+            if code == ENOTCONN || code == ECONNABORTED { throw RuntimeError("image '\(image)': cannot open its state \(path): \(daemonGone(mount))") }
+            throw RuntimeError("image '\(image)': cannot open its state \(path): \(String(cString: strerror(code)))"
+                               + (code == EIO ? " (catalyzerfs could not serve it; its log says why): check the image with `catalyzer image verify \(image)`" : ""))
         }
         defer { close(fd) }
         var bytes: [UInt8] = []
@@ -114,6 +136,7 @@ public final class RestoredSandbox {
             let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if count < 0 && errno == EINTR { continue }
             guard count >= 0 else {
+                if errno == ENOTCONN || errno == ECONNABORTED { throw RuntimeError("image '\(image)': cannot read its state \(path): \(daemonGone(mount))") }
                 throw RuntimeError("image '\(image)': cannot read its state \(path): \(String(cString: strerror(errno))) (a corrupt state blob? check with `catalyzer image verify \(image)`)")
             }
             if count == 0 { return bytes }

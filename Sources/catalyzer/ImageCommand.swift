@@ -71,6 +71,8 @@ struct ImageCommand: ParsableCommand {
                                    memorySize: image.config.memorySize, storedBytes: image.config.storedChunkBytes,
                                    codec: image.config.codec.rawValue, created: image.config.created)
                     } catch {
+                        // One damaged image is a row and a warning, never the end of the listing.
+                        Output.err("catalyzer: warning: \(error)")
                         let digest = (try? store.manifestDescriptor(named: name).digest.description) ?? "?"
                         return Row(name: name, digest: digest, error: String(describing: error))
                     }
@@ -146,7 +148,10 @@ struct ImageCommand: ParsableCommand {
             var failed = false
             try Output.run {
                 let store = storeOptions.imageStore
-                let reports = try (all ? store.names() : names).map { try store.verify($0) }
+                // The state is decoded as a restore would, so "ok" means the image can be restored.
+                let reports = try (all ? store.names() : names).map {
+                    try store.verify($0, stateCheck: CheckpointState.verificationProblems)
+                }
                 failed = reports.contains { !$0.ok }
                 if json { return Output.json(reports) }
                 for report in reports {
@@ -189,6 +194,9 @@ struct ImageCommand: ParsableCommand {
             try Output.run {
                 let store = storeOptions.imageStore
                 let report = try store.gc(manifestsInUse: { ImagesInUse.manifests(of: store) })
+                for entry in report.foreignEntries {
+                    Output.err("catalyzer: warning: \(entry) is not a blob (the store writes only regular files there); gc left it in place: remove it by hand")
+                }
                 if json { return Output.json(report) }
                 Output.out("removed \(report.blobsRemoved) blobs (\(ByteCount.format(report.bytesRemoved))) and \(report.temporaryFilesRemoved) temporary files; \(report.blobsKept) blobs in use"
                            + (report.versionsInUse > 0 ? ", \(report.versionsInUse) replaced or removed image versions kept for the sandboxes still running them" : ""))

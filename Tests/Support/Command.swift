@@ -58,6 +58,14 @@ public enum Command {
                              stderr: String(decoding: errData.wait(), as: UTF8.self))
     }
 
+    /// Runs `executable` under `timeout -s KILL seconds`, so that a regression that makes it hang
+    /// fails the test (status 137) instead of hanging the run.
+    @discardableResult
+    public static func bounded(_ seconds: Int, _ executable: String, _ arguments: [String], stdin: Data? = nil,
+                               environment: [String: String] = [:]) throws -> CommandResult {
+        try run("timeout", ["-s", "KILL", String(seconds), executable] + arguments, stdin: stdin, environment: environment)
+    }
+
     /// Runs the built `catalyzer` CLI.
     @discardableResult
     public static func catalyzer(_ arguments: [String], stdin: Data? = nil) throws -> CommandResult {

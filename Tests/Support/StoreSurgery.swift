@@ -1,5 +1,6 @@
 import CatalyzerImage
 import Foundation
+import Glibc
 
 /// Test-only surgery on a store: rewrite an image's config, manifest or state the way a bug or an
 /// attacker could, keeping everything else valid so the check under test is the one that fires.
@@ -38,6 +39,20 @@ public enum StoreSurgery {
                                      size: Int64(configBytes.count))
         manifest.layers = manifest.layers.map { $0.digest == old.digest ? state : $0 }
         try publish(store, name, manifest)
+    }
+
+    /// Publishes image `name` again as `copy`: the same manifest, so every blob is shared. Lets
+    /// a test damage the copy's config or state (surgery re-publishes) and keep the original.
+    public static func copy(_ store: ImageStore, _ name: String, to copy: String) throws {
+        try publish(store, copy, try store.open(name).manifest)
+    }
+
+    /// Replaces the file at `path` (a blob) by a FIFO of the same name: what a reader must never
+    /// block on.
+    public static func replaceWithFIFO(_ path: String) throws {
+        guard unlink(path) == 0, mkfifo(path, 0o600) == 0 else {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
+        }
     }
 
     /// Path of the blob holding chunk `index` of `name`.
