@@ -373,6 +373,15 @@ final class SandboxSocket: SpecialFile {
         return count
     }
 
+    func waitForWriteRoom(_ task: Task, nonblocking: Bool) throws(Errno) -> Int? {
+        guard isConnectionOriented, isConnected, !sendShutdown, let peer, !peer.receiveShutdown else { return nil }
+        let room = Self.capacity - peer.queuedBytes
+        guard room <= 0 else { return isStream ? room : nil }
+        guard !nonblocking else { throw Errno.EAGAIN }
+        try task.block(Wait(queues: [peer.changed, changed], reason: "write to a socket"))
+        return nil  // not reached: block throws
+    }
+
     private func sendDatagram(_ task: Task, _ bytes: [UInt8], rights: [OpenFile], to target: SandboxSocket,
                               nonblocking: Bool) throws(Errno) -> Int {
         guard target.releaseName != nil || target.peer != nil else { throw Errno.ECONNREFUSED }  // closed since

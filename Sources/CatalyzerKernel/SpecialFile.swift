@@ -17,12 +17,18 @@ protocol SpecialFile: AnyObject {
     func write(_ task: Task, _ file: OpenFile, from vectors: [iovec]) throws(Errno) -> Int
     /// The last open file description referring to it went away.
     func lastDescriptionClosed()
+    /// The bytes a write can take now without waiting, after waiting for some room (or EAGAIN
+    /// when `nonblocking`); nil when writes are not bounded that way. sendfile and splice ask
+    /// first, so they never read more from their source than they can write: a call that waits
+    /// runs again from the start, and what it read before would be read twice.
+    func waitForWriteRoom(_ task: Task, nonblocking: Bool) throws(Errno) -> Int?
 }
 
 extension SpecialFile {
     var fileType: mode_t { 0 }
     var nextChange: UInt64? { nil }
     func lastDescriptionClosed() {}
+    func waitForWriteRoom(_ task: Task, nonblocking: Bool) throws(Errno) -> Int? { nil }
 }
 
 extension Task {

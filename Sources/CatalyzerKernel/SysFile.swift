@@ -479,6 +479,10 @@ extension Task {
             }
             count = min(count, pipe.room)
         }
+        if case .special(let object) = output.backing,
+           let room = try object.waitForWriteRoom(self, nonblocking: output.statusFlags & O_NONBLOCK != 0) {
+            count = min(count, room)
+        }
         guard count > 0 else { return 0 }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
         defer { buffer.deallocate() }

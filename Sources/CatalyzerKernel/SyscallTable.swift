@@ -251,6 +251,8 @@ enum SyscallTable {
         add(201, "time", [.hex], Task.sysTime)
         add(228, "clock_gettime", [.int, .hex], Task.sysClockGettime)
         add(229, "clock_getres", [.int, .hex], Task.sysClockGetres)
+        add(227, "clock_settime", [.int, .hex], Task.sysClockSettime)
+        add(164, "settimeofday", [.hex, .hex], Task.sysSettimeofday)
         add(230, "clock_nanosleep", [.int, .hex, .hex, .hex], Task.sysClockNanosleep)
         add(318, "getrandom", [.outBuffer, .int, .flags], Task.sysGetrandom)
         return table

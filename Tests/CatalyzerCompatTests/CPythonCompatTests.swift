@@ -201,6 +201,55 @@ import Testing
         #expect(sandbox.status == 0, "\(sandbox)")
         #expect(sandbox.stdout == host.stdout && !host.stdout.isEmpty, "\(sandbox)")
     }
+
+    /// numpy through the reference runner, imported while initializing (so OpenBLAS's worker
+    /// threads exist, parked, at the ready point): on the host, cold in a sandbox and restored
+    /// from a checkpoint, the answers are the same.
+    @Test func numpyFunctionColdAndRestored() throws {
+        try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot and mounts)")))
+        try #require(TestEnvironment.hasKVM, Comment(rawValue: TestEnvironment.requirementMessage("/dev/kvm")))
+        try #require(TestEnvironment.hasFUSE, Comment(rawValue: TestEnvironment.requirementMessage("/dev/fuse")))
+        let rootfs = try CPythonTestRootfs.path()
+        let command = ["/usr/bin/python3", "-c", """
+            import os, runpy, signal, sys
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            with open("/tmp/function.py", "w") as f:
+                f.write('''
+            import numpy
+            WARM = numpy.ones((64, 64)) @ numpy.ones((64, 64))
+            def handler(event):
+                n = event["n"]
+                a = numpy.arange(n * n, dtype=numpy.float64).reshape(n, n) / 1000
+                b = numpy.linalg.inv(numpy.eye(n) * 2 + 0.001)
+                product = a @ b
+                return [list(product.shape), round(float(product.sum()), 6), round(float(numpy.linalg.det(b[:3, :3])), 9)]
+            ''')
+            sys.argv = ["runner.py", "/tmp/function.py"]
+            runpy.run_path("/opt/catalyzer/runner.py", run_name="__main__")
+            """]
+        let input = RunnerResponse.input([#"{"n": 200}"#, #"{"n": 300}"#])
+        let host = try Command.run("/usr/bin/unshare", ["-m", "/bin/sh", "-c",
+                                                        "mount -t tmpfs tmpfs \"$0/tmp\" && exec /usr/bin/timeout -s KILL 120 /usr/sbin/chroot \"$0\" \"$@\"",
+                                                        rootfs] + command, stdin: input)
+        try #require(host.status == 0, "the host run failed: \(host)")
+        #expect(host.stdout.split(separator: "\n").count == 2 && host.stdout.hasPrefix("{\"ok\":true,\"result\":[[200,200],"), "\(host)")
+        let cold = try Command.run(Command.binary("catalyzer"), ["run", "--rootfs", rootfs, "--memory", "1G", "--timeout", "120s", "--"] + command,
+                                   stdin: input)
+        #expect(cold.status == 0 && cold.stdout == host.stdout, "\(cold)")
+
+        let directory = try TemporaryDirectory("numpy-function")
+        let environment = ["CATALYZER_STORE": directory.path + "/store", "CATALYZER_RUN_DIR": directory.path + "/run"]
+        defer {
+            _ = try? Command.run(Command.binary("catalyzer"), ["mount", "--unmount"], environment: environment)
+            directory.remove()
+        }
+        let checkpoint = try Command.run(Command.binary("catalyzer"), ["checkpoint", "--rootfs", rootfs, "--name", "numpy",
+                                                                       "--memory", "1G", "--"] + command, environment: environment)
+        try #require(checkpoint.status == 0, "\(checkpoint)")
+        let restored = try Command.run(Command.binary("catalyzer"), ["invoke", "numpy", "--timeout", "120s"], stdin: input,
+                                       environment: environment)
+        #expect(restored.status == 0 && restored.stdout == host.stdout, "\(restored)")
+    }
 }
 
 

@@ -428,6 +428,30 @@ struct TaskTests {
         p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, pipesize=8192)
         print("pipesize=8192", fcntl.fcntl(p.stdin.fileno(), fcntl.F_GETPIPE_SZ)); p.communicate()
         """),
+        ("sendfile to a socket, CPU clocks of threads, clocks that cannot be set", """
+        import socket, os, threading, time, errno
+        data = bytes(range(256)) * (4 * 4096)
+        with open("/tmp/sf", "wb") as f: f.write(data)
+        srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+        got = []
+        def server():
+            c, _ = srv.accept()
+            chunks = []
+            while b := c.recv(65536): chunks.append(b)
+            got.append(b"".join(chunks))
+        t = threading.Thread(target=server); t.start()
+        with socket.create_connection(srv.getsockname()) as s, open("/tmp/sf", "rb") as f:
+            print("sendfile with offset", s.sendfile(f, offset=5000), f.tell())
+        t.join()
+        print("bytes arrive once, in order", got[0] == data[5000:])
+        import threading
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        print("thread cpu clock", time.clock_getres(clock) > 0, time.clock_gettime(clock) > 0)
+        try:
+            time.clock_settime(time.CLOCK_MONOTONIC, 0)
+        except OSError as e:
+            print("set monotonic", errno.errorcode[e.errno])
+        """),
     ]
 
     @Test("a script prints what it prints on the host", arguments: scripts.map(\.0))
