@@ -381,12 +381,27 @@ def runner_arguments(runner, module):
     return [PYTHON, "-c", UNITTEST_BOOT, "test." + module]
 
 
+def default_signal_dispositions():
+    """Both sides start with every signal at its default action and none blocked, as the
+    sandbox's first process does: a run started in the background (where SIGINT and SIGQUIT are
+    ignored) or from a test runner (with signals blocked) must not make the host differ."""
+    for number in range(1, signal.NSIG):
+        if number in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(number, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
 def run_process(argv, timeout, env):
     """Runs argv in its own process group with stdout and stderr merged. Returns (output, exit
     status or None on our own timeout, seconds)."""
     started = time.monotonic()
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                               stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                               preexec_fn=default_signal_dispositions)
     try:
         output, _ = process.communicate(timeout=timeout)
         status = process.returncode

@@ -31,7 +31,7 @@ extension Filesystem {
                 resolved.append(name)
             }
             if pending.isEmpty && !followLast { break }
-            guard case .memory(let root, let components) = locate(components: resolved), !components.isEmpty,
+            guard let (root, components) = locate(components: resolved).memoryNode, !components.isEmpty,
                   let node = try? tmp.lookup(components, in: root), case .symlink(let target) = node.content else { continue }
             followed += 1
             guard followed <= Self.symlinkLimit else { throw Errno.ELOOP }
@@ -53,6 +53,7 @@ extension Filesystem {
             if (try? requireExists(path)) != nil { throw Errno.EEXIST }
             throw Errno.EROFS
         case .executableLink, .hostDevice: throw Errno.EEXIST
+        case .proc: throw Errno.ENOENT
         }
     }
 
@@ -62,6 +63,7 @@ extension Filesystem {
         let from = locate(try resolve(source, followFinal: followSymlinks))
         let to = locate(try resolve(destination, followFinal: false))
         switch (from, to) {
+        case (.proc, _), (_, .proc): throw Errno.EPERM
         case (.memory(let sourceRoot, let sourceComponents), .memory(let destinationRoot, let destinationComponents)):
             let node = try tmp.lookup(sourceComponents, in: sourceRoot)
             try tmp.link(node, at: destinationComponents, in: destinationRoot)
@@ -127,6 +129,7 @@ extension Filesystem {
             if (try? requireExists(path)) != nil { throw Errno.EADDRINUSE }
             throw Errno.EROFS
         case .executableLink, .hostDevice: throw Errno.EADDRINUSE
+        case .proc: throw Errno.EACCES
         }
     }
 
@@ -140,6 +143,9 @@ extension Filesystem {
             return socket
         case .rootfs(let path):
             try requireExists(path, followSymlinks: true)
+            throw Errno.ECONNREFUSED
+        case .proc(let root, let components):
+            _ = try tmp.lookup(components, in: root)
             throw Errno.ECONNREFUSED
         case .executableLink, .hostDevice: throw Errno.ECONNREFUSED
         }

@@ -17,6 +17,10 @@ final class Filesystem {
     var dependencies: RootfsDependencies?
     /// Advisory locks (fcntl, flock) of all the sandbox's processes.
     let locks = FileLockTable()
+    /// The task whose syscall is being served, for /proc (set per slice, like `executablePath`).
+    weak var callingTask: Task?
+    /// The /proc tree built for one syscall of one task, reused by the lookups of that syscall.
+    private var procCache: (syscall: Int, task: ObjectIdentifier, root: MemoryNode)?
 
     /// `tmpCapacity` bounds the bytes the guest can store in /tmp.
     convenience init(rootDirectory: String, tmpCapacity: Int) throws(Errno) {
@@ -40,6 +44,16 @@ final class Filesystem {
         case memory(MemoryNode, [String])
         case executableLink
         case hostDevice(path: String)
+        /// Under /proc: the tree built for the calling task, and the components below /proc.
+        case proc(MemoryNode, [String])
+
+        /// The in-memory root and components of a /tmp, /dev/shm or /proc path.
+        var memoryNode: (root: MemoryNode, components: [String])? {
+            switch self {
+            case .memory(let root, let components), .proc(let root, let components): (root, components)
+            default: nil
+            }
+        }
     }
 
     static let passedThroughDevices: Set<String> = ["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"]
@@ -55,6 +69,7 @@ final class Filesystem {
             return .memory(tmp.sharedMemoryRoot, Array(components.dropFirst(2)))
         }
         if components == ["proc", "self", "exe"] { return .executableLink }
+        if components.first == "proc", let root = procRoot() { return .proc(root, Array(components.dropFirst())) }
         let normalized = "/" + components.joined(separator: "/")
         if Self.passedThroughDevices.contains(normalized) { return .hostDevice(path: normalized) }
         return .rootfs(path: normalized)
@@ -103,6 +118,16 @@ final class Filesystem {
 
     static func isRandomDevice(_ path: String) -> Bool { path == "/dev/urandom" || path == "/dev/random" }
 
+    /// The /proc tree for the calling task, built once per syscall.
+    private func procRoot() -> MemoryNode? {
+        guard let task = callingTask else { return nil }
+        let syscall = task.sandbox.syscallCount
+        if let procCache, procCache.syscall == syscall, procCache.task == ObjectIdentifier(task) { return procCache.root }
+        let root = ProcFilesystem.root(for: task)
+        procCache = (syscall, ObjectIdentifier(task), root)
+        return root
+    }
+
     /// Opens `absolutePath` for the guest with its open(2) `flags` and `mode`.
     func open(_ absolutePath: String, flags: Int32, mode: UInt32, owner: Credentials = Credentials()) throws(Errno) -> OpenFile {
         let wantsWrite = flags & O_ACCMODE != O_RDONLY || flags & (O_CREAT | O_TRUNC) != 0
@@ -133,6 +158,13 @@ final class Filesystem {
             let fd = try openHost(path + (absolutePath.hasSuffix("/") ? "/" : ""), flags: O_RDONLY | (flags & Self.rootfsOpenFlags))
             return OpenFile(backing: .host(fd: fd, owned: true), guestPath: canonicalPath,
                             statusFlags: flags & ~O_CLOEXEC)
+        case .proc(let root, let components):
+            let node = try tmp.lookup(components, in: root)
+            if wantsWrite { throw node.isDirectory ? Errno.EISDIR : Errno.EACCES }
+            if exclusive { throw Errno.EEXIST }
+            if node.isSymlink { guard flags & O_PATH != 0 else { throw Errno.ELOOP } }
+            if !node.isDirectory && (flags & O_DIRECTORY != 0 || absolutePath.hasSuffix("/")) { throw Errno.ENOTDIR }
+            return OpenFile(backing: .memory(node), guestPath: canonicalPath, statusFlags: flags & ~O_CLOEXEC)
         case .memory(let root, let components):
             let node: MemoryNode
             do throws(Errno) {
@@ -174,7 +206,7 @@ final class Filesystem {
             let node = try tmp.lookup(components, in: root)
             guard let bytes = node.fileBytes, node.mode & 0o111 != 0 else { throw Errno.EACCES }
             return try Self.memfdCopy(of: bytes)
-        case .hostDevice: throw Errno.EACCES
+        case .hostDevice, .proc: throw Errno.EACCES
         }
     }
 
@@ -197,6 +229,10 @@ final class Filesystem {
             let node = try tmp.lookup(components, in: root)
             if absolutePath.hasSuffix("/") && !node.isDirectory { throw Errno.ENOTDIR }
             return node.status(device: MemoryFilesystem.device)
+        case .proc(let root, let components):
+            let node = try tmp.lookup(components, in: root)
+            if absolutePath.hasSuffix("/") && !node.isDirectory { throw Errno.ENOTDIR }
+            return node.status(device: ProcFilesystem.device)
         }
     }
 
@@ -213,7 +249,7 @@ final class Filesystem {
             let count = buffer.withUnsafeMutableBytes { readlinkat(fd, "", $0.baseAddress!, 4096) }
             guard count >= 0 else { throw errno == ENOENT ? Errno.EINVAL : Errno.lastHostError }
             return String(decoding: buffer.prefix(count), as: UTF8.self)
-        case .memory(let root, let components):
+        case .memory(let root, let components), .proc(let root, let components):
             guard case .symlink(let target) = try tmp.lookup(components, in: root).content else { throw Errno.EINVAL }
             return target
         }
@@ -228,6 +264,10 @@ final class Filesystem {
             if (try? requireExists(path)) != nil { throw Errno.EEXIST }
             throw Errno.EROFS
         case .executableLink, .hostDevice: throw Errno.EEXIST
+        case .proc(let root, let components):
+            // procfs has no creation: a new name is ENOENT there, as on Linux.
+            if (try? tmp.lookup(components, in: root)) != nil { throw Errno.EEXIST }
+            throw Errno.ENOENT
         }
     }
 
@@ -238,6 +278,9 @@ final class Filesystem {
             try requireExists(path)
             throw Errno.EROFS
         case .executableLink, .hostDevice: throw Errno.EROFS
+        case .proc(let root, let components):
+            _ = try tmp.lookup(components, in: root)
+            throw Errno.EPERM
         }
     }
 
@@ -245,6 +288,7 @@ final class Filesystem {
         switch (locate(try resolve(source, followFinal: false)), locate(try resolve(destination, followFinal: false))) {
         case (.memory(let sourceRoot, let from), .memory(let destinationRoot, let to)):
             try tmp.rename(from, to: to, sourceRoot: sourceRoot, destinationRoot: destinationRoot)
+        case (.proc, _), (_, .proc): throw Errno.EPERM
         case (.memory, _), (_, .memory): throw Errno.EXDEV
         case (.rootfs(let path), _):
             try requireExists(path)
@@ -262,7 +306,26 @@ final class Filesystem {
             try requireExists(path, followSymlinks: followSymlinks)
             throw Errno.EROFS
         case .executableLink, .hostDevice: throw Errno.EROFS
+        case .proc(let root, let components):
+            _ = try tmp.lookup(components, in: root)
+            throw Errno.EPERM
         }
+    }
+
+    /// The guest path of a rootfs file with every symlink on it resolved, as the host resolves
+    /// it inside the rootfs (what /proc/PID/exe shows); nil when it cannot be opened.
+    func resolvedRootfsPath(_ absolutePath: String) -> String? {
+        guard case .rootfs(let path) = locate(absolutePath), let fd = try? openHost(path, flags: O_PATH) else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let count = buffer.withUnsafeMutableBytes { readlink("/proc/self/fd/\(fd)", $0.baseAddress!, 4096) }
+        guard count > 0 else { return nil }
+        let hostPath = String(decoding: buffer.prefix(count), as: UTF8.self)
+        guard let resolvedRoot = realpath(rootDirectory, nil) else { return nil }
+        defer { free(resolvedRoot) }
+        let root = String(cString: resolvedRoot) == "/" ? "" : String(cString: resolvedRoot)
+        guard hostPath.hasPrefix(root + "/") else { return nil }
+        return String(hostPath.dropFirst(root.count))
     }
 
     /// Succeeds if the rootfs path exists (ENOENT, ENOTDIR, ELOOP... otherwise).

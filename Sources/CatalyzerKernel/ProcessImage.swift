@@ -17,6 +17,9 @@ final class ProcessImage {
     let clock: GuestClock
     /// The guest path of the running executable (`/proc/self/exe`).
     let executablePath: String
+    /// argv as execve passed it, for /proc/PID/cmdline (empty after a restore: the executable
+    /// path stands in).
+    var commandLine: [String] = []
     /// The task whose context is in the vCPU now.
     private(set) weak var loadedTask: Task?
 
@@ -76,7 +79,9 @@ final class ProcessImage {
         context.registers = cpu.registers
         context.registers.rsp = try stack.build(in: space, top: AddressSpace.stackTop)
         context.registers.rip = program.entry
-        return (ProcessImage(cpu: cpu, space: space, clock: clock, executablePath: path), context)
+        let image = ProcessImage(cpu: cpu, space: space, clock: clock, executablePath: path)
+        image.commandLine = arguments
+        return (image, context)
     }
 
     // MARK: persistence: save (checkpoint), restore, clone (fork)
@@ -135,7 +140,9 @@ final class ProcessImage {
         let vm = try VM(kvm: kvm, memory: memory, exitRequester: exitRequester)
         let childCPU = try UserModeCPU(vm: vm, pageTables: pageTables, continuing: cpu)
         let childSpace = AddressSpace(copying: space, memory: memory, allocator: allocator, pageTables: pageTables)
-        return ProcessImage(cpu: childCPU, space: childSpace, clock: GuestClock(copying: clock),
-                            executablePath: executablePath)
+        let child = ProcessImage(cpu: childCPU, space: childSpace, clock: GuestClock(copying: clock),
+                                 executablePath: executablePath)
+        child.commandLine = commandLine
+        return child
     }
 }

@@ -136,7 +136,7 @@ extension Sandbox {
                         kind = .rootfs(path: path, offset: Int64(max(0, offset)))
                     case .hostDevice(let path):
                         kind = .hostDevice(path: path)
-                    case .memory, .executableLink:
+                    case .memory, .executableLink, .proc:
                         throw RestoreError("fd \(entry.fd) (\(file.guestPath)) is a host file catalyzer cannot reopen after a restore")
                     }
                 case .memory(let node):

@@ -241,6 +241,7 @@ public final class Sandbox {
     private func runSlice(_ task: Task) throws {
         try task.image.load(task)
         filesystem.executablePath = task.image.executablePath  // what /proc/self/exe names
+        filesystem.callingTask = task  // whose /proc/self
         let signals = scheduler.signals
         signals.othersRunnable.store(scheduler.hasRunnable, ordering: .relaxed)
         signals.hostWaiters.store(scheduler.hasHostWaiters, ordering: .relaxed)
@@ -367,6 +368,7 @@ public final class Sandbox {
         group.zombieStatus = ThreadGroup.waitStatus(status)
         timers.removeAll(ownedBy: group)
         group.vforkDone.wakeAll()
+        group.exited.wakeAll()
         if group === initialGroup {
             if exitStatus == nil { exitStatus = status }
             return

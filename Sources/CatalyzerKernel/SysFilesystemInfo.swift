@@ -15,6 +15,9 @@ extension Task {
         case .memory(let root, let components):
             _ = try filesystem.tmp.lookup(components, in: root)
             result = memoryFilesystemStatus()
+        case .proc(let root, let components):
+            _ = try filesystem.tmp.lookup(components, in: root)
+            result = procFilesystemStatus()
         case .rootfs(let path):
             let fd = try filesystem.openHost(path, flags: O_PATH)
             defer { close(fd) }
@@ -37,7 +40,7 @@ extension Task {
         let file = try files.file(a.int32(0))
         let result: FilesystemStatus
         switch file.backing {
-        case .memory: result = memoryFilesystemStatus()
+        case .memory(let node): result = node.inode >= ProcFilesystem.firstInode ? procFilesystemStatus() : memoryFilesystemStatus()
         case .host(let fd, _): result = try hostFilesystemStatus(fd)
         case .pipe, .special:
             var pipe = FilesystemStatus()
@@ -65,6 +68,17 @@ extension Task {
         result.f_namelen = 255
         result.f_frsize = 4096
         result.f_flags = Self.noSetuidMount | Self.noDevicesMount
+        return result
+    }
+
+    /// /proc: no blocks, read-only, as Linux's procfs reports (PROC_SUPER_MAGIC).
+    private func procFilesystemStatus() -> FilesystemStatus {
+        var result = FilesystemStatus()
+        result.f_type = 0x9FA0
+        result.f_bsize = 4096
+        result.f_namelen = 255
+        result.f_frsize = 4096
+        result.f_flags = Self.readOnlyMount | Self.noSetuidMount | Self.noDevicesMount
         return result
     }
 

@@ -210,6 +210,8 @@ enum SyscallTable {
         add(204, "sched_getaffinity", [.int, .int, .hex], Task.sysSchedGetaffinity)
         add(218, "set_tid_address", [.hex], Task.sysSetTidAddress)
         add(234, "tgkill", [.int, .int, .int], Task.sysTgkill)
+        add(424, "pidfd_send_signal", [.fd, .int, .hex, .flags], Task.sysPidfdSendSignal)
+        add(434, "pidfd_open", [.int, .flags], Task.sysPidfdOpen)
         add(273, "set_robust_list", [.hex, .int], Task.sysSetRobustList)
         add(202, "futex", [.hex, .int, .int, .hex, .hex, .int], Task.sysFutex)
         add(99, "sysinfo", [.hex], Task.sysSysinfo)

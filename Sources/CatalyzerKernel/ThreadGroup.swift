@@ -22,6 +22,8 @@ final class ThreadGroup {
     let childEvents = WaitQueue()
     /// A parent blocked in vfork waits here until this child execs or exits.
     let vforkDone = WaitQueue()
+    /// Woken when the process exits (pidfds poll for it).
+    let exited = WaitQueue()
     var vforkPending = false
     /// The signal the parent gets when this process exits (clone's low byte; SIGCHLD for fork).
     var exitSignal: Int32 = SIGCHLD
