@@ -1,7 +1,7 @@
 /// The sandbox's own loopback network: which IPv4/IPv6 socket holds which port. The sandbox has
 /// one interface, `lo` (127.0.0.0/8 and ::1); a socket binds there or to the wildcard address,
 /// and a connection or datagram to a loopback address reaches only sockets of the same sandbox,
-/// never the host's loopback. Ports are per protocol (TCP and UDP have separate spaces).
+/// never the host's loopback. Ports are per protocol (TCP, UDP and UDP-Lite have separate spaces).
 final class InetPortTable {
     struct Binding {
         weak var socket: SandboxSocket?
@@ -12,7 +12,8 @@ final class InetPortTable {
     }
 
     private struct Key: Hashable {
-        let stream: Bool
+        /// IPPROTO_TCP, IPPROTO_UDP or IPPROTO_UDPLITE.
+        let transport: Int32
         let port: UInt16
     }
 
@@ -31,9 +32,9 @@ final class InetPortTable {
         guard Self.isLocal(address) else { throw Errno.EADDRNOTAVAIL }
         var address = address
         if address.port == 0 {
-            address.port = try ephemeralPort(stream: socket.isConnectionOriented)
+            address.port = try ephemeralPort(transport: socket.transport)
         } else {
-            let key = Key(stream: socket.isConnectionOriented, port: address.port)
+            let key = Key(transport: socket.transport, port: address.port)
             for existing in live(key) where overlaps(existing, address, family: socket.family, ipv6Only: socket.options.ipv6Only) {
                 guard let other = existing.socket else { continue }
                 let reuse = (socket.options.reuseAddress && other.options.reuseAddress && !other.isListening)
@@ -41,22 +42,23 @@ final class InetPortTable {
                 guard reuse else { throw Errno.EADDRINUSE }
             }
         }
-        let key = Key(stream: socket.isConnectionOriented, port: address.port)
+        let key = Key(transport: socket.transport, port: address.port)
         bindings[key, default: []].append(Binding(socket: socket, address: address, ipv6Only: socket.options.ipv6Only,
                                                   family: socket.family))
         return address
     }
 
     func release(_ socket: SandboxSocket, port: UInt16) {
-        let key = Key(stream: socket.isConnectionOriented, port: port)
+        let key = Key(transport: socket.transport, port: port)
         bindings[key] = live(key).filter { $0.socket !== socket }
         if bindings[key]?.isEmpty == true { bindings[key] = nil }
     }
 
     /// The socket a connection (stream) or datagram to `destination` reaches: an exact address
     /// match first, then a wildcard that covers it. For streams only listening sockets answer.
-    func find(_ destination: InetAddress, stream: Bool) -> SandboxSocket? {
-        let candidates = live(Key(stream: stream, port: destination.port)).filter { binding in
+    func find(_ destination: InetAddress, transport: Int32) -> SandboxSocket? {
+        let stream = transport == SandboxSocket.protocolTCP
+        let candidates = live(Key(transport: transport, port: destination.port)).filter { binding in
             guard let socket = binding.socket, !stream || socket.isListening else { return false }
             return covers(binding, destination)
         }
@@ -88,12 +90,12 @@ final class InetPortTable {
             && !(family == SocketAddress.familyInet6 && ipv6Only)
     }
 
-    private func ephemeralPort(stream: Bool) throws(Errno) -> UInt16 {
+    private func ephemeralPort(transport: Int32) throws(Errno) -> UInt16 {
         let count = Int(Self.ephemeralPorts.upperBound - Self.ephemeralPorts.lowerBound) + 1
         for _ in 0..<count {
             let port = nextEphemeral
             nextEphemeral = port == Self.ephemeralPorts.upperBound ? Self.ephemeralPorts.lowerBound : port + 1
-            if live(Key(stream: stream, port: port)).isEmpty { return port }
+            if live(Key(transport: transport, port: port)).isEmpty { return port }
         }
         throw Errno.EADDRINUSE
     }

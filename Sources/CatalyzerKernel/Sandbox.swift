@@ -24,6 +24,9 @@ public final class Sandbox {
     let futexes = FutexTable()
     /// Unix sockets bound to abstract names (a leading NUL byte), the sandbox's own namespace.
     var abstractSockets: [[UInt8]: UnixSocketBinding] = [:]
+    /// What uname reports as the node and domain name (sethostname changes only the sandbox's).
+    var hostName = Array("catalyzer".utf8)
+    var domainName = Array("(none)".utf8)
     /// IPv4/IPv6 ports of the sandbox's own loopback.
     let inetPorts = InetPortTable()
     /// Live tasks by TID and processes by PID (zombies included until reaped).

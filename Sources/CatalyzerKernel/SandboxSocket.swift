@@ -16,6 +16,9 @@ final class SandboxSocket: SpecialFile {
         var rights: [OpenFile]
         /// The sending socket's name, reported by recvfrom/recvmsg.
         var sender: SocketAddress
+        /// An IPv6 datagram's hop limit and traffic class, for IPV6_RECVHOPLIMIT / IPV6_RECVTCLASS.
+        var hopLimit: Int32 = 64
+        var trafficClass: Int32 = 0
     }
 
     enum State {
@@ -29,6 +32,7 @@ final class SandboxSocket: SpecialFile {
     }
 
     static let streamType: Int32 = 1, datagramType: Int32 = 2, sequencedPacketType: Int32 = 5
+    static let protocolTCP: Int32 = 6, protocolUDP: Int32 = 17, protocolUDPLite: Int32 = 136
     /// Linux's default socket buffer (net.core.rmem_default).
     static let capacity = 212_992
     /// Linux's net.core.somaxconn: listen(2) backlogs above it are cut to it.
@@ -37,6 +41,8 @@ final class SandboxSocket: SpecialFile {
     /// AF_UNIX, AF_INET or AF_INET6.
     let family: Int32
     let type: Int32
+    /// An inet socket's transport: IPPROTO_TCP, IPPROTO_UDP or IPPROTO_UDPLITE (0 for unix).
+    var transport: Int32 = 0
     private(set) var state: State
     /// The name from bind(2) (or an automatic bind); nil while unnamed.
     private(set) var localAddress: SocketAddress?
@@ -83,6 +89,12 @@ final class SandboxSocket: SpecialFile {
         var values: [Int64: [UInt8]] = [:]
 
         static func key(_ level: Int32, _ name: Int32) -> Int64 { Int64(level) << 32 | Int64(UInt32(bitPattern: name)) }
+
+        /// Whether an integer option was set non-zero.
+        func flag(_ level: Int32, _ name: Int32) -> Bool {
+            guard let bytes = values[Self.key(level, name)], bytes.count >= 4 else { return false }
+            return bytes.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) } != 0
+        }
     }
 
     struct PeerCredentials {
@@ -262,17 +274,30 @@ final class SandboxSocket: SpecialFile {
 
     // MARK: Data
 
+    /// What a receive got.
+    struct Received {
+        var count: Int
+        var rights: [OpenFile]
+        /// A datagram longer than the buffers (MSG_TRUNC).
+        var truncated: Bool
+        /// The datagram's full length.
+        var length: Int
+        var sender: SocketAddress
+        var hopLimit: Int32 = 64
+        var trafficClass: Int32 = 0
+    }
+
     /// Receives into `vectors`: bytes read, fds passed, whether a datagram was truncated, its
     /// full length and who sent it. `peek` leaves the data queued.
     func receive(_ task: Task, into vectors: [iovec], nonblocking: Bool, peek: Bool,
-                 waitAll: Bool) throws(Errno) -> (count: Int, rights: [OpenFile], truncated: Bool, length: Int, sender: SocketAddress) {
+                 waitAll: Bool) throws(Errno) -> Received {
         guard isConnected || !isConnectionOriented else { throw isListening ? Errno.EINVAL : Errno.ENOTCONN }
         if let error = pendingError {
             pendingError = nil
             throw error
         }
         if queue.isEmpty {
-            if receiveShutdown || peerClosed { return (0, [], false, 0, peerAddress) }
+            if receiveShutdown || peerClosed { return Received(count: 0, rights: [], truncated: false, length: 0, sender: peerAddress) }
             guard !nonblocking else { throw Errno.EAGAIN }
             try task.block(Wait(queues: [changed], reason: "read from a socket"))
         }
@@ -281,7 +306,9 @@ final class SandboxSocket: SpecialFile {
             let message = queue[0]
             let count = Buffers.scatter(message.bytes.prefix(wanted), into: vectors)
             if !peek { dequeue(1) }
-            return (count, peek ? [] : message.rights, message.bytes.count > wanted, message.bytes.count, message.sender)
+            return Received(count: count, rights: peek ? [] : message.rights, truncated: message.bytes.count > wanted,
+                            length: message.bytes.count, sender: message.sender, hopLimit: message.hopLimit,
+                            trafficClass: message.trafficClass)
         }
         if waitAll && !peek && queuedBytes < wanted && !(receiveShutdown || peerClosed) && !nonblocking
             && queue.allSatisfy({ $0.rights.isEmpty }) && queuedBytes < Self.capacity {
@@ -308,7 +335,8 @@ final class SandboxSocket: SpecialFile {
                 queuedBytes -= partial
             }
         }
-        return (Buffers.scatter(gathered, into: vectors), peek ? [] : rights, false, gathered.count, sender)
+        return Received(count: Buffers.scatter(gathered, into: vectors), rights: peek ? [] : rights, truncated: false,
+                        length: gathered.count, sender: sender)
     }
 
     private func dequeue(_ count: Int) {
@@ -337,11 +365,12 @@ final class SandboxSocket: SpecialFile {
     /// `hasDestination` says a sendto address was given (an inet datagram to a port nobody holds
     /// has a destination but no socket: it is dropped, as UDP does).
     func send(_ task: Task, _ bytes: [UInt8], rights: [OpenFile], to destination: SandboxSocket? = nil,
-              hasDestination: Bool = false, nonblocking: Bool, noSignal: Bool) throws(Errno) -> Int {
+              hasDestination: Bool = false, headers: (hopLimit: Int32, trafficClass: Int32)? = nil,
+              nonblocking: Bool, noSignal: Bool) throws(Errno) -> Int {
         if !isConnectionOriented && peer == nil {
             var connectedTarget = datagramDestination
             if isInet, isConnected, !hasDestination, case .inet(let address) = peerAddress {
-                connectedTarget = ports?.find(address, stream: false)
+                connectedTarget = ports?.find(address, transport: transport)
             }
             guard let target = destination ?? connectedTarget else {
                 if isInet && (hasDestination || isConnected) {
@@ -354,7 +383,8 @@ final class SandboxSocket: SpecialFile {
                 }
                 throw isConnected ? Errno.ECONNREFUSED : isInet ? Errno.EDESTADDRREQ : Errno.ENOTCONN
             }
-            return try sendDatagram(task, bytes, rights: rights, to: target, nonblocking: nonblocking)
+            return try sendDatagram(task, bytes, rights: rights, to: target, headers: headers ?? defaultHeaders,
+                                    nonblocking: nonblocking)
         }
         guard isConnected else { throw Errno.ENOTCONN }
         guard !sendShutdown, let peer, !peer.receiveShutdown else { throw raiseBrokenPipe(task, noSignal: noSignal) }
@@ -382,7 +412,19 @@ final class SandboxSocket: SpecialFile {
         return nil  // not reached: block throws
     }
 
+    /// IPV6_UNICAST_HOPS (64 unless set) and IPV6_TCLASS (0 unless set) of this socket.
+    var ipv6Headers: (hopLimit: Int32, trafficClass: Int32) { defaultHeaders }
+
+    private var defaultHeaders: (hopLimit: Int32, trafficClass: Int32) {
+        func option(_ name: Int32) -> Int32? {
+            options.values[Options.key(41, name)].map { $0.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) } }
+        }
+        let hops = option(16) ?? -1, trafficClass = option(67) ?? -1
+        return (hops < 0 ? 64 : hops, trafficClass < 0 ? 0 : trafficClass)
+    }
+
     private func sendDatagram(_ task: Task, _ bytes: [UInt8], rights: [OpenFile], to target: SandboxSocket,
+                              headers: (hopLimit: Int32, trafficClass: Int32),
                               nonblocking: Bool) throws(Errno) -> Int {
         guard target.releaseName != nil || target.peer != nil else { throw Errno.ECONNREFUSED }  // closed since
         guard !sendShutdown else { throw Errno.EPIPE }
@@ -391,7 +433,8 @@ final class SandboxSocket: SpecialFile {
             guard !nonblocking else { throw Errno.EAGAIN }
             try task.block(Wait(queues: [target.waitingSenders], reason: "send to a unix datagram socket"))
         }
-        target.queue.append(Message(bytes: bytes, rights: rights, sender: senderAddress(toward: target)))
+        target.queue.append(Message(bytes: bytes, rights: rights, sender: senderAddress(toward: target),
+                                    hopLimit: headers.hopLimit, trafficClass: headers.trafficClass))
         target.queuedBytes += bytes.count
         target.changed.wakeAll()
         return bytes.count

@@ -23,13 +23,33 @@ extension Task {
     func sysSetsid(_ a: SyscallArguments) throws(Errno) -> UInt64 { UInt64(pid) }
 
     func sysUname(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        let fields = ["Linux", "catalyzer", "6.1.0-catalyzer", "#1 SMP", "x86_64", "(none)"]
+        let fields: [[UInt8]] = [Array("Linux".utf8), sandbox.hostName, Array("6.1.0-catalyzer".utf8), Array("#1 SMP".utf8),
+                                 Array("x86_64".utf8), sandbox.domainName]
         var bytes = [UInt8](repeating: 0, count: 65 * fields.count)
         for (index, field) in fields.enumerated() {
-            bytes.replaceSubrange(index * 65..<index * 65 + field.utf8.count, with: field.utf8)
+            bytes.replaceSubrange(index * 65..<index * 65 + field.count, with: field)
         }
         try space.write(bytes, to: a[0])
         return 0
+    }
+
+    /// sethostname/setdomainname: the sandbox's own names (as a UTS namespace of its own), which
+    /// uname reports to its processes; the host's are never touched. Root only, as on Linux.
+    func sysSethostname(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        sandbox.hostName = try utsName(a)
+        return 0
+    }
+
+    func sysSetdomainname(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        sandbox.domainName = try utsName(a)
+        return 0
+    }
+
+    private func utsName(_ a: SyscallArguments) throws(Errno) -> [UInt8] {
+        guard credentials.isPrivileged else { throw Errno.EPERM }
+        let length = try a.length(1)
+        guard length <= 64 else { throw Errno.EINVAL }
+        return try space.read(a[0], count: length)
     }
 
     func sysPrctl(_ a: SyscallArguments) throws(Errno) -> UInt64 {

@@ -30,13 +30,18 @@ extension Task {
         case Self.familyInet, Self.familyInet6:
             switch type {
             case SandboxSocket.streamType: guard [0, Self.protocolTCP].contains(a.int32(2)) else { throw Errno.EPROTONOSUPPORT }
-            case SandboxSocket.datagramType: guard [0, Self.protocolUDP].contains(a.int32(2)) else { throw Errno.EPROTONOSUPPORT }
+            case SandboxSocket.datagramType:
+                guard [0, Self.protocolUDP, SandboxSocket.protocolUDPLite].contains(a.int32(2)) else { throw Errno.EPROTONOSUPPORT }
             default: throw Errno.ESOCKTNOSUPPORT  // raw and seqpacket inet sockets are not served
             }
         default:
             throw Errno.EAFNOSUPPORT
         }
         let socket = SandboxSocket.unconnected(family: family, type: type)
+        if family != Self.familyUnix {
+            // UDP-Lite behaves as UDP here: checksum coverage means nothing on a loopback that loses nothing.
+            socket.transport = type == SandboxSocket.streamType ? Self.protocolTCP : a.int32(2) == 0 ? Self.protocolUDP : a.int32(2)
+        }
         let file = OpenFile(backing: .special(socket), guestPath: socket.name, statusFlags: O_RDWR | (flags & O_NONBLOCK))
         return UInt64(try files.install(file, closeOnExec: flags & O_CLOEXEC != 0))
     }
@@ -96,7 +101,7 @@ extension Task {
         guard case .inet(let destination) = name else { return (try lookUpSocket(name, type: socket.type), true) }
         let target = try reachableInet(destination)
         if !socket.isBound { try socket.bind(InetAddress(wildcardFor: socket.family, port: 0), in: sandbox.inetPorts) }
-        return (sandbox.inetPorts.find(target, stream: false), true)
+        return (sandbox.inetPorts.find(target, transport: socket.transport), true)
     }
 
     /// A guest `sockaddr` for `socket`'s family (EINVAL, or EAFNOSUPPORT for another family).
@@ -130,7 +135,8 @@ extension Task {
             guard let socket = sandbox.abstractSockets[bytes]?.socket, socket.type == type else { throw Errno.ECONNREFUSED }
             return socket
         case .inet(let destination):
-            guard let socket = sandbox.inetPorts.find(try reachableInet(destination), stream: type != SandboxSocket.datagramType)
+            let transport = type == SandboxSocket.streamType ? SandboxSocket.protocolTCP : SandboxSocket.protocolUDP
+            guard let socket = sandbox.inetPorts.find(try reachableInet(destination), transport: transport)
             else { throw Errno.ECONNREFUSED }
             return socket
         }
@@ -230,7 +236,7 @@ extension Task {
             socket.connectReportedInProgress = false
             return 0
         }
-        guard let listener = sandbox.inetPorts.find(destination, stream: true) else { throw Errno.ECONNREFUSED }
+        guard let listener = sandbox.inetPorts.find(destination, transport: SandboxSocket.protocolTCP) else { throw Errno.ECONNREFUSED }
         try socket.connect(self, to: listener, address: .inet(destination), nonblocking: nonblocking)
         // The connection is made at once, but a non-blocking TCP connect reports it as under way
         // (Linux does, even on loopback); the socket is writable and SO_ERROR is 0 when polled.
@@ -283,6 +289,7 @@ extension Task {
             bytes += try space.read(base, count: min(length, SandboxSocket.capacity + 1 - bytes.count))
         }
         var rights: [OpenFile] = []
+        var hopLimit: Int32?, trafficClass: Int32?
         let control = word(32), controlLength = word(40)
         if control != 0 && controlLength > 0 {
             guard controlLength <= 64 << 10 else { throw Errno.ENOBUFS }
@@ -293,7 +300,12 @@ extension Task {
                 let level = controlBytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 8, as: Int32.self) }
                 let type = controlBytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 12, as: Int32.self) }
                 guard length >= 16, offset + length <= controlBytes.count else { throw Errno.EINVAL }
-                if level == SOL_SOCKET && type == 1 {  // SCM_RIGHTS
+                if level == Self.levelIPv6 && (type == Self.optionHopLimit || type == Self.optionTrafficClass) {
+                    guard socket.family == Self.familyInet6, length >= 20 else { throw Errno.EINVAL }
+                    let value = controlBytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 16, as: Int32.self) }
+                    guard (-1...255).contains(value) else { throw Errno.EINVAL }
+                    if type == Self.optionHopLimit { hopLimit = value } else { trafficClass = value }
+                } else if level == SOL_SOCKET && type == 1 {  // SCM_RIGHTS
                     let count = (length - 16) / 4
                     guard rights.count + count <= 253 else { throw Errno.EINVAL }  // SCM_MAX_FD
                     for index in 0..<count {
@@ -309,8 +321,14 @@ extension Task {
         let flags = a.int32(2)
         let destination = try datagramDestination(socket, address: word(0), length: word(8) & 0xFFFF_FFFF)
         if !rights.isEmpty && socket.isInet { throw Errno.EINVAL }  // SCM_RIGHTS is for unix sockets
+        var headers: (hopLimit: Int32, trafficClass: Int32)?
+        if hopLimit != nil || trafficClass != nil {
+            let defaults = socket.ipv6Headers
+            headers = (hopLimit.map { $0 < 0 ? defaults.hopLimit : $0 } ?? defaults.hopLimit,
+                       trafficClass.map { $0 < 0 ? defaults.trafficClass : $0 } ?? defaults.trafficClass)
+        }
         return UInt64(try socket.send(self, bytes, rights: rights, to: destination.socket, hasDestination: destination.given,
-                                      nonblocking: nonblocking(file, flags),
+                                      headers: headers, nonblocking: nonblocking(file, flags),
                                       noSignal: flags & Self.messageNoSignal != 0))
     }
 
@@ -347,6 +365,36 @@ extension Task {
                 controlWritten = (bytes.count + 7) & ~7
             }
         }
+        // IPV6_RECVHOPLIMIT and IPV6_RECVTCLASS: the datagram's hop limit, then its traffic class,
+        // as Linux orders them; a control buffer too short for one gets what fits and MSG_CTRUNC.
+        var ancillary: [(type: Int32, value: Int32)] = []
+        if socket.family == Self.familyInet6 && !socket.isConnectionOriented {
+            if socket.options.flag(Self.levelIPv6, Self.optionReceiveHopLimit) { ancillary.append((Self.optionHopLimit, result.hopLimit)) }
+            if socket.options.flag(Self.levelIPv6, Self.optionReceiveTrafficClass) {
+                ancillary.append((Self.optionTrafficClass, result.trafficClass))
+            }
+        }
+        for (type, value) in ancillary {
+            let room = controlLength - controlWritten
+            guard control != 0, room >= 16 else {
+                messageFlags |= Self.messageControlTruncated
+                break
+            }
+            var bytes: [UInt8] = []
+            withUnsafeBytes(of: UInt64(20)) { bytes += $0 }
+            withUnsafeBytes(of: Self.levelIPv6) { bytes += $0 }
+            withUnsafeBytes(of: type) { bytes += $0 }
+            withUnsafeBytes(of: value) { bytes += $0 }
+            if room < 20 {
+                messageFlags |= Self.messageControlTruncated
+                bytes.replaceSubrange(0..<8, with: withUnsafeBytes(of: UInt64(room)) { Array($0) })
+                try space.write(Array(bytes.prefix(room)), to: control + UInt64(controlWritten))
+                controlWritten += room
+                break
+            }
+            try space.write(bytes, to: control + UInt64(controlWritten))
+            controlWritten += min(24, room)  // CMSG_SPACE(sizeof(int)), or what is left
+        }
         if word(0) != 0 {  // msg_name: the sender's name, within msg_namelen
             let name = result.sender.encoded(family: socket.family)
             let room = Int(UInt32(truncatingIfNeeded: word(8)))
@@ -370,6 +418,8 @@ extension Task {
     }
 
     private static let optionReusePort: Int32 = 15, optionIPv6Only: Int32 = 26
+    private static let optionReceiveHopLimit: Int32 = 51, optionHopLimit: Int32 = 52
+    private static let optionReceiveTrafficClass: Int32 = 66, optionTrafficClass: Int32 = 67
 
     /// Whether `level` applies to `socket`: SOL_SOCKET to all, IP and TCP levels to inet sockets
     /// (TCP to streams), IPv6 to AF_INET6 sockets.
@@ -380,6 +430,7 @@ extension Task {
         case Self.levelTCP: guard socket.isInet && socket.isStream else { throw Errno.EOPNOTSUPP }
         case Self.levelIPv6: guard socket.family == Self.familyInet6 else { throw Errno.ENOPROTOOPT }
         case Self.protocolUDP: guard socket.isInet && !socket.isConnectionOriented else { throw Errno.EOPNOTSUPP }
+        case SandboxSocket.protocolUDPLite: guard socket.transport == SandboxSocket.protocolUDPLite else { throw Errno.EOPNOTSUPP }
         default: throw Errno.ENOPROTOOPT
         }
     }
@@ -404,7 +455,7 @@ extension Task {
             socket.pendingError = nil
         case (SOL_SOCKET, SO_DOMAIN): value = integer(socket.family)
         case (SOL_SOCKET, SO_PROTOCOL):
-            value = integer(!socket.isInet ? 0 : socket.isStream ? Self.protocolTCP : Self.protocolUDP)
+            value = integer(socket.transport)
         case (SOL_SOCKET, SO_REUSEADDR): value = integer(socket.options.reuseAddress ? 1 : 0)
         case (SOL_SOCKET, Self.optionReusePort): value = integer(socket.options.reusePort ? 1 : 0)
         case (SOL_SOCKET, SO_RCVBUF), (SOL_SOCKET, SO_SNDBUF): value = stored ?? integer(Int32(SandboxSocket.capacity))

@@ -179,6 +179,8 @@ enum SyscallTable {
         add(226, "timer_delete", [.int], Task.sysTimerDelete)
         add(62, "kill", [.int, .int], Task.sysKill)
         add(63, "uname", [.hex], Task.sysUname)
+        add(170, "sethostname", [.hex, .int], Task.sysSethostname)
+        add(171, "setdomainname", [.hex, .int], Task.sysSetdomainname)
         add(97, "getrlimit", [.int, .hex], Task.sysGetrlimit)
         add(102, "getuid", [], Task.sysGetuid)
         add(104, "getgid", [], Task.sysGetgid)

@@ -452,6 +452,22 @@ struct TaskTests {
         except OSError as e:
             print("set monotonic", errno.errorcode[e.errno])
         """),
+        ("IPv6 hop limit and traffic class as ancillary data, UDP-Lite", """
+        import socket, array, errno
+        a = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); a.bind(("::1", 0))
+        b = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); b.bind(("::1", 0))
+        a.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+        b.sendto(b"x", a.getsockname()); print(a.recvmsg(10, socket.CMSG_SPACE(4))[1])
+        a.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+        b.sendmsg([b"y"], [(socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, array.array("i", [7])), (socket.IPPROTO_IPV6, socket.IPV6_TCLASS, array.array("i", [42]))], 0, a.getsockname())
+        msg, anc, flags, addr = a.recvmsg(10, socket.CMSG_SPACE(4) * 2); print(msg, anc, flags)
+        b.sendto(b"z", a.getsockname())
+        msg, anc, flags, addr = a.recvmsg(10, socket.CMSG_SPACE(4) + socket.CMSG_LEN(0)); print(anc, flags & socket.MSG_CTRUNC != 0)
+        lite = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDPLITE); lite.bind(("127.0.0.1", 0))
+        lite.setsockopt(socket.IPPROTO_UDPLITE, 10, 20)
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDPLITE); other.sendto(b"lite", lite.getsockname())
+        print(lite.recvfrom(10)[0], lite.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+        """),
     ]
 
     @Test("a script prints what it prints on the host", arguments: scripts.map(\.0))
@@ -605,6 +621,23 @@ struct TaskTests {
         // What Linux prints for the same script with its own /proc (checked by hand under
         // unshare with a proc mount), but for PPid: the sandbox's first process has parent 0.
         #expect(result.stdout == "self True True\nexe /usr/bin/python3.11\n[b'/usr/bin/python3', b'-c']\ncomm python3\nstatus True 0 1 0\t0\t0\t0\nSigIgn has USR1 True\nfd links True True\nthreads listed True\nstat True True 52\nmeminfo True\ncpuinfo True\nmaps has stack True\nrefused ENOENT\nrefused EPERM\nchild sees itself True True\npidfd via /proc dir [12]\npidfd_open [12, 12]\npidfd readable at exit True\n3\nbad pidfd EBADF\n", "\(result)")
+    }
+
+    @Test("sethostname names the sandbox, not the host")
+    func hostNameIsTheSandboxs() throws {
+        var before = [CChar](repeating: 0, count: 256)
+        gethostname(&before, 255)
+        let script = """
+            import socket, os
+            print(socket.gethostname())
+            socket.sethostname("function-7")
+            print(socket.gethostname(), os.uname().nodename)
+            """
+        let result = try PythonTests.sandbox(["/usr/bin/python3", "-c", script], timeout: "30s")
+        #expect(result.stdout == "catalyzer\nfunction-7 function-7\n", "\(result)")
+        var after = [CChar](repeating: 0, count: 256)
+        gethostname(&after, 255)
+        #expect(String(cString: after) == String(cString: before))
     }
 
     @Test("two threads waiting on each other's locks end as a deadlock naming both")
