@@ -40,7 +40,7 @@ public final class PhysicalPageAllocator {
         self.nextUnused = nextUnused
         self.freed = freed
         self.account = account ?? MemoryAccount(limit: memory.size)
-        _ = self.account.charge(usedBytes)
+        self.account.forceCharge(usedBytes)
     }
 
     deinit { account.release(usedBytes) }
@@ -80,13 +80,30 @@ public final class PhysicalPageAllocator {
     }
 }
 
-/// Guest RAM charged against one limit: the pages every process of a sandbox holds. Used only by
-/// the sandbox's monitor thread.
+/// Everything one sandbox makes the host hold for it, charged against one limit: `--memory`.
+/// The sandbox's monitor owns one account and every resource it keeps for the guest draws from it:
+///
+/// - guest RAM: every page a `PhysicalPageAllocator` hands out (program pages and page tables)
+///   in every process, so a fork takes the copy of its parent's pages from the same budget and
+///   fails with ENOMEM when they do not fit;
+/// - `/tmp` and `/dev/shm` file bytes (a tmpfs's pages are RAM): a write or truncate that does
+///   not fit is ENOSPC (`MemoryFilesystem`);
+/// - pipe buffers, as they grow: a writer waits for the reader, or gets ENOMEM when an empty
+///   pipe cannot get a page (`Pipe`);
+/// - socket receive queues, bytes plus a per-message overhead: a send that does not fit is
+///   ENOMEM (`SandboxSocket`).
+///
+/// What stays outside: the monitor's fixed per-process structures (the VM, its vCPU and system
+/// pages, bounded by the task limit) and transient buffers of one syscall (bounded per call).
+/// Used only by the sandbox's monitor thread.
 public final class MemoryAccount {
     public let limit: Int
     public private(set) var used = 0
 
     public init(limit: Int) { self.limit = limit }
+
+    /// Bytes still free under the limit.
+    public var available: Int { max(0, limit - used) }
 
     /// Takes `bytes` if they fit under the limit.
     public func charge(_ bytes: Int) -> Bool {
@@ -94,6 +111,9 @@ public final class MemoryAccount {
         used += bytes
         return true
     }
+
+    /// Takes `bytes` whether or not they fit: what a checkpoint held is restored as it was.
+    public func forceCharge(_ bytes: Int) { used += max(0, bytes) }
 
     public func release(_ bytes: Int) { used = max(0, used - bytes) }
 }

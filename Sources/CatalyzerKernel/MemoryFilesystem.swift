@@ -1,3 +1,4 @@
+import CatalyzerKVM
 import Glibc
 
 /// A file, directory or symbolic link of the in-memory writable filesystem (the guest's `/tmp`
@@ -134,6 +135,13 @@ final class MemoryNode {
 /// for `/dev/shm` (like a bind mount of one tmpfs: same device, one capacity). It lives only as
 /// long as the sandbox and never touches host storage. Its file bytes live in monitor memory, so
 /// like a tmpfs it has a size limit (`capacity`); beyond it writes fail with ENOSPC.
+///
+/// A tmpfs's pages are RAM: every file byte is also charged to the sandbox's `MemoryAccount`
+/// (`account`), the budget guest RAM, pipes and sockets draw from, so /tmp and guest memory
+/// together stay within `--memory`; a write the account cannot take is ENOSPC as well. So that
+/// what is charged is what the host holds, a small file's bytes are an array grown by an eighth
+/// at a time, and a file past `MemoryNode.sharedThreshold` moves into a memfd (as a `MAP_SHARED`
+/// mapping makes it), whose pages are allocated as written and freed (hole-punched) on truncate.
 final class MemoryFilesystem {
     /// A device number no host filesystem uses, so `st_dev` tells /tmp apart from the rootfs.
     static let device: UInt64 = 0xCA7A
@@ -144,6 +152,13 @@ final class MemoryFilesystem {
     let sharedMemoryRoot: MemoryNode
     let capacity: Int
     private(set) var bytesUsed = 0
+    /// The sandbox's memory budget; the bytes already stored are charged to it when it is set.
+    var account: MemoryAccount? {
+        didSet {
+            oldValue?.release(bytesUsed)
+            account?.forceCharge(bytesUsed)
+        }
+    }
     private(set) var nextInode: UInt64 = 2
 
     init(capacity: Int) {
@@ -165,8 +180,13 @@ final class MemoryFilesystem {
     /// Accounts for a file growing (positive) or shrinking (negative) by `delta` bytes.
     func charge(_ delta: Int) throws(Errno) {
         guard delta <= capacity - bytesUsed else { throw Errno.ENOSPC }
+        if delta > 0, let account, !account.charge(delta) { throw Errno.ENOSPC }
+        if delta < 0 { account?.release(-delta) }
         bytesUsed += delta
     }
+
+    /// Bytes a write may still add: the capacity left, within the sandbox's memory budget.
+    var bytesFree: Int { min(capacity - bytesUsed, account?.available ?? Int.max) }
 
     /// `charge` for a change of `node`'s size.
     func charge(_ delta: Int, for node: MemoryNode) throws(Errno) {
@@ -176,6 +196,7 @@ final class MemoryFilesystem {
     /// The bytes of a file that no longer exists (see `MemoryNode.account`).
     fileprivate func release(_ bytes: Int) {
         bytesUsed -= bytes
+        account?.release(bytes)
     }
 
     /// The node at `components` below `root` (the /tmp root by default), or ENOENT/ENOTDIR.

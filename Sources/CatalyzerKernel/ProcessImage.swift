@@ -129,7 +129,7 @@ final class ProcessImage {
         guard space.allocator.usedBytes <= space.allocator.account.limit - space.allocator.account.used else {
             throw Errno.ENOMEM  // the sandbox's processes together would exceed its memory
         }
-        let memory = try space.memory.copy(inUse: Int(space.allocator.state.nextUnused))
+        let memory = try space.memory.copy(inUse: Int(space.allocator.state.nextUnused)) { exitRequester.isExitRequested }
         guard let allocator = PhysicalPageAllocator(copying: space.allocator, memory: memory) else { throw Errno.ENOMEM }
         let pageTables = PageTables(memory: memory, allocator: allocator, root: space.pageTables.root)
         let vm = try VM(kvm: kvm, memory: memory, exitRequester: exitRequester)

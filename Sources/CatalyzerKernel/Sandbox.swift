@@ -18,7 +18,8 @@ public final class Sandbox {
     /// Lets another thread stop the sandbox (timeouts) and preempt its vCPUs.
     public let exitRequester: ExitRequester
     let limits: SandboxLimits
-    /// Guest RAM of all its processes together, bounded by `memorySize`.
+    /// What the sandbox makes the host hold — guest RAM of all its processes, /tmp, pipe and
+    /// socket buffers — bounded together by `memorySize` (see `MemoryAccount`).
     let memoryAccount: MemoryAccount
     let scheduler = Scheduler()
     let futexes = FutexTable()
@@ -97,6 +98,7 @@ public final class Sandbox {
                                                      filesystem: filesystem, path: path, arguments: configuration.arguments,
                                                      environment: configuration.environment, credentials: credentials)
         filesystem.executablePath = path
+        filesystem.tmp.account = memoryAccount
         let files = FileTable()
         try files.installStandardStreams(configuration.standardStreams)
         let group = ThreadGroup(pid: allocateID(), parentPID: 0, credentials: credentials)
@@ -120,6 +122,7 @@ public final class Sandbox {
         self.traceSyscalls = traceSyscalls
         self.traceFD = traceFD
         stopsAtReadyPoint = false
+        filesystem.tmp.account = memoryAccount
     }
 
     /// Tasks and processes refer to each other (a task to its process, a process to its tasks),
