@@ -255,6 +255,7 @@ extension Sandbox {
                                           sharedMemoryRoot: byInode[MemoryFilesystem.sharedMemoryInode],
                                           nextInode: tmp.nextInode, bytesUsed: bytesUsed)
         for node in byInode.values { node.account = filesystem }
+        filesystem.noteRestoredMetadata(nodes: Array(byInode.values))
         return (filesystem, byInode)
     }
 

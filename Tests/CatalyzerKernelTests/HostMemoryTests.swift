@@ -154,6 +154,27 @@ struct HostMemoryTests {
         #expect(footprint.peakBytes <= (256 << 20) + Self.monitorSlack, "\(footprint)")
     }
 
+    @Test("/tmp names cost the budget too: a tree of symlinks with 4000-byte targets stops with ENOSPC within --memory")
+    func tmpNodesShareMemory() throws {
+        let script = """
+            import os, errno
+            n = 0; stop = None
+            try:
+                for d in range(2000):
+                    os.mkdir(f"/tmp/d{d}")
+                    for f in range(100):
+                        os.symlink("x" * 4000, f"/tmp/d{d}/{f:03d}")
+                        n += 1
+            except OSError as e:
+                stop = errno.errorcode[e.errno]
+            print(stop, 1000 < n < 8192, flush=True)
+            """
+        let footprint = try Self.run(script, memory: "32M")
+        #expect(footprint.result.status == 0, "\(footprint)")
+        #expect(footprint.result.stdout == "ENOSPC True\n", "\(footprint)")
+        #expect(footprint.peakBytes <= (32 << 20) + Self.monitorSlack, "\(footprint)")
+    }
+
     /// A sandbox stopped by `--timeout`: status 124, and the command gone within 0.5 s of the
     /// expiry, teardown included. The guest prints its monotonic time first thing; the timeout
     /// counted from a little before that, so the bound holds with the program's start-up to spare,
