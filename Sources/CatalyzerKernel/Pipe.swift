@@ -164,8 +164,8 @@ final class Pipe {
     private func grow(toHold bytes: Int) {
         var size = Self.bufferSize(for: bytes, capacity: capacity)
         if let account, !account.charge(size - allocated) {
-            let affordable = (allocated + account.available) & ~(GuestMemory.pageSize - 1)
-            size = min(size, affordable)
+            // As much as `room` promised: whole pages of what the account has left.
+            size = min(size, allocated + account.available & ~(GuestMemory.pageSize - 1))
             guard size > allocated, account.charge(size - allocated) else { return }
         }
         replaceStorage(size: size)

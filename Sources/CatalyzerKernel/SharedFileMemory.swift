@@ -1,4 +1,5 @@
 import CKVM
+import CatalyzerKVM
 import Glibc
 
 /// The bytes of a /tmp file that has been mapped `MAP_SHARED`: a memfd, mapped once into the
@@ -18,6 +19,21 @@ final class SharedFileMemory {
     let reserved: Int
     private(set) var length: Int
     private(set) var backedLength: Int
+    /// Memory a mapping past the file's end made the memfd hold, charged to a sandbox's budget
+    /// (not to /tmp: it is not part of the file) until the memory is freed.
+    private var beyondEndCharge = 0
+    private var beyondEndAccount: MemoryAccount?
+
+    /// Charges `bytes` of backing past the file's end; ENOMEM when the budget cannot take them.
+    func chargeBeyondEnd(_ bytes: Int, to account: MemoryAccount) throws(Errno) {
+        guard account.charge(bytes) else { throw Errno.ENOMEM }
+        if let previous = beyondEndAccount, previous !== account {  // another sandbox's: not expected
+            previous.release(beyondEndCharge)
+            beyondEndCharge = 0
+        }
+        beyondEndAccount = account
+        beyondEndCharge += bytes
+    }
 
     init(bytes: [UInt8], reserved requested: Int) throws(Errno) {
         let reserved = Int(Page.up(UInt64(max(requested, bytes.count, 4096)))!)
@@ -39,6 +55,7 @@ final class SharedFileMemory {
     }
 
     deinit {
+        beyondEndAccount?.release(beyondEndCharge)
         munmap(base, reserved)
         close(fd)
     }

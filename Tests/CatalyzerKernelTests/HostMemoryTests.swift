@@ -176,6 +176,30 @@ struct HostMemoryTests {
         #expect(footprint.peakBytes <= (256 << 20) + Self.monitorSlack, "\(footprint)")
     }
 
+    @Test("a MAP_SHARED mapping of a /tmp file past its end is charged: 200 MiB past the end of an empty file with 100 MiB in use is ENOMEM")
+    func sharedMappingPastEnd() throws {
+        let script = """
+            import ctypes, os
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+            big = bytearray(100 << 20)
+            for i in range(0, len(big), 4096): big[i] = 1
+            fd = os.open("/tmp/empty", os.O_RDWR | os.O_CREAT)
+            for size in (200 << 20, 64 << 20):
+                p = libc.mmap(None, size, 3, 1, fd, 0)
+                if p in (None, ctypes.c_void_p(-1).value):
+                    print(os.strerror(ctypes.get_errno()), flush=True)
+                else:
+                    ctypes.memset(p, 7, size)
+                    print("wrote", size >> 20, flush=True)
+            """
+        let footprint = try Self.run(script, memory: "256M")
+        #expect(footprint.result.status == 0, "\(footprint)")
+        #expect(footprint.result.stdout == "Cannot allocate memory\nwrote 64\n", "\(footprint)")
+        #expect(footprint.peakBytes <= (256 << 20) + Self.monitorSlack, "\(footprint)")
+    }
+
     @Test("/tmp names cost the budget too: a tree of symlinks with 4000-byte targets stops with ENOSPC within --memory")
     func tmpNodesShareMemory() throws {
         let script = """
