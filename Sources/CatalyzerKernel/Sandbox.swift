@@ -50,8 +50,10 @@ public final class Sandbox {
     var readyPointReached: UInt64?
     static let readyPointGrace: UInt64 = 2_000_000_000
 
-    /// Unimplemented syscall numbers the program tried, with counts (each got ENOSYS).
+    /// Unimplemented syscall numbers the program tried, with counts (each got ENOSYS); numbers
+    /// from `syscallNumberLimit` up are counted together as -1.
     public internal(set) var unimplementedSyscalls: [Int: Int] = [:]
+    static let syscallNumberLimit = 1024
     public internal(set) var syscallCount = 0
     /// User page faults that reached the monitor (resolved or fatal); KVM's shadow-paging fills
     /// that never leave the guest are not counted.
