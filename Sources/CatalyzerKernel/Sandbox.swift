@@ -24,7 +24,7 @@ public final class Sandbox {
     let scheduler = Scheduler()
     let futexes = FutexTable()
     /// Unix sockets bound to abstract names (a leading NUL byte), the sandbox's own namespace.
-    var abstractSockets: [[UInt8]: UnixSocketBinding] = [:]
+    let abstractSockets = AbstractSocketNames()
     /// IPv4/IPv6 ports of the sandbox's own loopback.
     let inetPorts = InetPortTable()
     /// Live tasks by TID and processes by PID (zombies included until reaped).
@@ -427,4 +427,22 @@ extension SandboxExit {
     var isSignal: Bool { if case .killed = self { true } else { self == .timedOut || self == .readyPoint } }
     var signalNumber: Int32 { if case .killed(let signal, _) = self { signal } else { SIGKILL } }
     var exitCode: Int32 { if case .exited(let status) = self { status } else { 0 } }
+}
+
+/// The sandbox's abstract unix socket names. A name is free again once its socket closes (its
+/// binding's socket is nil); such entries are swept whenever the table has doubled since the last
+/// sweep, so binding and closing ever new names cannot grow the monitor's memory without bound.
+final class AbstractSocketNames {
+    private var bindings: [[UInt8]: UnixSocketBinding] = [:]
+    private var sweepAt = 64
+
+    subscript(name: [UInt8]) -> UnixSocketBinding? {
+        get { bindings[name] }
+        set {
+            bindings[name] = newValue
+            guard bindings.count >= sweepAt else { return }
+            bindings = bindings.filter { $0.value.socket != nil }
+            sweepAt = max(64, 2 * bindings.count)
+        }
+    }
 }
