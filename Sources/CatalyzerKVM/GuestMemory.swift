@@ -7,6 +7,8 @@ import Glibc
 /// every write, the guest's or the monitor's, lands in a private copy the file never sees.
 public final class GuestMemory {
     public static let pageSize = 4096
+    /// The most one host call of `copy` moves: a few milliseconds of copying.
+    static let copyPiece = 8 << 20
 
     public enum Backing: Sendable {
         /// A memfd the guest owns, mapped `MAP_SHARED`.
@@ -151,14 +153,19 @@ public final class GuestMemory {
     /// A privately mapped image copies its first `inUse` bytes, the part the allocator handed out.
     /// The memfd's file offset is left where it was: the `SEEK_DATA` scan moves it, and a
     /// checkpoint reads the memfd from its offset.
-    public func copy(inUse: Int) throws -> GuestMemory {
+    ///
+    /// The copy goes in pieces of at most `copyPiece` bytes and gives up (EINTR) as soon as
+    /// `shouldStop` says so, so stopping a sandbox (its timeout) never waits for a large copy.
+    public func copy(inUse: Int, shouldStop: () -> Bool = { false }) throws -> GuestMemory {
         let copy = try GuestMemory(size: size)
         copy.attachedRegions = attachedRegions
+        let stopped = KVMError("copy guest memory: the sandbox is stopping", errno: EINTR)
         if backing == .privateFile {
             var done = 0
             let limit = min(inUse, size)
             while done < limit {
-                let written = pwrite(copy.fd, base + done, limit - done, off_t(done))
+                if shouldStop() { throw stopped }
+                let written = pwrite(copy.fd, base + done, min(limit - done, Self.copyPiece), off_t(done))
                 if written < 0 && errno == EINTR { continue }
                 guard written > 0 else { throw KVMError("copy restored guest memory") }
                 done += written
@@ -174,7 +181,8 @@ public final class GuestMemory {
             let dataEnd = min(lseek(fd, dataStart, 4 /* SEEK_HOLE */), off_t(size))
             var from = Int64(dataStart), to = Int64(dataStart)
             while from < Int64(dataEnd) {
-                let copied = chost_copy_file_range(fd, &from, copy.fd, &to, Int(Int64(dataEnd) - from))
+                if shouldStop() { throw stopped }
+                let copied = chost_copy_file_range(fd, &from, copy.fd, &to, min(Int(Int64(dataEnd) - from), Self.copyPiece))
                 // The monitor's thread is kicked with a signal (preemption, timeouts): retry.
                 if copied < 0 && errno == EINTR { continue }
                 guard copied > 0 else { throw KVMError("copy_file_range guest memory") }

@@ -4,6 +4,8 @@
 ///
 /// Every page handed out is charged to `account`, which the processes of one sandbox share: their
 /// guest RAM together stays within the sandbox's memory limit, however many processes it forks.
+/// Each allocator (one per process image, so one per VM) also charges `kernelOverhead`, what the
+/// host kernel holds for a VM with this much guest RAM, for as long as it exists.
 public final class PhysicalPageAllocator {
     private let memory: GuestMemory
     private let start: UInt64
@@ -11,11 +13,25 @@ public final class PhysicalPageAllocator {
     private var freed: [UInt64] = []
     public let account: MemoryAccount
 
+    /// What KVM allocates in the host kernel for one VM whose memory slot is `memorySize` bytes:
+    /// reverse maps and large-page records for every page of the slot (measured here under PVM:
+    /// about 1/400 of the slot: 5 MiB of vmalloc per VM for 2 GiB, 10 MiB for 4 GiB), the
+    /// shadow page tables, the VM and vCPU structures. It is the host memory a process costs
+    /// beside its pages, so a sandbox of many small processes is bounded by `--memory` as well.
+    public static func kernelOverhead(memorySize: Int) -> Int { memorySize / 256 + (256 << 10) }
+
+    /// The kernel overhead charged (none when the allocator has an account of its own).
+    private let overhead: Int
+
+    /// A fresh allocator (a new process image); its VM's kernel overhead is charged to a shared
+    /// `account` whether or not it fits (the caller checks `account.available` first).
     public init(memory: GuestMemory, start: UInt64 = SystemLayout.firstFreePhysical, account: MemoryAccount? = nil) {
         self.memory = memory
         self.start = start
         self.nextUnused = start
         self.account = account ?? MemoryAccount(limit: memory.size)
+        overhead = account == nil ? 0 : Self.kernelOverhead(memorySize: memory.size)
+        self.account.forceCharge(overhead)
     }
 
     /// The same allocation state over `memory`, a copy of this allocator's memory (fork); nil
@@ -26,9 +42,11 @@ public final class PhysicalPageAllocator {
         self.nextUnused = other.nextUnused
         self.freed = other.freed
         self.account = other.account
-        guard account.charge(usedBytes) else {
+        overhead = other.overhead
+        guard account.charge(usedBytes + overhead) else {
             nextUnused = start
             freed = []
+            account.forceCharge(overhead)  // deinit gives it back
             return nil
         }
     }
@@ -40,10 +58,11 @@ public final class PhysicalPageAllocator {
         self.nextUnused = nextUnused
         self.freed = freed
         self.account = account ?? MemoryAccount(limit: memory.size)
-        _ = self.account.charge(usedBytes)
+        overhead = account == nil ? 0 : Self.kernelOverhead(memorySize: memory.size)
+        self.account.forceCharge(usedBytes + overhead)
     }
 
-    deinit { account.release(usedBytes) }
+    deinit { account.release(usedBytes + overhead) }
 
     /// What a checkpoint records: where allocation started, the high-water mark, the free list.
     public var state: (start: UInt64, nextUnused: UInt64, freed: [UInt64]) { (start, nextUnused, freed) }
@@ -80,13 +99,34 @@ public final class PhysicalPageAllocator {
     }
 }
 
-/// Guest RAM charged against one limit: the pages every process of a sandbox holds. Used only by
-/// the sandbox's monitor thread.
+/// Everything one sandbox makes the host hold for it, charged against one limit: `--memory`.
+/// The sandbox's monitor owns one account and every resource it keeps for the guest draws from it:
+///
+/// - guest RAM: every page a `PhysicalPageAllocator` hands out (program pages and page tables)
+///   in every process, so a fork takes the copy of its parent's pages from the same budget and
+///   fails with ENOMEM when they do not fit;
+/// - each process's VM in the host kernel (`PhysicalPageAllocator.kernelOverhead`: KVM's reverse
+///   maps cover the whole memory slot, so every process costs about 1/256 of `--memory` beside
+///   its pages): fork and execve get ENOMEM when it does not fit;
+/// - `/tmp` and `/dev/shm` file bytes (a tmpfs's pages are RAM): a write or truncate that does
+///   not fit is ENOSPC (`MemoryFilesystem`);
+/// - pipe buffers, as they grow: a writer waits for the reader, or gets ENOMEM when an empty
+///   pipe cannot get a page (`Pipe`);
+/// - socket receive queues, bytes plus a per-message overhead: a send that does not fit is
+///   ENOMEM (`SandboxSocket`).
+///
+/// What stays outside: the monitor's own small per-process records and file descriptions
+/// (bounded by the task and fd limits), zombies until reaped (bounded by the time forks take),
+/// and transient buffers of one syscall (bounded per call).
+/// Used only by the sandbox's monitor thread.
 public final class MemoryAccount {
     public let limit: Int
     public private(set) var used = 0
 
     public init(limit: Int) { self.limit = limit }
+
+    /// Bytes still free under the limit.
+    public var available: Int { max(0, limit - used) }
 
     /// Takes `bytes` if they fit under the limit.
     public func charge(_ bytes: Int) -> Bool {
@@ -94,6 +134,9 @@ public final class MemoryAccount {
         used += bytes
         return true
     }
+
+    /// Takes `bytes` whether or not they fit: what a checkpoint held is restored as it was.
+    public func forceCharge(_ bytes: Int) { used += max(0, bytes) }
 
     public func release(_ bytes: Int) { used = max(0, used - bytes) }
 }

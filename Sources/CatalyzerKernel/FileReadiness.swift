@@ -14,7 +14,9 @@ enum FileReadiness {
         case .pipe(let pipe):
             if file.isWritable {
                 guard pipe.hasReader else { return Int16(POLLERR) }
-                return pipe.room >= Pipe.atomicWriteSize || pipe.room == pipe.capacity ? Int16(POLLOUT | POLLWRNORM) : 0
+                // Out of memory, an empty pipe is still writable: the write reports ENOMEM.
+                return pipe.room >= Pipe.atomicWriteSize || pipe.room == pipe.capacity || pipe.isOutOfMemory
+                    ? Int16(POLLOUT | POLLWRNORM) : 0
             }
             return (pipe.isEmpty ? 0 : Int16(POLLIN | POLLRDNORM)) | (pipe.hasWriter ? 0 : Int16(POLLHUP))
         case .special(let object):

@@ -197,14 +197,22 @@ final class Filesystem {
     static let rootfsOpenFlags = O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_PATH | O_NOATIME
 
     /// A host fd to load an executable from: the rootfs file itself, or for a /tmp file with an
-    /// execute bit a sealed memfd holding a copy of its bytes (the loader only reads it).
+    /// execute bit a memfd holding a copy of its bytes (the loader only reads it); a large /tmp
+    /// file already in a memfd is read from that memfd, not copied (the copy would be host memory
+    /// outside the sandbox's budget).
     func openExecutable(_ absolutePath: String) throws(Errno) -> Int32 {
         switch locate(try resolve(absolutePath)) {
         case .executableLink: return try openExecutable(executablePath)
         case .rootfs(let path): return try openHost(path, flags: O_RDONLY)
         case .memory(let root, let components):
             let node = try tmp.lookup(components, in: root)
-            guard let bytes = node.fileBytes, node.mode & 0o111 != 0 else { throw Errno.EACCES }
+            guard node.mode & 0o111 != 0 else { throw Errno.EACCES }
+            if let shared = node.shared {
+                let fd = fcntl(shared.fd, F_DUPFD_CLOEXEC, 0)
+                guard fd >= 0 else { throw Errno.lastHostError }
+                return fd
+            }
+            guard let bytes = node.fileBytes else { throw Errno.EACCES }
             return try Self.memfdCopy(of: bytes)
         case .hostDevice, .proc: throw Errno.EACCES
         }

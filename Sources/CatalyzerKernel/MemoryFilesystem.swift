@@ -1,3 +1,4 @@
+import CatalyzerKVM
 import Glibc
 
 /// A file, directory or symbolic link of the in-memory writable filesystem (the guest's `/tmp`
@@ -31,6 +32,9 @@ final class MemoryNode {
     /// The filesystem whose capacity a file's bytes count against, until the file is gone: unlinked
     /// and no longer open (the node is freed), as on Linux's tmpfs.
     weak var account: MemoryFilesystem?
+    /// What the node itself costs the sandbox's memory budget (`MemoryFilesystem.nodeCost`, plus
+    /// a symlink's target), given back when it is freed.
+    var metadataCharge = 0
 
     init(content: Content, mode: UInt32, inode: UInt64, modified: timespec? = nil) {
         self.content = content
@@ -44,6 +48,7 @@ final class MemoryNode {
 
     deinit {
         if let account, case .file = content { account.release(size) }
+        account?.releaseMetadata(metadataCharge)
     }
 
     static func now() -> timespec {
@@ -60,6 +65,11 @@ final class MemoryNode {
     var isSymlink: Bool {
         if case .symlink = content { return true }
         return false
+    }
+
+    var symlinkTarget: String? {
+        if case .symlink(let target) = content { return target }
+        return nil
     }
 
     var isSocket: Bool {
@@ -134,7 +144,21 @@ final class MemoryNode {
 /// for `/dev/shm` (like a bind mount of one tmpfs: same device, one capacity). It lives only as
 /// long as the sandbox and never touches host storage. Its file bytes live in monitor memory, so
 /// like a tmpfs it has a size limit (`capacity`); beyond it writes fail with ENOSPC.
+///
+/// A tmpfs's pages are RAM: every file byte is also charged to the sandbox's `MemoryAccount`
+/// (`account`), the budget guest RAM, pipes and sockets draw from, so /tmp and guest memory
+/// together stay within `--memory`; a write the account cannot take is ENOSPC as well. So that
+/// what is charged is what the host holds, a small file's bytes are an array grown by an eighth
+/// at a time, and a file past `MemoryNode.sharedThreshold` moves into a memfd (as a `MAP_SHARED`
+/// mapping makes it), whose pages are allocated as written and freed (hole-punched) on truncate.
+/// Nodes and names cost the budget too (`nodeCost`, `entryCost`, a symlink's target): a tree of
+/// empty files or symlinks cannot grow past it either (ENOSPC), though it is not counted in
+/// `bytesUsed` (statfs's blocks), as tmpfs counts inodes apart.
 final class MemoryFilesystem {
+    /// Host memory one node takes beside its data (the object, its times and owners), roughly.
+    static let nodeCost = 256
+    /// Host memory a directory entry takes: its share of the table plus its name.
+    static func entryCost(_ name: String) -> Int { 64 + name.utf8.count }
     /// A device number no host filesystem uses, so `st_dev` tells /tmp apart from the rootfs.
     static let device: UInt64 = 0xCA7A
     /// The inode of `/dev/shm`'s root (`/tmp` is 1; created nodes start at 3).
@@ -144,6 +168,40 @@ final class MemoryFilesystem {
     let sharedMemoryRoot: MemoryNode
     let capacity: Int
     private(set) var bytesUsed = 0
+    /// What nodes, names and symlink targets cost the memory budget (see `nodeCost`).
+    private(set) var metadataBytes = 0
+    /// The sandbox's memory budget; what is already stored is charged to it when it is set.
+    var account: MemoryAccount? {
+        didSet {
+            oldValue?.release(bytesUsed + metadataBytes)
+            account?.forceCharge(bytesUsed + metadataBytes)
+        }
+    }
+
+    /// Charges `bytes` of nodes and names; ENOSPC when the budget cannot take them.
+    func chargeMetadata(_ bytes: Int) throws(Errno) {
+        if let account, !account.charge(bytes) { throw Errno.ENOSPC }
+        metadataBytes += bytes
+    }
+
+    fileprivate func releaseMetadata(_ bytes: Int) {
+        let released = min(bytes, metadataBytes)
+        metadataBytes -= released
+        account?.release(released)
+    }
+
+    /// What a restored tree costs (it was within the budget when checkpointed): every node's
+    /// charge is set and the total recorded, to be charged when `account` is set.
+    func noteRestoredMetadata(nodes: [MemoryNode]) {
+        for node in nodes where node !== root && node !== sharedMemoryRoot {
+            node.metadataCharge = Self.nodeCost + (node.symlinkTarget?.utf8.count ?? 0)
+            metadataBytes += node.metadataCharge
+        }
+        for node in nodes {
+            guard case .directory(let children) = node.content else { continue }
+            metadataBytes += children.keys.reduce(0) { $0 + Self.entryCost($1) }
+        }
+    }
     private(set) var nextInode: UInt64 = 2
 
     init(capacity: Int) {
@@ -165,8 +223,13 @@ final class MemoryFilesystem {
     /// Accounts for a file growing (positive) or shrinking (negative) by `delta` bytes.
     func charge(_ delta: Int) throws(Errno) {
         guard delta <= capacity - bytesUsed else { throw Errno.ENOSPC }
+        if delta > 0, let account, !account.charge(delta) { throw Errno.ENOSPC }
+        if delta < 0 { account?.release(-delta) }
         bytesUsed += delta
     }
+
+    /// Bytes a write may still add: the capacity left, within the sandbox's memory budget.
+    var bytesFree: Int { min(capacity - bytesUsed, account?.available ?? Int.max) }
 
     /// `charge` for a change of `node`'s size.
     func charge(_ delta: Int, for node: MemoryNode) throws(Errno) {
@@ -176,6 +239,7 @@ final class MemoryFilesystem {
     /// The bytes of a file that no longer exists (see `MemoryNode.account`).
     fileprivate func release(_ bytes: Int) {
         bytesUsed -= bytes
+        account?.release(bytes)
     }
 
     /// The node at `components` below `root` (the /tmp root by default), or ENOENT/ENOTDIR.
@@ -191,11 +255,13 @@ final class MemoryFilesystem {
     }
 
     /// A new node that is in no directory (memfd_create), charged like a /tmp file.
-    func makeUnlinkedFile(mode: UInt32) -> MemoryNode {
+    func makeUnlinkedFile(mode: UInt32) throws(Errno) -> MemoryNode {
+        try chargeMetadata(Self.nodeCost)
         nextInode += 1
         let node = MemoryNode(content: .file([]), mode: mode, inode: nextInode)
         node.links = 0
         node.account = self
+        node.metadataCharge = Self.nodeCost
         return node
     }
 
@@ -212,9 +278,13 @@ final class MemoryFilesystem {
         guard case .directory(var children) = parent.content else { throw Errno.ENOTDIR }
         guard children[name] == nil else { throw Errno.EEXIST }
         guard name.utf8.count <= 255 else { throw Errno.ENAMETOOLONG }
+        var nodeCharge = Self.nodeCost
+        if case .symlink(let target) = content { nodeCharge += target.utf8.count }
+        try chargeMetadata(nodeCharge + Self.entryCost(name))
         nextInode += 1
         let node = MemoryNode(content: content, mode: mode, inode: nextInode)
         node.account = self
+        node.metadataCharge = nodeCharge
         node.owner = owner
         node.group = group
         children[name] = node
@@ -231,6 +301,7 @@ final class MemoryFilesystem {
         guard case .directory(var children) = parent.content else { throw Errno.ENOTDIR }
         guard children[name] == nil else { throw Errno.EEXIST }
         guard node.links > 0 else { throw Errno.ENOENT }  // an unlinked (open) file cannot regain a name
+        try chargeMetadata(Self.entryCost(name))
         children[name] = node
         parent.content = .directory(children)
         parent.noteModified()
@@ -259,6 +330,9 @@ final class MemoryFilesystem {
             }
         }
         if replaced === node { return }  // two names of one file: nothing happens
+        // The entry moves under its new name; a replaced entry is gone.
+        try chargeMetadata(Self.entryCost(destinationName))
+        releaseMetadata(Self.entryCost(sourceName) + (replaced == nil ? 0 : Self.entryCost(destinationName)))
         sourceChildren[sourceName] = nil
         sourceParent.content = .directory(sourceChildren)
         if sourceParent === destinationParent { destinationChildren = sourceChildren }
@@ -285,6 +359,7 @@ final class MemoryFilesystem {
         children[name] = nil
         parent.content = .directory(children)
         parent.noteModified()
+        releaseMetadata(Self.entryCost(name))
         dropLink(node)
     }
 

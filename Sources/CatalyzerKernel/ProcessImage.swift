@@ -56,6 +56,8 @@ final class ProcessImage {
     static func load(kvm: KVM, memorySize: Int, account: MemoryAccount, exitRequester: ExitRequester, filesystem: Filesystem,
                      path: String, arguments: [String], environment: [String],
                      credentials: Credentials) throws -> (ProcessImage, TaskContext) {
+        // execve: the new image must fit beside the old one until it replaces it.
+        guard PhysicalPageAllocator.kernelOverhead(memorySize: memorySize) <= account.available else { throw Errno.ENOMEM }
         let memory = try GuestMemory(size: memorySize)
         let allocator = PhysicalPageAllocator(memory: memory, account: account)
         let pageTables = PageTables(memory: memory, allocator: allocator)
@@ -131,10 +133,11 @@ final class ProcessImage {
     /// A copy of this image in a new VM (fork): memory, address space and clock page. The child's
     /// task gets its context from the parent task separately.
     func fork(kvm: KVM, exitRequester: ExitRequester) throws -> ProcessImage {
-        guard space.allocator.usedBytes <= space.allocator.account.limit - space.allocator.account.used else {
+        let needed = space.allocator.usedBytes + PhysicalPageAllocator.kernelOverhead(memorySize: memory.size)
+        guard needed <= space.allocator.account.available else {
             throw Errno.ENOMEM  // the sandbox's processes together would exceed its memory
         }
-        let memory = try space.memory.copy(inUse: Int(space.allocator.state.nextUnused))
+        let memory = try space.memory.copy(inUse: Int(space.allocator.state.nextUnused)) { exitRequester.isExitRequested }
         guard let allocator = PhysicalPageAllocator(copying: space.allocator, memory: memory) else { throw Errno.ENOMEM }
         let pageTables = PageTables(memory: memory, allocator: allocator, root: space.pageTables.root)
         let vm = try VM(kvm: kvm, memory: memory, exitRequester: exitRequester)

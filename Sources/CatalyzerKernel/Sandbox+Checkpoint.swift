@@ -92,7 +92,7 @@ extension Sandbox {
         let image = try ProcessImage(restoring: snapshot, vm: vm, account: memoryAccount)
         filesystem.executablePath = process.executablePath
         let files = try Self.restoreFiles(snapshot, filesystem: filesystem, tmpNodes: tmpNodes,
-                                          standardStreams: options.standardStreams)
+                                          standardStreams: options.standardStreams, account: memoryAccount)
         let group = ThreadGroup(pid: process.pid, parentPID: 0, credentials: credentials)
         initialGroup = group
         let handlers = SignalHandlers(actions: Dictionary(process.signalActions.map { ($0.signal, SignalAction(bytes: $0.action)) },
@@ -255,14 +255,15 @@ extension Sandbox {
                                           sharedMemoryRoot: byInode[MemoryFilesystem.sharedMemoryInode],
                                           nextInode: tmp.nextInode, bytesUsed: bytesUsed)
         for node in byInode.values { node.account = filesystem }
+        filesystem.noteRestoredMetadata(nodes: Array(byInode.values))
         return (filesystem, byInode)
     }
 
     /// The fd table: stdio bound to `standardStreams`, host files waiting to be reopened on first
     /// use, /tmp files and pipes as they were.
     private static func restoreFiles(_ snapshot: KernelSnapshot, filesystem: Filesystem, tmpNodes: [UInt64: MemoryNode],
-                             standardStreams: [Int32]) throws -> FileTable {
-        let pipes = snapshot.pipes.map { Pipe(buffered: $0.buffered, hasReader: $0.hasReader, hasWriter: $0.hasWriter) }
+                             standardStreams: [Int32], account: MemoryAccount) throws -> FileTable {
+        let pipes = snapshot.pipes.map { Pipe(buffered: $0.buffered, hasReader: $0.hasReader, hasWriter: $0.hasWriter, account: account) }
         var opened: [OpenFile?] = []
         for record in snapshot.files {
             let file: OpenFile?

@@ -18,12 +18,13 @@ public final class Sandbox {
     /// Lets another thread stop the sandbox (timeouts) and preempt its vCPUs.
     public let exitRequester: ExitRequester
     let limits: SandboxLimits
-    /// Guest RAM of all its processes together, bounded by `memorySize`.
+    /// What the sandbox makes the host hold — guest RAM of all its processes, /tmp, pipe and
+    /// socket buffers — bounded together by `memorySize` (see `MemoryAccount`).
     let memoryAccount: MemoryAccount
     let scheduler = Scheduler()
     let futexes = FutexTable()
     /// Unix sockets bound to abstract names (a leading NUL byte), the sandbox's own namespace.
-    var abstractSockets: [[UInt8]: UnixSocketBinding] = [:]
+    let abstractSockets = AbstractSocketNames()
     /// What uname reports as the node and domain name (sethostname changes only the sandbox's).
     var hostName = Array("catalyzer".utf8)
     var domainName = Array("(none)".utf8)
@@ -52,8 +53,10 @@ public final class Sandbox {
     var readyPointReached: UInt64?
     static let readyPointGrace: UInt64 = 2_000_000_000
 
-    /// Unimplemented syscall numbers the program tried, with counts (each got ENOSYS).
+    /// Unimplemented syscall numbers the program tried, with counts (each got ENOSYS); numbers
+    /// from `syscallNumberLimit` up are counted together as -1.
     public internal(set) var unimplementedSyscalls: [Int: Int] = [:]
+    static let syscallNumberLimit = 1024
     public internal(set) var syscallCount = 0
     /// User page faults that reached the monitor (resolved or fatal); KVM's shadow-paging fills
     /// that never leave the guest are not counted.
@@ -100,6 +103,7 @@ public final class Sandbox {
                                                      filesystem: filesystem, path: path, arguments: configuration.arguments,
                                                      environment: configuration.environment, credentials: credentials)
         filesystem.executablePath = path
+        filesystem.tmp.account = memoryAccount
         let files = FileTable()
         try files.installStandardStreams(configuration.standardStreams)
         let group = ThreadGroup(pid: allocateID(), parentPID: 0, credentials: credentials)
@@ -123,6 +127,7 @@ public final class Sandbox {
         self.traceSyscalls = traceSyscalls
         self.traceFD = traceFD
         stopsAtReadyPoint = false
+        filesystem.tmp.account = memoryAccount
     }
 
     /// Tasks and processes refer to each other (a task to its process, a process to its tasks),
@@ -427,4 +432,22 @@ extension SandboxExit {
     var isSignal: Bool { if case .killed = self { true } else { self == .timedOut || self == .readyPoint } }
     var signalNumber: Int32 { if case .killed(let signal, _) = self { signal } else { SIGKILL } }
     var exitCode: Int32 { if case .exited(let status) = self { status } else { 0 } }
+}
+
+/// The sandbox's abstract unix socket names. A name is free again once its socket closes (its
+/// binding's socket is nil); such entries are swept whenever the table has doubled since the last
+/// sweep, so binding and closing ever new names cannot grow the monitor's memory without bound.
+final class AbstractSocketNames {
+    private var bindings: [[UInt8]: UnixSocketBinding] = [:]
+    private var sweepAt = 64
+
+    subscript(name: [UInt8]) -> UnixSocketBinding? {
+        get { bindings[name] }
+        set {
+            bindings[name] = newValue
+            guard bindings.count >= sweepAt else { return }
+            bindings = bindings.filter { $0.value.socket != nil }
+            sweepAt = max(64, 2 * bindings.count)
+        }
+    }
 }

@@ -1,3 +1,4 @@
+import CatalyzerKVM
 import Glibc
 
 /// A socket whose every peer is in the sandbox: an AF_UNIX socket (a socketpair(2) end, or a
@@ -8,7 +9,9 @@ import Glibc
 /// Each socket has a receive queue of messages; a connected peer's writes append to it. Stream
 /// sockets read across message boundaries (stopping before one that carries fds); datagram and
 /// seqpacket sockets read one message per call. The queue holds up to `capacity` bytes; writers
-/// wait for room.
+/// wait for room. What a queue holds (its bytes plus `messageOverhead` per message) is charged to
+/// the sandbox's `MemoryAccount`, the `--memory` budget guest RAM, /tmp and pipes draw from; a
+/// send the account cannot take fails with ENOMEM.
 final class SandboxSocket: SpecialFile {
     struct Message {
         var bytes: [UInt8]
@@ -63,6 +66,11 @@ final class SandboxSocket: SpecialFile {
     private weak var ports: InetPortTable?
     private var queue: [Message] = []
     private var queuedBytes = 0
+    /// Host memory a queued message costs beyond its bytes (the record, its sender's name).
+    static let messageOverhead = 256
+    /// Where the queue is charged, and how much it holds there.
+    private var account: MemoryAccount?
+    private var chargedBytes = 0
     /// Connections made to this listening socket and not accepted yet: their server-side ends.
     private var pending: [SandboxSocket] = []
     /// shutdown(SHUT_RD) here, or SHUT_WR by the peer: no more data will arrive.
@@ -333,15 +341,39 @@ final class SandboxSocket: SpecialFile {
                 queue[0].bytes.removeFirst(partial)
                 queue[0].rights = []
                 queuedBytes -= partial
+                uncharge(partial)
             }
         }
         return Received(count: Buffers.scatter(gathered, into: vectors), rights: peek ? [] : rights, truncated: false,
                         length: gathered.count, sender: sender)
     }
 
+    /// Appends a message to this socket's queue, charging the sandbox's memory account for it.
+    private func enqueue(_ message: Message, account: MemoryAccount) throws(Errno) {
+        let cost = message.bytes.count + Self.messageOverhead
+        guard account.charge(cost) else { throw Errno.ENOMEM }
+        if let previous = self.account, previous !== account { previous.release(chargedBytes); chargedBytes = 0 }
+        self.account = account
+        chargedBytes += cost
+        queue.append(message)
+        queuedBytes += message.bytes.count
+    }
+
+    /// Gives back what `bytes` bytes of queued data cost.
+    private func uncharge(_ bytes: Int) {
+        let released = min(bytes, chargedBytes)
+        account?.release(released)
+        chargedBytes -= released
+    }
+
+    deinit { uncharge(chargedBytes) }
+
     private func dequeue(_ count: Int) {
         guard count > 0 else { return }
-        for message in queue.prefix(count) { queuedBytes -= message.bytes.count }
+        for message in queue.prefix(count) {
+            queuedBytes -= message.bytes.count
+            uncharge(message.bytes.count + Self.messageOverhead)
+        }
         queue.removeFirst(count)
         changed.wakeAll()
         peer?.changed.wakeAll()  // the peer may now write
@@ -397,8 +429,8 @@ final class SandboxSocket: SpecialFile {
         }
         let count = isStream ? min(bytes.count, room) : bytes.count
         if count == 0 && isStream && rights.isEmpty { return 0 }
-        peer.queue.append(Message(bytes: Array(bytes.prefix(count)), rights: rights, sender: localAddress ?? .unbound(family: family)))
-        peer.queuedBytes += count
+        try peer.enqueue(Message(bytes: Array(bytes.prefix(count)), rights: rights, sender: localAddress ?? .unbound(family: family)),
+                         account: task.sandbox.memoryAccount)
         peer.changed.wakeAll()
         return count
     }
@@ -433,9 +465,9 @@ final class SandboxSocket: SpecialFile {
             guard !nonblocking else { throw Errno.EAGAIN }
             try task.block(Wait(queues: [target.waitingSenders], reason: "send to a unix datagram socket"))
         }
-        target.queue.append(Message(bytes: bytes, rights: rights, sender: senderAddress(toward: target),
-                                    hopLimit: headers.hopLimit, trafficClass: headers.trafficClass))
-        target.queuedBytes += bytes.count
+        try target.enqueue(Message(bytes: bytes, rights: rights, sender: senderAddress(toward: target),
+                                   hopLimit: headers.hopLimit, trafficClass: headers.trafficClass),
+                           account: task.sandbox.memoryAccount)
         target.changed.wakeAll()
         return bytes.count
     }
@@ -473,6 +505,7 @@ final class SandboxSocket: SpecialFile {
     func lastDescriptionClosed() {
         queue.removeAll()
         queuedBytes = 0
+        uncharge(chargedBytes)
         releaseName?()  // a socket file stays, but nothing answers at it any more
         releaseName = nil
         // Connections nobody accepted are reset: their clients see the end of the stream.

@@ -1,4 +1,5 @@
 import CKVM
+import CatalyzerKVM
 import Glibc
 
 /// The bytes of a /tmp file that has been mapped `MAP_SHARED`: a memfd, mapped once into the
@@ -18,6 +19,21 @@ final class SharedFileMemory {
     let reserved: Int
     private(set) var length: Int
     private(set) var backedLength: Int
+    /// Memory a mapping past the file's end made the memfd hold, charged to a sandbox's budget
+    /// (not to /tmp: it is not part of the file) until the memory is freed.
+    private var beyondEndCharge = 0
+    private var beyondEndAccount: MemoryAccount?
+
+    /// Charges `bytes` of backing past the file's end; ENOMEM when the budget cannot take them.
+    func chargeBeyondEnd(_ bytes: Int, to account: MemoryAccount) throws(Errno) {
+        guard account.charge(bytes) else { throw Errno.ENOMEM }
+        if let previous = beyondEndAccount, previous !== account {  // another sandbox's: not expected
+            previous.release(beyondEndCharge)
+            beyondEndCharge = 0
+        }
+        beyondEndAccount = account
+        beyondEndCharge += bytes
+    }
 
     init(bytes: [UInt8], reserved requested: Int) throws(Errno) {
         let reserved = Int(Page.up(UInt64(max(requested, bytes.count, 4096)))!)
@@ -39,6 +55,7 @@ final class SharedFileMemory {
     }
 
     deinit {
+        beyondEndAccount?.release(beyondEndCharge)
         munmap(base, reserved)
         close(fd)
     }
@@ -53,10 +70,20 @@ final class SharedFileMemory {
         backedLength = Int(pages)
     }
 
-    /// Sets the file's size; bytes past a shrunk end are zeroed (not freed: mappings may cover them).
+    /// Sets the file's size. Bytes past a shrunk end read as zero: the rest of the last page is
+    /// zeroed and whole pages are given back to the host (hole-punched: a mapping of them sees
+    /// fresh zero pages), so a truncated file holds no more host memory than its length.
     func resize(to newLength: Int) throws(Errno) {
         try ensureBacked(newLength)
-        if newLength < length { memset(base + newLength, 0, length - newLength) }
+        if newLength < length {
+            let pageEnd = min(Int(Page.up(UInt64(newLength)) ?? UInt64(length)), length)
+            memset(base + newLength, 0, pageEnd - newLength)
+            if backedLength > pageEnd {
+                for _ in 0..<4 {  // a kick signal may interrupt shmem's fallocate
+                    if ckvm_punch_hole(fd, off_t(pageEnd), off_t(backedLength - pageEnd)) == 0 || errno != EINTR { break }
+                }
+            }
+        }
         length = newLength
     }
 }
@@ -82,10 +109,29 @@ extension MemoryNode {
         return total
     }
 
+    /// Files larger than this keep their bytes in a memfd (`SharedFileMemory`) rather than an
+    /// array: growing one never copies it, and its host memory is the pages written.
+    static let sharedThreshold = 256 << 10
+
+    /// Moves a file that grows to `size` past `sharedThreshold` into a memfd; keeps the array if
+    /// the host gives no memfd (the bytes are the same either way).
+    private func moveToSharedMemory(growingTo size: Int) {
+        guard shared == nil, size > Self.sharedThreshold else { return }
+        _ = try? makeShared(reserving: max(size, account?.capacity ?? size))
+    }
+
+    /// Makes room in a file's array for `size` bytes, growing by at least an eighth so appends
+    /// stay linear while the spare capacity (host memory not charged) stays small.
+    private static func reserve(_ data: inout [UInt8], for size: Int) {
+        guard size > data.capacity else { return }
+        data.reserveCapacity(max(size, data.count + data.count / 8))
+    }
+
     /// Writes host buffers at `position`, growing the file (with zeros before `position` when it
     /// is past the end). The caller has charged the growth to the filesystem.
     func writeFile(from vectors: [iovec], at start: Int) throws(Errno) -> Int {
         let length = vectors.reduce(0) { $0 + $1.iov_len }
+        moveToSharedMemory(growingTo: start + length)
         if let shared {
             try shared.resize(to: max(shared.length, start + length))
             var position = start
@@ -98,6 +144,7 @@ extension MemoryNode {
         guard case .file(var data) = content else { throw Errno.EISDIR }
         content = .file([])  // keep `data` uniquely referenced while editing
         defer { content = .file(data) }
+        Self.reserve(&data, for: start + length)
         var position = start
         for vector in vectors {
             let bytes = UnsafeRawBufferPointer(start: vector.iov_base, count: vector.iov_len)
@@ -111,13 +158,22 @@ extension MemoryNode {
 
     /// Sets a file's size (truncate); the caller has charged the difference.
     func resizeFile(to length: Int) throws(Errno) {
+        moveToSharedMemory(growingTo: length)
         if let shared { return try shared.resize(to: length) }
         guard case .file(var data) = content else { throw Errno.EISDIR }
         content = .file([])
         if length < data.count {
             data.removeLast(data.count - length)
+            if data.capacity > 2 * data.count + 4096 {  // give back the spare capacity: a fresh, exact copy
+                let kept = data
+                data = [UInt8](unsafeUninitializedCapacity: kept.count) { buffer, count in
+                    kept.withUnsafeBufferPointer { _ = buffer.initialize(fromContentsOf: $0) }
+                    count = kept.count
+                }
+            }
         } else {
-            data += [UInt8](repeating: 0, count: length - data.count)
+            Self.reserve(&data, for: length)
+            data += repeatElement(0, count: length - data.count)
         }
         content = .file(data)
     }

@@ -206,6 +206,8 @@ extension Task {
             // Writes up to PIPE_BUF go in whole; a larger blocking write goes in pieces as room
             // appears, the bytes already written kept in `transferred` across the waits.
             let needed = length <= Pipe.atomicWriteSize ? length : 1
+            // An empty pipe that cannot get a page: the sandbox's memory is used up.
+            if pipe.isOutOfMemory { if transferred > 0 { return transferred } else { throw Errno.ENOMEM } }
             if pipe.room < needed {
                 guard file.statusFlags & O_NONBLOCK == 0 else {
                     if transferred > 0 { return transferred }
@@ -473,6 +475,7 @@ extension Task {
         if (inputOffset ?? 0) < 0 || (outputOffset ?? 0) < 0 { throw Errno.EINVAL }
         var count = min(requested, Self.maximumCopy)
         if case .pipe(let pipe) = output.backing, pipe.hasReader {
+            if pipe.isOutOfMemory && count > 0 { throw Errno.ENOMEM }
             if pipe.room == 0 && count > 0 {
                 guard output.statusFlags & O_NONBLOCK == 0 else { throw Errno.EAGAIN }
                 try block(Wait(queues: [pipe.changed], reason: "write to \(output.guestPath)"))

@@ -60,7 +60,7 @@ extension Task {
         result.f_type = Self.tmpfsMagic
         result.f_bsize = 4096
         result.f_blocks = UInt64(tmp.capacity / 4096)
-        result.f_bfree = UInt64(max(0, tmp.capacity - tmp.bytesUsed) / 4096)
+        result.f_bfree = UInt64(max(0, tmp.bytesFree) / 4096)
         result.f_bavail = result.f_bfree
         // tmpfs limits inodes to half the pages of RAM by default; report that many.
         result.f_files = UInt64(tmp.capacity / 8192)

@@ -20,9 +20,17 @@ final class FutexTable {
     }
 
     private var queues: [Key: WaitQueue] = [:]
+    /// A waiter that times out or is interrupted leaves its queue behind; empty queues are swept
+    /// whenever the table has doubled since the last sweep, so waits on ever new words cannot
+    /// grow the monitor's memory without bound.
+    private var sweepAt = 64
 
     func queue(_ key: Key) -> WaitQueue {
         if let queue = queues[key] { return queue }
+        if queues.count >= sweepAt {
+            queues = queues.filter { !$0.value.isEmpty }
+            sweepAt = max(64, 2 * queues.count)
+        }
         let queue = WaitQueue()
         queues[key] = queue
         return queue

@@ -103,6 +103,10 @@ extension Task {
         let memory = try node.makeShared(reserving: filesystem.tmp.capacity)
         guard offset + size <= UInt64(memory.reserved) else { throw Errno.ENOMEM }
         let extent = Int(offset + size)
+        // Pages past the file's end are not the file's bytes, which /tmp charges; they cost the
+        // host all the same once written through the mapping, so they are charged here.
+        let pastEnd = extent - max(memory.backedLength, Int(Page.up(UInt64(memory.length)) ?? UInt64(extent)))
+        if pastEnd > 0 { try memory.chargeBeyondEnd(pastEnd, to: sandbox.memoryAccount) }
         try memory.ensureBacked(extent)
         let slotSize = (extent + (2 << 20) - 1) & ~((2 << 20) - 1)
         let window: UInt64

@@ -12,7 +12,7 @@ extension Task {
     }
 
     private func makePipe(at address: UInt64, flags: Int32) throws(Errno) -> UInt64 {
-        let pipe = Pipe()
+        let pipe = Pipe(account: sandbox.memoryAccount)
         let name = "pipe:[\(pipe.inode)]"
         let reader = OpenFile(backing: .pipe(pipe), guestPath: name, statusFlags: O_RDONLY | (flags & O_NONBLOCK))
         let writer = OpenFile(backing: .pipe(pipe), guestPath: name, statusFlags: O_WRONLY | (flags & O_NONBLOCK))

@@ -49,7 +49,7 @@ extension Task {
         let flags = a.uint32(1)
         guard flags & ~(closeOnExec | allowSealing | noExecSeal | exec) == 0 else { throw Errno.EINVAL }
         let name = try space.readCString(a[0], limit: 250)
-        let node = filesystem.tmp.makeUnlinkedFile(mode: flags & noExecSeal != 0 ? 0o666 : 0o777)
+        let node = try filesystem.tmp.makeUnlinkedFile(mode: flags & noExecSeal != 0 ? 0o666 : 0o777)
         node.owner = credentials.uid
         node.group = credentials.gid
         let file = OpenFile(backing: .memory(node), guestPath: "/memfd:\(name) (deleted)", statusFlags: O_RDWR)

@@ -27,10 +27,11 @@ public enum Command {
     /// Path of a built product, e.g. `binary("catalyzer")`.
     public static func binary(_ name: String) -> String { binDirectory + "/" + name }
 
-    /// Runs `executable` (a path, or a name looked up in PATH) to completion.
+    /// Runs `executable` (a path, or a name looked up in PATH) to completion; `started` is
+    /// told its pid as soon as it runs.
     @discardableResult
     public static func run(_ executable: String, _ arguments: [String], stdin: Data? = nil,
-                           environment: [String: String] = [:]) throws -> CommandResult {
+                           environment: [String: String] = [:], started: ((Int32) -> Void)? = nil) throws -> CommandResult {
         let process = Process()
         if executable.contains("/") {
             process.executableURL = URL(fileURLWithPath: executable)
@@ -47,6 +48,7 @@ public enum Command {
         process.standardError = err
         process.standardInput = input
         try process.run()
+        started?(process.processIdentifier)
         if let stdin { input.fileHandleForWriting.write(stdin) }
         try input.fileHandleForWriting.close()
         // Read both pipes concurrently so neither fills up and blocks the child.
