@@ -516,3 +516,52 @@ extension Task {
         file.statusFlags & O_NONBLOCK != 0 || flags & Self.messageDontWait != 0
     }
 }
+
+/// sendmmsg and recvmmsg: sendmsg/recvmsg over an array of `struct mmsghdr` (a msghdr and the
+/// byte count, 64 bytes each), stopping at the first error once one message went through.
+extension Task {
+    private static let multipleMessageLimit = 1024  // UIO_MAXIOV
+    private static let multipleMessageSize: UInt64 = 64, messageLengthOffset: UInt64 = 56
+
+    func sysSendmmsg(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let count = min(Int(a.uint32(2)), Self.multipleMessageLimit)
+        var sent = 0
+        while sent < count {
+            let header = a[1] + UInt64(sent) * Self.multipleMessageSize
+            let length: UInt64
+            do throws(Errno) {
+                length = try sysSendmsg(SyscallArguments(number: 46, values: [a[0], header, a[3], 0, 0, 0]))
+            } catch {
+                if sent > 0 && error != Errno.blocked { break }
+                throw error
+            }
+            try space.store(UInt32(truncatingIfNeeded: length), at: header + Self.messageLengthOffset)
+            sent += 1
+        }
+        return UInt64(sent)
+    }
+
+    /// The timeout argument is not supported (EINVAL when given); MSG_WAITFORONE is honoured.
+    func sysRecvmmsg(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let waitForOne: Int32 = 0x10000
+        guard a[4] == 0 else { throw Errno.EINVAL }
+        let count = min(Int(a.uint32(2)), Self.multipleMessageLimit)
+        var flags = a.int32(3) & ~waitForOne
+        var received = 0
+        while received < count {
+            let header = a[1] + UInt64(received) * Self.multipleMessageSize
+            let length: UInt64
+            do throws(Errno) {
+                length = try sysRecvmsg(SyscallArguments(number: 47, values: [a[0], header, UInt64(UInt32(bitPattern: flags)), 0, 0, 0]))
+            } catch {
+                if received > 0 && error != Errno.blocked { break }
+                if received > 0 { break }  // what arrived so far is returned; the rest would wait
+                throw error
+            }
+            try space.store(UInt32(truncatingIfNeeded: length), at: header + Self.messageLengthOffset)
+            received += 1
+            if a.int32(3) & waitForOne != 0 { flags |= 0x40 }  // MSG_DONTWAIT after the first
+        }
+        return UInt64(received)
+    }
+}

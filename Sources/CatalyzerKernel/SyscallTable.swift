@@ -239,6 +239,8 @@ enum SyscallTable {
         add(45, "recvfrom", [.fd, .outBuffer, .int, .flags, .hex, .hex], Task.sysRecvfrom)
         add(46, "sendmsg", [.fd, .hex, .flags], Task.sysSendmsg)
         add(47, "recvmsg", [.fd, .hex, .flags], Task.sysRecvmsg)
+        add(299, "recvmmsg", [.fd, .hex, .int, .flags, .hex], Task.sysRecvmmsg)
+        add(307, "sendmmsg", [.fd, .hex, .int, .flags], Task.sysSendmmsg)
         add(48, "shutdown", [.fd, .int], Task.sysShutdown)
         add(51, "getsockname", [.fd, .hex, .hex], Task.sysGetsockname)
         add(52, "getpeername", [.fd, .hex, .hex], Task.sysGetpeername)

@@ -297,25 +297,27 @@ struct TaskTests {
         time.sleep(0.2)
         print("not fired while sleeping", fired["vt"] == 0)
         signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        # Spin until CPU time (not wall time: the host may be busy) has advanced, within a bound.
         t0 = time.process_time(); w0 = time.monotonic()
-        while time.monotonic() - w0 < 0.2: pass
+        while time.process_time() - t0 < 0.15 and time.monotonic() - w0 < 10: pass
         busy = time.process_time() - t0
         t0 = time.process_time(); time.sleep(0.2); idle = time.process_time() - t0
-        print("process time counts work", 0.1 < busy < 0.4, "not sleep", idle < 0.05)
+        print("process time counts work", busy >= 0.15, "not sleep", idle < 0.05)
         th = [0]
         def spin():
             w = time.monotonic()
-            while time.monotonic() - w < 0.1: pass
+            while time.thread_time() < 0.1 and time.monotonic() - w < 10: pass
             th[0] = time.thread_time()
         t = threading.Thread(target=spin); t.start(); t.join()
-        print("thread time is the thread's", 0.05 < th[0] < 0.3, time.thread_time() < time.process_time())
+        print("thread time is the thread's", th[0] >= 0.1, time.thread_time() < time.process_time())
         pid = os.fork()
         if pid == 0:
             w = time.monotonic()
-            while time.monotonic() - w < 0.1: pass
+            while time.process_time() < 0.1 and time.monotonic() - w < 10: pass
             os._exit(0)
         os.waitpid(pid, 0)
-        print("children time", 0.05 < resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime < 0.4, os.times().children_user + os.times().children_system > 0.04)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        print("children time", children.ru_utime + children.ru_stime >= 0.09, os.times().children_user + os.times().children_system >= 0.09)
         """),
         ("TCP and UDP on the sandbox's own loopback", """
         import socket, os, errno, select, threading, selectors
@@ -467,6 +469,33 @@ struct TaskTests {
         lite.setsockopt(socket.IPPROTO_UDPLITE, 10, 20)
         other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDPLITE); other.sendto(b"lite", lite.getsockname())
         print(lite.recvfrom(10)[0], lite.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+        """),
+        ("sendmmsg and recvmmsg through libc", """
+        import ctypes, socket, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        class iovec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+        class msghdr(ctypes.Structure):
+            _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
+                        ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int)]
+        class mmsghdr(ctypes.Structure):
+            _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint32)]
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        payloads = [b"one", b"three", b"fifteen"]
+        buffers = [ctypes.create_string_buffer(p, len(p)) for p in payloads]
+        iovs = [iovec(ctypes.cast(buf, ctypes.c_void_p), len(p)) for buf, p in zip(buffers, payloads)]
+        messages = (mmsghdr * 3)()
+        for i in range(3):
+            messages[i].hdr.iov = ctypes.pointer(iovs[i]); messages[i].hdr.iovlen = 1
+        print("sent", libc.sendmmsg(a.fileno(), messages, 3, 0), [messages[i].len for i in range(3)])
+        out = [ctypes.create_string_buffer(16) for _ in range(4)]
+        oiovs = [iovec(ctypes.cast(buf, ctypes.c_void_p), 16) for buf in out]
+        received = (mmsghdr * 4)()
+        for i in range(4):
+            received[i].hdr.iov = ctypes.pointer(oiovs[i]); received[i].hdr.iovlen = 1
+        count = libc.recvmmsg(b.fileno(), received, 4, socket.MSG_DONTWAIT, None)
+        print("received", count, [out[i].raw[:received[i].len] for i in range(count)])
+        print("empty", libc.recvmmsg(b.fileno(), received, 4, socket.MSG_DONTWAIT, None), ctypes.get_errno() == 11)
         """),
     ]
 
