@@ -184,6 +184,7 @@ public enum Registry {
     /// "config", "state", "chunk N" by blob digest, for messages and events.
     static func roles(of config: ImageConfig, manifest: OCIManifest) -> [Digest: String] {
         var roles: [Digest: String] = [manifest.config.digest: "config", config.state.digest: "state"]
+        for layer in config.rootfs?.layers ?? [] { roles[layer.digest] = "rootfs layer" }
         for chunk in config.chunks where roles[chunk.digest] == nil { roles[chunk.digest] = "chunk \(chunk.index)" }
         return roles
     }

@@ -124,6 +124,7 @@ struct ImageCommand: ParsableCommand {
                     stored          \(ByteCount.format(config.storedChunkBytes)) (\(String(format: "%.2f", ratio))x)
                     state           \(ByteCount.format(config.state.size)) \(config.state.digest)
                     working set     \(config.workingSet.map { "\($0.count) chunks" } ?? "none recorded")
+                    rootfs          \(config.rootfs.map { "\($0.layers.count) layer\($0.layers.count == 1 ? "" : "s"), \(ByteCount.format($0.layers.reduce(0) { $0 + $1.size })) (\($0.layers.map(\.digest.short).joined(separator: ", "))) from \($0.path)" } ?? "not carried (restores only where its rootfs directory is)")
                     """ + (config.annotations ?? [:]).sorted { $0.key < $1.key }.enumerated().map { index, entry in
                         (index == 0 ? "\nannotations     " : "\n                ") + "\(entry.key)=\(entry.value)"
                     }.joined())
@@ -198,7 +199,7 @@ struct ImageCommand: ParsableCommand {
                     Output.err("catalyzer: warning: \(entry) is not a blob (the store writes only regular files there); gc left it in place: remove it by hand")
                 }
                 if json { return Output.json(report) }
-                Output.out("removed \(report.blobsRemoved) blobs (\(ByteCount.format(report.bytesRemoved))) and \(report.temporaryFilesRemoved) temporary files; \(report.blobsKept) blobs in use"
+                Output.out("removed \(report.blobsRemoved) blobs (\(ByteCount.format(report.bytesRemoved))), \(report.temporaryFilesRemoved) temporary files and \(report.rootfsDirectoriesRemoved) unpacked rootfs directories; \(report.blobsKept) blobs in use"
                            + (report.versionsInUse > 0 ? ", \(report.versionsInUse) replaced or removed image versions kept for the sandboxes still running them" : ""))
             }
         }
