@@ -63,7 +63,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "catalyzerfs", dependencies: ["CatalyzerFS", "CatalyzerImage"]),
+        .executableTarget(name: "catalyzerfs", dependencies: ["CatalyzerFS", "CatalyzerImage", "CatalyzerRegistry"]),
 
         // Helpers shared by the test targets: running binaries, temp dirs, device checks.
         .target(name: "CatalyzerTestSupport", dependencies: ["CatalyzerImage"], path: "Tests/Support"),

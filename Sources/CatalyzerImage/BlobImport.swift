@@ -45,14 +45,15 @@ public final class ImageImport: Sendable {
     /// (which re-reads and verifies manifest and config), checks that every layer blob is stored
     /// with its size, syncs the filesystem, and only then names it. `annotations` are recorded on
     /// the name's entry in `index.json` (e.g. where the image was pulled from).
-    public func publish(name: String, manifestBytes: [UInt8], annotations: [String: String] = [:]) throws -> Image {
+    /// `remoteBlobs` (a lazy pull) may be missing: they are fetched on first touch.
+    public func publish(name: String, manifestBytes: [UInt8], annotations: [String: String] = [:], remoteBlobs: Set<Digest> = []) throws -> Image {
         guard ImageStore.isValidName(name) else { throw ImageError.invalidName(name) }
         let digest = Digest(of: manifestBytes)
         try storeBlob(manifestBytes, expecting: digest)
         let descriptor = Descriptor(mediaType: MediaType.ociManifest, digest: digest, size: Int64(manifestBytes.count),
                                     annotations: annotations.isEmpty ? nil : annotations)
         let image = try Image(store: store, name: name, manifestDescriptor: descriptor)
-        for layer in image.manifest.layers where !store.hasBlob(layer.digest, size: layer.size) {
+        for layer in image.manifest.layers where !remoteBlobs.contains(layer.digest) && !store.hasBlob(layer.digest, size: layer.size) {
             throw ImageError.blobMissing(image: name, digest: layer.digest, role: "layer", path: store.blobPath(layer.digest))
         }
         try store.syncAll()

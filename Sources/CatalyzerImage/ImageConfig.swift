@@ -145,6 +145,11 @@ public struct ImageConfig: Codable, Sendable, Equatable {
         return nil
     }
 
+    /// The entry of chunk `index`, or nil for an all-zero chunk.
+    public func chunk(at index: Int) -> ChunkEntry? {
+        entryPosition(ofChunk: index).map { chunks[$0] }
+    }
+
     /// The position in `chunks` of the entry for chunk `index`, or nil for an all-zero chunk.
     /// A binary search of the sorted table rather than a table per chunk position: memory an
     /// image only claims to have must not cost memory to open it.

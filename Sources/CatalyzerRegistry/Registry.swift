@@ -25,6 +25,8 @@ public struct PullReport: Codable, Sendable {
     public var downloaded: Int
     public var existing: Int
     public var bytesDownloaded: Int64
+    /// Chunk blobs left in the registry (`--lazy`): fetched by catalyzerfs on first touch.
+    public var remote: Int = 0
     public var seconds: Double
 }
 
@@ -91,7 +93,11 @@ public enum Registry {
     /// at once, and verified against its digest before it is stored; the name is published
     /// only when every blob is in place. A failed pull publishes nothing, and its rerun downloads
     /// only the blobs still missing.
-    public static func pull(_ reference: ImageReference, as name: String? = nil, store: ImageStore, options: RegistryOptions,
+    ///
+    /// With `lazy`, only the manifest, config, state, rootfs layers and the chunks of the working
+    /// set are downloaded; the image is published with its origin (and how to reach it), and
+    /// catalyzerfs fetches every other chunk from the registry on first touch.
+    public static func pull(_ reference: ImageReference, as name: String? = nil, store: ImageStore, options: RegistryOptions, lazy: Bool = false,
                             events: @escaping @Sendable (TransferEvent) -> Void = { _ in }) async throws(RegistryError) -> PullReport {
         let started = DispatchTime.now()
         let name = name ?? reference.defaultImageName
@@ -100,7 +106,7 @@ public enum Registry {
         }
         let client = try RegistryClient(registry: reference.registry, options: options, events: events)
         do {
-            let report = try await pull(reference, name: name, store: store, client: client, events: events, started: started)
+            let report = try await pull(reference, name: name, store: store, client: client, lazy: lazy, events: events, started: started)
             await client.shutdown()
             return report
         } catch {
@@ -109,7 +115,7 @@ public enum Registry {
         }
     }
 
-    private static func pull(_ reference: ImageReference, name: String, store: ImageStore, client: RegistryClient,
+    private static func pull(_ reference: ImageReference, name: String, store: ImageStore, client: RegistryClient, lazy: Bool,
                              events: @escaping @Sendable (TransferEvent) -> Void, started: DispatchTime) async throws -> PullReport {
         let repository = reference.repository
         let (manifestBytes, mediaType) = try await client.fetchManifest(reference)
@@ -137,29 +143,44 @@ public enum Registry {
             events(.blob(digest: blob.digest, role: role, size: blob.size, action: .downloaded))
         }
 
-        var layers: [Descriptor] = []
-        var seen: Set<Digest> = [config.digest]
-        for layer in manifest.layers where seen.insert(layer.digest).inserted { layers.append(layer) }
-        events(.plan(operation: .pull, reference: reference.description, blobs: layers.count + 1,
-                     bytes: layers.reduce(config.size) { $0 + $1.size }))
-
         // The config first: it says what the layers are, and a bad one stops the pull before
         // any chunk is transferred.
         try await fetch(config, role: "config")
         let configBytes = try store.readBlob(config.digest, size: config.size, image: name, role: "config")
         let imageConfig = try importer.checkConfig(configBytes, manifest: manifest, image: name)
         let roles = Self.roles(of: imageConfig, manifest: manifest)
+
+        var layers: [Descriptor] = []
+        var seen: Set<Digest> = [config.digest]
+        for layer in manifest.layers where seen.insert(layer.digest).inserted { layers.append(layer) }
+        // Lazy: the chunks outside the working set stay in the registry.
+        var remote: Set<Digest> = []
+        if lazy {
+            let working = Set((imageConfig.workingSet ?? []).compactMap { imageConfig.chunk(at: $0)?.digest })
+            let chunks = Set(imageConfig.chunks.map(\.digest))
+            remote = chunks.subtracting(working).subtracting([imageConfig.state.digest]).subtracting(imageConfig.rootfs?.layers.map(\.digest) ?? [])
+            layers.removeAll { remote.contains($0.digest) }
+        }
+        events(.plan(operation: .pull, reference: reference.description, blobs: layers.count + 1,
+                     bytes: layers.reduce(config.size) { $0 + $1.size }))
         try await forEachConcurrently(layers, limit: client.options.parallelism) { layer in
             try await fetch(layer, role: roles[layer.digest] ?? "layer")
         }
-        _ = try importer.publish(name: name, manifestBytes: manifestBytes,
-                                 annotations: [ImageStore.originAnnotation: reference.with(digest: digest).description])
+        var annotations = [ImageStore.originAnnotation: reference.with(digest: digest).description]
+        if lazy {
+            annotations[ImageStore.lazyAnnotation] = "true"
+            if client.options.insecure { annotations[ImageStore.originInsecureAnnotation] = "true" }
+            if let caFile = client.options.caFile {
+                annotations[ImageStore.originCAFileAnnotation] = URL(fileURLWithPath: caFile).standardizedFileURL.path
+            }
+        }
+        _ = try importer.publish(name: name, manifestBytes: manifestBytes, annotations: annotations, remoteBlobs: remote)
         try? store.addRemoteRecord(RemoteRecord(registry: reference.registry, repository: repository,
                                                 manifest: digest, manifestSize: Int64(manifestBytes.count)))
         let final = counts.withLock { $0 }
         return PullReport(reference: reference.description, name: name, digest: digest, blobs: layers.count + 1,
                           downloaded: final.downloaded, existing: final.existing, bytesDownloaded: final.bytes,
-                          seconds: seconds(since: started))
+                          remote: remote.count, seconds: seconds(since: started))
     }
 
     /// Decodes a pulled manifest and refuses anything but a catalyzer image manifest, saying what

@@ -365,6 +365,26 @@ public final class RegistryClient: Sendable {
         }
     }
 
+    /// Blob `digest` whole, in memory (chunks of lazily pulled images; the caller verifies it).
+    /// More than `size` bytes is refused as soon as it arrives.
+    func fetchBlob(_ repository: String, _ digest: Digest, size: Int64, role: String) async throws -> [UInt8] {
+        try await withRetries("GET \(role) blob \(digest)") {
+            let response = try await send(.GET, url(repository, "blobs/\(digest)"), scopes: [Self.pullScope(repository)],
+                                          repository: repository, timeout: max(60, size / (1 << 20)))
+            let status = Int(response.status.code)
+            guard status == 200 else {
+                let detail = Self.errorDetail(try? await response.body.collect(upTo: 1 << 20))
+                throw RegistryError.unexpectedResponse(registry: registry, operation: "GET \(role) blob \(digest) of \(repository)", status: status, detail: detail)
+            }
+            do {
+                return Array(try await response.body.collect(upTo: Int(size)).readableBytesView)
+            } catch is NIOTooManyBytesError {
+                throw RegistryError.digestMismatch(registry: registry, repository: repository, digest: digest, role: role,
+                                                   actual: nil, expectedSize: size, actualSize: size + 1)
+            }
+        }
+    }
+
     /// An upload `Location` made absolute.
     func resolve(_ location: String) -> String {
         if location.hasPrefix("http://") || location.hasPrefix("https://") { return location }

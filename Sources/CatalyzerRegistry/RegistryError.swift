@@ -31,7 +31,7 @@ public enum RegistryError: Error, Sendable, Equatable, CustomStringConvertible {
         case let .invalidReference(text, why):
             return "'\(text)' is not an image reference: \(why)"
         case let .unreachable(registry, attempts, detail):
-            return "cannot reach the registry at \(registry) (\(detail)) after \(attempts) attempt\(attempts == 1 ? "" : "s"); check that it runs and that the address is right; nothing partial was published, and a rerun transfers only what is missing"
+            return "cannot reach the registry at \(registry) (\(detail)) after \(attempts) attempt\(attempts == 1 ? "" : "s"); check that it runs and that the address is right"
         case let .tls(registry, detail):
             return "TLS with the registry at \(registry) failed: \(detail); trust its CA with --ca-file FILE, or pass --insecure if it serves plain HTTP"
         case let .unauthorized(registry, repository, hadCredentials, detail):

@@ -55,7 +55,7 @@ public final class RestoredSandbox {
         guardSlot = chost_guard_guest_memory(
             mapped.base, UInt64(mapped.size), UInt64(chunkSize),
             "catalyzer: error: image '\(image)': guest memory chunk ",
-            " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob; its log names the blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n",
+            " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob, or for an image pulled with --lazy a registry it could not reach; its log names the blob and the registry). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n",
             mount.statsPath,
             " could not be read from \(memoryPath): \(Self.daemonGone(mount)). The invocation was stopped before running on that memory.\n")
         do {
@@ -123,7 +123,7 @@ public final class RestoredSandbox {
                 if code == ENOTCONN || code == ECONNABORTED {
                     return "image '\(image)': guest memory chunk \(offset / chunkSize) cannot be read: \(Self.daemonGone(mount)). The invocation was stopped before running on that memory"
                 }
-                return "image '\(image)': guest memory chunk \(offset / chunkSize) (bytes \(offset)-\(offset + chunkSize - 1)) cannot be read: \(String(cString: strerror(code))) (catalyzerfs failed to serve it: a corrupt or missing chunk blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`"
+                return "image '\(image)': guest memory chunk \(offset / chunkSize) (bytes \(offset)-\(offset + chunkSize - 1)) cannot be read: \(String(cString: strerror(code))) (catalyzerfs failed to serve it: a corrupt or missing chunk blob, or for an image pulled with --lazy a registry it could not reach). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`"
             }
             offset += chunkSize
         }

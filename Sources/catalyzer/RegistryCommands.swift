@@ -40,6 +40,22 @@ struct RegistryConnectionOptions: ParsableArguments {
     }
 }
 
+/// A push or pull that failed on the way: nothing partial is published, and a rerun moves only
+/// what is still missing; the message says so.
+struct InterruptedTransfer: Error, CustomStringConvertible {
+    let error: Error
+    var description: String {
+        "\(error); nothing partial was published, and a rerun transfers only what is still missing"
+    }
+
+    static func wrap(_ error: Error) -> Error {
+        switch error as? RegistryError {
+        case .unreachable?, .unexpectedResponse?: InterruptedTransfer(error: error)
+        default: error
+        }
+    }
+}
+
 /// `catalyzer push NAME REGISTRY/REPOSITORY[:TAG]`.
 struct PushCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -69,7 +85,7 @@ struct PushCommand: AsyncParsableCommand {
                 report = try await Registry.push(name, store: storeOptions.imageStore, to: target, options: options, events: progress.handle)
             } catch {
                 progress.finish()
-                throw error
+                throw InterruptedTransfer.wrap(error)
             }
             progress.finish()
             switch progress.mode {
@@ -103,6 +119,7 @@ struct PullCommand: AsyncParsableCommand {
 
     @Argument(help: "REGISTRY/REPOSITORY[:TAG] or REGISTRY/REPOSITORY@sha256:DIGEST.") var reference: String
     @Option(help: "The local image name (default: the repository's last component, plus -TAG unless the tag is latest).") var name: String?
+    @Flag(help: "Fetch only the manifest, config, state, rootfs and working set; catalyzerfs fetches other chunks from the registry on first touch.") var lazy = false
     @OptionGroup var connection: RegistryConnectionOptions
     @OptionGroup var storeOptions: StoreOptions
 
@@ -113,10 +130,10 @@ struct PullCommand: AsyncParsableCommand {
             let progress = TransferProgress(json: connection.json, quiet: connection.quiet)
             let report: PullReport
             do {
-                report = try await Registry.pull(source, as: name, store: storeOptions.imageStore, options: options, events: progress.handle)
+                report = try await Registry.pull(source, as: name, store: storeOptions.imageStore, options: options, lazy: lazy, events: progress.handle)
             } catch {
                 progress.finish()
-                throw error
+                throw InterruptedTransfer.wrap(error)
             }
             progress.finish()
             switch progress.mode {
@@ -125,11 +142,11 @@ struct PullCommand: AsyncParsableCommand {
             case .json:
                 progress.done(["operation": "pull", "reference": report.reference, "name": report.name, "digest": report.digest.description,
                                "blobs": report.blobs, "downloaded": report.downloaded, "existing": report.existing,
-                               "bytes": report.bytesDownloaded, "seconds": report.seconds])
+                               "bytes": report.bytesDownloaded, "remote": report.remote, "seconds": report.seconds])
             case .bar:
                 Output.out("""
                     pulled \(report.reference) as \(report.name) (\(report.digest))
-                      \(report.blobs) blobs: \(report.downloaded) downloaded (\(ByteCount.format(report.bytesDownloaded))), \(report.existing) already in the store; \(String(format: "%.2f", report.seconds)) s
+                      \(report.blobs) blobs: \(report.downloaded) downloaded (\(ByteCount.format(report.bytesDownloaded))), \(report.existing) already in the store\(report.remote > 0 ? ", \(report.remote) chunk blobs left in the registry (lazy)" : ""); \(String(format: "%.2f", report.seconds)) s
                     """)
             }
         }

@@ -164,3 +164,25 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: store.rootfsPath(for: [layer])))
     }
 }
+
+@Suite struct BlobCacheTests {
+    @Test func evictsLeastRecentlyUsedAndDropsDamage() throws {
+        let dir = try TemporaryDirectory("blob-cache")
+        defer { dir.remove() }
+        let blobs = try (0..<3).map { _ in try MemoryFixtures.random(1000) }
+        let digests = blobs.map { Digest(of: $0) }
+        let cache = try BlobCache(directory: dir.file("cache"), limit: 2000)
+        cache.insert(digests[0], blobs[0])
+        cache.insert(digests[1], blobs[1])
+        #expect(cache.read(digests[0], size: 1000) == blobs[0])  // 0 is now the most recent
+        cache.insert(digests[2], blobs[2])
+        #expect(cache.contains(digests[0]) && !cache.contains(digests[1]) && cache.contains(digests[2]))
+        #expect(cache.totalBytes == 2000)
+        // A damaged file is never served: dropped, to be fetched again.
+        try Data(try MemoryFixtures.random(1000)).write(to: URL(fileURLWithPath: dir.file("cache") + "/" + digests[2].hex))
+        #expect(cache.read(digests[2], size: 1000) == nil)
+        #expect(!cache.contains(digests[2]))
+        // Reopened, it knows what is on disk.
+        #expect(try BlobCache(directory: dir.file("cache"), limit: 2000).read(digests[0], size: 1000) == blobs[0])
+    }
+}
