@@ -79,7 +79,7 @@ let package = Package(
         .testTarget(
             name: "CatalyzerRegistryTests",
             dependencies: [
-                "CatalyzerRegistry", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer",
+                "CatalyzerRegistry", "CatalyzerImage", "CatalyzerBench", "CatalyzerTestSupport", "catalyzer",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
