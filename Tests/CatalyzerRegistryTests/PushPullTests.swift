@@ -174,4 +174,29 @@ struct PushPullTests {
         #expect(try storeB.names().isEmpty)
         #expect(!storeB.hasBlob(chunk.digest, size: chunk.size), "the wrong bytes were not stored")
     }
+
+    @Test func serverErrorsAreRetriedWithBackoff() throws {
+        let dir = try TemporaryDirectory("registry-503")
+        defer { dir.remove() }
+        let registry = try RegistryServer(directory: dir.file("registry"))
+        defer { registry.remove() }
+        let proxy = try FlakyProxy(directory: dir.file("proxy"), upstream: registry.address)
+        defer { proxy.stop() }
+        let source = try SourceImage.make(in: dir, bytes: try MemoryFixtures.zeroHeavy(1 << 20))
+        let target = "\(proxy.address)/functions/fn:v1"
+
+        // Every blob's first HEAD (push) and first GET (pull) is answered 503.
+        let pushed = try CLI.run(["push", "fn", target, "--insecure", "--json", "--store", source.store.root])
+        #expect(pushed.status == 0, "\(pushed)")
+        let retries = Events(pushed.stdout).objects.filter { $0["event"] as? String == "retry" }
+        let planned = try #require(Events(pushed.stdout).plannedBlobs)
+        #expect(retries.count >= planned, "one retry per blob at least: \(retries.count) for \(planned)")
+        #expect(retries.allSatisfy { ($0["reason"] as? String)?.contains("HTTP 503") == true })
+        let storeB = ImageStore(root: dir.file("store-b"))
+        let pulled = try CLI.run(["pull", target, "--name", "fn", "--insecure", "--json", "--store", storeB.root])
+        #expect(pulled.status == 0, "\(pulled)")
+        #expect(Events(pulled.stdout).objects.filter { $0["event"] as? String == "retry" }.count >= planned)
+        #expect(proxy.refused.contains { $0.hasPrefix("GET ") } && proxy.refused.contains { $0.hasPrefix("HEAD ") })
+        #expect(try exportMatches(storeB, "fn", source.memory, in: dir))
+    }
 }
