@@ -13,6 +13,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // C libraries and shims: thin, no logic.
@@ -30,6 +33,18 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // The OCI distribution client: push and pull through a registry.
+        .target(
+            name: "CatalyzerRegistry",
+            dependencies: [
+                "CatalyzerImage",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
         // The FUSE filesystem that serves image memory on first touch.
         .target(name: "CatalyzerFS", dependencies: ["CFuse3", "CatalyzerImage"]),
         // /dev/kvm: VM, vCPU, memory slots, long mode, trap stubs.
@@ -44,11 +59,11 @@ let package = Package(
         .executableTarget(
             name: "catalyzer",
             dependencies: [
-                "CatalyzerImage", "CatalyzerBench", "CatalyzerKernel", "CatalyzerRuntime",
+                "CatalyzerImage", "CatalyzerBench", "CatalyzerKernel", "CatalyzerRuntime", "CatalyzerRegistry",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "catalyzerfs", dependencies: ["CatalyzerFS", "CatalyzerImage"]),
+        .executableTarget(name: "catalyzerfs", dependencies: ["CatalyzerFS", "CatalyzerImage", "CatalyzerRegistry"]),
 
         // Helpers shared by the test targets: running binaries, temp dirs, device checks.
         .target(name: "CatalyzerTestSupport", dependencies: ["CatalyzerImage"], path: "Tests/Support"),
@@ -59,6 +74,14 @@ let package = Package(
         .testTarget(
             name: "CatalyzerImageTests",
             dependencies: ["CatalyzerImage", "CatalyzerBench", "CatalyzerTestSupport", "catalyzer"]
+        ),
+        // Push and pull against Debian's docker-registry started by the tests; skopeo interop.
+        .testTarget(
+            name: "CatalyzerRegistryTests",
+            dependencies: [
+                "CatalyzerRegistry", "CatalyzerImage", "CatalyzerBench", "CatalyzerTestSupport", "catalyzer",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
         ),
         .testTarget(
             name: "CatalyzerKernelTests",

@@ -18,6 +18,8 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages: build (C libraries for the shims), run (fuse3 for mount/umount),
 # test (busybox-static, gcc, fio, python3 for dumps and the guest rootfs, docker-registry, skopeo,
+# apache2-utils (htpasswd -B, bcrypt) and openssl for the registry tests' auth and TLS, zstd (GNU tar
+# reading rootfs layers),
 # python3-pip and libpython3.11-testsuite for the test rootfs: numpy and CPython's own regression
 # tests, for the sandbox-vs-host comparison),
 # benchmark baselines (runsc: gVisor).
@@ -25,7 +27,7 @@ packages=(
   pkg-config gcc libc6-dev
   libfuse3-dev fuse3 libzstd-dev liblz4-dev
   python3 python3.11 python3-pip libpython3.11-testsuite cpio busybox-static fio docker-registry skopeo runsc
-  iproute2
+  iproute2 apache2-utils openssl zstd
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -34,9 +34,9 @@ final class Filesystem: Sendable {
     /// Longer zero runs are answered with several pieces pointing at it.
     static let zeroBufferSize = 1 << 20
 
-    init(store: ImageStore, options: MountOptions, log: Log) throws(FilesystemError) {
+    init(store: ImageStore, options: MountOptions, log: Log, remote: RemoteFetcherFactory? = nil) throws(FilesystemError) {
         statistics = StatisticsRegistry()
-        catalog = ImageCatalog(store: store, registry: statistics)
+        catalog = ImageCatalog(store: store, registry: statistics, sources: BlobSources(store: store, options: options, remote: remote, log: log))
         cache = ChunkCache(capacity: options.cacheSize)
         guard let zeros = ZeroBuffer(size: Self.zeroBufferSize) else {
             throw .startFailed(detail: "cannot map \(Self.zeroBufferSize) bytes of zeros: \(String(cString: strerror(errno)))")

@@ -18,7 +18,9 @@ public enum FilesystemDaemon {
     /// Mounts `storePath` at `mountpointPath` and serves it; returns the exit status once the
     /// filesystem is unmounted. Unless `options.foreground`, detaches once mounted: the calling
     /// process exits with status 0 inside this call and the detached daemon carries on.
-    public static func run(storePath: String, mountpointPath: String, options: MountOptions) -> Int32 {
+    /// `remote` makes the fetchers of lazily pulled images (a registry client); without it such
+    /// images serve only what the store holds.
+    public static func run(storePath: String, mountpointPath: String, options: MountOptions, remote: RemoteFetcherFactory? = nil) -> Int32 {
         if !options.foreground { catalyzerfs_close_inherited_descriptors() }
         let mountpoint: String
         let filesystem: Filesystem
@@ -26,7 +28,7 @@ public enum FilesystemDaemon {
             mountpoint = try MountChecks.mountpoint(mountpointPath)
             let store = try MountChecks.store(storePath)
             let log = try options.logFile.map(Log.file) ?? (options.foreground ? .standardError : .systemLog())
-            filesystem = try Filesystem(store: store, options: options, log: log)
+            filesystem = try Filesystem(store: store, options: options, log: log, remote: remote)
         } catch {
             Log.writeAll(STDERR_FILENO, "catalyzerfs: error: \(error)\n")
             return ExitStatus.mountFailure

@@ -68,10 +68,13 @@ final class ImageCatalog: Sendable {
 
     private let state = Mutex(State())
 
-    init(store: ImageStore, registry: StatisticsRegistry) {
+    init(store: ImageStore, registry: StatisticsRegistry, sources: BlobSources? = nil) {
         self.store = store
         self.registry = registry
+        self.sources = sources ?? BlobSources(store: store, options: MountOptions(), remote: nil, log: nil)
     }
+
+    let sources: BlobSources
 
     /// Re-reads the index if it changed since the last call.
     func refresh() throws(ImageError) {
@@ -133,7 +136,7 @@ final class ImageCatalog: Sendable {
         let opened = Version(name: name, digest: image.manifestDescriptor.digest)
         return state.withLock { state in
             if let raced = state.nodes[opened] { return raced }
-            let node = ImageNode(image: image, slot: state.nextSlot, statistics: registry.statistics(for: name))
+            let node = ImageNode(image: image, source: sources.source(for: image), slot: state.nextSlot, statistics: registry.statistics(for: name))
             state.nextSlot += 1
             state.slots[node.slot] = node
             state.nodes[opened] = node

@@ -6,6 +6,8 @@ import Synchronization
 /// statistics of its name.
 final class ImageNode: Sendable {
     let image: Image
+    /// Where its blobs come from: the store, or (pulled with --lazy) its registry via the cache.
+    let source: BlobSource
     let slot: Int
     let statistics: ImageStatistics
     /// When the mount first saw this version: the files' mtime, constant so the kernel never
@@ -14,8 +16,9 @@ final class ImageNode: Sendable {
     /// Set by the first open of `memory` that starts working-set prefetch.
     let prefetchStarted = Atomic<Bool>(false)
 
-    init(image: Image, slot: Int, statistics: ImageStatistics) {
+    init(image: Image, source: BlobSource, slot: Int, statistics: ImageStatistics) {
         self.image = image
+        self.source = source
         self.slot = slot
         self.statistics = statistics
         var now = timespec()

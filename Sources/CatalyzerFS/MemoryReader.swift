@@ -75,7 +75,7 @@ struct MemoryReader: Sendable {
     /// Fetches chunk `entry`'s blob, verifies its digest and decompresses it.
     private func load(_ node: ImageNode, _ entry: ChunkEntry) throws(ImageError) -> DecompressedChunk {
         let image = node.image
-        let blob = try image.store.readVerifiedBlob(entry.digest, size: entry.size, image: image.name, role: "chunk \(entry.index)")
+        let blob = try node.source.blob(entry.digest, size: entry.size, image: image.name, role: "chunk \(entry.index)")
         node.statistics.blobsFetched.add(1, ordering: .relaxed)
         node.statistics.bytesFetched.add(UInt64(blob.count), ordering: .relaxed)
         let start = DispatchTime.now().uptimeNanoseconds

@@ -20,6 +20,10 @@ public struct MountOptions: Sendable, Equatable {
     public var logFile: String?
     /// Generic mount flags handed to the kernel unchanged (nodev, nosuid, noatime, ...).
     public var kernelFlags: [String] = []
+    /// The node-wide cache of blobs fetched from registries for lazily pulled images (default:
+    /// `STORE/remote-cache`), and the bytes it may hold before the least recently used go.
+    public var cacheDirectory: String?
+    public var cacheLimit: Int64 = 1 << 30
 
     public init() {}
 
@@ -56,6 +60,11 @@ public struct MountOptions: Sendable, Equatable {
         switch key {
         case "cache_size":
             cacheSize = try size(0)
+        case "cache_dir":
+            guard let value, value.hasPrefix("/") else { throw .invalidOption("option cache_dir needs an absolute directory, got '\(option)'") }
+            cacheDirectory = value
+        case "cache_limit":
+            cacheLimit = try size(1 << 20)
         case "readahead":
             let bytes = try size(4096)
             guard bytes <= 64 << 20 else { throw .invalidOption("readahead=\(value!) is more than 64M") }
@@ -103,6 +112,9 @@ public struct MountOptions: Sendable, Equatable {
         OPTIONS (-o, comma-separated; as given to mount(8) or in /etc/fstab):
             ro                  mount read-only (always the case: images are immutable; rw is ignored)
             cache_size=SIZE     decompressed chunks kept in memory, e.g. 256M (default 256M; 0 disables)
+            cache_dir=DIR       node-wide cache of blobs fetched from registries for images pulled with
+                                --lazy (default STORE/remote-cache), shared by every image
+            cache_limit=SIZE    bytes that cache may hold; least recently used blobs go first (default 1G)
             readahead=SIZE      kernel readahead per fault: FUSE max_readahead and the bdi's read_ahead_kb
                                 (default: the largest chunk size of the store's images at mount time,
                                 within 128K-1M; 256K, the default chunk size, for an empty store)

@@ -27,6 +27,11 @@ public struct Digest: Hashable, Sendable, Codable, CustomStringConvertible, Comp
         self = bytes.withUnsafeBytes { Digest(of: $0) }
     }
 
+    /// The digest a running SHA-256 hash of a stream has reached.
+    public init(finalizing hasher: SHA256) {
+        hex = Self.hexString(hasher.finalize())
+    }
+
     public var description: String { "sha256:" + hex }
 
     /// The first 12 hex characters, for tables meant for people.

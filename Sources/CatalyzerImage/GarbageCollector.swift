@@ -13,6 +13,9 @@ public struct GCReport: Sendable, Codable {
     /// Entries of `blobs/sha256/` that are not regular files (a directory, a FIFO, a link):
     /// never blobs the store wrote, so gc leaves them alone and names them instead of failing.
     public var foreignEntries: [String] = []
+    /// Unpacked rootfs directories (`STORE/rootfs/`) removed: of layers no image refers to any
+    /// more, or left over by an interrupted unpack.
+    public var rootfsDirectoriesRemoved: Int = 0
 }
 
 extension ImageStore {
@@ -79,6 +82,21 @@ extension ImageStore {
             guard unlink(path) == 0 else { throw ImageError.writing("unlink", path, errno: errno, store: root) }
             report.blobsRemoved += 1
             report.bytesRemoved += size
+        }
+        // Unpacked rootfs layers: one directory per layer digest; kept while the layer is live
+        // (a named image or a running version refers to it). Chains of several layers are named
+        // by a digest of digests, which gc cannot map back, so they stay.
+        if FileIO.exists(rootfsDirectory) {
+            for entry in try FileIO.listDirectory(rootfsDirectory) {
+                let stale = entry.hasPrefix(".tmp-") || Digest("sha256:" + entry).map { !live.contains($0) } ?? false
+                guard stale else { continue }
+                do {
+                    try FileManager.default.removeItem(atPath: rootfsDirectory + "/" + entry)
+                    report.rootfsDirectoriesRemoved += 1
+                } catch {
+                    throw ImageError.invalidStore(path: root, detail: "gc cannot remove the unpacked rootfs \(rootfsDirectory)/\(entry): \(error)")
+                }
+            }
         }
         if FileIO.exists(ingestDirectory) {
             // unlink never removes a directory, so something planted in ingest/ is left alone.

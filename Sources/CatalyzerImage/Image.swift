@@ -59,6 +59,9 @@ public final class Image: Sendable {
         guard layers.contains(config.state.digest) else {
             throw .invalidManifest(image: image, detail: "state blob \(config.state.digest) is not a layer of the manifest")
         }
+        if let unlisted = config.rootfs?.layers.first(where: { layer in !manifest.layers.contains(layer) }) {
+            throw .invalidManifest(image: image, detail: "rootfs layer \(unlisted.digest) is not a layer of the manifest")
+        }
         return config
     }
 

@@ -44,10 +44,14 @@ public struct ImageConfig: Codable, Sendable, Equatable {
     public var workingSet: [Int]?
     /// Free-form metadata (source file, function name, ...).
     public var annotations: [String: String]?
+    /// The rootfs the function ran against, as OCI layers (absent for plain memory images and
+    /// for images made before the rootfs travelled with them; readers of version 1 without this
+    /// field ignore it).
+    public var rootfs: RootfsConfig?
 
     public init(memorySize: Int64, chunkSize: Int, codec: Codec, compressionLevel: Int?,
                 chunks: [ChunkEntry], state: Descriptor, created: String, creator: String,
-                workingSet: [Int]? = nil, annotations: [String: String]? = nil) {
+                workingSet: [Int]? = nil, annotations: [String: String]? = nil, rootfs: RootfsConfig? = nil) {
         formatVersion = Self.currentFormatVersion
         self.memorySize = memorySize
         self.chunkSize = chunkSize
@@ -59,6 +63,7 @@ public struct ImageConfig: Codable, Sendable, Equatable {
         self.creator = creator
         self.workingSet = workingSet
         self.annotations = annotations
+        self.rootfs = rootfs
     }
 
     /// The most guest memory an image may describe: 1 TiB, far above any sandbox this monitor
@@ -136,7 +141,13 @@ public struct ImageConfig: Codable, Sendable, Equatable {
         if let workingSet, let bad = workingSet.first(where: { $0 < 0 || $0 >= count }) {
             return "working set names chunk \(bad), outside 0..<\(count)"
         }
+        if let problem = rootfs?.validationProblem() { return problem }
         return nil
+    }
+
+    /// The entry of chunk `index`, or nil for an all-zero chunk.
+    public func chunk(at index: Int) -> ChunkEntry? {
+        entryPosition(ofChunk: index).map { chunks[$0] }
     }
 
     /// The position in `chunks` of the entry for chunk `index`, or nil for an all-zero chunk.

@@ -35,6 +35,8 @@ public enum ImageError: Error, Sendable, Equatable, CustomStringConvertible {
     case notRegularFile(path: String, kind: String)
     /// A system call failed.
     case io(operation: String, path: String, errno: Int32)
+    /// A lazily pulled image's blob could not be fetched from its registry (after the retries).
+    case remoteFetchFailed(image: String, role: String, digest: Digest, source: String, detail: String)
 
     public var description: String {
         switch self {
@@ -68,6 +70,8 @@ public enum ImageError: Error, Sendable, Equatable, CustomStringConvertible {
             return "\(path) is \(kind), not a regular file; the store only writes regular files, so something else put it there: remove it and restore the file from a backup"
         case let .io(operation, path, code):
             return "\(operation) \(path): \(String(cString: strerror(code)))"
+        case let .remoteFetchFailed(image, role, digest, source, detail):
+            return "image '\(image)': \(role) blob \(digest) could not be fetched from the registry \(source): \(detail); the image was pulled with --lazy, so its chunks come from there: check that the registry is reachable, or pull the image without --lazy"
         }
     }
 

@@ -5,6 +5,9 @@ public struct VerifyReport: Sendable, Codable {
     public var bytesChecked: Int64
     /// One sentence per problem found; empty when the image is intact.
     public var problems: [String]
+    /// Chunk blobs of a lazily pulled image that are not in the store (they stay in the registry
+    /// until touched); not problems.
+    public var remoteBlobs: Int = 0
     public var ok: Bool { problems.isEmpty }
 }
 
@@ -20,6 +23,7 @@ extension ImageStore {
     /// not exist throws.
     public func verify(_ name: String, stateCheck: StateCheck? = nil) throws(ImageError) -> VerifyReport {
         let descriptor = try manifestDescriptor(named: name)
+        let lazy = descriptor.annotations?[Self.lazyAnnotation] == "true"
         var report = VerifyReport(name: name, blobsChecked: 0, bytesChecked: 0, problems: [])
         let image: Image
         do {
@@ -46,6 +50,9 @@ extension ImageStore {
             let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<image.config.chunkLength(entry.index)])
             do {
                 try image.readChunk(entry.index, into: chunk)
+            } catch .blobMissing where lazy {
+                if checked.insert(entry.digest).inserted { report.remoteBlobs += 1 }
+                continue
             } catch {
                 report.problems.append(error.description)
             }

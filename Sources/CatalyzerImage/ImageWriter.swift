@@ -11,6 +11,8 @@ public struct ImageCreateOptions: Sendable {
     public var state: [UInt8] = []
     public var workingSet: [Int]?
     public var annotations: [String: String]?
+    /// The rootfs layers (already stored, see `storeRootfsLayer`) the image carries.
+    public var rootfs: RootfsConfig?
     /// Chunks compressed at once; bounds memory to `batchChunks * chunkSize` plus their output.
     public var batchChunks: Int = max(4, ProcessInfo.processInfo.activeProcessorCount * 4)
 
@@ -91,12 +93,13 @@ extension ImageStore {
             compressionLevel: options.codec == .zstd ? options.compressionLevel : nil,
             chunks: chunks, state: stateDescriptor,
             created: Date().ISO8601Format(), creator: "catalyzer \(CatalyzerVersion.current)",
-            workingSet: options.workingSet, annotations: options.annotations)
+            workingSet: options.workingSet, annotations: options.annotations, rootfs: options.rootfs)
         let configBytes = Self.encode(config)
         let configDigest = try storeBlob(configBytes).digest
 
         var layers = [stateDescriptor]
         var seen: Set<Digest> = [state.digest]
+        for layer in options.rootfs?.layers ?? [] where seen.insert(layer.digest).inserted { layers.append(layer) }
         for chunk in chunks where seen.insert(chunk.digest).inserted {
             layers.append(Descriptor(mediaType: MediaType.chunk(chunk.codec), digest: chunk.digest, size: chunk.size))
         }

@@ -22,4 +22,10 @@ public enum MediaType {
         case .none: "application/vnd.catalyzer.chunk.v1"
         }
     }
+
+    /// OCI image layers (tar archives), as a rootfs travels with an image.
+    public static let rootfsLayerZstd = "application/vnd.oci.image.layer.v1.tar+zstd"
+    public static let rootfsLayerTar = "application/vnd.oci.image.layer.v1.tar"
+    /// The layer types catalyzer unpacks into a rootfs.
+    public static let rootfsLayers: Set<String> = [rootfsLayerZstd, rootfsLayerTar]
 }

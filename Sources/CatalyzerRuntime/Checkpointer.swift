@@ -18,6 +18,9 @@ public struct CheckpointRequest: Sendable {
     public var image: ImageCreateOptions
     /// Threads plus processes the function may have (`--max-tasks`).
     public var limits = SandboxLimits()
+    /// Pack the rootfs into an OCI layer that travels with the image (so it restores on nodes
+    /// that never had the rootfs). Off only for development with a rootfs that is always local.
+    public var packRootfs = true
 
     public init(name: String, rootfs: String, memorySize: Int, programPath: String, arguments: [String],
                 environment: [String], timeoutSeconds: Double = 60, image: ImageCreateOptions = .init()) {
@@ -41,6 +44,8 @@ public struct CheckpointReport: Sendable, Codable {
     public var stateBytes: Int
     public var rootfsFiles: Int
     public var rootfsFingerprint: String
+    /// The rootfs layer the image carries (nil with `packRootfs` off).
+    public var rootfsLayer: RootfsLayerReport?
     /// What the program wrote to stdout and stderr while it initialized.
     public var output: String
 }
@@ -93,12 +98,16 @@ public enum Checkpointer {
             "dev.catalyzer.rootfs": request.rootfs,
             "dev.catalyzer.command": request.arguments.joined(separator: " "),
         ]) { old, _ in old }
+        // The rootfs as it is now, which the fingerprint just recorded; unchanged trees are not
+        // packed again (see `storeRootfsLayer`).
+        let layer = request.packRootfs ? try store.storeRootfsLayer(from: snapshot.rootfs.path) : nil
+        if let layer { options.rootfs = RootfsConfig(path: snapshot.rootfs.path, layers: [layer.descriptor]) }
         let image = try store.createImage(named: request.name, from: kernel.guestMemory.fd, sourceName: "guest memory of \(request.programPath)",
                                           options: options)
         return CheckpointReport(image: image, initializationSeconds: initialization, syscalls: kernel.syscallCount,
                                 memoryInUse: kernel.memoryInUse, stateBytes: state.count,
                                 rootfsFiles: snapshot.rootfs.entries.count, rootfsFingerprint: snapshot.rootfs.digest,
-                                output: captured)
+                                rootfsLayer: layer, output: captured)
     }
 
     private static func describe(_ exit: SandboxExit, timeout: Double) -> String {

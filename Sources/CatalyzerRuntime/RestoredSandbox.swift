@@ -46,7 +46,8 @@ public final class RestoredSandbox {
         memoryMappedAt = Sandbox.monotonicNanoseconds()
         let vm = PendingVM(kvm: try kvm ?? KVM(), memory: mapped)
 
-        let state = try CheckpointState(decoding: Self.readState(mount.statePath(image), image: image, mount: mount), image: image)
+        var state = try CheckpointState(decoding: Self.readState(mount.statePath(image), image: image, mount: mount), image: image)
+        state.kernel.rootfs.path = try Self.rootfs(for: image, recorded: state.kernel.rootfs.path, store: store)
         guard state.kernel.memorySize == mapped.size else {
             throw RuntimeError("image '\(image)': its state is for \(state.kernel.memorySize) bytes of memory but its memory file has \(mapped.size); the image is inconsistent: re-create it")
         }
@@ -54,7 +55,7 @@ public final class RestoredSandbox {
         guardSlot = chost_guard_guest_memory(
             mapped.base, UInt64(mapped.size), UInt64(chunkSize),
             "catalyzer: error: image '\(image)': guest memory chunk ",
-            " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob; its log names the blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n",
+            " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob, or for an image pulled with --lazy a registry it could not reach; its log names the blob and the registry). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n",
             mount.statsPath,
             " could not be read from \(memoryPath): \(Self.daemonGone(mount)). The invocation was stopped before running on that memory.\n")
         do {
@@ -67,6 +68,24 @@ public final class RestoredSandbox {
     }
 
     deinit { chost_unguard_guest_memory(guardSlot) }
+
+    /// The directory to restore against: the rootfs the checkpoint ran against where it still is
+    /// (the checkpointing node, development), else the image's rootfs layers, unpacked once per
+    /// layer digest under the store (a node that never had the rootfs). Either way the
+    /// checkpoint's fingerprint is checked against it by the restore.
+    static func rootfs(for image: String, recorded: String, store: ImageStore) throws -> String {
+        var status = stat()
+        if stat(recorded, &status) == 0 && status.st_mode & S_IFMT == S_IFDIR { return recorded }
+        let config = try store.open(image).config
+        guard let layers = config.rootfs?.layers else {
+            throw RuntimeError("image '\(image)' was checkpointed against the rootfs \(recorded), which is not on this node, and the image carries no rootfs layers (it was made before images carried them, or with --no-rootfs-layer); restore it where that rootfs is, or checkpoint it again")
+        }
+        do {
+            return try store.materializeRootfs(layers, image: image).path
+        } catch {
+            throw RuntimeError("image '\(image)': its rootfs (checkpointed at \(recorded), not on this node) could not be unpacked from its layers: \(error)")
+        }
+    }
 
     /// Runs the restored program (first serving its pending read of stdin) until it exits or
     /// `timeoutSeconds` pass.
@@ -104,7 +123,7 @@ public final class RestoredSandbox {
                 if code == ENOTCONN || code == ECONNABORTED {
                     return "image '\(image)': guest memory chunk \(offset / chunkSize) cannot be read: \(Self.daemonGone(mount)). The invocation was stopped before running on that memory"
                 }
-                return "image '\(image)': guest memory chunk \(offset / chunkSize) (bytes \(offset)-\(offset + chunkSize - 1)) cannot be read: \(String(cString: strerror(code))) (catalyzerfs failed to serve it: a corrupt or missing chunk blob). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`"
+                return "image '\(image)': guest memory chunk \(offset / chunkSize) (bytes \(offset)-\(offset + chunkSize - 1)) cannot be read: \(String(cString: strerror(code))) (catalyzerfs failed to serve it: a corrupt or missing chunk blob, or for an image pulled with --lazy a registry it could not reach). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`"
             }
             offset += chunkSize
         }

@@ -34,6 +34,7 @@ struct CheckpointCommand: ParsableCommand {
     @Option(help: "Threads plus processes the function may have at once; clone and fork beyond it fail with EAGAIN.")
     var maxTasks = 256
     @Flag(help: "Record the chunks a first invocation touches, for catalyzerfs to prefetch.") var recordWorkingSet = false
+    @Flag(help: "Do not pack the rootfs into the image (it then restores only where the rootfs directory is).") var noRootfsLayer = false
     @Option(help: "The request that --record-working-set serves (one line).") var workingSetInput = "{}"
     @Option(help: "The catalyzerfs mount --record-working-set restores from (default: $CATALYZER_MOUNT, else the managed mount).")
     var mount: String?
@@ -66,6 +67,7 @@ struct CheckpointCommand: ParsableCommand {
                 programPath: Run.resolveProgram(command[0], rootfs: rootfs, environment: environment),
                 arguments: command, environment: environment, timeoutSeconds: Double(timeout.nanoseconds) / 1e9, image: image)
             request.limits.maximumTasks = maxTasks
+            request.packRootfs = !noRootfsLayer
             let report = try Checkpointer.checkpoint(request, store: store)
             if !report.output.isEmpty && !json { Output.err("function output while initializing:\n" + report.output) }
             let workingSet = recordWorkingSet
@@ -80,6 +82,10 @@ struct CheckpointCommand: ParsableCommand {
                 "  memory    \(ByteCount.format(created.memorySize)) in \(created.chunkCount) chunks; \(created.zeroChunks) all-zero left out; stored \(ByteCount.format(created.storedBytes)) with \(created.codec) (\(String(format: "%.2f", ratio))x)",
                 "  state     \(report.stateBytes) bytes; rootfs fingerprint \(report.rootfsFingerprint) over \(report.rootfsFiles) files",
             ]
+            if let layer = report.rootfsLayer {
+                lines.append("  rootfs    layer \(layer.descriptor.digest.short): \(ByteCount.format(layer.descriptor.size)) (\(layer.files) entries, \(ByteCount.format(layer.tarBytes)) of tar)"
+                             + (layer.reused ? ", unchanged since last packed" : ", packed in \(String(format: "%.2f", layer.seconds)) s"))
+            }
             if let workingSet {
                 lines.append("  working   \(workingSet.chunks) chunks (\(ByteCount.format(Int64(workingSet.bytes)))) touched by the first request; catalyzerfs prefetches them")
             }

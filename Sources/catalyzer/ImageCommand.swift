@@ -58,7 +58,14 @@ struct ImageCommand: ParsableCommand {
             var storedBytes: Int64?
             var codec: String?
             var created: String?
+            var locality: ImageLocality?
             var error: String?
+        }
+
+        static func describe(_ locality: ImageLocality) -> String {
+            guard locality.lazy else { return "full" }
+            let here = locality.localBytes + locality.cachedBytes
+            return "lazy \(locality.bytes > 0 ? Int(100 * here / locality.bytes) : 100)%"
         }
 
         func run() throws {
@@ -69,7 +76,7 @@ struct ImageCommand: ParsableCommand {
                         let image = try store.open(name)
                         return Row(name: name, digest: image.manifestDescriptor.digest.description,
                                    memorySize: image.config.memorySize, storedBytes: image.config.storedChunkBytes,
-                                   codec: image.config.codec.rawValue, created: image.config.created)
+                                   codec: image.config.codec.rawValue, created: image.config.created, locality: store.locality(of: image))
                     } catch {
                         // One damaged image is a row and a warning, never the end of the listing.
                         Output.err("catalyzer: warning: \(error)")
@@ -78,16 +85,23 @@ struct ImageCommand: ParsableCommand {
                     }
                 }
                 if json { return Output.json(rows) }
-                Output.out(Output.table(["NAME", "DIGEST", "MEMORY", "STORED", "CODEC", "CREATED"], rows.map { row in
+                Output.out(Output.table(["NAME", "DIGEST", "MEMORY", "STORED", "CODEC", "LOCAL", "CREATED"], rows.map { row in
                     [row.name, String(row.digest.dropFirst(7).prefix(12)),
                      row.memorySize.map(ByteCount.format) ?? "-", row.storedBytes.map(ByteCount.format) ?? "-",
-                     row.codec ?? "-", row.created ?? "damaged: run `catalyzer image verify \(row.name)`"]
+                     row.codec ?? "-", row.locality.map(Self.describe) ?? "-",
+                     row.created ?? "damaged: run `catalyzer image verify \(row.name)`"]
                 }))
             }
         }
     }
 
     struct Inspect: ParsableCommand {
+        static func describeLocality(_ locality: ImageLocality) -> String {
+            guard locality.lazy else { return "fully local" }
+            let here = locality.localBytes + locality.cachedBytes
+            return "lazy, from \(locality.origin ?? "?"): \(locality.localBlobs) of \(locality.blobs) blobs in the store, \(locality.cachedBlobs) more in the cache; \(ByteCount.format(here)) of \(ByteCount.format(locality.bytes)) on this node"
+        }
+
         static let configuration = CommandConfiguration(abstract: "Show an image's manifest, chunk table summary and sizes.")
         @Argument(help: "The image name.") var name: String
         @Flag(help: "Print the manifest and config as JSON.") var json = false
@@ -98,6 +112,7 @@ struct ImageCommand: ParsableCommand {
             var manifestDigest: Digest
             var manifest: OCIManifest
             var config: ImageConfig
+            var locality: ImageLocality
         }
 
         func run() throws {
@@ -106,7 +121,7 @@ struct ImageCommand: ParsableCommand {
                 let config = image.config
                 if json {
                     return Output.json(Details(name: name, manifestDigest: image.manifestDescriptor.digest,
-                                               manifest: image.manifest, config: config))
+                                               manifest: image.manifest, config: config, locality: storeOptions.imageStore.locality(of: image)))
                 }
                 let codecs = Dictionary(grouping: config.chunks, by: \.codec)
                     .map { "\($0.key): \($0.value.count)" }.sorted().joined(separator: ", ")
@@ -124,6 +139,8 @@ struct ImageCommand: ParsableCommand {
                     stored          \(ByteCount.format(config.storedChunkBytes)) (\(String(format: "%.2f", ratio))x)
                     state           \(ByteCount.format(config.state.size)) \(config.state.digest)
                     working set     \(config.workingSet.map { "\($0.count) chunks" } ?? "none recorded")
+                    local           \(Self.describeLocality(storeOptions.imageStore.locality(of: image)))
+                    rootfs          \(config.rootfs.map { "\($0.layers.count) layer\($0.layers.count == 1 ? "" : "s"), \(ByteCount.format($0.layers.reduce(0) { $0 + $1.size })) (\($0.layers.map(\.digest.short).joined(separator: ", "))) from \($0.path)" } ?? "not carried (restores only where its rootfs directory is)")
                     """ + (config.annotations ?? [:]).sorted { $0.key < $1.key }.enumerated().map { index, entry in
                         (index == 0 ? "\nannotations     " : "\n                ") + "\(entry.key)=\(entry.value)"
                     }.joined())
@@ -156,7 +173,8 @@ struct ImageCommand: ParsableCommand {
                 if json { return Output.json(reports) }
                 for report in reports {
                     if report.ok {
-                        Output.out("\(report.name): ok (\(report.blobsChecked) blobs, \(ByteCount.format(report.bytesChecked)))")
+                        Output.out("\(report.name): ok (\(report.blobsChecked) blobs, \(ByteCount.format(report.bytesChecked)))"
+                                   + (report.remoteBlobs > 0 ? "; \(report.remoteBlobs) chunk blobs are in the registry (pulled with --lazy), not checked" : ""))
                     } else {
                         for problem in report.problems { Output.err("catalyzer: error: \(problem)") }
                         Output.out("\(report.name): \(report.problems.count) problem\(report.problems.count == 1 ? "" : "s")")
@@ -198,7 +216,7 @@ struct ImageCommand: ParsableCommand {
                     Output.err("catalyzer: warning: \(entry) is not a blob (the store writes only regular files there); gc left it in place: remove it by hand")
                 }
                 if json { return Output.json(report) }
-                Output.out("removed \(report.blobsRemoved) blobs (\(ByteCount.format(report.bytesRemoved))) and \(report.temporaryFilesRemoved) temporary files; \(report.blobsKept) blobs in use"
+                Output.out("removed \(report.blobsRemoved) blobs (\(ByteCount.format(report.bytesRemoved))), \(report.temporaryFilesRemoved) temporary files and \(report.rootfsDirectoriesRemoved) unpacked rootfs directories; \(report.blobsKept) blobs in use"
                            + (report.versionsInUse > 0 ? ", \(report.versionsInUse) replaced or removed image versions kept for the sandboxes still running them" : ""))
             }
         }

@@ -39,6 +39,18 @@ enum Output {
         }
     }
 
+    /// `run` for async command bodies.
+    static func runAsync(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            err("catalyzer: error: \(error)")
+            throw ExitCode.failure
+        }
+    }
+
     /// A table with left-aligned columns, as `docker images` prints.
     static func table(_ header: [String], _ rows: [[String]]) -> String {
         var widths = header.map(\.count)

@@ -1,5 +1,6 @@
 import CatalyzerFS
 import CatalyzerImage
+import CatalyzerRegistry
 import Glibc
 
 // catalyzerfs STORE MOUNTPOINT [-o OPTIONS] [-f] [-d]: the FUSE daemon (see --help).
@@ -10,7 +11,7 @@ do {
     case .version:
         Log.writeAll(STDOUT_FILENO, "catalyzerfs \(CatalyzerVersion.current)\n")
     case let .mount(store, mountpoint, options):
-        exit(FilesystemDaemon.run(storePath: store, mountpointPath: mountpoint, options: options))
+        exit(FilesystemDaemon.run(storePath: store, mountpointPath: mountpoint, options: options, remote: RegistryBlobFetcher.forImage))
     }
 } catch {
     Log.writeAll(STDERR_FILENO, "catalyzerfs: error: \(error)\n")
