@@ -27,86 +27,65 @@ extension Task {
         return 0
     }
 
-    /// setuid(2): root sets all three; others set the effective uid to their real or saved one.
-    func sysSetuid(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        let id = a.uint32(0)
-        guard id != Self.unchanged else { throw Errno.EINVAL }
-        if credentials.isPrivileged {
-            (credentials.uid, credentials.effectiveUID, credentials.savedUID) = (id, id, id)
-        } else {
-            guard id == credentials.uid || id == credentials.savedUID else { throw Errno.EPERM }
-            credentials.effectiveUID = id
-        }
-        return 0
-    }
+    /// The real, effective and saved IDs of one kind (user or group) inside `Credentials`.
+    private typealias IDs = (real: WritableKeyPath<Credentials, UInt32>, effective: WritableKeyPath<Credentials, UInt32>,
+                             saved: WritableKeyPath<Credentials, UInt32>)
+    private static var userIDs: IDs { (\.uid, \.effectiveUID, \.savedUID) }
+    private static var groupIDs: IDs { (\.gid, \.effectiveGID, \.savedGID) }
 
-    func sysSetgid(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        let id = a.uint32(0)
+    /// setuid(2): root sets all three; others set the effective uid to their real or saved one.
+    func sysSetuid(_ a: SyscallArguments) throws(Errno) -> UInt64 { try setID(a.uint32(0), Self.userIDs) }
+    func sysSetgid(_ a: SyscallArguments) throws(Errno) -> UInt64 { try setID(a.uint32(0), Self.groupIDs) }
+
+    private func setID(_ id: UInt32, _ ids: IDs) throws(Errno) -> UInt64 {
         guard id != Self.unchanged else { throw Errno.EINVAL }
         if credentials.isPrivileged {
-            (credentials.gid, credentials.effectiveGID, credentials.savedGID) = (id, id, id)
+            credentials[keyPath: ids.real] = id
+            credentials[keyPath: ids.effective] = id
+            credentials[keyPath: ids.saved] = id
         } else {
-            guard id == credentials.gid || id == credentials.savedGID else { throw Errno.EPERM }
-            credentials.effectiveGID = id
+            guard id == credentials[keyPath: ids.real] || id == credentials[keyPath: ids.saved] else { throw Errno.EPERM }
+            credentials[keyPath: ids.effective] = id
         }
         return 0
     }
 
     func sysSetreuid(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        try setResUID(real: a.uint32(0), effective: a.uint32(1), saved: nil)
+        try setIDs(real: a.uint32(0), effective: a.uint32(1), saved: nil, Self.userIDs)
     }
 
     func sysSetresuid(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        try setResUID(real: a.uint32(0), effective: a.uint32(1), saved: a.uint32(2))
+        try setIDs(real: a.uint32(0), effective: a.uint32(1), saved: a.uint32(2), Self.userIDs)
     }
 
     func sysSetregid(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        try setResGID(real: a.uint32(0), effective: a.uint32(1), saved: nil)
+        try setIDs(real: a.uint32(0), effective: a.uint32(1), saved: nil, Self.groupIDs)
     }
 
     func sysSetresgid(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        try setResGID(real: a.uint32(0), effective: a.uint32(1), saved: a.uint32(2))
+        try setIDs(real: a.uint32(0), effective: a.uint32(1), saved: a.uint32(2), Self.groupIDs)
     }
 
-    /// setresuid, and setreuid when `saved` is nil (which sets the saved uid to the new effective
-    /// one when the real uid is set or the effective one changes to other than the real one).
-    private func setResUID(real: UInt32, effective: UInt32, saved: UInt32?) throws(Errno) -> UInt64 {
+    /// setresuid/setresgid, and setreuid/setregid when `saved` is nil (which sets the saved ID to
+    /// the new effective one when the real ID is set or the effective one changes to other than
+    /// the real one).
+    private func setIDs(real: UInt32, effective: UInt32, saved: UInt32?, _ ids: IDs) throws(Errno) -> UInt64 {
         var new = credentials
-        let own: Set<UInt32> = [new.uid, new.effectiveUID, new.savedUID]
+        let own: Set<UInt32> = [new[keyPath: ids.real], new[keyPath: ids.effective], new[keyPath: ids.saved]]
         for id in [real, effective, saved ?? Self.unchanged] where id != Self.unchanged {
             guard new.isPrivileged || own.contains(id) else { throw Errno.EPERM }
         }
-        if saved == nil, real != Self.unchanged, !new.isPrivileged, ![new.uid, new.effectiveUID].contains(real) {
-            throw Errno.EPERM  // setreuid: an unprivileged real uid may only become the effective one
+        if saved == nil, real != Self.unchanged, !new.isPrivileged,
+           ![new[keyPath: ids.real], new[keyPath: ids.effective]].contains(real) {
+            throw Errno.EPERM  // setre*id: an unprivileged real ID may only become the effective one
         }
-        let oldReal = new.uid
-        if real != Self.unchanged { new.uid = real }
-        if effective != Self.unchanged { new.effectiveUID = effective }
+        let oldReal = new[keyPath: ids.real]
+        if real != Self.unchanged { new[keyPath: ids.real] = real }
+        if effective != Self.unchanged { new[keyPath: ids.effective] = effective }
         if let saved {
-            if saved != Self.unchanged { new.savedUID = saved }
+            if saved != Self.unchanged { new[keyPath: ids.saved] = saved }
         } else if real != Self.unchanged || (effective != Self.unchanged && effective != oldReal) {
-            new.savedUID = new.effectiveUID
-        }
-        credentials = new
-        return 0
-    }
-
-    private func setResGID(real: UInt32, effective: UInt32, saved: UInt32?) throws(Errno) -> UInt64 {
-        var new = credentials
-        let own: Set<UInt32> = [new.gid, new.effectiveGID, new.savedGID]
-        for id in [real, effective, saved ?? Self.unchanged] where id != Self.unchanged {
-            guard new.isPrivileged || own.contains(id) else { throw Errno.EPERM }
-        }
-        if saved == nil, real != Self.unchanged, !new.isPrivileged, ![new.gid, new.effectiveGID].contains(real) {
-            throw Errno.EPERM
-        }
-        let oldReal = new.gid
-        if real != Self.unchanged { new.gid = real }
-        if effective != Self.unchanged { new.effectiveGID = effective }
-        if let saved {
-            if saved != Self.unchanged { new.savedGID = saved }
-        } else if real != Self.unchanged || (effective != Self.unchanged && effective != oldReal) {
-            new.savedGID = new.effectiveGID
+            new[keyPath: ids.saved] = new[keyPath: ids.effective]
         }
         credentials = new
         return 0
