@@ -44,6 +44,11 @@ public final class GuestMemory {
     }
 
     public private(set) var attachedRegions: [AttachedRegion] = []
+    /// RAM ranges `discard` replaced with anonymous memory in a private file mapping: they no
+    /// longer show the file even where pagemap shows nothing (see `GuestMemoryReset.swift`).
+    /// Kept only when `recordsDiscards` is set (memory that will be reset for another sandbox).
+    var discardedRuns: [(start: UInt64, count: Int)] = []
+    public var recordsDiscards = false
     /// The VM using this memory, so attaching can register its slot; set by `VM`.
     var vmFD: Int32 = -1
     /// KVM guarantees at least 509 user memory slots per VM (slot 0 is RAM).
@@ -265,7 +270,10 @@ public final class GuestMemory {
             // Fresh anonymous pages over the range: zero, without reading the image's bytes first.
             let start = pointer(address)
             let replaced = mmap(start, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
-            if replaced == start { return }
+            if replaced == start {
+                if recordsDiscards { discardedRuns.append((address, count)) }
+                return
+            }
         }
         memset(pointer(address), 0, length)
         dropTranslations(pageAt: address, count: count)

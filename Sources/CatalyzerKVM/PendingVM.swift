@@ -19,6 +19,14 @@ public final class PendingVM: @unchecked Sendable {
         }
     }
 
+    /// A VM created earlier (taken from a pool): `wait()` returns it at once.
+    public init(ready vm: VM) {
+        kvm = vm.kvm
+        memory = vm.memory
+        outcome = .success(vm)
+        created.signal()
+    }
+
     /// The VM, once created; rethrows its creation's error.
     public func wait() throws -> VM {
         created.wait()

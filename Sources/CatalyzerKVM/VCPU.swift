@@ -25,6 +25,8 @@ public final class VCPU {
     private let runSize: Int
     /// Lets another thread kick this vCPU out of `KVM_RUN` (see `requestExit`).
     public let exitRequester: ExitRequester
+    /// Whether KVM_SET_CPUID2 was done (always with the host's supported CPUID).
+    private var cpuidSet = false
 
     /// `exitRequester` is shared when several vCPUs make up one sandbox (a forked process runs in its
     /// own VM but must stop with the sandbox); nil creates a new one.
@@ -178,9 +180,13 @@ public final class VCPU {
     }
 
     public func setCPUID(_ entries: [kvm_cpuid_entry2]) throws {
+        // KVM refuses KVM_SET_CPUID2 once the vCPU has run unless nothing changes; a VM reused
+        // for another sandbox of the same image keeps the CPUID it was given.
+        if cpuidSet { return }
         _ = try entries.withUnsafeBufferPointer { buffer in
             try check("KVM_SET_CPUID2") { ckvm_set_cpuid2(fd, buffer.baseAddress, UInt32(buffer.count)) }
         }
+        cpuidSet = true
     }
 }
 

@@ -75,7 +75,7 @@ extension Sandbox {
         guard memory.size == snapshot.memorySize else {
             throw RestoreError("guest memory is \(memory.size) bytes but the checkpoint's is \(snapshot.memorySize)")
         }
-        let (filesystem, tmpNodes) = try Self.restoreFilesystem(snapshot)
+        let (filesystem, tmpNodes) = try Self.restoreFilesystem(snapshot, verify: !options.rootfsVerified)
         let vm = try pendingVM.wait()
         self.init(kvm: vm.kvm, memorySize: snapshot.memorySize, filesystem: filesystem,
                   time: GuestTime(continuingFrom: snapshot.checkpointMonotonic), exitRequester: vm.vcpu.exitRequester,
@@ -206,8 +206,15 @@ extension Sandbox {
         return .init(capacity: filesystem.tmp.capacity, nextInode: filesystem.tmp.nextInode, nodes: nodes)
     }
 
-    /// The rootfs (checked against the checkpoint's fingerprint) and the checkpoint's /tmp.
-    private static func restoreFilesystem(_ snapshot: KernelSnapshot) throws -> (Filesystem, tmpNodes: [UInt64: MemoryNode]) {
+    /// Checks that `snapshot`'s rootfs is where it was and unchanged since the checkpoint, as a
+    /// restore does; throws `RestoreError` naming the first change.
+    public static func verifyRootfs(of snapshot: KernelSnapshot) throws {
+        _ = try restoreFilesystem(snapshot, verify: true)
+    }
+
+    /// The rootfs (checked against the checkpoint's fingerprint unless `verify` is false) and the
+    /// checkpoint's /tmp.
+    private static func restoreFilesystem(_ snapshot: KernelSnapshot, verify: Bool) throws -> (Filesystem, tmpNodes: [UInt64: MemoryNode]) {
         let rootfs = snapshot.rootfs
         var status = stat()
         guard stat(rootfs.path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else {
@@ -220,7 +227,7 @@ extension Sandbox {
         } catch {
             throw RestoreError("cannot open the checkpoint's rootfs \(rootfs.path): \(error)")
         }
-        if let change = rootfs.firstChange(in: filesystem) {
+        if verify, let change = rootfs.firstChange(in: filesystem) {
             throw RestoreError("the rootfs \(rootfs.path) changed since the checkpoint (fingerprint \(rootfs.digest)): \(change); re-create the image with `catalyzer checkpoint`")
         }
         return (filesystem, tmpNodes)

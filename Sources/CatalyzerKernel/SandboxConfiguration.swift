@@ -40,6 +40,9 @@ public struct RestoreOptions: Sendable {
     public var standardStreams: [Int32] = [0, 1, 2]
     public var traceSyscalls = false
     public var limits = SandboxLimits()
+    /// Skip the check of the rootfs against the checkpoint's fingerprint: the caller checked it
+    /// already (a template checks once, and every sandbox forked from it shares the result).
+    public var rootfsVerified = false
 
     public init() {}
 }

@@ -52,6 +52,11 @@ public final class OutputCollector: Sendable {
         drained.signal()
     }
 
+    /// What was kept so far, while the program may still write (a warm instance's log tail).
+    public func snapshot() -> [UInt8] {
+        collected.withLock { $0.bytes }
+    }
+
     /// Closes the write end and returns what was kept and how much was written in all. Call it
     /// once the program can write no more (the sandbox has ended).
     public func finish() -> (bytes: [UInt8], total: Int) {

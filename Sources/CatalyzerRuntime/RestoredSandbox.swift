@@ -140,7 +140,7 @@ public final class RestoredSandbox {
     }
 
     /// The state blob through the mount (catalyzerfs verifies its digest).
-    private static func readState(_ path: String, image: String, mount: CatalyzerMount) throws -> [UInt8] {
+    static func readState(_ path: String, image: String, mount: CatalyzerMount) throws -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             let code = errno

@@ -1,0 +1,100 @@
+import CKVM
+import Glibc
+
+/// Resetting privately mapped guest memory to its file, so one VM can serve sandbox after sandbox
+/// forked from the same image while KVM keeps its shadow page tables for the pages nobody wrote.
+///
+/// What a sandbox changed is read from the host, not from the guest: `/proc/self/pagemap` shows
+/// every page of the mapping that is no longer the file's page cache page (a private copy made by
+/// a write of the guest or of the monitor, or an anonymous page left by `discard`), and
+/// `discardedRuns` names the discarded ranges nobody touched since, which pagemap cannot tell from
+/// untouched file pages. Putting the file back over a page (a fixed private mapping of the same
+/// file offset) restores its contents, and the MMU notifier zaps KVM's translations of it.
+extension GuestMemory {
+    /// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+    private static let pagemapPresent: UInt64 = 1 << 63
+    private static let pagemapSwapped: UInt64 = 1 << 62
+    private static let pagemapFileOrSharedAnonymous: UInt64 = 1 << 61
+
+    /// Guest-physical addresses of the RAM pages that are no longer the file's, sorted: private
+    /// copies, anonymous pages, swapped-out private pages, and discarded ranges.
+    public func pagesDifferingFromFile() throws -> [UInt64] {
+        precondition(backing == .privateFile, "only a privately mapped image file can be reset")
+        let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw KVMError("open /proc/self/pagemap") }
+        defer { close(fd) }
+        var pages: [UInt64] = []
+        let totalPages = size / GuestMemory.pageSize
+        let piece = 1 << 16
+        var entries = [UInt64](repeating: 0, count: piece)
+        let firstEntry = UInt(bitPattern: base) / UInt(GuestMemory.pageSize)
+        var page = 0
+        while page < totalPages {
+            let count = min(piece, totalPages - page)
+            let offset = off_t((firstEntry + UInt(page)) * 8)
+            let read = entries.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count * 8, offset) }
+            guard read == count * 8 else { throw KVMError("read /proc/self/pagemap") }
+            for index in 0..<count {
+                let entry = entries[index]
+                let privatePage = entry & Self.pagemapPresent != 0 && entry & Self.pagemapFileOrSharedAnonymous == 0
+                if privatePage || entry & Self.pagemapSwapped != 0 {
+                    pages.append(UInt64(page + index) * UInt64(GuestMemory.pageSize))
+                }
+            }
+            page += count
+        }
+        for run in discardedRuns {
+            for index in 0..<run.count { pages.append(run.start + UInt64(index * GuestMemory.pageSize)) }
+        }
+        pages.sort()
+        var unique: [UInt64] = []
+        unique.reserveCapacity(pages.count)
+        for page in pages where unique.last != page { unique.append(page) }
+        return unique
+    }
+
+    /// Maps the file back over `pages` (guest-physical, sorted), dropping private copies and
+    /// anonymous pages there; KVM forgets its translations of them.
+    public func revertToFile(_ pages: [UInt64]) throws {
+        precondition(backing == .privateFile, "only a privately mapped image file can be reset")
+        for run in Self.contiguousRuns(pages) {
+            let start = pointer(run.start)
+            let length = run.count * GuestMemory.pageSize
+            let mapped = mmap(start, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, off_t(run.start))
+            guard mapped == start else { throw KVMError("mmap guest memory image over changed pages") }
+        }
+        discardedRuns.removeAll()
+    }
+}
+
+extension PageTables {
+    /// The physical pages that the page tables under `root` in `memory` map at a virtual address
+    /// where the template's tables (the same guest-physical tables in `template`, a view of the
+    /// image file) map something else or nothing. A reset must drop KVM's translations of these:
+    /// reverting a changed table page restores its entries, but KVM's shadow entries derived
+    /// from the changed ones stay until the pages they point at are zapped. Only table pages in
+    /// `changedPages` can differ from the template; subtrees below a differing entry differ whole.
+    public static func pagesMappedDifferently(root: UInt64, memory: GuestMemory, template: UnsafeRawPointer,
+                                              changedPages: Set<UInt64>) -> [UInt64] {
+        var pages: [UInt64] = []
+        let limit = UInt64(memory.size)
+        func walk(table: UInt64, level: Int, differs: Bool) {
+            guard table < limit, table % UInt64(GuestMemory.pageSize) == 0 else { return }
+            let tableChanged = differs || changedPages.contains(table)
+            for index in 0..<UInt64(512) {
+                let slot = table + index * 8
+                let entry = memory.load(UInt64.self, at: slot)
+                guard entry & PageFlags.present.rawValue != 0 else { continue }
+                let entryDiffers = differs || (tableChanged && template.load(fromByteOffset: Int(slot), as: UInt64.self) != entry)
+                let target = entry & entryAddressMask
+                if level == 0 {
+                    if entryDiffers && target < limit { pages.append(target) }
+                } else {
+                    walk(table: target, level: level - 1, differs: entryDiffers)
+                }
+            }
+        }
+        walk(table: root, level: 3, differs: false)
+        return pages
+    }
+}

@@ -1,0 +1,226 @@
+import CatalyzerImage
+import CatalyzerKVM
+import CatalyzerKernel
+import Glibc
+import Synchronization
+
+/// A function parked at its ready point, from which sandboxes are forked (sfork). It is an
+/// image restored once through catalyzerfs and never run: its memory is the image's memory file
+/// (kept open, so the page cache every fork shares stays), its kernel state the decoded snapshot
+/// with the rootfs checked once. A fork maps the same file privately (copy-on-write through the
+/// page cache, no FUSE round trip for pages already read) and rebuilds the kernel from the
+/// in-memory snapshot: no state read, no decode, no rootfs check.
+///
+/// Forks run in VMs from `pool`: created ahead of time, and after a fork ends, reset to the
+/// template's memory (only the pages it changed) and parked again, so KVM's shadow page tables for
+/// everything the fork did not write stay warm for the next.
+public final class FunctionTemplate: @unchecked Sendable {
+    public let image: String
+    /// The image manifest's digest: a new version of the function gets a new template.
+    public let imageDigest: String
+    public let memorySize: Int
+    let snapshot: KernelSnapshot
+    let kvm: KVM
+    /// The memory file (through catalyzerfs), open for the template's lifetime.
+    private let memoryFD: Int32
+    /// The file mapped read-only: the template's memory as every fork starts with it, for
+    /// comparing a finished fork's page tables against.
+    let view: UnsafeRawPointer
+    /// Parked VMs ready for a fork. Guarded by `parked`'s lock.
+    private let parked = Mutex<[ForkVM]>([])
+    /// How many VMs to keep parked.
+    public let poolSize: Int
+    /// Counters for reports and metrics.
+    private let counters = Mutex(Counters())
+
+    public struct Counters: Sendable {
+        /// Forks that found a parked VM / had to create one.
+        public var pooledVMs = 0
+        public var createdVMs = 0
+        /// VMs reset and parked again after a fork / discarded (timed out, killed, shared memory).
+        public var recycledVMs = 0
+        public var discardedVMs = 0
+        /// Pages reset over all recycles.
+        public var pagesReset = 0
+    }
+
+    public var statistics: Counters { counters.withLock { $0 } }
+    public var parkedVMs: Int { parked.withLock { $0.count } }
+
+    /// Restores `image` from `mount` as a template and parks `poolSize` VMs for it.
+    public init(image: String, mount: CatalyzerMount, store: ImageStore, poolSize: Int, kvm: KVM? = nil) throws {
+        self.image = image
+        self.poolSize = poolSize
+        let opened = try store.open(image)
+        imageDigest = opened.manifestDescriptor.digest.description
+        let memoryPath = mount.memoryPath(image)
+        let fd = open(memoryPath, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw RuntimeError("image '\(image)': cannot open its memory \(memoryPath): \(String(cString: strerror(errno))); is \(mount.mountpoint) serving the store \(store.root)?")
+        }
+        var status = stat()
+        guard fstat(fd, &status) == 0, status.st_size > 0, status.st_size % Int(GuestMemory.pageSize) == 0 else {
+            close(fd)
+            throw RuntimeError("image '\(image)': \(memoryPath) is not a guest memory file (size \(status.st_size)); check it with `catalyzer image verify \(image)`")
+        }
+        memorySize = Int(status.st_size)
+        do {
+            var state = try CheckpointState(decoding: RestoredSandbox.readState(mount.statePath(image), image: image, mount: mount), image: image)
+            state.kernel.rootfs.path = try RestoredSandbox.rootfs(for: image, recorded: state.kernel.rootfs.path, store: store)
+            guard state.kernel.memorySize == memorySize else {
+                throw RuntimeError("image '\(image)': its state is for \(state.kernel.memorySize) bytes of memory but its memory file has \(memorySize); the image is inconsistent: re-create it")
+            }
+            do { try Sandbox.verifyRootfs(of: state.kernel) } catch { throw RuntimeError("image '\(image)' cannot be restored: \(error)") }
+            snapshot = state.kernel
+            self.kvm = try kvm ?? KVM()
+            // Every page read through the view is verified by catalyzerfs now, once: a fork never
+            // meets a chunk that fails (which would stop the monitor) after the template is up.
+            try Self.readWhole(fd: fd, size: memorySize, image: image)
+            guard let view = mmap(nil, memorySize, PROT_READ, MAP_PRIVATE | MAP_NORESERVE, fd, 0), view != MAP_FAILED else {
+                throw RuntimeError("image '\(image)': cannot map its memory: \(String(cString: strerror(errno)))")
+            }
+            self.view = UnsafeRawPointer(view)
+        } catch {
+            close(fd)
+            throw error
+        }
+        memoryFD = fd
+        fillPool()
+    }
+
+    deinit {
+        parked.withLock { $0.removeAll() }
+        munmap(UnsafeMutableRawPointer(mutating: view), memorySize)
+        close(memoryFD)
+    }
+
+    /// Reads the memory file once from end to end: catalyzerfs fetches, verifies and caches every
+    /// chunk (zero chunks cost nothing), so forks fault from the page cache.
+    private static func readWhole(fd: Int32, size: Int, image: String) throws {
+        let piece = 1 << 20
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: piece, alignment: 4096)
+        defer { buffer.deallocate() }
+        var offset = 0
+        while offset < size {
+            let count = pread(fd, buffer, min(piece, size - offset), off_t(offset))
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else {
+                throw RuntimeError("image '\(image)': its memory cannot be read at byte \(offset): \(String(cString: strerror(errno))) (catalyzerfs could not serve a chunk; its log names it); check the image with `catalyzer image verify \(image)`")
+            }
+            offset += count
+        }
+    }
+
+    /// A new VM over a fresh private mapping of the memory file.
+    func makeVM() throws -> ForkVM {
+        let fd = dup(memoryFD)
+        guard fd >= 0 else { throw RuntimeError("cannot duplicate the memory file's fd: \(String(cString: strerror(errno)))") }
+        fcntl(fd, F_SETFD, FD_CLOEXEC)
+        let memory = try GuestMemory(mappingPrivately: fd, size: memorySize)
+        memory.recordsDiscards = true
+        return ForkVM(vm: try VM(kvm: kvm, memory: memory))
+    }
+
+    /// Creates VMs until `poolSize` are parked.
+    public func fillPool() {
+        while parked.withLock({ $0.count }) < poolSize {
+            guard let vm = try? makeVM() else { return }
+            parked.withLock { $0.append(vm) }
+        }
+    }
+
+    /// A parked VM, or a new one when none is parked.
+    func takeVM() throws -> ForkVM {
+        while let vm = parked.withLock({ $0.popLast() }) {
+            // A timeout that fired as its last fork ended leaves the VM stopped for good.
+            guard !vm.vm.vcpu.exitRequester.isExitRequested else { continue }
+            counters.withLock { $0.pooledVMs += 1 }
+            return vm
+        }
+        counters.withLock { $0.createdVMs += 1 }
+        return try makeVM()
+    }
+
+    /// Takes back the VM of a finished fork: reset to the template and parked, when it can be
+    /// made exactly the template's again and the pool has room; otherwise dropped.
+    func giveBack(_ forkVM: ForkVM, reusable: Bool) {
+        guard reusable, parked.withLock({ $0.count }) < poolSize, let reset = try? reset(forkVM) else {
+            counters.withLock { $0.discardedVMs += 1 }
+            return
+        }
+        counters.withLock {
+            $0.recycledVMs += 1
+            $0.pagesReset += reset
+        }
+        parked.withLock { $0.append(forkVM) }
+    }
+
+    /// Makes a finished fork's memory the template's again; returns the pages it reset. KVM's
+    /// translations of every page the fork wrote, and of every page its page tables mapped
+    /// differently from the template's, are dropped; all others stay.
+    func reset(_ forkVM: ForkVM) throws -> Int {
+        let memory = forkVM.vm.memory
+        guard memory.attachedRegions.isEmpty else { throw RuntimeError("the fork mapped shared memory") }
+        let changed = try memory.pagesDifferingFromFile()
+        let remapped = PageTables.pagesMappedDifferently(root: snapshot.pageTableRoot, memory: memory, template: view,
+                                                         changedPages: Set(changed))
+        for run in GuestMemory.contiguousRuns(remapped) { memory.dropTranslations(pageAt: run.start, count: run.count) }
+        try memory.revertToFile(changed)
+        return changed.count
+    }
+
+    /// A sandbox forked from the template, in a pooled VM, with `options`' stdio; it runs on
+    /// `ForkedSandbox.run`.
+    public func fork(options: RestoreOptions) throws -> ForkedSandbox {
+        let forkVM = try takeVM()
+        var options = options
+        options.rootfsVerified = true
+        do {
+            let kernel = try Sandbox(restoring: snapshot, vm: PendingVM(ready: forkVM.vm), options: options)
+            return ForkedSandbox(template: self, forkVM: forkVM, kernel: kernel)
+        } catch {
+            giveBack(forkVM, reusable: false)
+            throw RuntimeError("image '\(image)': a sandbox cannot be forked from its template: \(error)")
+        }
+    }
+}
+
+/// A VM (and its private mapping of a template's memory) that serves one fork after another.
+/// Only one thread uses it at a time: the pool hands it over under its lock.
+final class ForkVM: @unchecked Sendable {
+    let vm: VM
+    init(vm: VM) { self.vm = vm }
+}
+
+/// One sandbox forked from a template. Run it once, on one thread; its VM then goes back to the
+/// template.
+public final class ForkedSandbox: @unchecked Sendable {
+    public let template: FunctionTemplate
+    let forkVM: ForkVM
+    public private(set) var kernel: Sandbox?
+
+    init(template: FunctionTemplate, forkVM: ForkVM, kernel: Sandbox) {
+        self.template = template
+        self.forkVM = forkVM
+        self.kernel = kernel
+    }
+
+    /// Guest RAM as the fork left it (for inspection before the VM is reset).
+    public var memory: GuestMemory { forkVM.vm.memory }
+
+    /// Runs the fork until its program exits or `timeoutSeconds` pass, then lets `inspect` look
+    /// at it and hands the VM back to the template (reset and parked when the run ended cleanly).
+    /// Without a timeout it runs until the program ends or its `exitRequester` stops it.
+    public func run(timeoutSeconds: Double?, inspect: ((ForkedSandbox) -> Void)? = nil) throws -> (exit: SandboxExit, milestones: Sandbox.Milestones) {
+        guard let kernel else { throw RuntimeError("a forked sandbox runs once") }
+        var exit: SandboxExit?
+        defer {
+            inspect?(self)
+            self.kernel = nil  // its tasks, files and other VMs go now; the fork's VM stays ours
+            let clean = exit.map { if case .exited = $0 { true } else { false } } ?? false
+            template.giveBack(forkVM, reusable: clean && !forkVM.vm.vcpu.exitRequester.isExitRequested)
+        }
+        exit = try timeoutSeconds.map { try kernel.run(timeoutSeconds: $0) } ?? kernel.run()
+        return (exit!, kernel.milestones)
+    }
+}
