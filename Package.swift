@@ -52,14 +52,16 @@ let package = Package(
         // The Linux ABI served by the monitor: ELF loading, address space, files, syscalls.
         .target(name: "CatalyzerKernel", dependencies: ["CatalyzerKVM"]),
         // Checkpoint at the ready point, restore through catalyzerfs, invoke; the managed mount.
-        .target(name: "CatalyzerRuntime", dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM", "CatalyzerImage", "CatalyzerBench"]),
-        // Benchmarks printed as tables by `catalyzer bench ...`.
+        .target(name: "CatalyzerRuntime", dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM", "CatalyzerImage"]),
+        // Benchmark tools: statistics, tables, mounts, filesystem and image benchmarks.
         .target(name: "CatalyzerBench", dependencies: ["CatalyzerImage"]),
+        // Benchmarks of the runtime (startup, serve): they depend on what they measure.
+        .target(name: "CatalyzerBenchmarks", dependencies: ["CatalyzerRuntime", "CatalyzerKernel", "CatalyzerKVM", "CKVM", "CatalyzerImage", "CatalyzerBench"]),
 
         .executableTarget(
             name: "catalyzer",
             dependencies: [
-                "CatalyzerImage", "CatalyzerBench", "CatalyzerKernel", "CatalyzerRuntime", "CatalyzerRegistry",
+                "CatalyzerImage", "CatalyzerBench", "CatalyzerBenchmarks", "CatalyzerKernel", "CatalyzerRuntime", "CatalyzerRegistry",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -89,7 +91,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CatalyzerRuntimeTests",
-            dependencies: ["CatalyzerRuntime", "CatalyzerKernel", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs"]
+            dependencies: ["CatalyzerRuntime", "CatalyzerBenchmarks", "CatalyzerKernel", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs"]
         ),
         .testTarget(
             name: "CatalyzerFSTests",

@@ -28,7 +28,7 @@ public struct ImageStore: Sendable {
     }
 
     var layoutPath: String { root + "/oci-layout" }
-    var indexPath: String { root + "/index.json" }
+    public var indexPath: String { root + "/index.json" }
     var blobsDirectory: String { root + "/blobs/sha256" }
     var ingestDirectory: String { root + "/ingest" }
     var gcLockPath: String { root + "/gc.lock" }

@@ -49,6 +49,10 @@ public final class GuestMemory {
     /// Kept only when `recordsDiscards` is set (memory that will be reset for another sandbox).
     var discardedRuns: [(start: UInt64, count: Int)] = []
     public var recordsDiscards = false
+    /// The pages of `discardedRuns`.
+    public var discardedPages: [UInt64] {
+        discardedRuns.flatMap { run in (0..<run.count).map { run.start + UInt64($0 * GuestMemory.pageSize) } }
+    }
     /// The VM using this memory, so attaching can register its slot; set by `VM`.
     var vmFD: Int32 = -1
     /// KVM guarantees at least 509 user memory slots per VM (slot 0 is RAM).

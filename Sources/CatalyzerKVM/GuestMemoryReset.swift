@@ -4,21 +4,23 @@ import Glibc
 /// Resetting privately mapped guest memory to its file, so one VM can serve sandbox after sandbox
 /// forked from the same image while KVM keeps its shadow page tables for the pages nobody wrote.
 ///
-/// What a sandbox changed is read from the host, not from the guest: `/proc/self/pagemap` shows
-/// every page of the mapping that is no longer the file's page cache page (a private copy made by
-/// a write of the guest or of the monitor, or an anonymous page left by `discard`), and
+/// What a sandbox may have changed is read from the host, not from the guest: `/proc/self/pagemap`
+/// shows every page of the mapping that is no longer the file's page cache page (a private copy
+/// made by a write of the guest or of the monitor, or an anonymous page left by `discard`), and
 /// `discardedRuns` names the discarded ranges nobody touched since, which pagemap cannot tell from
-/// untouched file pages. Putting the file back over a page (a fixed private mapping of the same
-/// file offset) restores its contents, and the MMU notifier zaps KVM's translations of it.
+/// untouched file pages. A private page is reset by copying the file's bytes into it, which keeps
+/// it mapped for KVM; a discarded range by mapping the file over it again (the MMU notifier then
+/// zaps KVM's translations of it).
 extension GuestMemory {
     /// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
     private static let pagemapPresent: UInt64 = 1 << 63
     private static let pagemapSwapped: UInt64 = 1 << 62
     private static let pagemapFileOrSharedAnonymous: UInt64 = 1 << 61
 
-    /// Guest-physical addresses of the RAM pages that are no longer the file's, sorted: private
-    /// copies, anonymous pages, swapped-out private pages, and discarded ranges.
-    public func pagesDifferingFromFile() throws -> [UInt64] {
+    /// Guest-physical addresses of the RAM pages that are not the file's page cache pages, sorted:
+    /// private copies and anonymous pages (present or swapped out). Discarded ranges nobody
+    /// touched since are in `discardedRuns` instead.
+    public func privatePages() throws -> [UInt64] {
         precondition(backing == .privateFile, "only a privately mapped image file can be reset")
         let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw KVMError("open /proc/self/pagemap") }
@@ -43,19 +45,35 @@ extension GuestMemory {
             }
             page += count
         }
-        for run in discardedRuns {
-            for index in 0..<run.count { pages.append(run.start + UInt64(index * GuestMemory.pageSize)) }
+        return pages
+    }
+
+    /// Makes all of RAM read as the file `template` maps (read-only) again, and returns how many
+    /// pages that took. Private pages are overwritten with the file's bytes in place while there
+    /// are at most `keepingAtMost` of them: their host PTEs stay, and so do KVM's (writable)
+    /// translations, so the next sandbox writes them without a fault. Beyond that they are given
+    /// back (the file mapped over them). Discarded ranges always get the file mapped back.
+    /// `pages` are `privatePages()` as read since the sandbox ended.
+    public func reset(to template: UnsafeRawPointer, privatePages pages: [UInt64], keepingAtMost keepLimit: Int) throws -> (copied: Int, remapped: Int) {
+        var remapped: [UInt64] = []
+        if pages.count <= keepLimit {
+            for page in pages {
+                memcpy(pointer(page), template + Int(page), GuestMemory.pageSize)
+            }
+        } else {
+            remapped = pages
         }
-        pages.sort()
-        var unique: [UInt64] = []
-        unique.reserveCapacity(pages.count)
-        for page in pages where unique.last != page { unique.append(page) }
-        return unique
+        for run in discardedRuns {
+            for index in 0..<run.count { remapped.append(run.start + UInt64(index * GuestMemory.pageSize)) }
+        }
+        remapped.sort()
+        try revertToFile(remapped)
+        return (remapped.isEmpty ? pages.count : 0, remapped.count)
     }
 
     /// Maps the file back over `pages` (guest-physical, sorted), dropping private copies and
     /// anonymous pages there; KVM forgets its translations of them.
-    public func revertToFile(_ pages: [UInt64]) throws {
+    func revertToFile(_ pages: [UInt64]) throws {
         precondition(backing == .privateFile, "only a privately mapped image file can be reset")
         for run in Self.contiguousRuns(pages) {
             let start = pointer(run.start)

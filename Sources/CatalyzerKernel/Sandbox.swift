@@ -2,6 +2,7 @@ import CKVM
 import CatalyzerKVM
 import Dispatch
 import Glibc
+import Synchronization
 
 /// A sandbox: the monitor acting as the kernel of one function instance. It holds what its tasks
 /// share — the KVM handle, the rootfs view and /tmp, the task and process tables, the futex table,
@@ -63,6 +64,10 @@ public final class Sandbox {
     public internal(set) var pageFaultCount = 0
     /// When the sandbox first did what `invoke --timings` reports.
     public internal(set) var milestones = Milestones()
+
+    /// The milestones other threads may read while the sandbox runs (a daemon answering as soon
+    /// as the response is out, before the sandbox has ended).
+    public let progress = SandboxProgress()
 
     /// CLOCK_MONOTONIC nanoseconds of first events, nil until they happen.
     public struct Milestones: Sendable {
@@ -266,7 +271,11 @@ public final class Sandbox {
             let image = task.image
             try image.load(task)  // after execve: the new image
             image.clock.refresh(space: image.space, time: time)
-            if milestones.firstGuestEntry == nil { milestones.firstGuestEntry = Self.monotonicNanoseconds() }
+            if milestones.firstGuestEntry == nil {
+                let now = Self.monotonicNanoseconds()
+                milestones.firstGuestEntry = now
+                progress.firstGuestEntry.store(now, ordering: .releasing)
+            }
             let entered = Self.monotonicNanoseconds()
             let exit = try image.cpu.run()
             let exited = Self.monotonicNanoseconds()
@@ -416,6 +425,11 @@ public final class Sandbox {
     func hasChildren(_ parent: ThreadGroup, pid: Int32) -> Bool {
         groups.values.contains { $0.parentPID == parent.pid && (pid <= 0 || $0.pid == pid) }
     }
+}
+
+/// `Sandbox.milestones` readable from any thread: 0 until the event happens.
+public final class SandboxProgress: Sendable {
+    public let firstGuestEntry = Atomic<UInt64>(0)
 }
 
 /// Limits on what a sandbox's program may create.

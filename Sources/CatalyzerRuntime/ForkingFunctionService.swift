@@ -43,15 +43,30 @@ public final class ForkingFunctionService: FunctionService {
         templates.withLock { $0.values.map { ($0.image, $0.parkedVMs, $0.statistics) } }
     }
 
+    /// The store's index as last read: names to manifest digests, with the index file's identity.
+    /// The store replaces the index by rename, so an unchanged inode and mtime mean an unchanged
+    /// index, and a lookup costs one stat instead of a JSON parse.
+    private let index = Mutex<(stamp: [Int], digests: [String: String])>(([], [:]))
+
+    /// The manifest digest `name` has in the store now, nil when the store has no such image.
+    func currentDigest(of name: String) -> String? {
+        guard ImageStore.isValidName(name) else { return nil }
+        var status = stat()
+        guard stat(store.indexPath, &status) == 0 else { return nil }
+        let stamp = [Int(status.st_ino), Int(status.st_size), status.st_mtim.tv_sec, status.st_mtim.tv_nsec]
+        if let cached = index.withLock({ $0.stamp == stamp ? $0.digests : nil }) { return cached[name] }
+        guard let names = try? store.names() else { return nil }
+        var digests: [String: String] = [:]
+        for name in names {
+            if let descriptor = try? store.manifestDescriptor(named: name) { digests[name] = descriptor.digest.description }
+        }
+        index.withLock { $0 = (stamp, digests) }
+        return digests[name]
+    }
+
     /// The template of the function's current version, restoring it on first use.
     public func template(for name: String) throws(FunctionServiceError) -> FunctionTemplate {
-        let digest: String
-        do {
-            guard ImageStore.isValidName(name) else { throw FunctionServiceError.unknownFunction(name) }
-            digest = try store.manifestDescriptor(named: name).digest.description
-        } catch {
-            throw .unknownFunction(name)
-        }
+        guard let digest = currentDigest(of: name) else { throw .unknownFunction(name) }
         if let template = templates.withLock({ $0[name] }), template.imageDigest == digest { return template }
         return try creating.withLock { _ throws(FunctionServiceError) -> FunctionTemplate in
             if let template = templates.withLock({ $0[name] }), template.imageDigest == digest { return template }
@@ -72,45 +87,76 @@ public final class ForkingFunctionService: FunctionService {
             return try await invokeWarm(request, template: template, accepted: accepted)
         }
         let limits = limits
-        let result = await InstanceThread.run { () -> Result<FunctionResponse, FunctionServiceError> in
-            Result { () throws(FunctionServiceError) -> FunctionResponse in
-                try Self.runFork(of: template, request: request, limits: limits, accepted: accepted)
+        return try await withCheckedContinuation { (continuation: CheckedContinuation<Result<FunctionResponse, FunctionServiceError>, Never>) in
+            InstanceThread.start {
+                Self.serveFork(of: template, request: request, limits: limits, accepted: accepted) { continuation.resume(returning: $0) }
             }
-        }
-        return try result.get()
+        }.get()
     }
 
-    /// Forks, serves the one request, and returns the VM to the template.
-    public static func runFork(of template: FunctionTemplate, request: FunctionRequest, limits: SandboxLimits,
-                        accepted: UInt64, inspect: ((ForkedSandbox) -> Void)? = nil) throws(FunctionServiceError) -> FunctionResponse {
-        do {
-            let stdin = try RequestPipe.holding(String(decoding: request.event, as: UTF8.self))
-            defer { close(stdin) }
-            let stdout = try OutputCollector(limit: FunctionResponse.standardOutputLimit, keep: .first)
-            let stderr = try OutputCollector(limit: FunctionResponse.logTailLimit, keep: .last)
-            var options = RestoreOptions()
-            options.standardStreams = [stdin, stdout.writeEnd, stderr.writeEnd]
-            options.limits = limits
-            let run: (exit: SandboxExit, milestones: Sandbox.Milestones)
-            do {
-                let fork = try template.fork(options: options)
-                run = try fork.run(timeoutSeconds: request.timeoutSeconds, inspect: inspect)
-            } catch {
-                _ = stdout.finish()
-                _ = stderr.finish()
-                throw error
-            }
-            let output = stdout.finish().bytes
-            return FunctionResponse(
-                outcome: FunctionResponse.outcome(exit: run.exit.summary, standardOutput: output, timeoutSeconds: request.timeoutSeconds),
-                logTail: stderr.finish().bytes,
-                firstInstructionNanoseconds: run.milestones.firstGuestEntry.map { $0 &- accepted },
-                responseNanoseconds: run.milestones.firstStandardOutput.map { $0 &- accepted })
-        } catch let error as FunctionServiceError {
-            throw error
-        } catch {
-            throw .cannotStart(function: request.function, reason: "\(error)")
+    /// Forks, serves the one request, and returns the VM to the template, on the calling thread.
+    /// `respond` is called once: as soon as the fork's response line is complete (the fork then
+    /// exits and its VM is reset after the caller has its answer), or when the fork ends without
+    /// one. `inspect` sees the fork after it ended, before its VM is reset.
+    public static func serveFork(of template: FunctionTemplate, request: FunctionRequest, limits: SandboxLimits, accepted: UInt64,
+                                 inspect: ((ForkedSandbox) -> Void)? = nil,
+                                 respond: @escaping @Sendable (Result<FunctionResponse, FunctionServiceError>) -> Void) {
+        let once = Once()
+        @Sendable func answer(_ result: Result<FunctionResponse, FunctionServiceError>) {
+            if once.claim() { respond(result) }
         }
+        let stdin: Int32
+        do {
+            stdin = try RequestPipe.holding(String(decoding: request.event, as: UTF8.self))
+        } catch {
+            return answer(.failure(.cannotStart(function: request.function, reason: "\(error)")))
+        }
+        defer { close(stdin) }
+        let progress = LockedValue<SandboxProgress?>(nil)
+        let stderr: OutputCollector, stdout: OutputCollector
+        do {
+            stderr = try OutputCollector(limit: FunctionResponse.logTailLimit, keep: .last)
+            stdout = try OutputCollector(limit: FunctionResponse.standardOutputLimit, keep: .first) { line in
+                // The runner's response is one line: the caller need not wait for the exit.
+                let answered = Sandbox.monotonicNanoseconds()
+                let entered = progress.withLock { $0?.firstGuestEntry.load(ordering: .acquiring) } ?? 0
+                answer(.success(FunctionResponse(
+                    outcome: FunctionResponse.outcome(exit: .exited(status: 0), standardOutput: line, timeoutSeconds: request.timeoutSeconds),
+                    logTail: stderr.snapshot(), firstInstructionNanoseconds: entered == 0 ? nil : entered &- accepted,
+                    responseNanoseconds: answered &- accepted)))
+            }
+        } catch {
+            return answer(.failure(.cannotStart(function: request.function, reason: "\(error)")))
+        }
+        var options = RestoreOptions()
+        options.standardStreams = [stdin, stdout.writeEnd, stderr.writeEnd]
+        options.limits = limits
+        let run: (exit: SandboxExit, milestones: Sandbox.Milestones)
+        do {
+            let fork = try template.fork(options: options)
+            progress.withLock { $0 = fork.kernel?.progress }
+            run = try fork.run(timeoutSeconds: request.timeoutSeconds, inspect: inspect)
+        } catch {
+            _ = stdout.finish()
+            _ = stderr.finish()
+            return answer(.failure(.cannotStart(function: request.function, reason: "\(error)")))
+        }
+        let output = stdout.finish().bytes
+        answer(.success(FunctionResponse(
+            outcome: FunctionResponse.outcome(exit: run.exit.summary, standardOutput: output, timeoutSeconds: request.timeoutSeconds),
+            logTail: stderr.finish().bytes,
+            firstInstructionNanoseconds: run.milestones.firstGuestEntry.map { $0 &- accepted },
+            responseNanoseconds: run.milestones.firstStandardOutput.map { $0 &- accepted })))
+    }
+
+    /// `serveFork` returning its answer, once the fork has ended and its VM is back in the pool.
+    public static func runFork(of template: FunctionTemplate, request: FunctionRequest, limits: SandboxLimits,
+                               accepted: UInt64, inspect: ((ForkedSandbox) -> Void)? = nil) throws(FunctionServiceError) -> FunctionResponse {
+        let answer = LockedValue<Result<FunctionResponse, FunctionServiceError>?>(nil)
+        serveFork(of: template, request: request, limits: limits, accepted: accepted, inspect: inspect) { result in
+            answer.withLock { $0 = result }
+        }
+        return try answer.withLock { $0! }.get()
     }
 
     // MARK: warm instances (--reuse)
@@ -144,4 +190,17 @@ public final class ForkingFunctionService: FunctionService {
         }
         for instance in all { instance.stop() }
     }
+}
+
+/// A flag that lets exactly one caller through.
+final class Once: Sendable {
+    private let claimed = Atomic<Bool>(false)
+    func claim() -> Bool { !claimed.exchange(true, ordering: .acquiringAndReleasing) }
+}
+
+/// A value shared between threads under a lock, for closures (a `Mutex` cannot be captured).
+final class LockedValue<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    func withLock<R>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
 }

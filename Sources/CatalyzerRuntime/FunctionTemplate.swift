@@ -46,6 +46,10 @@ public final class FunctionTemplate: @unchecked Sendable {
 
     public var statistics: Counters { counters.withLock { $0 } }
     public var parkedVMs: Int { parked.withLock { $0.count } }
+    /// Where the parked VMs' guest memory is mapped in this process, for measuring what they hold.
+    public var parkedMemoryRanges: [(base: UInt, size: Int)] {
+        parked.withLock { $0.map { (UInt(bitPattern: $0.vm.memory.base), $0.vm.memory.size) } }
+    }
 
     /// Restores `image` from `mount` as a template and parks `poolSize` VMs for it.
     public init(image: String, mount: CatalyzerMount, store: ImageStore, poolSize: Int, kvm: KVM? = nil) throws {
@@ -115,7 +119,7 @@ public final class FunctionTemplate: @unchecked Sendable {
     func makeVM() throws -> ForkVM {
         let fd = dup(memoryFD)
         guard fd >= 0 else { throw RuntimeError("cannot duplicate the memory file's fd: \(String(cString: strerror(errno)))") }
-        fcntl(fd, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         let memory = try GuestMemory(mappingPrivately: fd, size: memorySize)
         memory.recordsDiscards = true
         return ForkVM(vm: try VM(kvm: kvm, memory: memory))
@@ -155,18 +159,25 @@ public final class FunctionTemplate: @unchecked Sendable {
         parked.withLock { $0.append(forkVM) }
     }
 
+    /// Pages a parked VM may keep as private copies of the template (4 MiB): the pages forks
+    /// write, kept mapped so the next fork writes them without a fault.
+    static let keptPagesLimit = 1024
+
     /// Makes a finished fork's memory the template's again; returns the pages it reset. KVM's
     /// translations of every page the fork wrote, and of every page its page tables mapped
     /// differently from the template's, are dropped; all others stay.
     func reset(_ forkVM: ForkVM) throws -> Int {
         let memory = forkVM.vm.memory
         guard memory.attachedRegions.isEmpty else { throw RuntimeError("the fork mapped shared memory") }
-        let changed = try memory.pagesDifferingFromFile()
+        // Page tables first: which translations the fork's tables made that the template's do not
+        // (only table pages the fork wrote can differ), before the reset puts the tables back.
+        let privatePages = try memory.privatePages()
+        let written = Set(privatePages).union(memory.discardedPages)
         let remapped = PageTables.pagesMappedDifferently(root: snapshot.pageTableRoot, memory: memory, template: view,
-                                                         changedPages: Set(changed))
+                                                         changedPages: written)
         for run in GuestMemory.contiguousRuns(remapped) { memory.dropTranslations(pageAt: run.start, count: run.count) }
-        try memory.revertToFile(changed)
-        return changed.count
+        let reset = try memory.reset(to: view, privatePages: privatePages, keepingAtMost: Self.keptPagesLimit)
+        return reset.copied + reset.remapped
     }
 
     /// A sandbox forked from the template, in a pooled VM, with `options`' stdio; it runs on

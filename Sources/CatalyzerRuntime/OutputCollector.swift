@@ -20,7 +20,15 @@ public final class OutputCollector: Sendable {
     private let collected = Mutex<(bytes: [UInt8], total: Int)>(([], 0))
     private let drained = DispatchSemaphore(value: 0)
 
-    public init(limit: Int, keep: Keep) throws {
+    /// Called once, on the draining thread, with the bytes up to the first newline as soon as
+    /// that newline arrives: a runner's response is complete before its instance has exited.
+    private let onFirstLine: (@Sendable ([UInt8]) -> Void)?
+
+    /// Drains run on one shared queue (threads are reused; each drain blocks one while its
+    /// program runs). A queue of our own is overcommitting: a busy pool never delays a drain.
+    private static let drains = DispatchQueue(label: "catalyzer-output", attributes: .concurrent)
+
+    public init(limit: Int, keep: Keep, onFirstLine: (@Sendable ([UInt8]) -> Void)? = nil) throws {
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else { throw RuntimeError("cannot create a pipe for the program's output: \(String(cString: strerror(errno)))") }
         for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
@@ -28,11 +36,14 @@ public final class OutputCollector: Sendable {
         writeEnd = ends[1]
         self.limit = limit
         self.keep = keep
-        Thread.detachNewThread { [self] in drain() }
+        self.onFirstLine = onFirstLine
+        Self.drains.async { [self] in drain() }
     }
 
     private func drain() {
         var buffer = [UInt8](repeating: 0, count: 64 << 10)
+        var lineReported = onFirstLine == nil
+        var scanned = 0  // bytes already searched for the first newline
         while true {
             let count = buffer.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
             if count < 0 && errno == EINTR { continue }
@@ -46,6 +57,13 @@ public final class OutputCollector: Sendable {
                     state.bytes.append(contentsOf: buffer.prefix(count))
                     if state.bytes.count > limit { state.bytes.removeFirst(state.bytes.count - limit) }
                 }
+            }
+            if !lineReported, keep == .first, let line = collected.withLock({ state -> [UInt8]? in
+                defer { scanned = state.bytes.count }
+                return state.bytes[scanned...].firstIndex(of: UInt8(ascii: "\n")).map { Array(state.bytes[..<$0]) }
+            }) {
+                lineReported = true
+                onFirstLine?(line)
             }
         }
         close(readEnd)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CatalyzerBench
+import CatalyzerBenchmarks
 import CatalyzerImage
 import CatalyzerRuntime
 import Foundation

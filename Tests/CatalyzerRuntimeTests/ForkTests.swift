@@ -74,7 +74,12 @@ struct ForkTests {
         let scene = try Scene("fork-fresh")
         defer { scene.close() }
         let service = try scene.service(pool: 1)
+        let template = try service.template(for: "stateful")
         for value in ["first", "second", "third"] {
+            // A fork answers before it has exited; wait for its VM to be reset and parked, so the
+            // next invocation runs in the same VM.
+            let deadline = Date().addingTimeInterval(10)
+            while template.parkedVMs < 1 && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
             let result = try Self.result(try await service.invoke(Self.request(#"{"value": "\#(value)"}"#)))
             #expect(result["value"] as? String == value)
             let before = Self.before(result)

@@ -2,6 +2,7 @@ import CKVM
 import CatalyzerBench
 import CatalyzerImage
 import CatalyzerKernel
+import CatalyzerRuntime
 import Foundation
 import Glibc
 
