@@ -69,7 +69,31 @@ public struct FunctionDocuments: Sendable {
 /// Lambda's function-error bodies for outcomes that are not a result.
 public enum FunctionErrorBody {
     public static func handler(type: String, message: String, stackTrace: [String]) -> [UInt8] {
-        JSON.encode(["errorMessage": message, "errorType": type, "stackTrace": stackTrace] as [String: Any])
+        JSON.encode(["errorMessage": message, "errorType": type, "stackTrace": frames(stackTrace)] as [String: Any])
+    }
+
+    /// Python traceback lines regrouped as Lambda's Python runtime reports them: one entry per
+    /// frame (`  File "…", line N, in f` plus its source lines), without the `Traceback …` header,
+    /// the exception line, or the frames of Catalyzer's runner (Lambda hides its bootstrap's
+    /// frames too; they say nothing about the function). Lines that are not a traceback are
+    /// returned as they are.
+    static func frames(_ lines: [String]) -> [String] {
+        var frames: [String] = []
+        var current: String?
+        for line in lines {
+            if line.hasPrefix("  File \"") {
+                if let current { frames.append(current) }
+                current = line + "\n"
+            } else if line.hasPrefix("    "), current != nil {
+                current! += line + "\n"
+            } else {
+                if let done = current { frames.append(done) }
+                current = nil
+            }
+        }
+        if let current { frames.append(current) }
+        guard !frames.isEmpty else { return lines }
+        return frames.filter { !$0.hasPrefix("  File \"/opt/catalyzer/runner.py\"") }
     }
 
     /// `2016-06-06T03:10:19.163Z 2cfef79a-… Task timed out after 10.00 seconds`, as Lambda

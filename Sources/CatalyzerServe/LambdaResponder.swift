@@ -204,7 +204,11 @@ public struct LambdaResponder: HTTPResponder {
                     let response = try await service.invoke(request)
                     metrics.instanceTimings(function: request.function, firstInstruction: response.firstInstructionNanoseconds,
                                             response: response.responseNanoseconds)
-                    if let kind = Self.errorKind(response.outcome) { metrics.failed(function: request.function, kind: kind) }
+                    let kind = Self.errorKind(response.outcome)
+                    if let kind { metrics.failed(function: request.function, kind: kind) }
+                    // Nobody waits for an Event invocation's answer: the log is where it ends.
+                    logger.info("Event invocation of \(request.function) finished: \(kind.map { "error (\($0))" } ?? "ok")",
+                                metadata: ["requestId": "\(requestId)"])
                 } catch {
                     metrics.failed(function: request.function, kind: "service")
                     logger.error("Event invocation of \(request.function) failed: \(error)", metadata: ["requestId": "\(requestId)"])

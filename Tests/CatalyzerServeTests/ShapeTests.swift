@@ -60,5 +60,16 @@ struct ShapeTests {
             at: Date(timeIntervalSince1970: 1_465_182_619.163)))) as? [String: String])
         #expect(timeout["errorMessage"] == "2016-06-06T03:10:19.163Z 2cfef79a-2b94-11e6-9fba-07cd6747ff2e Task timed out after 1.00 seconds")
         #expect(timeout["errorType"] == "Sandbox.Timedout")
+
+        let traceback = ["Traceback (most recent call last):", "  File \"/opt/catalyzer/runner.py\", line 82, in serve",
+                         "    respond(module.handler(event))", "  File \"/functions/f.py\", line 3, in handler",
+                         "    raise ValueError(\"x\")", "    ^^^^^", "ValueError: x"]
+        let handler = try #require(try JSONSerialization.jsonObject(with: Data(FunctionErrorBody.handler(
+            type: "ValueError", message: "x", stackTrace: traceback))) as? [String: Any])
+        #expect(handler["stackTrace"] as? [String] == ["  File \"/functions/f.py\", line 3, in handler\n    raise ValueError(\"x\")\n    ^^^^^\n"])
+        #expect(handler["errorType"] as? String == "ValueError" && handler["errorMessage"] as? String == "x")
+        let other = try #require(try JSONSerialization.jsonObject(with: Data(FunctionErrorBody.handler(
+            type: "E", message: "m", stackTrace: ["not python"]))) as? [String: Any])
+        #expect(other["stackTrace"] as? [String] == ["not python"])
     }
 }
