@@ -2,11 +2,12 @@ import CatalyzerImage
 import CatalyzerTestSupport
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 
 /// One store for the whole target, checkpointed once (checkpoints are the slow part): `hello`
-/// and `heavy` from the Python rootfs, and `sleepy`, a test function that sleeps and writes
-/// to stderr on request. Its managed catalyzerfs mount is unmounted when the test process exits.
+/// and `heavy` from the Python rootfs, `sleepy`, a test function that sleeps, exits or writes
+/// to stderr on request, and `broken`, a damaged copy of hello. Its managed catalyzerfs mount is unmounted when the test process exits.
 final class ServeScene: Sendable {
     let directory: TemporaryDirectory
     let storeRoot: String
@@ -16,10 +17,13 @@ final class ServeScene: Sendable {
 
     static let runner = ["/usr/bin/python3", "/opt/catalyzer/runner.py"]
 
-    /// `handler(event)`: `log` → printed to stderr, `sleep` → seconds slept; returns what it did.
+    /// `handler(event)`: `exit` → the process exits at once, `log` → printed to stderr, `sleep` →
+    /// seconds slept; returns what it did.
     static let sleepyModule = """
-        import sys, time
+        import os, sys, time
         def handler(event):
+            if "exit" in event:
+                os._exit(event["exit"])
             if "log" in event:
                 print(event["log"], file=sys.stderr, flush=True)
             if "sleep" in event:
@@ -71,6 +75,10 @@ final class ServeScene: Sendable {
         try checkpoint("hello", rootfs: rootfs, Self.runner + ["/functions/hello.py"])
         try checkpoint("heavy", rootfs: rootfs, Self.runner + ["/functions/heavy.py"])
         try checkpoint("sleepy", rootfs: rootfs, Self.sleepyCommand)
+        // `broken`: hello with a state blob no restore can decode, the service's `cannotStart`.
+        let store = ImageStore(root: storeRoot)
+        try StoreSurgery.copy(store, "hello", to: "broken")
+        try StoreSurgery.replaceState(store, "broken", with: Array("not a monitor state".utf8))
     }
 
     @discardableResult
@@ -105,4 +113,3 @@ final class ServeScene: Sendable {
     }
 }
 
-import Synchronization

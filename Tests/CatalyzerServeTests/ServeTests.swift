@@ -28,6 +28,9 @@ struct ServeTests {
             ["op": "invoke", "function": "hello", "payload": "{}", "type": "Event"],
             ["op": "invoke", "function": "sleepy", "payload": #"{"log": "a line for the tail"}"#, "log": "Tail"],
             ["op": "invoke", "function": "hello", "payload": "{\n  \"name\": \"Pretty\"\n}"],
+            ["op": "invoke", "function": "sleepy", "payload": #"{"exit": 3}"#],
+            ["op": "invoke", "function": "broken", "payload": "{}"],
+            ["op": "invoke", "function": "hello", "payload": #"{"name": "Still"}"#],
         ])
         #expect(results[0]["status"] as? Int == 200 && results[0]["functionError"] is NSNull && results[0]["version"] as? String == "$LATEST")
         #expect(LambdaClient.value(results[0]["payload"] as? String) == (try scene.invokeResult("hello", #"{"name": "Ada"}"#)))
@@ -42,7 +45,7 @@ struct ServeTests {
         #expect(results[3]["error"] as? String == "ResourceNotFoundException" && results[3]["httpStatus"] as? Int == 404)
         #expect((results[3]["message"] as? String)?.contains("function:nope") == true)
         let listed = try #require(results[4]["functions"] as? [[String: Any]])
-        #expect(listed.compactMap { $0["FunctionName"] as? String } == ["heavy", "hello", "sleepy"])
+        #expect(listed.compactMap { $0["FunctionName"] as? String } == ["broken", "heavy", "hello", "sleepy"])
         #expect(listed.allSatisfy { $0["MemorySize"] as? Int == 128 && $0["Version"] as? String == "$LATEST" && $0["PackageType"] as? String == "Image" })
         let configuration = try #require(results[5]["configuration"] as? [String: Any])
         #expect(configuration["FunctionName"] as? String == "heavy" && configuration["Runtime"] as? String == "python3.11")
@@ -55,6 +58,14 @@ struct ServeTests {
         #expect(results[10]["status"] as? Int == 200)
         #expect((results[10]["log"] as? String)?.contains("a line for the tail") == true, "\(results[10])")
         #expect(LambdaClient.value(results[11]["payload"] as? String) == LambdaClient.value(#"{"greeting": "Hello, Pretty!", "length": 6}"#))
+        // An instance that dies is a function error; an image that cannot start is the
+        // service's 500; neither stops the daemon.
+        #expect(results[12]["status"] as? Int == 200 && results[12]["functionError"] as? String == "Unhandled", "\(results[12])")
+        let died = try #require(LambdaClient.value(results[12]["payload"] as? String) as? [String: String])
+        #expect(died["errorType"] == "Runtime.ExitError" && died["errorMessage"]?.contains("exited with status 3") == true, "\(died)")
+        #expect(results[13]["error"] as? String == "ServiceException" && results[13]["httpStatus"] as? Int == 500, "\(results[13])")
+        #expect((results[13]["message"] as? String)?.contains("broken") == true)
+        #expect(LambdaClient.value(results[14]["payload"] as? String) == LambdaClient.value(#"{"greeting": "Hello, Still!", "length": 5}"#))
         let ids = results.compactMap { $0["requestId"] as? String }
         #expect(Set(ids).count == ids.count && ids.allSatisfy { UUID(uuidString: $0) != nil })
     }
@@ -110,7 +121,7 @@ struct ServeTests {
         ], key: "AKIDSERVE1", secret: "secret-one/+x")
         #expect(LambdaClient.value(good[0]["payload"] as? String) == LambdaClient.value(#"{"greeting": "Hello, Signed!", "length": 6}"#), "\(good[0])")
         #expect(good[1]["status"] as? Int == 200, "\(good[1])")
-        #expect((good[2]["functions"] as? [Any])?.count == 3)
+        #expect((good[2]["functions"] as? [Any])?.count == 4)
         let wrong = try LambdaClient.one(daemon.endpoint, ["op": "invoke", "function": "hello", "payload": "{}"], key: "AKIDSERVE2", secret: "not-it")
         #expect(wrong["error"] as? String == "InvalidSignatureException" && wrong["httpStatus"] as? Int == 403, "\(wrong)")
         let unknown = try LambdaClient.one(daemon.endpoint, ["op": "list"], key: "AKIDNOBODY", secret: "x")
@@ -148,7 +159,7 @@ struct ServeTests {
         #expect(refused.status != 0 && refused.stderr.contains("InvalidSignatureException"), "\(refused)")
     }
 
-    @Test("refusals at start: no --auth-keys off loopback, a keys file others can read, bad flags")
+    @Test("refusals at start: no --auth-keys off loopback, a keys file others can read, bad flags; SIGINT exits 0")
     func startRefusals() throws {
         let scene = try ServeScene.get()
         let open = try serveRefusal(["--listen", "0.0.0.0:0"], environment: scene.environment)
@@ -156,6 +167,10 @@ struct ServeTests {
         let readable = try scene.keysFile([("AKID", "secret")], mode: 0o644)
         let loose = try serveRefusal(["--listen", "127.0.0.1:0", "--auth-keys", readable], environment: scene.environment)
         #expect(loose.status != 0 && loose.stderr.contains("chmod 600"), "\(loose)")
+        // SIGINT (^C) drains like SIGTERM.
+        let daemon = try scene.daemon()
+        kill(daemon.process.processIdentifier, SIGINT)
+        #expect(daemon.waitForExit(60) == 0, "\(daemon.stderr)")
         for flags in [["--pool", "-1"], ["--reuse", "0"], ["--max-instances", "0"], ["--listen", "nowhere"], ["--timeout", "soon"]] {
             let bad = try serveRefusal(flags, environment: scene.environment)
             #expect(bad.status != 0 && bad.stderr.lowercased().contains("error"), "\(flags): \(bad)")
@@ -210,7 +225,7 @@ struct ServeTests {
         let pattern = #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "# + requestId + #" Task timed out after \d+\.\d\d seconds$"#
         #expect(message.range(of: pattern, options: .regularExpression) != nil, "\(message)")
         let seconds = Double(message.split(separator: " ").dropLast().last ?? "") ?? 0
-        #expect(seconds >= 1.0 && seconds < 5.0, "\(message)")
+        #expect(seconds >= 1.0 && seconds < 20.0, "\(message)")
         #expect(LambdaClient.value(results[1]["payload"] as? String) == LambdaClient.value(#"{"greeting": "Hello, Quick!", "length": 5}"#))
     }
 
@@ -219,7 +234,7 @@ struct ServeTests {
         let scene = try ServeScene.get()
         let daemon = try scene.daemon()
         defer { daemon.stop() }
-        let event = try LambdaClient.one(daemon.endpoint, ["op": "invoke", "function": "sleepy", "payload": #"{"sleep": 6}"#, "type": "Event"])
+        let event = try LambdaClient.one(daemon.endpoint, ["op": "invoke", "function": "sleepy", "payload": #"{"sleep": 8}"#, "type": "Event"])
         #expect(event["status"] as? Int == 202)
         let box = ResultBox()
         let clients = Thread {
@@ -246,10 +261,10 @@ struct ServeTests {
             #expect(result["status"] as? Int == 200 && LambdaClient.value(result["payload"] as? String) == LambdaClient.value(#"{"slept": 1.5, "tag": \#(index)}"#),
                     "\(result)")
         }
-        // The synchronous ones were answered before the server stopped; the Event one (6 s) was
+        // The synchronous ones were answered before the server stopped; the Event one (8 s) was
         // still running then, and the exit waited for it to finish.
         let log = daemon.stderr
-        #expect(log.contains("waiting for 1 invocation(s) in flight"), "\(log)")
+        #expect(log.range(of: #"waiting for \d invocation\(s\) in flight"#, options: .regularExpression) != nil, "\(log)")
         let finished = try #require(log.range(of: "Event invocation of sleepy finished: ok"), "\(log)")
         let stopped = try #require(log.range(of: "stopped"), "\(log)")
         #expect(finished.upperBound <= stopped.lowerBound)

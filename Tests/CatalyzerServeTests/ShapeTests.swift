@@ -73,3 +73,32 @@ struct ShapeTests {
         #expect(other["stackTrace"] as? [String] == ["not python"])
     }
 }
+
+/// The hook a service uses to add gauges to /metrics. `ReportingService` is a stand-in with no
+/// functions: what is under test is the exposition of its gauges, not a service.
+@Suite("metrics hook")
+struct MetricsHookTests {
+    struct ReportingService: FunctionService, FunctionServiceMetrics {
+        func functions() throws(FunctionServiceError) -> [FunctionDescription] { [] }
+        func function(named name: String) throws(FunctionServiceError) -> FunctionDescription { throw .unknownFunction(name) }
+        func invoke(_ request: FunctionRequest) async throws(FunctionServiceError) -> FunctionResponse { throw .shuttingDown }
+        func gauges() -> [ServiceGauge] {
+            [ServiceGauge(name: "pool_instances", help: "Instances parked", labels: ["function": "hello \"x\""], value: 3),
+             ServiceGauge(name: "pool_instances", help: "Instances parked", labels: ["function": "heavy"], value: 1),
+             ServiceGauge(name: "templates-parked", help: "Templates", value: 2)]
+        }
+    }
+
+    @Test("service gauges are appended in Prometheus text format, names and label values made safe")
+    func gauges() {
+        let metrics = ServeMetrics()
+        metrics.invoked(function: "hello")
+        let text = String(decoding: metrics.exposition(service: ReportingService()), as: UTF8.self)
+        #expect(text.contains(#"catalyzer_invocations_total{function="hello"} 1"#))
+        #expect(text.contains("# TYPE catalyzer_service_pool_instances gauge\n"))
+        #expect(text.components(separatedBy: "# TYPE catalyzer_service_pool_instances").count == 2)
+        #expect(text.contains(#"catalyzer_service_pool_instances{function="hello \"x\""} 3.0"#))
+        #expect(text.contains(#"catalyzer_service_pool_instances{function="heavy"} 1.0"#))
+        #expect(text.contains("catalyzer_service_templates_parked 2.0"))
+    }
+}
