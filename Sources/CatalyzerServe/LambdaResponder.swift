@@ -43,6 +43,12 @@ public struct LambdaResponder: HTTPResponder {
         case health, metrics, list, get(String), invoke(String)
     }
 
+    /// `/healthz`: answered before the body is read or auth is checked, so a load balancer or
+    /// an orchestrator's probe needs no keys.
+    static var healthy: Response {
+        Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ok")))
+    }
+
     static func route(method: HTTPRequest.Method, path: String) -> Route? {
         let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map { SigV4.percentDecode($0) }
         switch (method, segments.count) {
@@ -88,9 +94,7 @@ public struct LambdaResponder: HTTPResponder {
         guard let route = Self.route(method: request.method, path: pathOnly) else {
             return error(.notFound(method: request.method.rawValue, path: pathOnly), requestId: requestId)
         }
-        if case .health = route {
-            return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ok")))
-        }
+        if case .health = route { return Self.healthy }
         let body: Body
         do {
             body = try await Self.read(request.body)
@@ -118,7 +122,7 @@ public struct LambdaResponder: HTTPResponder {
         }
         let queryItems = Self.queryItems(query)
         switch route {
-        case .health: fatalError("answered above")
+        case .health: return Self.healthy
         case .metrics:
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                             body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition(service: service))))
