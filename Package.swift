@@ -16,6 +16,11 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // C libraries and shims: thin, no logic.
@@ -53,6 +58,20 @@ let package = Package(
         .target(name: "CatalyzerKernel", dependencies: ["CatalyzerKVM"]),
         // Checkpoint at the ready point, restore through catalyzerfs, invoke; the managed mount.
         .target(name: "CatalyzerRuntime", dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM", "CatalyzerImage"]),
+        // `catalyzer serve`: the AWS Lambda invoke API over HTTP in front of a FunctionService,
+        // SigV4 auth, throttling, Prometheus metrics, graceful shutdown.
+        .target(
+            name: "CatalyzerServe",
+            dependencies: [
+                "CatalyzerRuntime",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // Benchmark tools: statistics, tables, mounts, filesystem and image benchmarks.
         .target(name: "CatalyzerBench", dependencies: ["CatalyzerImage"]),
         // Benchmarks of the runtime (startup, serve): they depend on what they measure.
@@ -61,8 +80,9 @@ let package = Package(
         .executableTarget(
             name: "catalyzer",
             dependencies: [
-                "CatalyzerImage", "CatalyzerBench", "CatalyzerBenchmarks", "CatalyzerKernel", "CatalyzerRuntime", "CatalyzerRegistry",
+                "CatalyzerImage", "CatalyzerBench", "CatalyzerBenchmarks", "CatalyzerKernel", "CatalyzerRuntime", "CatalyzerRegistry", "CatalyzerServe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(name: "catalyzerfs", dependencies: ["CatalyzerFS", "CatalyzerImage", "CatalyzerRegistry"]),
@@ -92,6 +112,11 @@ let package = Package(
         .testTarget(
             name: "CatalyzerRuntimeTests",
             dependencies: ["CatalyzerRuntime", "CatalyzerBenchmarks", "CatalyzerKernel", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs"]
+        ),
+        // SigV4 vectors, the event and error shapes, and the daemon driven by boto3 and the AWS CLI.
+        .testTarget(
+            name: "CatalyzerServeTests",
+            dependencies: ["CatalyzerServe", "CatalyzerRuntime", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs"]
         ),
         .testTarget(
             name: "CatalyzerFSTests",

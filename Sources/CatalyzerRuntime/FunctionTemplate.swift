@@ -1,6 +1,7 @@
 import CatalyzerImage
 import CatalyzerKVM
 import CatalyzerKernel
+import Dispatch
 import Glibc
 import Synchronization
 
@@ -142,7 +143,20 @@ public final class FunctionTemplate: @unchecked Sendable {
             return vm
         }
         counters.withLock { $0.createdVMs += 1 }
+        refillInBackground()
         return try makeVM()
+    }
+
+    /// Whether a background refill runs now (at most one per template).
+    private let refilling = Atomic<Bool>(false)
+
+    /// Creates parked VMs on another thread, so the forks after this one find them ready.
+    private func refillInBackground() {
+        guard poolSize > 0, !refilling.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        DispatchQueue.global(qos: .utility).async { [self] in
+            fillPool()
+            refilling.store(false, ordering: .releasing)
+        }
     }
 
     /// Takes back the VM of a finished fork: reset to the template and parked, when it can be

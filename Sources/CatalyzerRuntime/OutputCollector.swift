@@ -17,47 +17,48 @@ public final class OutputCollector: Sendable {
     private let readEnd: Int32
     private let limit: Int
     private let keep: Keep
-    private let collected = Mutex<(bytes: [UInt8], total: Int)>(([], 0))
+    private struct Collected {
+        var bytes: [UInt8] = []
+        var total = 0
+        /// Set when the read end is closed: its number may belong to another file after that.
+        var readEndClosed = false
+        var buffer = [UInt8](repeating: 0, count: 64 << 10)
+    }
+    private let collected = Mutex(Collected())
     private let drained = DispatchSemaphore(value: 0)
 
     /// Called once, on the draining thread, with the bytes up to the first newline as soon as
     /// that newline arrives: a runner's response is complete before its instance has exited.
     private let onFirstLine: (@Sendable ([UInt8]) -> Void)?
 
-    /// Drains run on one shared queue (threads are reused; each drain blocks one while its
-    /// program runs). A queue of our own is overcommitting: a busy pool never delays a drain.
-    private static let drains = DispatchQueue(label: "catalyzer-output", attributes: .concurrent)
-
     public init(limit: Int, keep: Keep, onFirstLine: (@Sendable ([UInt8]) -> Void)? = nil) throws {
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else { throw RuntimeError("cannot create a pipe for the program's output: \(String(cString: strerror(errno)))") }
         for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        _ = fcntl(ends[0], F_SETFL, O_NONBLOCK)
         readEnd = ends[0]
         writeEnd = ends[1]
         self.limit = limit
         self.keep = keep
         self.onFirstLine = onFirstLine
-        Self.drains.async { [self] in drain() }
+        // A drain blocks its thread while the program runs: on a pooled thread of its own (a
+        // Dispatch queue would give it one of a pool as wide as the CPUs, and a few sleeping
+        // instances would hold every drain of the others back).
+        InstanceThread.start { [self] in drain() }
     }
 
+    /// Waits for the pipe to be readable, then takes what it holds under the lock, until end of
+    /// file. Reading only under the lock keeps the bytes in order when `snapshot` reads too.
     private func drain() {
-        var buffer = [UInt8](repeating: 0, count: 64 << 10)
         var lineReported = onFirstLine == nil
         var scanned = 0  // bytes already searched for the first newline
         while true {
-            let count = buffer.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
-            if count <= 0 { break }
-            collected.withLock { state in
-                state.total += count
-                switch keep {
-                case .first:
-                    state.bytes.append(contentsOf: buffer.prefix(min(count, limit - state.bytes.count)))
-                case .last:
-                    state.bytes.append(contentsOf: buffer.prefix(count))
-                    if state.bytes.count > limit { state.bytes.removeFirst(state.bytes.count - limit) }
-                }
+            var poller = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
+            if poll(&poller, 1, -1) < 0 {
+                if errno == EINTR { continue }
+                break
             }
+            let open = collected.withLock { take(into: &$0) }
             if !lineReported, keep == .first, let line = collected.withLock({ state -> [UInt8]? in
                 defer { scanned = state.bytes.count }
                 return state.bytes[scanned...].firstIndex(of: UInt8(ascii: "\n")).map { Array(state.bytes[..<$0]) }
@@ -65,14 +66,41 @@ public final class OutputCollector: Sendable {
                 lineReported = true
                 onFirstLine?(line)
             }
+            if !open { break }
         }
-        close(readEnd)
+        collected.withLock { state in
+            state.readEndClosed = true
+            close(readEnd)
+        }
         drained.signal()
     }
 
-    /// What was kept so far, while the program may still write (a warm instance's log tail).
+    /// Reads what the pipe holds now into `state` (called under the lock); false at end of file.
+    private func take(into state: inout Collected) -> Bool {
+        guard !state.readEndClosed else { return false }
+        while true {
+            let count = state.buffer.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return true }
+            if count <= 0 { return false }
+            state.total += count
+            switch keep {
+            case .first:
+                state.bytes.append(contentsOf: state.buffer.prefix(min(count, limit - state.bytes.count)))
+            case .last:
+                state.bytes.append(contentsOf: state.buffer.prefix(count))
+                if state.bytes.count > limit { state.bytes.removeFirst(state.bytes.count - limit) }
+            }
+        }
+    }
+
+    /// What was written so far, while the program may still write (a response's log tail, a
+    /// warm instance's): everything the pipe holds now is taken first.
     public func snapshot() -> [UInt8] {
-        collected.withLock { $0.bytes }
+        collected.withLock { state in
+            _ = take(into: &state)
+            return state.bytes
+        }
     }
 
     /// Closes the write end and returns what was kept and how much was written in all. Call it
@@ -80,6 +108,6 @@ public final class OutputCollector: Sendable {
     public func finish() -> (bytes: [UInt8], total: Int) {
         close(writeEnd)
         drained.wait()
-        return collected.withLock { $0 }
+        return collected.withLock { ($0.bytes, $0.total) }
     }
 }

@@ -1,0 +1,299 @@
+import CatalyzerRuntime
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+
+/// The Lambda API over HTTP: routes, auth, payload checks, throttling, and the mapping from a
+/// `FunctionService`'s outcomes to Lambda's responses. Routing is done here on the raw path
+/// rather than by Hummingbird's router because a function name may be an ARN whose `:` arrive
+/// percent-encoded, and SigV4 needs the path exactly as it was sent.
+public struct LambdaResponder: HTTPResponder {
+    public typealias Context = BasicRequestContext
+
+    public let service: any FunctionService
+    public let authenticator: RequestAuthenticator?
+    public let gate: InvocationGate
+    public let metrics: ServeMetrics
+    public let documents: FunctionDocuments
+    public let timeoutSeconds: Double
+    public let logger: Logger
+
+    /// Lambda's synchronous payload limit (6 MB).
+    public static let payloadLimit = 6_291_456
+    /// Bodies past the limit are still read (and hashed, so the signature can be checked before
+    /// answering 413) up to this much; beyond it the connection is dropped instead.
+    public static let drainLimit = 64 << 20
+    /// The bytes of the instance's log `X-Amz-Log-Type: Tail` returns, as Lambda does.
+    public static let logTailBytes = 4096
+
+    public init(service: any FunctionService, authenticator: RequestAuthenticator?, gate: InvocationGate, metrics: ServeMetrics,
+                documents: FunctionDocuments, timeoutSeconds: Double, logger: Logger) {
+        self.service = service
+        self.authenticator = authenticator
+        self.gate = gate
+        self.metrics = metrics
+        self.documents = documents
+        self.timeoutSeconds = timeoutSeconds
+        self.logger = logger
+    }
+
+    enum Route {
+        case health, metrics, list, get(String), invoke(String)
+    }
+
+    /// `/healthz`: answered before the body is read or auth is checked, so a load balancer or
+    /// an orchestrator's probe needs no keys.
+    static var healthy: Response {
+        Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ok")))
+    }
+
+    static func route(method: HTTPRequest.Method, path: String) -> Route? {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map { SigV4.percentDecode($0) }
+        switch (method, segments.count) {
+        case (.get, 1) where segments[0] == "healthz": return .health
+        case (.get, 1) where segments[0] == "metrics": return .metrics
+        case (.get, 2) where segments[0] == "2015-03-31" && segments[1] == "functions": return .list
+        case (.get, 3) where segments[0] == "2015-03-31" && segments[1] == "functions":
+            return segments[2].isEmpty ? .list : .get(segments[2])
+        case (.post, 4) where segments[0] == "2015-03-31" && segments[1] == "functions" && segments[3] == "invocations"
+            && !segments[2].isEmpty:
+            return .invoke(segments[2])
+        default: return nil
+        }
+    }
+
+    /// The body, read whole: kept up to `payloadLimit` bytes, hashed to the end.
+    struct Body {
+        var bytes: [UInt8] = []
+        var size = 0
+        var hash = ""
+    }
+
+    enum BodyError: Error { case tooLarge }
+
+    static func read(_ body: RequestBody) async throws -> Body {
+        var result = Body()
+        var hasher = SHA256()
+        for try await buffer in body {
+            result.size += buffer.readableBytes
+            guard result.size <= drainLimit else { throw BodyError.tooLarge }
+            buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+            if result.size <= payloadLimit { result.bytes += buffer.readableBytesView }
+        }
+        result.hash = SigV4.hex(hasher.finalize())
+        return result
+    }
+
+    public func respond(to request: Request, context: Context) async throws -> Response {
+        let requestId = UUID().uuidString.lowercased()
+        let rawPath = request.head.path ?? "/"
+        let pathOnly = String(rawPath.prefix { $0 != "?" })
+        let query = rawPath.firstIndex(of: "?").map { String(rawPath[rawPath.index(after: $0)...]) } ?? ""
+        guard let route = Self.route(method: request.method, path: pathOnly) else {
+            return error(.notFound(method: request.method.rawValue, path: pathOnly), requestId: requestId)
+        }
+        if case .health = route { return Self.healthy }
+        let body: Body
+        do {
+            body = try await Self.read(request.body)
+        } catch BodyError.tooLarge {
+            // Not worth reading further: drop the connection rather than take more bytes.
+            logger.warning("request body over \(Self.drainLimit) bytes; connection dropped", metadata: ["requestId": "\(requestId)"])
+            throw BodyError.tooLarge
+        }
+        if let authenticator {
+            var headers = request.headers.map { (name: $0.name.canonicalName, value: $0.value) }
+            // HTTP/1's Host header arrives as the request's authority, not among its fields.
+            if let authority = request.head.authority, !headers.contains(where: { $0.name == "host" }) {
+                headers.append((name: "host", value: authority))
+            }
+            let claimed = request.headers[HTTPField.Name("x-amz-content-sha256")!]
+            let payloadHash = claimed == "UNSIGNED-PAYLOAD" ? "UNSIGNED-PAYLOAD" : body.hash
+            let signed = SigV4.Request(method: request.method.rawValue, path: pathOnly, query: query, headers: headers, payloadHash: payloadHash)
+            do {
+                _ = try authenticator.verify(signed)
+                if let claimed, claimed != "UNSIGNED-PAYLOAD", claimed.lowercased() != body.hash { throw RequestAuthenticator.Failure.mismatch }
+            } catch let failure as RequestAuthenticator.Failure {
+                logger.info("request refused: \(failure)", metadata: ["requestId": "\(requestId)"])
+                return error(failure.lambdaError, requestId: requestId)
+            }
+        }
+        let queryItems = Self.queryItems(query)
+        switch route {
+        case .health: return Self.healthy
+        case .metrics:
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition(service: service))))
+        case .list:
+            do {
+                return json(documents.list(try service.functions()), requestId: requestId)
+            } catch let failure {
+                return error(LambdaError(failure, arn: "*"), requestId: requestId)
+            }
+        case .get(let text):
+            switch resolve(text, qualifier: queryItems["Qualifier"]) {
+            case .failure(let failure): return error(failure, requestId: requestId)
+            case .success(let function): return json(documents.get(function), requestId: requestId)
+            }
+        case .invoke(let text):
+            return await invoke(text, query: queryItems, headers: request.headers, body: body, requestId: requestId)
+        }
+    }
+
+    /// The function a path names, or the 404 for it.
+    func resolve(_ text: String, qualifier: String?) -> Result<FunctionDescription, LambdaError> {
+        guard let name = FunctionName(parsing: text) else {
+            return .failure(.resourceNotFound("Function not found: \(text)"))
+        }
+        if let qualifier = name.effectiveQualifier(query: qualifier), qualifier != FunctionName.latest {
+            return .failure(.resourceNotFound("Function not found: \(documents.arn(name.name)):\(qualifier) (only \(FunctionName.latest) exists)"))
+        }
+        do {
+            return .success(try service.function(named: name.name))
+        } catch {
+            return .failure(LambdaError(error, arn: documents.arn(name.name)))
+        }
+    }
+
+    enum InvocationType: String {
+        case requestResponse = "RequestResponse", event = "Event", dryRun = "DryRun"
+    }
+
+    func invoke(_ text: String, query: [String: String], headers: HTTPFields, body: Body, requestId: String) async -> Response {
+        let started = ContinuousClock.now
+        guard let type = InvocationType(rawValue: headers[HTTPField.Name("X-Amz-Invocation-Type")!] ?? "RequestResponse") else {
+            return error(.invalidRequestContent("X-Amz-Invocation-Type must be RequestResponse, Event or DryRun"), requestId: requestId)
+        }
+        let function: FunctionDescription
+        switch resolve(text, qualifier: query["Qualifier"]) {
+        case .failure(let failure): return error(failure, requestId: requestId)
+        case .success(let found): function = found
+        }
+        guard body.size <= Self.payloadLimit else {
+            return error(.requestTooLarge(size: body.size, limit: Self.payloadLimit), requestId: requestId)
+        }
+        let event: [UInt8]
+        do {
+            event = try EventPayload.normalize(body.bytes)
+        } catch {
+            switch error {
+            case .notJSON(let why): return self.error(.invalidRequestContent(why), requestId: requestId)
+            }
+        }
+        if type == .dryRun {
+            return Response(status: .noContent, headers: baseHeaders(requestId: requestId))
+        }
+        do {
+            try gate.enter()
+        } catch {
+            switch error {
+            case .draining:
+                return self.error(.shuttingDown, requestId: requestId)
+            case .full(let limit):
+                metrics.throttled(function: function.name)
+                return self.error(.tooManyRequests("Rate Exceeded: all \(limit) instances (--max-instances) are busy"), requestId: requestId)
+            }
+        }
+        metrics.invoked(function: function.name)
+        let request = FunctionRequest(function: function.name, event: event, timeoutSeconds: timeoutSeconds)
+        if type == .event {
+            // Lambda queues Event invocations; here it runs now, in the background, and holds its
+            // slot in the gate so shutdown waits for it.
+            let service = service, metrics = metrics, gate = gate, logger = logger
+            Task.detached {
+                defer { gate.leave() }
+                do {
+                    let response = try await service.invoke(request)
+                    metrics.instanceTimings(function: request.function, firstInstruction: response.firstInstructionNanoseconds,
+                                            response: response.responseNanoseconds)
+                    let kind = Self.errorKind(response.outcome)
+                    if let kind { metrics.failed(function: request.function, kind: kind) }
+                    // Nobody waits for an Event invocation's answer: the log is where it ends.
+                    logger.info("Event invocation of \(request.function) finished: \(kind.map { "error (\($0))" } ?? "ok")",
+                                metadata: ["requestId": "\(requestId)"])
+                } catch {
+                    metrics.failed(function: request.function, kind: "service")
+                    logger.error("Event invocation of \(request.function) failed: \(error)", metadata: ["requestId": "\(requestId)"])
+                }
+            }
+            return Response(status: .accepted, headers: baseHeaders(requestId: requestId))
+        }
+        defer { gate.leave() }
+        let response: FunctionResponse
+        do {
+            response = try await service.invoke(request)
+        } catch {
+            metrics.failed(function: function.name, kind: "service")
+            if case .cannotStart = error { logger.error("\(error)", metadata: ["requestId": "\(requestId)"]) }
+            if case .tooManyInstances = error { metrics.throttled(function: function.name) }
+            return self.error(LambdaError(error, arn: documents.arn(function.name)), requestId: requestId)
+        }
+        let elapsed = ContinuousClock.now - started
+        metrics.requestDuration(function: function.name, elapsed)
+        metrics.instanceTimings(function: function.name, firstInstruction: response.firstInstructionNanoseconds,
+                                response: response.responseNanoseconds)
+        var responseHeaders = baseHeaders(requestId: requestId)
+        if headers[HTTPField.Name("X-Amz-Log-Type")!] == "Tail" {
+            responseHeaders[HTTPField.Name("X-Amz-Log-Result")!] = Data(response.logTail.suffix(Self.logTailBytes)).base64EncodedString()
+        }
+        let payload: [UInt8]
+        switch response.outcome {
+        case .result(let bytes):
+            payload = bytes
+        case .handlerError(let type, let message, let stackTrace):
+            payload = FunctionErrorBody.handler(type: type, message: message, stackTrace: stackTrace)
+        case .timedOut:
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            payload = FunctionErrorBody.timeout(requestId: requestId, elapsedSeconds: seconds)
+        case .failed(let reason):
+            payload = FunctionErrorBody.failed(requestId: requestId, reason: reason)
+        }
+        if let kind = Self.errorKind(response.outcome) {
+            metrics.failed(function: function.name, kind: kind)
+            // Lambda reports every runtime-side failure as Unhandled (Handled was for Node's
+            // callback errors and is gone).
+            responseHeaders[HTTPField.Name("X-Amz-Function-Error")!] = "Unhandled"
+        }
+        return Response(status: .ok, headers: responseHeaders, body: .init(byteBuffer: ByteBuffer(bytes: payload)))
+    }
+
+    static func errorKind(_ outcome: FunctionResponse.Outcome) -> String? {
+        switch outcome {
+        case .result: nil
+        case .handlerError: "handler"
+        case .timedOut: "timeout"
+        case .failed: "failed"
+        }
+    }
+
+    static func queryItems(_ query: String) -> [String: String] {
+        var items: [String: String] = [:]
+        for item in query.split(separator: "&") {
+            let pair = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            items[SigV4.percentDecode(pair[0])] = pair.count > 1 ? SigV4.percentDecode(pair[1]) : ""
+        }
+        return items
+    }
+
+    func baseHeaders(requestId: String) -> HTTPFields {
+        [.contentType: "application/json",
+         HTTPField.Name("x-amzn-RequestId")!: requestId,
+         HTTPField.Name("X-Amz-Executed-Version")!: FunctionName.latest]
+    }
+
+    func json(_ bytes: [UInt8], requestId: String) -> Response {
+        var headers = baseHeaders(requestId: requestId)
+        headers[HTTPField.Name("X-Amz-Executed-Version")!] = nil
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    func error(_ error: LambdaError, requestId: String) -> Response {
+        metrics.rejected(type: error.type)
+        var headers: HTTPFields = [.contentType: "application/json", HTTPField.Name("x-amzn-RequestId")!: requestId,
+                                   HTTPField.Name("x-amzn-ErrorType")!: error.type]
+        if case .tooManyRequests = error { headers[.retryAfter] = "1" }
+        return Response(status: .init(code: error.status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: error.body)))
+    }
+}
