@@ -81,8 +81,10 @@ let package = Package(
             name: "catalyzer",
             dependencies: [
                 "CatalyzerImage", "CatalyzerBench", "CatalyzerBenchmarks", "CatalyzerKernel", "CatalyzerRuntime", "CatalyzerRegistry", "CatalyzerServe",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(name: "catalyzerfs", dependencies: ["CatalyzerFS", "CatalyzerImage", "CatalyzerRegistry"]),

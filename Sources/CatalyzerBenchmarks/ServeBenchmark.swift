@@ -57,6 +57,10 @@ public struct ServeBenchmark: Sendable {
     public var daemon: String
     public var runs = 50
     public var concurrencies = [1, 16]
+    /// The fork service's VM pool per function (nil: the largest concurrency, at least 2) and the
+    /// written pages a parked VM keeps (see `FunctionTemplate.keptPagesLimit`): the levers.
+    public var poolSize: Int?
+    public var keptPages = FunctionTemplate.defaultKeptPages
     /// The modes to run (all but `sforkFirstInstruction`, which comes with `sfork`); `http` needs
     /// `httpFrontEnd`.
     public var modes: [Mode] = [.sfork, .restore, .warm, .host, .http]
@@ -88,9 +92,16 @@ public struct ServeBenchmark: Sendable {
         _ = try Checkpointer.checkpoint(request, store: store)
         let mount = try BenchMount(daemon: daemon, store: store.root, mountpoint: work + "/mount", options: "prefetch=off")
         defer { mount.unmount() }
+        // The services hold the image's files open until they are gone: measure in a scope of
+        // its own, so they are before the unmount.
+        return try await measure(store: store, mount: mount, log: log)
+    }
 
-        let pool = max(2, concurrencies.max() ?? 1)
-        let forking = try ForkingFunctionService(store: store, mount: mount.mountpoint, poolSize: pool)
+    private func measure(store: ImageStore, mount: BenchMount, log: @Sendable (String) -> Void) async throws -> Report {
+        let name = function.rawValue
+
+        let pool = poolSize ?? max(2, concurrencies.max() ?? 1)
+        let forking = try ForkingFunctionService(store: store, mount: mount.mountpoint, poolSize: pool, keptPages: keptPages)
         let warm = try ForkingFunctionService(store: store, mount: mount.mountpoint, poolSize: 1, reuse: .max)
         defer { warm.stopWarmInstances() }
         let restoring = RestoringFunctionService(store: store, mount: mount.mountpoint)
@@ -262,7 +273,9 @@ enum ProcessMappings {
     /// Anonymous (private, written) bytes of the mappings that lie inside `ranges`, and how many
     /// ranges there were; nil when smaps cannot be read.
     static func anonymousBytes(in ranges: [(base: UInt, size: Int)]) -> (bytes: Int, ranges: Int)? {
-        guard let text = try? String(contentsOfFile: "/proc/self/smaps", encoding: .utf8) else { return nil }
+        // Read to the end: procfs files report size 0, which whole-file readers trust.
+        guard let file = FileHandle(forReadingAtPath: "/proc/self/smaps"), let data = try? file.readToEnd() else { return nil }
+        let text = String(decoding: data, as: UTF8.self)
         var total = 0
         var inside = false
         for line in text.split(separator: "\n") {

@@ -20,13 +20,14 @@ extension GuestMemory {
     /// Guest-physical addresses of the RAM pages that are not the file's page cache pages, sorted:
     /// private copies and anonymous pages (present or swapped out). Discarded ranges nobody
     /// touched since are in `discardedRuns` instead.
-    public func privatePages() throws -> [UInt64] {
+    /// Only pages below `end` are looked at (all of RAM by default).
+    public func privatePages(below end: UInt64? = nil) throws -> [UInt64] {
         precondition(backing == .privateFile, "only a privately mapped image file can be reset")
         let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw KVMError("open /proc/self/pagemap") }
         defer { close(fd) }
         var pages: [UInt64] = []
-        let totalPages = size / GuestMemory.pageSize
+        let totalPages = Int(min(UInt64(size), end ?? UInt64(size))) / GuestMemory.pageSize
         let piece = 1 << 16
         var entries = [UInt64](repeating: 0, count: piece)
         let firstEntry = UInt(bitPattern: base) / UInt(GuestMemory.pageSize)

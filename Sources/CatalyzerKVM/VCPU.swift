@@ -232,6 +232,17 @@ public final class ExitRequester: Sendable {
         }
     }
 
+    /// Clears a request, for a VM that will run another sandbox: only once the guest thread has
+    /// returned and nothing else will call `requestExit` for the sandbox that is over.
+    public func rearm() {
+        requested.store(false, ordering: .releasing)
+        target.withLock { target in
+            for address in target.runPages {
+                if let page = UnsafeMutablePointer<kvm_run>(bitPattern: address) { ckvm_run_set_immediate_exit(page, 0) }
+            }
+        }
+    }
+
     /// Marks the calling thread as the one serving the guest until `unbindThread()`, and unblocks the
     /// kick signal in it (thread pools such as Dispatch's start their threads with signals blocked).
     public func bindCurrentThread() {

@@ -86,6 +86,12 @@ public final class Sandbox {
     }
     private var memoryInUseAtExit = 0
 
+    /// The end of what the page allocators of the processes living in `memory` have handed out:
+    /// the monitor writes no page of RAM above it. nil when no live task uses `memory`.
+    public func allocationEnd(in memory: GuestMemory) -> UInt64? {
+        tasks.values.filter { $0.image.memory === memory }.map { $0.image.space.allocator.state.nextUnused }.max()
+    }
+
     /// The guest memory a checkpoint stores: the first process's.
     public var guestMemory: GuestMemory { initialGroup.leader!.image.memory }
 
@@ -171,11 +177,18 @@ public final class Sandbox {
     /// timer has a queue of its own: it must fire even when every pool thread is busy.
     public func run(timeoutSeconds: Double) throws -> SandboxExit {
         let exitRequester = exitRequester
+        // The VM may serve another sandbox once this one is over (a pooled fork): a timer that
+        // fires as the run ends must not stop the next one, so the handler checks, under the
+        // same lock the end of the run takes, that the run is still on.
+        let running = TimeoutGuard()
         let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "catalyzer-sandbox-timeout"))
         timer.schedule(deadline: .now() + timeoutSeconds)
-        timer.setEventHandler { exitRequester.requestExit() }
+        timer.setEventHandler { running.ifRunning { exitRequester.requestExit() } }
         timer.resume()
-        defer { timer.cancel() }
+        defer {
+            running.end()
+            timer.cancel()
+        }
         return try run()
     }
 
@@ -425,6 +438,13 @@ public final class Sandbox {
     func hasChildren(_ parent: ThreadGroup, pid: Int32) -> Bool {
         groups.values.contains { $0.parentPID == parent.pid && (pid <= 0 || $0.pid == pid) }
     }
+}
+
+/// Whether a run is still on, for its timeout's handler (see `Sandbox.run(timeoutSeconds:)`).
+final class TimeoutGuard: Sendable {
+    private let running = Mutex(true)
+    func ifRunning(_ body: () -> Void) { running.withLock { if $0 { body() } } }
+    func end() { running.withLock { $0 = false } }
 }
 
 /// `Sandbox.milestones` readable from any thread: 0 until the event happens.

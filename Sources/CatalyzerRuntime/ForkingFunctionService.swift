@@ -21,8 +21,12 @@ public final class ForkingFunctionService: FunctionService {
     /// Instances kept warm for `reuse` > 1, per template digest. Guarded by its lock.
     private let warm = Mutex<[String: [WarmInstance]]>([:])
 
+    /// See `FunctionTemplate.keptPagesLimit`.
+    public let keptPages: Int
+
     public init(store: ImageStore, mount: String? = nil, poolSize: Int = 2, reuse: Int = 1,
-                limits: SandboxLimits = SandboxLimits()) throws {
+                keptPages: Int = FunctionTemplate.defaultKeptPages, limits: SandboxLimits = SandboxLimits()) throws {
+        self.keptPages = keptPages
         self.store = store
         self.mount = try CatalyzerMount.resolve(mount: mount, store: store)
         self.poolSize = poolSize
@@ -34,8 +38,16 @@ public final class ForkingFunctionService: FunctionService {
         try FunctionDescription.all(in: store)
     }
 
+    /// Descriptions by image digest: an image's description never changes, so the per-request
+    /// lookup is the index's stat (see `currentDigest`), not a read of its manifest and config.
+    private let descriptions = Mutex<[String: FunctionDescription]>([:])
+
     public func function(named name: String) throws(FunctionServiceError) -> FunctionDescription {
-        try FunctionDescription.of(name, in: store)
+        guard let digest = currentDigest(of: name) else { throw .unknownFunction(name) }
+        if let known = descriptions.withLock({ $0[digest] }) { return known }
+        let description = try FunctionDescription.of(name, in: store)
+        descriptions.withLock { $0[description.imageDigest] = description }
+        return description
     }
 
     /// Templates parked now and their VM pools, for metrics.
@@ -71,7 +83,7 @@ public final class ForkingFunctionService: FunctionService {
         return try creating.withLock { _ throws(FunctionServiceError) -> FunctionTemplate in
             if let template = templates.withLock({ $0[name] }), template.imageDigest == digest { return template }
             do {
-                let template = try FunctionTemplate(image: name, mount: mount, store: store, poolSize: poolSize)
+                let template = try FunctionTemplate(image: name, mount: mount, store: store, poolSize: poolSize, keptPages: keptPages)
                 templates.withLock { $0[name] = template }
                 return template
             } catch {
@@ -113,6 +125,7 @@ public final class ForkingFunctionService: FunctionService {
         }
         defer { close(stdin) }
         let progress = LockedValue<SandboxProgress?>(nil)
+        let running = LockedValue<ForkedSandbox?>(nil)
         let stderr: OutputCollector, stdout: OutputCollector
         do {
             stderr = try OutputCollector(limit: FunctionResponse.logTailLimit, keep: .last)
@@ -124,6 +137,7 @@ public final class ForkingFunctionService: FunctionService {
                     outcome: FunctionResponse.outcome(exit: .exited(status: 0), standardOutput: line, timeoutSeconds: request.timeoutSeconds),
                     logTail: stderr.snapshot(), firstInstructionNanoseconds: entered == 0 ? nil : entered &- accepted,
                     responseNanoseconds: answered &- accepted)))
+                running.withLock { $0?.stopAfterResponse() }
             }
         } catch {
             return answer(.failure(.cannotStart(function: request.function, reason: "\(error)")))
@@ -135,6 +149,7 @@ public final class ForkingFunctionService: FunctionService {
         do {
             let fork = try template.fork(options: options)
             progress.withLock { $0 = fork.kernel?.progress }
+            running.withLock { $0 = fork }
             run = try fork.run(timeoutSeconds: request.timeoutSeconds, inspect: inspect)
         } catch {
             _ = stdout.finish()

@@ -29,6 +29,12 @@ public final class FunctionTemplate: @unchecked Sendable {
     let view: UnsafeRawPointer
     /// Parked VMs ready for a fork. Guarded by `parked`'s lock.
     private let parked = Mutex<[ForkVM]>([])
+    /// Forks that have answered or ended and whose VMs are on their way back (being stopped or
+    /// reset): a fork that finds no parked VM waits a little for one of these rather than take a
+    /// new VM, whose shadow page tables are cold (a cold VM costs a fork several milliseconds,
+    /// a reset well under one).
+    private let returning = Atomic<Int>(0)
+    static let returnWaitNanoseconds: UInt64 = 3_000_000
     /// How many VMs to keep parked.
     public let poolSize: Int
     /// Counters for reports and metrics.
@@ -53,9 +59,11 @@ public final class FunctionTemplate: @unchecked Sendable {
     }
 
     /// Restores `image` from `mount` as a template and parks `poolSize` VMs for it.
-    public init(image: String, mount: CatalyzerMount, store: ImageStore, poolSize: Int, kvm: KVM? = nil) throws {
+    public init(image: String, mount: CatalyzerMount, store: ImageStore, poolSize: Int,
+                keptPages: Int = FunctionTemplate.defaultKeptPages, kvm: KVM? = nil) throws {
         self.image = image
         self.poolSize = poolSize
+        keptPagesLimit = keptPages
         let opened = try store.open(image)
         imageDigest = opened.manifestDescriptor.digest.description
         let memoryPath = mount.memoryPath(image)
@@ -134,8 +142,12 @@ public final class FunctionTemplate: @unchecked Sendable {
         }
     }
 
-    /// A parked VM, or a new one when none is parked.
+    /// A parked VM, or a new one when none is parked (nor about to be).
     func takeVM() throws -> ForkVM {
+        let deadline = Sandbox.monotonicNanoseconds() &+ Self.returnWaitNanoseconds
+        while parked.withLock({ $0.isEmpty }) && returning.load(ordering: .acquiring) > 0 && Sandbox.monotonicNanoseconds() < deadline {
+            usleep(50)
+        }
         while let vm = parked.withLock({ $0.popLast() }) {
             // A timeout that fired as its last fork ended leaves the VM stopped for good.
             guard !vm.vm.vcpu.exitRequester.isExitRequested else { continue }
@@ -161,36 +173,44 @@ public final class FunctionTemplate: @unchecked Sendable {
 
     /// Takes back the VM of a finished fork: reset to the template and parked, when it can be
     /// made exactly the template's again and the pool has room; otherwise dropped.
-    func giveBack(_ forkVM: ForkVM, reusable: Bool) {
-        guard reusable, parked.withLock({ $0.count }) < poolSize, let reset = try? reset(forkVM) else {
+    /// A fork's VM will come back soon (`giveBack` follows).
+    func vmReturning() { returning.add(1, ordering: .releasing) }
+
+    func giveBack(_ forkVM: ForkVM, reusable: Bool, allocationEnd: UInt64? = nil) {
+        defer { returning.subtract(1, ordering: .releasing) }
+        guard reusable, parked.withLock({ $0.count }) < poolSize, let pagesReset = try? reset(forkVM, allocationEnd: allocationEnd) else {
             counters.withLock { $0.discardedVMs += 1 }
             return
         }
         counters.withLock {
             $0.recycledVMs += 1
-            $0.pagesReset += reset
+            $0.pagesReset += pagesReset
         }
         parked.withLock { $0.append(forkVM) }
     }
 
-    /// Pages a parked VM may keep as private copies of the template (4 MiB): the pages forks
-    /// write, kept mapped so the next fork writes them without a fault.
-    static let keptPagesLimit = 1024
+    /// Pages a parked VM may keep as private copies of the template (default 1024, 4 MiB): the
+    /// pages forks write, kept mapped so the next fork writes them without a fault. 0 gives
+    /// every written page back after each fork (the file mapped over it again).
+    public let keptPagesLimit: Int
+    public static let defaultKeptPages = 1024
 
     /// Makes a finished fork's memory the template's again; returns the pages it reset. KVM's
     /// translations of every page the fork wrote, and of every page its page tables mapped
     /// differently from the template's, are dropped; all others stay.
-    func reset(_ forkVM: ForkVM) throws -> Int {
+    /// `allocationEnd`: where the fork's page allocator ended (nil: unknown, all of RAM is looked
+    /// at); above it nobody can have written the template's pages.
+    func reset(_ forkVM: ForkVM, allocationEnd: UInt64?) throws -> Int {
         let memory = forkVM.vm.memory
         guard memory.attachedRegions.isEmpty else { throw RuntimeError("the fork mapped shared memory") }
         // Page tables first: which translations the fork's tables made that the template's do not
         // (only table pages the fork wrote can differ), before the reset puts the tables back.
-        let privatePages = try memory.privatePages()
+        let privatePages = try memory.privatePages(below: allocationEnd.map { max($0, snapshot.allocator.nextUnused) })
         let written = Set(privatePages).union(memory.discardedPages)
         let remapped = PageTables.pagesMappedDifferently(root: snapshot.pageTableRoot, memory: memory, template: view,
                                                          changedPages: written)
         for run in GuestMemory.contiguousRuns(remapped) { memory.dropTranslations(pageAt: run.start, count: run.count) }
-        let reset = try memory.reset(to: view, privatePages: privatePages, keepingAtMost: Self.keptPagesLimit)
+        let reset = try memory.reset(to: view, privatePages: privatePages, keepingAtMost: keptPagesLimit)
         return reset.copied + reset.remapped
     }
 
@@ -204,6 +224,7 @@ public final class FunctionTemplate: @unchecked Sendable {
             let kernel = try Sandbox(restoring: snapshot, vm: PendingVM(ready: forkVM.vm), options: options)
             return ForkedSandbox(template: self, forkVM: forkVM, kernel: kernel)
         } catch {
+            vmReturning()
             giveBack(forkVM, reusable: false)
             throw RuntimeError("image '\(image)': a sandbox cannot be forked from its template: \(error)")
         }
@@ -224,11 +245,40 @@ public final class ForkedSandbox: @unchecked Sendable {
     let forkVM: ForkVM
     public private(set) var kernel: Sandbox?
 
+    /// Set by `stopAfterResponse`: the stop that follows is the owner's, not a timeout.
+    private let stoppedByOwner = Atomic<Bool>(false)
+    private let exitRequester: ExitRequester
+
     init(template: FunctionTemplate, forkVM: ForkVM, kernel: Sandbox) {
         self.template = template
         self.forkVM = forkVM
         self.kernel = kernel
+        exitRequester = kernel.exitRequester
     }
+
+    /// Stops the fork once its answer is out, from any thread. A fork serves one request and is
+    /// then thrown away, as a Lambda environment is frozen after its response: letting the
+    /// program run to its exit would only spend CPU the next fork needs. Its VM is still reset
+    /// and reused.
+    public func stopAfterResponse() {
+        // Only while the fork runs: once it has ended, its VM's exit requester belongs to the
+        // next fork in that VM.
+        running.withLock { running in
+            guard running else { return }
+            stoppedByOwner.store(true, ordering: .releasing)
+            exitRequester.requestExit()
+            announceReturn()
+        }
+    }
+
+    /// Tells the template, once, that this fork's VM is on its way back.
+    private let returnAnnounced = Atomic<Bool>(false)
+    private func announceReturn() {
+        if !returnAnnounced.exchange(true, ordering: .acquiringAndReleasing) { template.vmReturning() }
+    }
+
+    /// Whether the fork still runs; cleared (under the lock) before its VM is handed back.
+    private let running = Mutex(true)
 
     /// Guest RAM as the fork left it (for inspection before the VM is reset).
     public var memory: GuestMemory { forkVM.vm.memory }
@@ -240,12 +290,23 @@ public final class ForkedSandbox: @unchecked Sendable {
         guard let kernel else { throw RuntimeError("a forked sandbox runs once") }
         var exit: SandboxExit?
         defer {
+            announceReturn()
             inspect?(self)
+            let allocationEnd = kernel.allocationEnd(in: forkVM.vm.memory)
             self.kernel = nil  // its tasks, files and other VMs go now; the fork's VM stays ours
-            let clean = exit.map { if case .exited = $0 { true } else { false } } ?? false
-            template.giveBack(forkVM, reusable: clean && !forkVM.vm.vcpu.exitRequester.isExitRequested)
+            running.withLock { $0 = false }
+            let stopped = stoppedByOwner.load(ordering: .acquiring)
+            let clean: Bool
+            switch exit {
+            case .exited?: clean = !exitRequester.isExitRequested || stopped
+            case .timedOut?: clean = stopped
+            default: clean = false
+            }
+            if clean && stopped { exitRequester.rearm() }
+            template.giveBack(forkVM, reusable: clean && !exitRequester.isExitRequested, allocationEnd: allocationEnd)
         }
         exit = try timeoutSeconds.map { try kernel.run(timeoutSeconds: $0) } ?? kernel.run()
+        if exit == .timedOut && stoppedByOwner.load(ordering: .acquiring) { exit = .exited(status: 0) }
         return (exit!, kernel.milestones)
     }
 }

@@ -1,4 +1,8 @@
 import ArgumentParser
+import AsyncHTTPClient
+import CatalyzerServe
+import Logging
+import NIOCore
 import CatalyzerBench
 import CatalyzerBenchmarks
 import CatalyzerRuntime
@@ -35,6 +39,10 @@ struct ServeBench: AsyncParsableCommand {
     var concurrencies: [Int] = []
     @Option(name: .customLong("mode"), help: "Modes to run (repeatable; default all): sfork, http, restore, warm, host.")
     var modes: [ServeBenchmark.Mode] = []
+    @Option(help: "Lever: VMs parked per function for forks (default: the largest --concurrency, at least 2; 0: a new VM per fork).")
+    var pool: Int?
+    @Option(help: "Lever: written pages a parked VM keeps as private copies, reset by copying (default 1024; 0: remap the file over them).")
+    var keptPages = 1024
     @Option(help: "Guest memory of the image.") var memory = ByteCountArgument(argument: "256M")!
     @Option(help: "The catalyzerfs daemon (default: next to this binary, in PATH, or /usr/local/bin).") var catalyzerfs: String?
     @Option(help: "Directory for the temporary store and mountpoint.") var workDir = NSTemporaryDirectory()
@@ -42,6 +50,7 @@ struct ServeBench: AsyncParsableCommand {
 
     func validate() throws {
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
+        guard (pool ?? 0) >= 0, keptPages >= 0 else { throw ValidationError("--pool and --kept-pages cannot be negative") }
         guard concurrencies.allSatisfy({ (1...256).contains($0) }) else { throw ValidationError("--concurrency must be 1 to 256") }
     }
 
@@ -56,9 +65,43 @@ struct ServeBench: AsyncParsableCommand {
             benchmark.memorySize = Int(memory.bytes)
             benchmark.workDirectory = workDir
             if !modes.isEmpty { benchmark.modes = modes }
+            benchmark.poolSize = pool
+            benchmark.keptPages = keptPages
+            benchmark.httpFrontEnd = { _, _, service in try await Self.startFrontEnd(service) }
             let report = try await benchmark.run(log: { Output.err($0) })
             if json { return Output.json(report) }
             Output.out(Self.render(report))
+        }
+    }
+
+    /// The daemon's HTTP front end in this process on a free loopback port, in front of the
+    /// benchmark's fork service, and a client that invokes through it.
+    static func startFrontEnd(_ service: any FunctionService) async throws -> ServeBenchmark.HTTPInvoker {
+        var logger = Logger(label: "catalyzer.bench.serve")
+        logger.logLevel = .error
+        let configuration = ServeConfiguration(listen: try ListenAddress(parsing: "127.0.0.1:0"), maxInstances: nil,
+                                               timeoutSeconds: 30, accessKeys: nil)
+        let (ports, listening) = AsyncStream.makeStream(of: Int.self)
+        // Runs until the process exits (the benchmark's last act).
+        Task.detached {
+            do {
+                try await ServeServer.run(configuration, service: service, logger: logger) { listening.yield($0.port) }
+            } catch {
+                Output.err("bench serve: the HTTP front end stopped: \(error)")
+            }
+            listening.finish()
+        }
+        var iterator = ports.makeAsyncIterator()
+        guard let port = await iterator.next() else { throw RuntimeError("bench serve: the HTTP front end did not start") }
+        return { function, event in
+            var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/2015-03-31/functions/\(function)/invocations")
+            request.method = .POST
+            request.body = .bytes(ByteBuffer(string: event))
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+            let body = try await response.body.collect(upTo: 8 << 20)
+            guard response.status == .ok, response.headers["X-Amz-Function-Error"].isEmpty else {
+                throw RuntimeError("bench serve: HTTP invoke answered \(response.status): \(String(buffer: body))")
+            }
         }
     }
 
