@@ -86,9 +86,9 @@ public final class FunctionTemplate: @unchecked Sendable {
             do { try Sandbox.verifyRootfs(of: state.kernel) } catch { throw RuntimeError("image '\(image)' cannot be restored: \(error)") }
             snapshot = state.kernel
             self.kvm = try kvm ?? KVM()
-            // Every page read through the view is verified by catalyzerfs now, once: a fork never
-            // meets a chunk that fails (which would stop the monitor) after the template is up.
-            try Self.readWhole(fd: fd, size: memorySize, image: image)
+            // Every stored chunk is verified by catalyzerfs now, once: a fork never meets a chunk
+            // that fails (which would stop the monitor) after the template is up.
+            try Self.readStoredChunks(fd: fd, config: opened.config, image: image)
             guard let view = mmap(nil, memorySize, PROT_READ, MAP_PRIVATE | MAP_NORESERVE, fd, 0), view != MAP_FAILED else {
                 throw RuntimeError("image '\(image)': cannot map its memory: \(String(cString: strerror(errno)))")
             }
@@ -107,20 +107,26 @@ public final class FunctionTemplate: @unchecked Sendable {
         close(memoryFD)
     }
 
-    /// Reads the memory file once from end to end: catalyzerfs fetches, verifies and caches every
-    /// chunk (zero chunks cost nothing), so forks fault from the page cache.
-    private static func readWhole(fd: Int32, size: Int, image: String) throws {
-        let piece = 1 << 20
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: piece, alignment: 4096)
+    /// Reads every stored chunk of the memory file once: catalyzerfs fetches, verifies and
+    /// caches it, so forks fault from the page cache and never meet a chunk that fails. Zero
+    /// chunks are not stored and cannot fail; they are left out, so a template's page cache is its
+    /// data, not its whole memory size.
+    private static func readStoredChunks(fd: Int32, config: ImageConfig, image: String) throws {
+        let chunkSize = config.chunkSize
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: chunkSize, alignment: 4096)
         defer { buffer.deallocate() }
-        var offset = 0
-        while offset < size {
-            let count = pread(fd, buffer, min(piece, size - offset), off_t(offset))
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else {
-                throw RuntimeError("image '\(image)': its memory cannot be read at byte \(offset): \(String(cString: strerror(errno))) (catalyzerfs could not serve a chunk; its log names it); check the image with `catalyzer image verify \(image)`")
+        for chunk in config.chunks {
+            let offset = chunk.index * chunkSize
+            let length = Int(min(Int64(chunkSize), config.memorySize - Int64(offset)))
+            var done = 0
+            while done < length {
+                let count = pread(fd, buffer + done, length - done, off_t(offset + done))
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else {
+                    throw RuntimeError("image '\(image)': its memory chunk \(chunk.index) cannot be read: \(String(cString: strerror(errno))) (catalyzerfs could not serve it; its log names the blob); check the image with `catalyzer image verify \(image)`")
+                }
+                done += count
             }
-            offset += count
         }
     }
 

@@ -24,6 +24,9 @@ struct ForkTests {
                 time.sleep(event["sleep"])
             if event.get("raise"):
                 raise ValueError(event["raise"])
+            if event.get("allocate"):
+                hoard = [bytearray(1 << 20) for _ in range(event["allocate"])]
+                return {"allocated": len(hoard)}
             before = {"global": seen, "tmp": open("/tmp/state").read() if os.path.exists("/tmp/state") else None}
             seen = event.get("value")
             with open("/tmp/state", "w") as f:
@@ -165,7 +168,7 @@ struct ForkTests {
         }
     }
 
-    @Test("a handler error, a timeout and a new image version: each gets its answer, and the service keeps serving")
+    @Test("a handler error, a timeout, running out of memory and a new image version: each gets its answer, and the service keeps serving")
     func errorsTimeoutsAndNewVersions() async throws {
         let scene = try Scene("fork-errors")
         defer { scene.close() }
@@ -181,6 +184,16 @@ struct ForkTests {
         #expect(slow.outcome == .timedOut(seconds: 1))
         let after = try Self.result(try await service.invoke(Self.request(#"{"value": "after"}"#)))
         #expect(after["value"] as? String == "after")
+
+        // Past its memory (the image's 128 MiB): the instance fails, the service goes on.
+        let greedy = try await service.invoke(Self.request(#"{"allocate": 1024}"#))
+        switch greedy.outcome {
+        case .handlerError(let type, _, _): #expect(type == "MemoryError")
+        case .failed: break
+        default: Issue.record("a fork that allocates 1 GiB in 128 MiB answered \(greedy.outcome)")
+        }
+        let afterGreedy = try Self.result(try await service.invoke(Self.request(#"{"value": "after-greedy"}"#)))
+        #expect(afterGreedy["value"] as? String == "after-greedy")
 
         let old = try service.template(for: "stateful")
         try scene.scene.checkpoint("stateful", rootfs: try PythonRootfs.path(), ["/usr/bin/python3", "-c", """
