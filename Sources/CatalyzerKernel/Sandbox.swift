@@ -43,7 +43,7 @@ public final class Sandbox {
     let traceSyscalls: Bool
     /// Where `--strace` lines go: the host fd behind the guest's stderr.
     let traceFD: Int32
-    let table = SyscallTable.definitions()
+    var table: [Int: SyscallDefinition] { SyscallTable.shared }
 
     /// Whether the first read of an empty stdin by the first process's main thread is the ready
     /// point (checkpoint).

@@ -39,6 +39,11 @@ struct SyscallDefinition {
 /// Syscall numbers (x86-64) to handlers. The handlers live in one file per family (`Sys*.swift`);
 /// numbers not listed here get ENOSYS and are counted.
 enum SyscallTable {
+    /// Built once per process: every sandbox dispatches through the same immutable table (its
+    /// handlers are unbound methods, applied to the calling task), and building it costs more
+    /// than the rest of a fork's kernel.
+    nonisolated(unsafe) static let shared = definitions()
+
     static func definitions() -> [Int: SyscallDefinition] {
         var table: [Int: SyscallDefinition] = [:]
         func add(_ number: Int, _ name: String, _ arguments: [ArgumentKind],

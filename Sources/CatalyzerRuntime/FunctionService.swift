@@ -69,6 +69,7 @@ public struct FunctionResponse: Sendable {
     public var responseNanoseconds: UInt64?
 
     public static let logTailLimit = 4096
+    static let resultPrefix = Array(#"{"ok":true,"result":"#.utf8)
 
     public init(outcome: Outcome, logTail: [UInt8], firstInstructionNanoseconds: UInt64? = nil, responseNanoseconds: UInt64? = nil) {
         self.outcome = outcome
@@ -82,6 +83,11 @@ public struct FunctionResponse: Sendable {
     public static func outcome(exit: SandboxExitSummary, standardOutput: [UInt8], timeoutSeconds: Double) -> Outcome {
         if case .timedOut = exit { return .timedOut(seconds: timeoutSeconds) }
         let line = standardOutput.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true).first.map(Array.init)
+        // The runner writes `{"ok":true,"result":RESULT}` compactly: RESULT is taken as it is,
+        // without parsing the line and encoding the result again (a response may be megabytes).
+        if let line, line.count > Self.resultPrefix.count, line.starts(with: Self.resultPrefix), line.last == UInt8(ascii: "}") {
+            return .result(Array(line[Self.resultPrefix.count..<(line.count - 1)]))
+        }
         if let line, let object = try? JSONSerialization.jsonObject(with: Data(line), options: [.fragmentsAllowed]) as? [String: Any],
            let ok = object["ok"] as? Bool {
             if ok {
