@@ -50,26 +50,24 @@ extension GuestMemory {
     }
 
     /// Makes all of RAM read as the file `template` maps (read-only) again, and returns how many
-    /// pages that took. Private pages are overwritten with the file's bytes in place while there
-    /// are at most `keepingAtMost` of them: their host PTEs stay, and so do KVM's (writable)
-    /// translations, so the next sandbox writes them without a fault. Beyond that they are given
-    /// back (the file mapped over them). Discarded ranges always get the file mapped back.
+    /// pages that took. Up to `keepingAtMost` private pages are overwritten with the file's bytes
+    /// in place: their host PTEs stay, and so do KVM's (writable) translations, so the next
+    /// sandbox writes them without a fault. The others are given back (the file mapped over them),
+    /// as are discarded ranges.
     /// `pages` are `privatePages()` as read since the sandbox ended.
     public func reset(to template: UnsafeRawPointer, privatePages pages: [UInt64], keepingAtMost keepLimit: Int) throws -> (copied: Int, remapped: Int) {
-        var remapped: [UInt64] = []
-        if pages.count <= keepLimit {
-            for page in pages {
-                memcpy(pointer(page), template + Int(page), GuestMemory.pageSize)
-            }
-        } else {
-            remapped = pages
+        // Keep the first `keepLimit` (by address); beyond that, give the pages back.
+        let kept = pages.prefix(max(0, keepLimit))
+        for page in kept {
+            memcpy(pointer(page), template + Int(page), GuestMemory.pageSize)
         }
+        var remapped = Array(pages.dropFirst(kept.count))
         for run in discardedRuns {
             for index in 0..<run.count { remapped.append(run.start + UInt64(index * GuestMemory.pageSize)) }
         }
         remapped.sort()
         try revertToFile(remapped)
-        return (remapped.isEmpty ? pages.count : 0, remapped.count)
+        return (kept.count, remapped.count)
     }
 
     /// Maps the file back over `pages` (guest-physical, sorted), dropping private copies and
