@@ -5,7 +5,8 @@
 # of a live, initialized python3 process (what a checkpoint captures), creates a compressed,
 # content-addressed image from it, inspects, verifies and exports it, then mounts the store with
 # mount -t catalyzerfs and reads the memory back through FUSE, cold and cached; finally it builds
-# the Python function rootfs and serves a request from each sample function in a KVM sandbox.
+# the Python function rootfs and serves a request from each sample function in a KVM sandbox,
+# checkpoints both, restores them, and serves them over the Lambda API with `catalyzer serve`.
 set -euo pipefail
 [[ $(id -u) -eq 0 ]] || { command -v sudo >/dev/null && exec sudo -E "$0" "$@"; echo "$0: run as root" >&2; exit 1; }
 cd "$(dirname "$0")/.."
@@ -21,6 +22,7 @@ export CATALYZER_RUN_DIR="$work/run"
 # rootfs in $work), $work. Errors are ignored here: `set -e` would end the cleanup at the first.
 cleanup() {
   set +e
+  [[ -n "${serve_pid:-}" ]] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
   catalyzer mount --store "$store" --unmount >/dev/null 2>&1
   catalyzer image rm --store "$store" quickstart-hello quickstart-heavy >/dev/null 2>&1
   mountpoint -q "$work/mnt" && umount "$work/mnt"
@@ -103,6 +105,43 @@ step "invoke hello (restore)"  restore hello
 step "invoke heavy (restore)"  restore heavy
 step "invoke heavy (again)"    restore heavy
 echo "(an invoke row is the whole command: CLI start-up, restore, response, and the function's exit at the end of its input; the phases above, from --timings, end at the response)"
+
+echo
+echo "== catalyzer serve: the Lambda invoke API, every invocation a fork (sfork) of a parked template"
+catalyzer serve --store "$store" --listen 127.0.0.1:0 2>"$work/serve.log" &
+serve_pid=$!
+port=""
+for _ in $(seq 100); do
+  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/serve.log")
+  [[ -n "$port" ]] && break
+  sleep 0.1
+done
+[[ -n "$port" ]] || { cat "$work/serve.log" >&2; echo "quickstart: catalyzer serve did not start" >&2; exit 1; }
+# A keep-alive client: the first invocation of a function parks its template; the rest are forks.
+lambda_invoke() {
+  python3 - "$port" "quickstart-$1" "$request" <<'PY'
+import http.client, statistics, sys, time
+port, function, event = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
+connection = http.client.HTTPConnection("127.0.0.1", port)
+def invoke():
+    connection.request("POST", f"/2015-03-31/functions/{function}/invocations", body=event)
+    response = connection.getresponse()
+    body = response.read()
+    if response.status != 200 or response.getheader("X-Amz-Function-Error"):
+        sys.exit(f"invoke {function}: {response.status} {body[:300]!r}")
+    return body
+started = time.perf_counter(); body = invoke(); first = (time.perf_counter() - started) * 1000
+times = []
+for _ in range(50):
+    started = time.perf_counter(); invoke(); times.append((time.perf_counter() - started) * 1000)
+times.sort()
+print(f"{function}: {body.decode()[:100]}")
+print(f"  first invocation (template restored) {first:.1f} ms; next 50 over HTTP: median {statistics.median(times):.2f} ms, max {times[-1]:.2f} ms")
+PY
+}
+step "serve: 51 x hello"       lambda_invoke hello
+step "serve: 51 x heavy"       lambda_invoke heavy
+kill -TERM "$serve_pid"; wait "$serve_pid"; serve_pid=""
 
 echo
 printf '%-26s %10s\n' "phase" "ms"
