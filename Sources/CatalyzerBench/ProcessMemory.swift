@@ -1,3 +1,4 @@
+import CatalyzerImage
 import Foundation
 import Glibc
 
@@ -12,7 +13,9 @@ public enum ProcessMemory {
     /// at `path`. Mappings the kernel refuses to read (`[vvar]`, `[vsyscall]`, device memory) are
     /// skipped. Returns the bytes written. Needs ptrace access to the process (root, or a child).
     public static func dump(pid: Int32, to path: String) throws -> Int64 {
-        let maps = try String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)
+        guard let maps = FileIO.readToEnd("/proc/\(pid)/maps") else {
+            throw DumpError(description: "cannot read /proc/\(pid)/maps: \(String(cString: strerror(errno)))")
+        }
         let mem = open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC)
         guard mem >= 0 else { throw DumpError(description: "open /proc/\(pid)/mem: \(String(cString: strerror(errno)))") }
         defer { close(mem) }

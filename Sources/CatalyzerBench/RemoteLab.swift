@@ -1,3 +1,4 @@
+import CatalyzerImage
 import Foundation
 import Glibc
 import Synchronization
@@ -91,7 +92,7 @@ public final class RemoteLab: @unchecked Sendable {
     }
 
     static func killTree(_ pid: Int32) {
-        let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        let text = FileIO.readToEnd("/proc/\(pid)/task/\(pid)/children") ?? ""
         for child in text.split(separator: " ").compactMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
             killTree(child)
         }

@@ -57,7 +57,7 @@ enum MountTable {
     }
 
     static func entries() -> [Entry] {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        guard let text = FileIO.readToEnd("/proc/self/mountinfo") else { return [] }
         return text.split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ")
             guard fields.count >= 7, let separator = fields.firstIndex(of: "-"), separator + 1 < fields.count else { return nil }

@@ -2,7 +2,7 @@ import Glibc
 
 /// Small, checked wrappers over the POSIX calls the store uses. They retry on EINTR, loop over
 /// short reads and writes, and turn errno into `ImageError.io` naming the path.
-enum FileIO {
+public enum FileIO {
     static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws(ImageError) -> Int32 {
         while true {
             let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
@@ -82,6 +82,24 @@ enum FileIO {
     }
 
     /// Reads the whole file at `path`, refusing files larger than `limit`.
+    /// A file read to its end whatever size it reports: procfs and sysfs files say 0, and
+    /// readers that trust the size (Foundation's `String(contentsOfFile:)` among them) return a
+    /// truncated /proc/self/mountinfo or smaps. nil when it cannot be opened or read.
+    public static func readToEnd(_ path: String) -> String? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 64 << 10)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            if count < 0 { return nil }
+            if count == 0 { return String(decoding: bytes, as: UTF8.self) }
+            bytes += buffer.prefix(count)
+        }
+    }
+
     static func readFile(_ path: String, limit: Int64 = .max) throws(ImageError) -> [UInt8] {
         let fd: Int32, size: Int64
         do { (fd, size) = try openRegular(path) } catch {

@@ -197,6 +197,21 @@ public final class ForkingFunctionService: FunctionService {
         return response
     }
 
+    /// Drops every template and warm instance, and waits (up to `timeoutSeconds`) until no fork
+    /// of them still runs or resets its VM: then the service holds no file of the mount open, and
+    /// the mount can go. For shutdown; invocations after it restore their templates anew.
+    public func shutdown(timeoutSeconds: Double = 10) {
+        stopWarmInstances()
+        let dropped = templates.withLock { templates in
+            defer { templates.removeAll() }
+            return Array(templates.values)
+        }
+        let deadline = Sandbox.monotonicNanoseconds() &+ UInt64(timeoutSeconds * 1e9)
+        while dropped.contains(where: { $0.vmsOnTheirWayBack > 0 }) && Sandbox.monotonicNanoseconds() < deadline {
+            usleep(1000)
+        }
+    }
+
     /// Stops every warm instance (daemon shutdown).
     public func stopWarmInstances() {
         let all = warm.withLock { warm in

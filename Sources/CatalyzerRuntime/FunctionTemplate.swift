@@ -179,6 +179,9 @@ public final class FunctionTemplate: @unchecked Sendable {
 
     /// Takes back the VM of a finished fork: reset to the template and parked, when it can be
     /// made exactly the template's again and the pool has room; otherwise dropped.
+    /// Forks that have answered or ended and whose VMs are not back yet.
+    public var vmsOnTheirWayBack: Int { returning.load(ordering: .acquiring) }
+
     /// A fork's VM will come back soon (`giveBack` follows).
     func vmReturning() { returning.add(1, ordering: .releasing) }
 

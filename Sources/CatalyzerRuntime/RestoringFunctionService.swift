@@ -126,9 +126,7 @@ public enum InstanceThread {
         init(work: @escaping @Sendable () -> Void) { self.work = work }
 
         func loop() {
-            while let body = work {
-                work = nil
-                body()
+            while runWork() {
                 let parked = InstanceThread.pool.withLock { pool -> Bool in
                     guard pool.idle.count < InstanceThread.idleLimit else { return false }
                     pool.idle.append(self)
@@ -137,6 +135,16 @@ public enum InstanceThread {
                 guard parked else { return }
                 wake.wait()
             }
+        }
+
+        /// Runs the work handed over, if any. A function of its own so that the closure, and
+        /// all it captured (a fork, its template and their files), is released before the thread
+        /// parks, not when it next wakes.
+        private func runWork() -> Bool {
+            guard let body = work else { return false }
+            work = nil
+            body()
+            return true
         }
     }
 }

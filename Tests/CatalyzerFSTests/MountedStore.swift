@@ -163,7 +163,7 @@ enum Daemon {
     static func waitForExit(pid: Int32, seconds: Double = 10) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            guard let stat = FileIO.readToEnd("/proc/\(pid)/stat"),
                   let afterName = stat.range(of: ") ", options: .backwards) else { return true }
             let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"))?.count ?? 0
             if stat[afterName.upperBound...].hasPrefix("Z") && threads <= 1 { return true }

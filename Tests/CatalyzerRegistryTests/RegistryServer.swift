@@ -1,4 +1,5 @@
 import CatalyzerTestSupport
+import CatalyzerImage
 import Foundation
 import Glibc
 
@@ -153,7 +154,7 @@ final class RegistryServer: @unchecked Sendable {
 /// SIGKILLs a process started under `timeout` and the command `timeout` runs, and reaps it.
 func killTree(_ process: Process) {
     let pid = process.processIdentifier
-    let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+    let text = FileIO.readToEnd("/proc/\(pid)/task/\(pid)/children") ?? ""
     for child in text.split(separator: " ").compactMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
         kill(child, SIGKILL)
     }

@@ -4,6 +4,7 @@ import CatalyzerRuntime
 import CatalyzerTestSupport
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 
 /// sfork: invocations forked from a parked template (`ForkingFunctionService`, `FunctionTemplate`),
@@ -48,10 +49,31 @@ struct ForkTests {
             try #require(mounted.status == 0, "\(mounted)")
             mountpoint = mounted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         }
+        /// The services made, shut down by `close` so that nothing holds the mount's files.
+        private let made = Mutex<[ForkingFunctionService]>([])
         func service(pool: Int = 1, reuse: Int = 1) throws -> ForkingFunctionService {
-            try ForkingFunctionService(store: scene.store, mount: mountpoint, poolSize: pool, reuse: reuse)
+            let service = try ForkingFunctionService(store: scene.store, mount: mountpoint, poolSize: pool, reuse: reuse)
+            made.withLock { $0.append(service) }
+            return service
         }
-        func close() { scene.close() }
+        func close() {
+            for service in made.withLock({ $0 }) { service.shutdown() }
+            made.withLock { $0.removeAll() }
+            let unmounted = try? scene.catalyzer(["mount", "--unmount"])
+            #expect(unmounted?.status == 0, "catalyzer mount --unmount: \(String(describing: unmounted))")
+            scene.close()
+            // The mount must be gone: a leftover would be a service still holding its files.
+            let mounts = FileIO.readToEnd("/proc/self/mountinfo") ?? ""
+            #expect(!mounts.contains(scene.directory.path), "a catalyzerfs mount of the test is left behind")
+        }
+    }
+
+    /// Runs `body` in a new scene, closed once `body` and everything it held are gone (a
+    /// template still referenced would keep the mount busy).
+    static func withScene(_ label: String, _ body: (Scene) async throws -> Void) async throws {
+        let scene = try Scene(label)
+        defer { scene.close() }
+        try await body(scene)
     }
 
     static func request(_ event: String, timeout: Double = 30) -> FunctionRequest {
@@ -74,140 +96,140 @@ struct ForkTests {
 
     @Test("each invocation runs in a fresh fork: it sees nothing of the invocations before it, in memory or /tmp, on a reused VM")
     func forksAreFresh() async throws {
-        let scene = try Scene("fork-fresh")
-        defer { scene.close() }
-        let service = try scene.service(pool: 1)
-        let template = try service.template(for: "stateful")
-        for value in ["first", "second", "third"] {
-            // A fork answers before it has exited; wait for its VM to be reset and parked, so the
-            // next invocation runs in the same VM.
-            let deadline = Date().addingTimeInterval(10)
-            while template.parkedVMs < 1 && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
-            let result = try Self.result(try await service.invoke(Self.request(#"{"value": "\#(value)"}"#)))
-            #expect(result["value"] as? String == value)
-            let before = Self.before(result)
-            #expect(before.global == nil && before.tmp == nil, "invocation \(value) saw \(before)")
+        try await Self.withScene("fork-fresh") { scene in
+            let service = try scene.service(pool: 1)
+            let template = try service.template(for: "stateful")
+            for value in ["first", "second", "third"] {
+                // A fork answers before it has exited; wait for its VM to be reset and parked, so the
+                // next invocation runs in the same VM.
+                let deadline = Date().addingTimeInterval(10)
+                while template.parkedVMs < 1 && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
+                let result = try Self.result(try await service.invoke(Self.request(#"{"value": "\#(value)"}"#)))
+                #expect(result["value"] as? String == value)
+                let before = Self.before(result)
+                #expect(before.global == nil && before.tmp == nil, "invocation \(value) saw \(before)")
+            }
+            let counters = try #require(service.templateStatistics.first).counters
+            #expect(counters.recycledVMs >= 2, "\(counters)")
+            #expect(counters.pooledVMs >= 2, "\(counters)")
         }
-        let counters = try #require(service.templateStatistics.first).counters
-        #expect(counters.recycledVMs >= 2, "\(counters)")
-        #expect(counters.pooledVMs >= 2, "\(counters)")
     }
 
     @Test("a VM reset after a fork holds none of its data: the next fork's whole guest memory is scanned for a secret the previous one held")
     func recycledVMIsClean() async throws {
-        let scene = try Scene("fork-secret")
-        defer { scene.close() }
-        let service = try scene.service(pool: 1)
-        let template = try service.template(for: "stateful")
-        let secret = "catalyzer-secret-\(UUID().uuidString)"
-        func occurrences(in fork: ForkedSandbox) -> Int {
-            let memory = fork.memory
-            let needle = Array(secret.utf8)
-            var count = 0
-            var offset = 0
-            let base = UnsafeRawPointer(memory.base)
-            while offset + needle.count <= memory.size,
-                  let found = memchr(base + offset, Int32(needle[0]), memory.size - offset - needle.count + 1) {
-                let at = UnsafeRawPointer(found) - base
-                if memcmp(found, needle, needle.count) == 0 { count += 1 }
-                offset = at + 1
+        try await Self.withScene("fork-secret") { scene in
+            let service = try scene.service(pool: 1)
+            let template = try service.template(for: "stateful")
+            let secret = "catalyzer-secret-\(UUID().uuidString)"
+            func occurrences(in fork: ForkedSandbox) -> Int {
+                let memory = fork.memory
+                let needle = Array(secret.utf8)
+                var count = 0
+                var offset = 0
+                let base = UnsafeRawPointer(memory.base)
+                while offset + needle.count <= memory.size,
+                      let found = memchr(base + offset, Int32(needle[0]), memory.size - offset - needle.count + 1) {
+                    let at = UnsafeRawPointer(found) - base
+                    if memcmp(found, needle, needle.count) == 0 { count += 1 }
+                    offset = at + 1
+                }
+                return count
             }
-            return count
+            var inFirst = 0
+            let first = try ForkingFunctionService.runFork(of: template, request: Self.request(#"{"value": "\#(secret)"}"#),
+                                                           limits: .init(), accepted: 0) { inFirst = occurrences(in: $0) }
+            #expect(try Self.result(first)["value"] as? String == secret)
+            #expect(inFirst > 0, "the scan must find the secret in the fork that held it")
+            var inSecond = -1
+            let second = try ForkingFunctionService.runFork(of: template, request: Self.request(#"{"value": "other"}"#),
+                                                            limits: .init(), accepted: 0) { inSecond = occurrences(in: $0) }
+            #expect(Self.before(try Self.result(second)).global == nil)
+            #expect(inSecond == 0, "a secret of the previous fork is in the recycled VM's memory \(inSecond) times")
+            #expect(template.statistics.pooledVMs >= 1 && template.statistics.recycledVMs >= 1, "\(template.statistics)")
         }
-        var inFirst = 0
-        let first = try ForkingFunctionService.runFork(of: template, request: Self.request(#"{"value": "\#(secret)"}"#),
-                                                       limits: .init(), accepted: 0) { inFirst = occurrences(in: $0) }
-        #expect(try Self.result(first)["value"] as? String == secret)
-        #expect(inFirst > 0, "the scan must find the secret in the fork that held it")
-        var inSecond = -1
-        let second = try ForkingFunctionService.runFork(of: template, request: Self.request(#"{"value": "other"}"#),
-                                                        limits: .init(), accepted: 0) { inSecond = occurrences(in: $0) }
-        #expect(Self.before(try Self.result(second)).global == nil)
-        #expect(inSecond == 0, "a secret of the previous fork is in the recycled VM's memory \(inSecond) times")
-        #expect(template.statistics.pooledVMs >= 1 && template.statistics.recycledVMs >= 1, "\(template.statistics)")
     }
 
     @Test("16 concurrent forks each answer their own event and see no other's state")
     func concurrentForks() async throws {
-        let scene = try Scene("fork-concurrent")
-        defer { scene.close() }
-        let service = try scene.service(pool: 4)
-        let results = try await withThrowingTaskGroup(of: (Int, String?, String?, String?).self) { group in
-            for index in 0..<16 {
-                group.addTask {
-                    let result = try Self.result(try await service.invoke(Self.request(#"{"value": "v\#(index)"}"#)))
-                    let before = Self.before(result)
-                    return (index, result["value"] as? String, before.global, before.tmp)
+        try await Self.withScene("fork-concurrent") { scene in
+            let service = try scene.service(pool: 4)
+            let results = try await withThrowingTaskGroup(of: (Int, String?, String?, String?).self) { group in
+                for index in 0..<16 {
+                    group.addTask {
+                        let result = try Self.result(try await service.invoke(Self.request(#"{"value": "v\#(index)"}"#)))
+                        let before = Self.before(result)
+                        return (index, result["value"] as? String, before.global, before.tmp)
+                    }
                 }
+                var all: [(Int, String?, String?, String?)] = []
+                for try await result in group { all.append(result) }
+                return all
             }
-            var all: [(Int, String?, String?, String?)] = []
-            for try await result in group { all.append(result) }
-            return all
-        }
-        #expect(results.count == 16)
-        for (index, value, global, tmp) in results {
-            #expect(value == "v\(index)")
-            #expect(global == nil && tmp == nil, "fork \(index) saw \(String(describing: global)), \(String(describing: tmp))")
+            #expect(results.count == 16)
+            for (index, value, global, tmp) in results {
+                #expect(value == "v\(index)")
+                #expect(global == nil && tmp == nil, "fork \(index) saw \(String(describing: global)), \(String(describing: tmp))")
+            }
         }
     }
 
     @Test("--reuse: one instance serves several invocations in sequence and keeps its state, as a warm Lambda container does")
     func reuseKeepsState() async throws {
-        let scene = try Scene("fork-reuse")
-        defer { scene.close() }
-        let service = try scene.service(pool: 1, reuse: 3)
-        defer { service.stopWarmInstances() }
-        var previous: String?
-        for (index, value) in ["a", "b", "c", "d"].enumerated() {
-            let result = try Self.result(try await service.invoke(Self.request(#"{"value": "\#(value)"}"#)))
-            let before = Self.before(result)
-            // Invocations 1-3 share an instance; the 4th gets a fresh one.
-            let expected = index % 3 == 0 ? nil : previous
-            #expect(before.global == expected && before.tmp == expected, "invocation \(index) saw \(before)")
-            previous = value
+        try await Self.withScene("fork-reuse") { scene in
+            let service = try scene.service(pool: 1, reuse: 3)
+            defer { service.stopWarmInstances() }
+            var previous: String?
+            for (index, value) in ["a", "b", "c", "d"].enumerated() {
+                let result = try Self.result(try await service.invoke(Self.request(#"{"value": "\#(value)"}"#)))
+                let before = Self.before(result)
+                // Invocations 1-3 share an instance; the 4th gets a fresh one.
+                let expected = index % 3 == 0 ? nil : previous
+                #expect(before.global == expected && before.tmp == expected, "invocation \(index) saw \(before)")
+                previous = value
+            }
         }
     }
 
     @Test("a handler error, a timeout, running out of memory and a new image version: each gets its answer, and the service keeps serving")
     func errorsTimeoutsAndNewVersions() async throws {
-        let scene = try Scene("fork-errors")
-        defer { scene.close() }
-        let service = try scene.service(pool: 1)
-        let failed = try await service.invoke(Self.request(#"{"raise": "boom"}"#))
-        guard case .handlerError(let type, let message, let trace) = failed.outcome else {
-            Issue.record("expected a handler error, got \(failed.outcome)")
-            return
-        }
-        #expect(type == "ValueError" && message == "boom" && !trace.isEmpty)
+        try await Self.withScene("fork-errors") { scene in
+            let service = try scene.service(pool: 1)
+            let failed = try await service.invoke(Self.request(#"{"raise": "boom"}"#))
+            guard case .handlerError(let type, let message, let trace) = failed.outcome else {
+                Issue.record("expected a handler error, got \(failed.outcome)")
+                return
+            }
+            #expect(type == "ValueError" && message == "boom" && !trace.isEmpty)
 
-        let slow = try await service.invoke(Self.request(#"{"sleep": 30}"#, timeout: 1))
-        #expect(slow.outcome == .timedOut(seconds: 1))
-        let after = try Self.result(try await service.invoke(Self.request(#"{"value": "after"}"#)))
-        #expect(after["value"] as? String == "after")
+            let slow = try await service.invoke(Self.request(#"{"sleep": 30}"#, timeout: 1))
+            #expect(slow.outcome == .timedOut(seconds: 1))
+            let after = try Self.result(try await service.invoke(Self.request(#"{"value": "after"}"#)))
+            #expect(after["value"] as? String == "after")
 
-        // Past its memory (the image's 128 MiB): the instance fails, the service goes on.
-        let greedy = try await service.invoke(Self.request(#"{"allocate": 1024}"#))
-        switch greedy.outcome {
-        case .handlerError(let type, _, _): #expect(type == "MemoryError")
-        case .failed: break
-        default: Issue.record("a fork that allocates 1 GiB in 128 MiB answered \(greedy.outcome)")
-        }
-        let afterGreedy = try Self.result(try await service.invoke(Self.request(#"{"value": "after-greedy"}"#)))
-        #expect(afterGreedy["value"] as? String == "after-greedy")
+            // Past its memory (the image's 128 MiB): the instance fails, the service goes on.
+            let greedy = try await service.invoke(Self.request(#"{"allocate": 1024}"#))
+            switch greedy.outcome {
+            case .handlerError(let type, _, _): #expect(type == "MemoryError")
+            case .failed: break
+            default: Issue.record("a fork that allocates 1 GiB in 128 MiB answered \(greedy.outcome)")
+            }
+            let afterGreedy = try Self.result(try await service.invoke(Self.request(#"{"value": "after-greedy"}"#)))
+            #expect(afterGreedy["value"] as? String == "after-greedy")
 
-        let old = try service.template(for: "stateful")
-        try scene.scene.checkpoint("stateful", rootfs: try PythonRootfs.path(), ["/usr/bin/python3", "-c", """
-            import runpy, sys
-            with open("/tmp/fn.py", "w") as f:
-                f.write("def handler(event):\\n    return {'value': 'v2'}\\n")
-            sys.argv = ["runner.py", "/tmp/fn.py"]
-            runpy.run_path("/opt/catalyzer/runner.py", run_name="__main__")
-            """])
-        let new = try Self.result(try await service.invoke(Self.request(#"{"value": "x"}"#)))
-        #expect(new["value"] as? String == "v2")
-        #expect(try service.template(for: "stateful") !== old)
-        await #expect(throws: FunctionServiceError.unknownFunction("missing")) {
-            try await service.invoke(FunctionRequest(function: "missing", event: Array("{}".utf8), timeoutSeconds: 1))
+            let old = try service.template(for: "stateful")
+            try scene.scene.checkpoint("stateful", rootfs: try PythonRootfs.path(), ["/usr/bin/python3", "-c", """
+                import runpy, sys
+                with open("/tmp/fn.py", "w") as f:
+                    f.write("def handler(event):\\n    return {'value': 'v2'}\\n")
+                sys.argv = ["runner.py", "/tmp/fn.py"]
+                runpy.run_path("/opt/catalyzer/runner.py", run_name="__main__")
+                """])
+            let new = try Self.result(try await service.invoke(Self.request(#"{"value": "x"}"#)))
+            #expect(new["value"] as? String == "v2")
+            #expect(try service.template(for: "stateful") !== old)
+            await #expect(throws: FunctionServiceError.unknownFunction("missing")) {
+                try await service.invoke(FunctionRequest(function: "missing", event: Array("{}".utf8), timeoutSeconds: 1))
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
 import CatalyzerTestSupport
+import CatalyzerImage
 import Foundation
 import Glibc
 import Testing
@@ -69,7 +70,7 @@ struct StartupBenchmarkTests {
             }
         }
 
-        let leftovers = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8))?
+        let leftovers = FileIO.readToEnd("/proc/self/mountinfo")?
             .split(separator: "\n").filter { $0.contains(work.path) } ?? []
         #expect(leftovers.isEmpty, "the benchmark unmounts what it mounted: \(leftovers)")
         #expect((try? FileManager.default.contentsOfDirectory(atPath: work.path)) == [], "and removes its directory")

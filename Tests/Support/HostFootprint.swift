@@ -1,3 +1,4 @@
+import CatalyzerImage
 import Foundation
 import Glibc
 
@@ -86,12 +87,12 @@ private final class Sampler: @unchecked Sendable {
     }
 
     private static func child(of pid: Int32) -> Int32? {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8) else { return nil }
+        guard let text = FileIO.readToEnd("/proc/\(pid)/task/\(pid)/children") else { return nil }
         return text.split(separator: " ").first.flatMap { Int32($0) }
     }
 
     private func sample(_ pid: Int32) {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return }
+        guard let status = FileIO.readToEnd("/proc/\(pid)/status") else { return }
         func kilobytes(_ key: String) -> Int? {
             guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(key + ":") }) else { return nil }
             return line.split(separator: " ").dropFirst().first.flatMap { Int($0) }.map { $0 * 1024 }
