@@ -81,7 +81,7 @@ public struct ServeBenchmark: Sendable {
     }
 
     public func run(log: @Sendable (String) -> Void) async throws -> Report {
-        let work = try makeWorkDirectory()
+        let work = try BenchWorkDirectory.make(in: workDirectory, benchmark: "serve")
         defer { try? FileManager.default.removeItem(atPath: work) }
         let store = ImageStore(root: work + "/store")
         let name = function.rawValue
@@ -195,16 +195,6 @@ public struct ServeBenchmark: Sendable {
         return Report(function: name, runs: runs, modes: rows, parkedVMPrivateBytes: ProcessMappings.anonymousBytes(in: template.parkedMemoryRanges).map { $0.bytes / max(1, $0.ranges) },
                       forkPrivateBytesMedian: nil, pooledVMs: counters.pooledVMs, createdVMs: counters.createdVMs,
                       recycledVMs: counters.recycledVMs, pagesResetPerFork: forks > 0 ? Double(counters.pagesReset) / Double(forks) : 0)
-    }
-
-    private func makeWorkDirectory() throws -> String {
-        var template = Array((workDirectory + "/catalyzer-bench-serve-XXXXXX").utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { buffer in mkdtemp(buffer.baseAddress!).flatMap { realpath($0, nil) } }
-        guard let resolved = made else {
-            throw RuntimeError("bench serve: cannot create a directory in \(workDirectory): \(String(cString: strerror(errno)))")
-        }
-        defer { free(resolved) }
-        return String(cString: resolved)
     }
 }
 

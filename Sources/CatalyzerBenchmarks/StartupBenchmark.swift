@@ -110,7 +110,7 @@ public struct StartupBenchmark: Sendable {
     }
 
     public func run(log: (String) -> Void) throws -> Report {
-        let work = try makeWorkDirectory()
+        let work = try BenchWorkDirectory.make(in: workDirectory, benchmark: "startup")
         defer { try? FileManager.default.removeItem(atPath: work) }
         let store = ImageStore(root: work + "/store")
         let image = function.rawValue
@@ -238,18 +238,6 @@ public struct StartupBenchmark: Sendable {
             counters = next
         }
         return counters
-    }
-
-    /// A private directory for the store and mountpoints, by its canonical path: catalyzerfs
-    /// reports the store it serves canonically, and `Invocation` checks the mount against it.
-    private func makeWorkDirectory() throws -> String {
-        var template = Array((workDirectory + "/catalyzer-bench-startup-XXXXXX").utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { buffer in mkdtemp(buffer.baseAddress!).flatMap { realpath($0, nil) } }
-        guard let resolved = made else {
-            throw RuntimeError("bench startup: cannot create a directory in \(workDirectory): \(String(cString: strerror(errno)))")
-        }
-        defer { free(resolved) }
-        return String(cString: resolved)
     }
 }
 

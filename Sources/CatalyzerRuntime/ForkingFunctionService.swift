@@ -67,10 +67,12 @@ public final class ForkingFunctionService: FunctionService {
         guard stat(store.indexPath, &status) == 0 else { return nil }
         let stamp = [Int(status.st_ino), Int(status.st_size), status.st_mtim.tv_sec, status.st_mtim.tv_nsec]
         if let cached = index.withLock({ $0.stamp == stamp ? $0.digests : nil }) { return cached[name] }
-        guard let names = try? store.names() else { return nil }
+        // One read of the index; a later entry for a name wins, as in `manifestDescriptor(named:)`.
+        guard let manifests = try? store.index().manifests else { return nil }
         var digests: [String: String] = [:]
-        for name in names {
-            if let descriptor = try? store.manifestDescriptor(named: name) { digests[name] = descriptor.digest.description }
+        for descriptor in manifests {
+            guard let named = descriptor.annotations?[OCIIndex.refNameAnnotation], ImageStore.isValidName(named) else { continue }
+            digests[named] = descriptor.digest.description
         }
         index.withLock { $0 = (stamp, digests) }
         return digests[name]

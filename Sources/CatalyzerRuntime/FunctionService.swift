@@ -138,13 +138,13 @@ public enum FunctionServiceError: Error, Sendable, Equatable, CustomStringConver
 extension FunctionDescription {
     /// The description of the store's image `name`.
     public static func of(_ name: String, in store: ImageStore) throws(FunctionServiceError) -> FunctionDescription {
-        guard ImageStore.isValidName(name), let names = try? store.names(), names.contains(name) else {
-            throw .unknownFunction(name)
-        }
+        guard ImageStore.isValidName(name) else { throw .unknownFunction(name) }
         do {
             let image = try store.open(name)
             return FunctionDescription(name: name, memoryBytes: image.config.memorySize,
                                        imageDigest: image.manifestDescriptor.digest.description, created: image.config.created)
+        } catch .imageNotFound {
+            throw .unknownFunction(name)
         } catch {
             throw .cannotStart(function: name, reason: "\(error)")
         }

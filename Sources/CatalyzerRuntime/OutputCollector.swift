@@ -58,11 +58,13 @@ public final class OutputCollector: Sendable {
                 if errno == EINTR { continue }
                 break
             }
-            let open = collected.withLock { take(into: &$0) }
-            if !lineReported, keep == .first, let line = collected.withLock({ state -> [UInt8]? in
+            let (open, line) = collected.withLock { state -> (Bool, [UInt8]?) in
+                let open = take(into: &state)
+                guard !lineReported, keep == .first else { return (open, nil) }
                 defer { scanned = state.bytes.count }
-                return state.bytes[scanned...].firstIndex(of: UInt8(ascii: "\n")).map { Array(state.bytes[..<$0]) }
-            }) {
+                return (open, state.bytes[scanned...].firstIndex(of: UInt8(ascii: "\n")).map { Array(state.bytes[..<$0]) })
+            }
+            if let line {
                 lineReported = true
                 onFirstLine?(line)
             }

@@ -105,7 +105,7 @@ struct ServeCommand: AsyncParsableCommand {
             try await ServeServer.run(configuration, service: service, logger: logger) { bound in
                 Output.err("catalyzer serve: listening on http://\(bound) (\(mode))")
             }
-            (service as? ForkingFunctionService)?.stopWarmInstances()
+            (service as? ForkingFunctionService)?.shutdown()
             logger.info("stopped")
         }
     }
