@@ -49,6 +49,7 @@ enum FileReadiness {
             } else {
                 wait.queues.append(object.changed)
             }
+            if let fd = object.hostPollDescriptor { wait.hostDescriptors.append(pollfd(fd: fd, events: events | 0x2000, revents: 0)) }
             if let change = object.nextChange { wait.deadline = min(wait.deadline ?? .max, change) }
         }
     }

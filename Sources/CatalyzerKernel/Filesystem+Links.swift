@@ -53,7 +53,7 @@ extension Filesystem {
             if (try? requireExists(path)) != nil { throw Errno.EEXIST }
             throw Errno.EROFS
         case .executableLink, .hostDevice: throw Errno.EEXIST
-        case .proc: throw Errno.ENOENT
+        case .generated: throw Errno.ENOENT
         }
     }
 
@@ -63,7 +63,7 @@ extension Filesystem {
         let from = locate(try resolve(source, followFinal: followSymlinks))
         let to = locate(try resolve(destination, followFinal: false))
         switch (from, to) {
-        case (.proc, _), (_, .proc): throw Errno.EPERM
+        case (.generated, _), (_, .generated): throw Errno.EPERM
         case (.memory(let sourceRoot, let sourceComponents), .memory(let destinationRoot, let destinationComponents)):
             let node = try tmp.lookup(sourceComponents, in: sourceRoot)
             try tmp.link(node, at: destinationComponents, in: destinationRoot)
@@ -129,7 +129,7 @@ extension Filesystem {
             if (try? requireExists(path)) != nil { throw Errno.EADDRINUSE }
             throw Errno.EROFS
         case .executableLink, .hostDevice: throw Errno.EADDRINUSE
-        case .proc: throw Errno.EACCES
+        case .generated: throw Errno.EACCES
         }
     }
 
@@ -144,7 +144,7 @@ extension Filesystem {
         case .rootfs(let path):
             try requireExists(path, followSymlinks: true)
             throw Errno.ECONNREFUSED
-        case .proc(let root, let components):
+        case .generated(let root, let components):
             _ = try tmp.lookup(components, in: root)
             throw Errno.ECONNREFUSED
         case .executableLink, .hostDevice: throw Errno.ECONNREFUSED

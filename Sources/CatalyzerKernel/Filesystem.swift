@@ -19,6 +19,9 @@ final class Filesystem {
     let locks = FileLockTable()
     /// The task whose syscall is being served, for /proc (set per slice, like `executablePath`).
     weak var callingTask: Task?
+    /// A directory holding the `resolv.conf` the guest sees in place of the rootfs's, when the
+    /// network policy names a resolver (`--dns`); nil otherwise.
+    var networkFiles: MemoryNode?
     /// The /proc tree built for one syscall of one task, reused by the lookups of that syscall.
     private var procCache: (syscall: Int, task: ObjectIdentifier, root: MemoryNode)?
 
@@ -45,12 +48,12 @@ final class Filesystem {
         case executableLink
         case hostDevice(path: String)
         /// Under /proc: the tree built for the calling task, and the components below /proc.
-        case proc(MemoryNode, [String])
+        case generated(MemoryNode, [String])
 
         /// The in-memory root and components of a /tmp, /dev/shm or /proc path.
         var memoryNode: (root: MemoryNode, components: [String])? {
             switch self {
-            case .memory(let root, let components), .proc(let root, let components): (root, components)
+            case .memory(let root, let components), .generated(let root, let components): (root, components)
             default: nil
             }
         }
@@ -69,7 +72,8 @@ final class Filesystem {
             return .memory(tmp.sharedMemoryRoot, Array(components.dropFirst(2)))
         }
         if components == ["proc", "self", "exe"] { return .executableLink }
-        if components.first == "proc", let root = procRoot() { return .proc(root, Array(components.dropFirst())) }
+        if components == ["etc", "resolv.conf"], let networkFiles { return .generated(networkFiles, ["resolv.conf"]) }
+        if components.first == "proc", let root = procRoot() { return .generated(root, Array(components.dropFirst())) }
         let normalized = "/" + components.joined(separator: "/")
         if Self.passedThroughDevices.contains(normalized) { return .hostDevice(path: normalized) }
         return .rootfs(path: normalized)
@@ -158,7 +162,7 @@ final class Filesystem {
             let fd = try openHost(path + (absolutePath.hasSuffix("/") ? "/" : ""), flags: O_RDONLY | (flags & Self.rootfsOpenFlags))
             return OpenFile(backing: .host(fd: fd, owned: true), guestPath: canonicalPath,
                             statusFlags: flags & ~O_CLOEXEC)
-        case .proc(let root, let components):
+        case .generated(let root, let components):
             let node = try tmp.lookup(components, in: root)
             if wantsWrite { throw node.isDirectory ? Errno.EISDIR : Errno.EACCES }
             if exclusive { throw Errno.EEXIST }
@@ -214,7 +218,7 @@ final class Filesystem {
             }
             guard let bytes = node.fileBytes else { throw Errno.EACCES }
             return try Self.memfdCopy(of: bytes)
-        case .hostDevice, .proc: throw Errno.EACCES
+        case .hostDevice, .generated: throw Errno.EACCES
         }
     }
 
@@ -237,7 +241,7 @@ final class Filesystem {
             let node = try tmp.lookup(components, in: root)
             if absolutePath.hasSuffix("/") && !node.isDirectory { throw Errno.ENOTDIR }
             return node.status(device: MemoryFilesystem.device)
-        case .proc(let root, let components):
+        case .generated(let root, let components):
             let node = try tmp.lookup(components, in: root)
             if absolutePath.hasSuffix("/") && !node.isDirectory { throw Errno.ENOTDIR }
             return node.status(device: ProcFilesystem.device)
@@ -257,7 +261,7 @@ final class Filesystem {
             let count = buffer.withUnsafeMutableBytes { readlinkat(fd, "", $0.baseAddress!, 4096) }
             guard count >= 0 else { throw errno == ENOENT ? Errno.EINVAL : Errno.lastHostError }
             return String(decoding: buffer.prefix(count), as: UTF8.self)
-        case .memory(let root, let components), .proc(let root, let components):
+        case .memory(let root, let components), .generated(let root, let components):
             guard case .symlink(let target) = try tmp.lookup(components, in: root).content else { throw Errno.EINVAL }
             return target
         }
@@ -272,7 +276,7 @@ final class Filesystem {
             if (try? requireExists(path)) != nil { throw Errno.EEXIST }
             throw Errno.EROFS
         case .executableLink, .hostDevice: throw Errno.EEXIST
-        case .proc(let root, let components):
+        case .generated(let root, let components):
             // procfs has no creation: a new name is ENOENT there, as on Linux.
             if (try? tmp.lookup(components, in: root)) != nil { throw Errno.EEXIST }
             throw Errno.ENOENT
@@ -286,7 +290,7 @@ final class Filesystem {
             try requireExists(path)
             throw Errno.EROFS
         case .executableLink, .hostDevice: throw Errno.EROFS
-        case .proc(let root, let components):
+        case .generated(let root, let components):
             _ = try tmp.lookup(components, in: root)
             throw Errno.EPERM
         }
@@ -296,7 +300,7 @@ final class Filesystem {
         switch (locate(try resolve(source, followFinal: false)), locate(try resolve(destination, followFinal: false))) {
         case (.memory(let sourceRoot, let from), .memory(let destinationRoot, let to)):
             try tmp.rename(from, to: to, sourceRoot: sourceRoot, destinationRoot: destinationRoot)
-        case (.proc, _), (_, .proc): throw Errno.EPERM
+        case (.generated, _), (_, .generated): throw Errno.EPERM
         case (.memory, _), (_, .memory): throw Errno.EXDEV
         case (.rootfs(let path), _):
             try requireExists(path)
@@ -314,7 +318,7 @@ final class Filesystem {
             try requireExists(path, followSymlinks: followSymlinks)
             throw Errno.EROFS
         case .executableLink, .hostDevice: throw Errno.EROFS
-        case .proc(let root, let components):
+        case .generated(let root, let components):
             _ = try tmp.lookup(components, in: root)
             throw Errno.EPERM
         }

@@ -46,6 +46,13 @@ final class OpenFile {
         self.standardStream = standardStream
     }
 
+    /// Puts `object` behind this description in place of the socket it was (a guest socket that
+    /// leaves the sandbox becomes a `HostSocket`): every fd sharing the description sees it.
+    func replaceSpecial(with object: SpecialFile) {
+        guard case .special = backing else { return }
+        backing = .special(object)
+    }
+
     /// A restored host file, reopened when first used.
     init(reconnecting reconnection: Reconnection, guestPath: String, statusFlags: Int32) {
         backing = .host(fd: -1, owned: false)

@@ -80,7 +80,7 @@ extension Sandbox {
         self.init(kvm: vm.kvm, memorySize: snapshot.memorySize, filesystem: filesystem,
                   time: GuestTime(continuingFrom: snapshot.checkpointMonotonic), exitRequester: vm.vcpu.exitRequester,
                   limits: options.limits, traceSyscalls: options.traceSyscalls,
-                  traceFD: options.standardStreams.count > 2 ? options.standardStreams[2] : 2)
+                  traceFD: options.standardStreams.count > 2 ? options.standardStreams[2] : 2, network: options.network ?? .none)
         nextID = snapshot.process.nextPID
         let process = snapshot.process
         let credentials = Credentials(uid: process.uid, gid: process.gid)
@@ -136,7 +136,7 @@ extension Sandbox {
                         kind = .rootfs(path: path, offset: Int64(max(0, offset)))
                     case .hostDevice(let path):
                         kind = .hostDevice(path: path)
-                    case .memory, .executableLink, .proc:
+                    case .memory, .executableLink, .generated:
                         throw RestoreError("fd \(entry.fd) (\(file.guestPath)) is a host file catalyzer cannot reopen after a restore")
                     }
                 case .memory(let node):

@@ -31,6 +31,8 @@ public final class Sandbox {
     var domainName = Array("(none)".utf8)
     /// IPv4/IPv6 ports of the sandbox's own loopback.
     let inetPorts = InetPortTable()
+    /// The way out: the network policy and the host sockets held for the guest.
+    let network: SandboxNetwork
     /// Live tasks by TID and processes by PID (zombies included until reaped).
     var tasks: [Int32: Task] = [:]
     var groups: [Int32: ThreadGroup] = [:]
@@ -103,6 +105,8 @@ public final class Sandbox {
         limits = configuration.limits
         memoryAccount = MemoryAccount(limit: configuration.memorySize)
         filesystem = try Filesystem(rootDirectory: configuration.rootDirectory, tmpCapacity: configuration.memorySize)
+        network = SandboxNetwork(policy: configuration.network)
+        filesystem.networkFiles = network.generatedFiles()
         traceSyscalls = configuration.traceSyscalls
         traceFD = configuration.standardStreams.count > 2 ? configuration.standardStreams[2] : 2
         stopsAtReadyPoint = configuration.stopsAtReadyPoint
@@ -127,8 +131,10 @@ public final class Sandbox {
 
     /// A sandbox rebuilt from checkpointed parts (see `Sandbox+Checkpoint.swift`).
     init(kvm: KVM, memorySize: Int, filesystem: Filesystem, time: GuestTime, exitRequester: ExitRequester,
-         limits: SandboxLimits, traceSyscalls: Bool, traceFD: Int32) {
+         limits: SandboxLimits, traceSyscalls: Bool, traceFD: Int32, network: NetworkPolicy) {
         self.kvm = kvm
+        self.network = SandboxNetwork(policy: network)
+        filesystem.networkFiles = self.network.generatedFiles()
         self.memorySize = memorySize
         self.filesystem = filesystem
         self.time = time

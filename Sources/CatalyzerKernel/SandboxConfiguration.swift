@@ -22,6 +22,8 @@ public struct SandboxConfiguration: Sendable {
     public var stopsAtReadyPoint = false
     /// Bounds on threads and processes (`--max-tasks`).
     public var limits = SandboxLimits()
+    /// Where the program may connect beyond the sandbox (`--net-allow`, `--dns`): nowhere by default.
+    public var network = NetworkPolicy.none
 
     public init(rootDirectory: String, memorySize: Int = 256 << 20, programPath: String, arguments: [String],
                 environment: [String] = [], traceSyscalls: Bool = false) {
@@ -43,6 +45,10 @@ public struct RestoreOptions: Sendable {
     /// Skip the check of the rootfs against the checkpoint's fingerprint: the caller checked it
     /// already (a template checks once, and every sandbox forked from it shares the result).
     public var rootfsVerified = false
+    /// Where the restored program may connect beyond the sandbox: nil for the policy recorded
+    /// with the checkpoint (the runtime fills it in), or what the invocation set instead. Sockets
+    /// that were connected outside at the checkpoint come back reset whatever it says.
+    public var network: NetworkPolicy?
 
     public init() {}
 }

@@ -123,9 +123,12 @@ struct InetAddress: Equatable, Hashable {
         return [UInt8(SocketAddress.familyInet6), 0] + port + [0, 0, 0, 0] + ip + [0, 0, 0, 0]
     }
 
-    var description: String {
-        if isIPv4 { return ip.suffix(4).map(String.init).joined(separator: ".") + ":\(port)" }
-        return "[" + stride(from: 0, to: 16, by: 2).map { String(UInt16(ip[$0]) << 8 | UInt16(ip[$0 + 1]), radix: 16) }
-            .joined(separator: ":") + "]:\(port)"
+    var description: String { isIPv4 ? "\(ipDescription):\(port)" : "[\(ipDescription)]:\(port)" }
+
+    /// The address alone: dotted IPv4, or IPv6 as eight hex groups.
+    var ipDescription: String {
+        if isIPv4 { return ip.suffix(4).map(String.init).joined(separator: ".") }
+        return stride(from: 0, to: 16, by: 2).map { String(UInt16(ip[$0]) << 8 | UInt16(ip[$0 + 1]), radix: 16) }
+            .joined(separator: ":")
     }
 }

@@ -22,11 +22,15 @@ protocol SpecialFile: AnyObject {
     /// first, so they never read more from their source than they can write: a call that waits
     /// runs again from the start, and what it read before would be read twice.
     func waitForWriteRoom(_ task: Task, nonblocking: Bool) throws(Errno) -> Int?
+    /// A host fd whose readiness is the file's (a socket the monitor holds outside the sandbox):
+    /// waits poll it beside `changed`.
+    var hostPollDescriptor: Int32? { get }
 }
 
 extension SpecialFile {
     var fileType: mode_t { 0 }
     var nextChange: UInt64? { nil }
+    var hostPollDescriptor: Int32? { nil }
     func lastDescriptionClosed() {}
     func waitForWriteRoom(_ task: Task, nonblocking: Bool) throws(Errno) -> Int? { nil }
 }

@@ -24,8 +24,13 @@ extension Task {
             switch file.backing {
             case .pipe(let pipe): count = pipe.count
             case .special(let object):
-                guard let socket = object as? SandboxSocket else { throw Errno.ENOTTY }
-                count = socket.bytesReadable
+                if let socket = object as? SandboxSocket {
+                    count = socket.bytesReadable
+                } else if let socket = object as? HostSocket {
+                    count = socket.bytesReadable
+                } else {
+                    throw Errno.ENOTTY
+                }
             case .memory(let node):
                 guard !node.isDirectory else { throw Errno.ENOTTY }
                 count = max(0, node.size - file.position)

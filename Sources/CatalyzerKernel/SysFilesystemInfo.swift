@@ -15,7 +15,7 @@ extension Task {
         case .memory(let root, let components):
             _ = try filesystem.tmp.lookup(components, in: root)
             result = memoryFilesystemStatus()
-        case .proc(let root, let components):
+        case .generated(let root, let components):
             _ = try filesystem.tmp.lookup(components, in: root)
             result = procFilesystemStatus()
         case .rootfs(let path):

@@ -132,7 +132,7 @@ extension Task {
             let deadline = self.deadline(afterNanoseconds: UInt64(timeoutMilliseconds) * 1_000_000)
             wait.deadline = min(wait.deadline ?? .max, deadline)
         }
-        wait.hostDescriptors = hostEntries
+        wait.hostDescriptors += hostEntries
         try block(wait)
     }
 }

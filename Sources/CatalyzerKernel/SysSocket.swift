@@ -3,8 +3,10 @@ import Glibc
 /// Sockets between the sandbox's own processes (`SandboxSocket`):
 /// - AF_UNIX: socketpair, and sockets bound to a file in /tmp or an abstract name;
 /// - AF_INET and AF_INET6 (TCP and UDP) on the sandbox's loopback (`InetPortTable`): 127.0.0.0/8,
-///   ::1 and the wildcard address. A connection or datagram to any other address is ENETUNREACH:
-///   the sandbox has no network beyond itself yet.
+///   ::1 and the wildcard address;
+/// - and beyond the sandbox, where its `NetworkPolicy` allows: a socket that connects or sends
+///   to such a destination becomes a `HostSocket` (`leaveSandbox`), a host socket the monitor
+///   holds for it. A destination the policy refuses is ECONNREFUSED, logged by the monitor.
 /// With listen/accept/connect, send/recv, sendmsg/recvmsg (SCM_RIGHTS on unix sockets), shutdown
 /// and the socket options programs set and query. Other families are EAFNOSUPPORT.
 extension Task {
@@ -72,17 +74,92 @@ extension Task {
 
     private func socket(_ fd: UInt64) throws(Errno) -> (OpenFile, SandboxSocket) {
         let file = try files.file(fd)
-        guard case .special(let object) = file.backing, let socket = object as? SandboxSocket else { throw Errno.ENOTSOCK }
+        guard case .special(let object) = file.backing, let socket = object as? SandboxSocket else {
+            if case .special(let object) = file.backing, object is HostSocket { throw Errno.EINVAL }
+            throw Errno.ENOTSOCK
+        }
         return (file, socket)
     }
 
+    /// The host socket behind `fd`, if the guest socket left the sandbox; nil for any other file.
+    private func hostSocket(_ fd: UInt64) throws(Errno) -> (OpenFile, HostSocket)? {
+        let file = try files.file(fd)
+        guard case .special(let object) = file.backing, let socket = object as? HostSocket else { return nil }
+        return (file, socket)
+    }
+
+    /// Where a connection or datagram to an inet address goes.
+    private enum Route {
+        /// A socket on the sandbox's own loopback (or nothing there: refused, as on an empty loopback).
+        case inside(InetAddress)
+        /// Out through a host socket; the policy allowed it.
+        case outside(InetAddress)
+    }
+
+    /// The route to `requested`. The wildcard means the loopback, as on Linux. A loopback address
+    /// is the sandbox's own, unless nothing there is bound and a rule names the host's (or it is
+    /// the resolver `--dns` named). Any other address is outside and must pass the policy.
+    private func route(_ requested: InetAddress, transport: Int32, operation: String) throws(Errno) -> Route {
+        if requested.isWildcard {
+            return .inside(InetAddress.loopback(for: requested.isIPv4 ? Self.familyInet : Self.familyInet6, port: requested.port))
+        }
+        let network = sandbox.network
+        let target = network.hostDestination(for: requested)
+        if requested.isLoopback {
+            if sandbox.inetPorts.find(requested, transport: transport) != nil { return .inside(requested) }
+            if target != requested {  // the resolver: refusals are logged
+                try network.authorize(target, transport: transport, operation: operation)
+                return .outside(requested)
+            }
+            if case .allowed = network.policy.decide(target) { return .outside(requested) }
+            return .inside(requested)
+        }
+        try network.authorize(target, transport: transport, operation: operation)
+        return .outside(requested)
+    }
+
+    /// Turns `socket` into a host socket (its first connect or send outside the sandbox): the
+    /// description `file` now refers to a `HostSocket` with the options the guest set.
+    private func leaveSandbox(_ file: OpenFile, _ socket: SandboxSocket) throws(Errno) -> HostSocket {
+        if socket.isListening { throw Errno.EINVAL }
+        if socket.isConnected && socket.isConnectionOriented { throw Errno.EISCONN }
+        let host = try HostSocket(family: socket.family, type: socket.type, transport: socket.transport, options: socket.options,
+                                  network: sandbox.network, account: sandbox.memoryAccount)
+        file.replaceSpecial(with: host)
+        socket.lastDescriptionClosed()  // its loopback port is free again
+        return host
+    }
+
     func sysSendto(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        let flags = a.int32(3)
+        if let (file, host) = try hostSocket(a[0]) {
+            let destination = try hostDestination(host, address: a[4], length: a[5])
+            let bytes = try space.read(a[1], count: min(try a.length(2), SandboxSocket.capacity + 1))
+            return UInt64(try host.send(self, bytes, to: destination, nonblocking: nonblocking(file, flags),
+                                        noSignal: flags & Self.messageNoSignal != 0))
+        }
         let (file, socket) = try socket(a[0])
         let destination = try datagramDestination(socket, address: a[4], length: a[5])
         let bytes = try space.read(a[1], count: min(try a.length(2), SandboxSocket.capacity + 1))
-        let flags = a.int32(3)
+        if case .outside(let address) = destination.route {
+            let host = try leaveSandbox(file, socket)
+            return UInt64(try host.send(self, bytes, to: address, nonblocking: nonblocking(file, flags),
+                                        noSignal: flags & Self.messageNoSignal != 0))
+        }
         return UInt64(try socket.send(self, bytes, rights: [], to: destination.socket, hasDestination: destination.given,
                                       nonblocking: nonblocking(file, flags), noSignal: flags & Self.messageNoSignal != 0))
+    }
+
+    /// The sendto/sendmsg address of a host socket's datagram, checked against the policy (a
+    /// stream socket ignores it, as Linux does once connected).
+    private func hostDestination(_ host: HostSocket, address: UInt64, length: UInt64) throws(Errno) -> InetAddress? {
+        guard !host.isStream, address != 0, length != 0 else { return nil }
+        guard length >= 2, length <= UInt64(UnixAddress.maximumLength) else { throw Errno.EINVAL }
+        let destination = try InetAddress(parsing: try space.read(address, count: Int(length)), socketFamily: host.family)
+        guard case .outside(let target) = try route(destination, transport: host.transport, operation: "send") else {
+            throw Errno.ECONNREFUSED  // a socket that left the sandbox does not come back to its loopback
+        }
+        return target
     }
 
     /// The socket a sendto/sendmsg address names, and whether an address applies. A
@@ -90,18 +167,19 @@ extension Task {
     /// it before (EOPNOTSUPP). A connected inet datagram socket without one sends to its peer's
     /// port, looked up now. An inet datagram to a free port has a destination but no socket.
     private func datagramDestination(_ socket: SandboxSocket, address: UInt64,
-                                     length: UInt64) throws(Errno) -> (socket: SandboxSocket?, given: Bool) {
+                                     length: UInt64) throws(Errno) -> (socket: SandboxSocket?, given: Bool, route: Route?) {
         let named = address != 0 && length != 0
         guard !socket.isConnectionOriented else {
-            if !named || socket.isConnected { return (nil, false) }
+            if !named || socket.isConnected { return (nil, false, nil) }
             throw socket.isListening ? Errno.ENOTCONN : Errno.EOPNOTSUPP
         }
-        guard named else { return (nil, false) }
+        guard named else { return (nil, false, nil) }
         let name = try readAddress(socket, address: address, length: length)
-        guard case .inet(let destination) = name else { return (try lookUpSocket(name, type: socket.type), true) }
-        let target = try reachableInet(destination)
+        guard case .inet(let destination) = name else { return (try lookUpSocket(name, type: socket.type), true, nil) }
+        let route = try route(destination, transport: socket.transport, operation: "send")
+        guard case .inside(let target) = route else { return (nil, true, route) }
         if !socket.isBound { try socket.bind(InetAddress(wildcardFor: socket.family, port: 0), in: sandbox.inetPorts) }
-        return (sandbox.inetPorts.find(target, transport: socket.transport), true)
+        return (sandbox.inetPorts.find(target, transport: socket.transport), true, route)
     }
 
     /// A guest `sockaddr` for `socket`'s family (EINVAL, or EAFNOSUPPORT for another family).
@@ -112,15 +190,6 @@ extension Task {
         return .unix(try UnixAddress(parsing: bytes))
     }
 
-    /// A destination on the sandbox's loopback, with the wildcard meaning the loopback address as
-    /// on Linux; anything else is ENETUNREACH (no network beyond the sandbox yet).
-    private func reachableInet(_ destination: InetAddress) throws(Errno) -> InetAddress {
-        if destination.isWildcard {
-            return InetAddress.loopback(for: destination.isIPv4 ? Self.familyInet : Self.familyInet6, port: destination.port)
-        }
-        guard destination.isLoopback else { throw Errno.ENETUNREACH }
-        return destination
-    }
 
     /// The live socket of `type` bound at `name`. As on Linux, a socket file of another type is
     /// EPROTOTYPE, while an abstract name of another type is not found at all (ECONNREFUSED).
@@ -134,11 +203,8 @@ extension Task {
         case .unix(.abstract(let bytes)):
             guard let socket = sandbox.abstractSockets[bytes]?.socket, socket.type == type else { throw Errno.ECONNREFUSED }
             return socket
-        case .inet(let destination):
-            let transport = type == SandboxSocket.streamType ? SandboxSocket.protocolTCP : SandboxSocket.protocolUDP
-            guard let socket = sandbox.inetPorts.find(try reachableInet(destination), transport: transport)
-            else { throw Errno.ECONNREFUSED }
-            return socket
+        case .inet:
+            throw Errno.EINVAL  // inet destinations are routed (`route`), not looked up by name
         }
     }
 
@@ -146,15 +212,21 @@ extension Task {
     /// room the caller gave, with the full length stored back.
     private func storeAddress(_ name: SocketAddress, of socket: SandboxSocket, at address: UInt64,
                               lengthAt lengthAddress: UInt64) throws(Errno) {
+        try storeAddress(name, family: socket.family, at: address, lengthAt: lengthAddress)
+    }
+
+    private func storeAddress(_ name: SocketAddress, family: Int32, at address: UInt64,
+                              lengthAt lengthAddress: UInt64) throws(Errno) {
         guard address != 0 else { return }
         let room = try space.load(Int32.self, at: lengthAddress)
         guard room >= 0 else { throw Errno.EINVAL }
-        let bytes = name.encoded(family: socket.family)
+        let bytes = name.encoded(family: family)
         try space.write(Array(bytes.prefix(Int(room))), to: address)
         try space.store(UInt32(bytes.count), at: lengthAddress)
     }
 
     func sysBind(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        if try hostSocket(a[0]) != nil { throw Errno.EINVAL }  // bound by its connection already
         let (_, socket) = try socket(a[0])
         let address = try readAddress(socket, address: a[1], length: a[2])
         guard case .unix(var name) = address else {
@@ -203,6 +275,19 @@ extension Task {
     }
 
     func sysConnect(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        if let (file, host) = try hostSocket(a[0]) {
+            if !host.isStream && a[2] >= 2, try space.load(UInt16.self, at: a[1]) == UInt16(Self.familyUnspecified) {
+                try host.disconnect()
+                return 0
+            }
+            guard a[2] >= 2, a[2] <= UInt64(UnixAddress.maximumLength) else { throw Errno.EINVAL }
+            let requested = try InetAddress(parsing: try space.read(a[1], count: Int(a[2])), socketFamily: host.family)
+            guard case .outside(let address) = try route(requested, transport: host.transport, operation: "connect") else {
+                throw host.isStream ? Errno.EISCONN : Errno.ECONNREFUSED
+            }
+            try host.connect(self, to: address, nonblocking: file.statusFlags & O_NONBLOCK != 0)
+            return 0
+        }
         let (file, socket) = try socket(a[0])
         let nonblocking = file.statusFlags & O_NONBLOCK != 0
         guard socket.isInet else {
@@ -221,7 +306,16 @@ extension Task {
             return 0
         }
         guard case .inet(let requested) = try readAddress(socket, address: a[1], length: a[2]) else { throw Errno.EINVAL }
-        let destination = try reachableInet(requested)
+        let operation = socket.isConnectionOriented ? "connect" : "udp connect"
+        let destination: InetAddress
+        switch try route(requested, transport: socket.transport, operation: operation) {
+        case .inside(let address):
+            destination = address
+        case .outside(let address):
+            if socket.isConnected && socket.isConnectionOriented { throw Errno.EISCONN }
+            try leaveSandbox(file, socket).connect(self, to: address, nonblocking: nonblocking)
+            return 0
+        }
         if !socket.isBound {
             var source = destination
             source.port = 0
@@ -270,20 +364,44 @@ extension Task {
     }
 
     func sysRecvfrom(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        let (file, socket) = try socket(a[0])
         let flags = a.int32(3)
         let vectors = try hostBuffers([(a[1], try a.length(2))], access: .write)
-        let result = try socket.receive(self, into: vectors, nonblocking: nonblocking(file, flags),
-                                        peek: flags & Self.messagePeek != 0, waitAll: flags & Self.messageWaitAll != 0)
-        if a[4] != 0 && a[5] != 0 { try storeAddress(result.sender, of: socket, at: a[4], lengthAt: a[5]) }
-        return UInt64(flags & Self.messageTruncate != 0 && !socket.isStream ? result.length : result.count)
+        let (result, family, isStream) = try receive(a[0], into: vectors, flags: flags)
+        if a[4] != 0 && a[5] != 0 { try storeAddress(result.sender, family: family, at: a[4], lengthAt: a[5]) }
+        return UInt64(flags & Self.messageTruncate != 0 && !isStream ? result.length : result.count)
+    }
+
+    /// recvfrom/recvmsg's receive, from a socket of the sandbox or a host socket: what arrived,
+    /// the socket's family and whether it is a stream.
+    private func receive(_ fd: UInt64, into vectors: [iovec], flags: Int32) throws(Errno)
+        -> (SandboxSocket.Received, family: Int32, isStream: Bool) {
+        let peek = flags & Self.messagePeek != 0, waitAll = flags & Self.messageWaitAll != 0
+        if let (file, host) = try hostSocket(fd) {
+            let result = try host.receive(self, into: vectors, nonblocking: nonblocking(file, flags), peek: peek, waitAll: waitAll)
+            return (result, host.family, host.isStream)
+        }
+        let (file, socket) = try socket(fd)
+        let result = try socket.receive(self, into: vectors, nonblocking: nonblocking(file, flags), peek: peek, waitAll: waitAll)
+        return (result, socket.family, socket.isStream)
     }
 
     func sysSendmsg(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        let (file, socket) = try socket(a[0])
         let header = try space.read(a[1], count: 56)
         func word(_ offset: Int) -> UInt64 { header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
         let segments = try ioVectors(word(16), count: word(24))
+        if let (file, host) = try hostSocket(a[0]) {
+            // Control messages are not passed to the host: SCM_RIGHTS is for unix sockets, and the
+            // IPv6 header options change nothing a host connection needs.
+            let destination = try hostDestination(host, address: word(0), length: word(8) & 0xFFFF_FFFF)
+            var bytes: [UInt8] = []
+            for (base, length) in segments where bytes.count <= SandboxSocket.capacity {
+                bytes += try space.read(base, count: min(length, SandboxSocket.capacity + 1 - bytes.count))
+            }
+            let flags = a.int32(2)
+            return UInt64(try host.send(self, bytes, to: destination, nonblocking: nonblocking(file, flags),
+                                        noSignal: flags & Self.messageNoSignal != 0))
+        }
+        let (file, socket) = try socket(a[0])
         var bytes: [UInt8] = []
         for (base, length) in segments where bytes.count <= SandboxSocket.capacity {
             bytes += try space.read(base, count: min(length, SandboxSocket.capacity + 1 - bytes.count))
@@ -321,6 +439,10 @@ extension Task {
         let flags = a.int32(2)
         let destination = try datagramDestination(socket, address: word(0), length: word(8) & 0xFFFF_FFFF)
         if !rights.isEmpty && socket.isInet { throw Errno.EINVAL }  // SCM_RIGHTS is for unix sockets
+        if case .outside(let address) = destination.route {
+            return UInt64(try leaveSandbox(file, socket).send(self, bytes, to: address, nonblocking: nonblocking(file, flags),
+                                                              noSignal: flags & Self.messageNoSignal != 0))
+        }
         var headers: (hopLimit: Int32, trafficClass: Int32)?
         if hopLimit != nil || trafficClass != nil {
             let defaults = socket.ipv6Headers
@@ -333,13 +455,12 @@ extension Task {
     }
 
     func sysRecvmsg(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        let (file, socket) = try socket(a[0])
         let flags = a.int32(2)
         let header = try space.read(a[1], count: 56)
         func word(_ offset: Int) -> UInt64 { header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
         let vectors = try hostBuffers(try ioVectors(word(16), count: word(24)), access: .write)
-        let result = try socket.receive(self, into: vectors, nonblocking: nonblocking(file, flags),
-                                        peek: flags & Self.messagePeek != 0, waitAll: flags & Self.messageWaitAll != 0)
+        let (result, family, isStream) = try receive(a[0], into: vectors, flags: flags)
+        let sandboxSocket = try? socket(a[0]).1  // ancillary data (IPv6 hop limit, traffic class) is the sandbox's own
         var messageFlags: Int32 = result.truncated ? Self.messageTruncate : 0
         let control = word(32), controlLength = Int(min(word(40), 64 << 10))
         var controlWritten = 0
@@ -368,7 +489,7 @@ extension Task {
         // IPV6_RECVHOPLIMIT and IPV6_RECVTCLASS: the datagram's hop limit, then its traffic class,
         // as Linux orders them; a control buffer too short for one gets what fits and MSG_CTRUNC.
         var ancillary: [(type: Int32, value: Int32)] = []
-        if socket.family == Self.familyInet6 && !socket.isConnectionOriented {
+        if let socket = sandboxSocket, socket.family == Self.familyInet6 && !socket.isConnectionOriented {
             if socket.options.flag(Self.levelIPv6, Self.optionReceiveHopLimit) { ancillary.append((Self.optionHopLimit, result.hopLimit)) }
             if socket.options.flag(Self.levelIPv6, Self.optionReceiveTrafficClass) {
                 ancillary.append((Self.optionTrafficClass, result.trafficClass))
@@ -396,17 +517,22 @@ extension Task {
             controlWritten += min(24, room)  // CMSG_SPACE(sizeof(int)), or what is left
         }
         if word(0) != 0 {  // msg_name: the sender's name, within msg_namelen
-            let name = result.sender.encoded(family: socket.family)
+            let name = result.sender.encoded(family: family)
             let room = Int(UInt32(truncatingIfNeeded: word(8)))
             try space.write(Array(name.prefix(room)), to: word(0))
             try space.store(UInt32(name.count), at: a[1] + 8)
         }
         try space.store(UInt64(min(controlWritten, controlLength)), at: a[1] + 40)
         try space.store(messageFlags, at: a[1] + 48)
-        return UInt64(flags & Self.messageTruncate != 0 && !socket.isStream ? result.length : result.count)
+        return UInt64(flags & Self.messageTruncate != 0 && !isStream ? result.length : result.count)
     }
 
     func sysShutdown(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        if let (_, host) = try hostSocket(a[0]) {
+            guard (0...2).contains(a.int32(1)) else { throw Errno.EINVAL }
+            try host.shutdown(how: a.int32(1))
+            return 0
+        }
         let (_, socket) = try socket(a[0])
         switch a.int32(1) {
         case 0: try socket.shutdown(read: true, write: false)
@@ -436,6 +562,14 @@ extension Task {
     }
 
     func sysGetsockopt(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        if let (_, host) = try hostSocket(a[0]) {
+            let room = try space.load(Int32.self, at: a[4])
+            guard room >= 0 else { throw Errno.EINVAL }
+            let value = try host.option(level: a.int32(1), name: a.int32(2), room: Int(room))
+            try space.write(Array(value.prefix(Int(room))), to: a[3])
+            try space.store(UInt32(value.count), at: a[4])
+            return 0
+        }
         let (_, socket) = try socket(a[0])
         let level = a.int32(1), name = a.int32(2)
         try checkLevel(level, of: socket)
@@ -478,6 +612,12 @@ extension Task {
     /// the rest (buffer sizes, keepalive, TCP_NODELAY, timeouts, linger) are reported back by
     /// getsockopt and have no other effect on a connection inside the sandbox.
     func sysSetsockopt(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        if let (_, host) = try hostSocket(a[0]) {
+            let length = try a.length(4)
+            guard length <= 256 else { throw Errno.EINVAL }
+            try host.setOption(level: a.int32(1), name: a.int32(2), try space.read(a[3], count: length))
+            return 0
+        }
         let (_, socket) = try socket(a[0])
         let level = a.int32(1), name = a.int32(2)
         try checkLevel(level, of: socket)
@@ -500,12 +640,20 @@ extension Task {
     }
 
     func sysGetsockname(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        if let (_, host) = try hostSocket(a[0]) {
+            try storeAddress(host.localAddress, family: host.family, at: a[1], lengthAt: a[2])
+            return 0
+        }
         let (_, socket) = try socket(a[0])
         try storeAddress(socket.localAddress ?? .unbound(family: socket.family), of: socket, at: a[1], lengthAt: a[2])
         return 0
     }
 
     func sysGetpeername(_ a: SyscallArguments) throws(Errno) -> UInt64 {
+        if let (_, host) = try hostSocket(a[0]) {
+            try storeAddress(try host.peerName(), family: host.family, at: a[1], lengthAt: a[2])
+            return 0
+        }
         let (_, socket) = try socket(a[0])
         guard socket.isConnected else { throw Errno.ENOTCONN }
         try storeAddress(socket.peerAddress, of: socket, at: a[1], lengthAt: a[2])

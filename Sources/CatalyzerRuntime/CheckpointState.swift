@@ -10,17 +10,41 @@ public struct CheckpointState: Sendable {
     public var kernel: KernelSnapshot
     /// The image's chunk size, so a failed page read can be reported by chunk.
     public var chunkSize: Int
+    /// Where the function may connect beyond its sandbox (`checkpoint --net-allow`, `--dns`), as
+    /// the texts the user gave: a restore parses them again (a host name resolves on the node
+    /// that runs the function). Absent from images made before the network existed: none.
+    public var networkRules: [String] = []
+    public var networkResolver: String?
 
-    public init(kernel: KernelSnapshot, chunkSize: Int) {
+    public init(kernel: KernelSnapshot, chunkSize: Int, network: NetworkPolicy = .none) {
         self.kernel = kernel
         self.chunkSize = chunkSize
+        networkRules = network.ruleTexts
+        networkResolver = network.resolverText
     }
+
+    /// The recorded policy, parsed (and its host names resolved) on this node.
+    public func networkPolicy(image: String) throws(RuntimeError) -> NetworkPolicy {
+        do throws(NetworkPolicyError) {
+            return try NetworkPolicy(allowing: networkRules, resolver: networkResolver)
+        } catch {
+            throw RuntimeError("image '\(image)': its network policy cannot be used on this node: \(error); invoke it with --net-allow rules that apply here, or --no-network")
+        }
+    }
+
+    /// The most rules a state may carry, and the longest rule: far above what anyone types.
+    static let maximumNetworkRules = 1024, maximumRuleLength = 512
 
     public func encoded() -> [UInt8] {
         var writer = SnapshotWriter()
         for byte in Self.magic { writer.write(byte) }
         kernel.encode(into: &writer)
         writer.write(UInt64(chunkSize))
+        if !networkRules.isEmpty || networkResolver != nil {
+            writer.write(networkRules) { $0.write($1) }
+            writer.write(networkResolver != nil)
+            writer.write(networkResolver ?? "")
+        }
         return writer.bytes
     }
 
@@ -38,6 +62,18 @@ public struct CheckpointState: Sendable {
                 throw reader.failure("chunk size \(size) is not a power of two between \(ChunkSize.minimum) and \(ChunkSize.maximum)")
             }
             chunkSize = Int(size)
+            if !reader.isAtEnd {
+                networkRules = try reader.readArray("network rules") { (r) throws(SnapshotDecodingError) in
+                    try r.readString("network rule")
+                }
+                let hasResolver = try reader.readBool("network resolver present")
+                let resolver = try reader.readString("network resolver")
+                networkResolver = hasResolver ? resolver : nil
+                guard networkRules.count <= Self.maximumNetworkRules,
+                      (networkRules + [resolver]).allSatisfy({ $0.utf8.count <= Self.maximumRuleLength }) else {
+                    throw reader.failure("the network policy has \(networkRules.count) rules or one longer than \(Self.maximumRuleLength) bytes")
+                }
+            }
             guard reader.isAtEnd else { throw reader.failure("unexpected bytes after the state") }
         } catch {
             throw RuntimeError("image '\(image)': its state blob does not parse: \(error); re-create the image with `catalyzer checkpoint`")

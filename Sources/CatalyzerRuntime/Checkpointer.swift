@@ -21,6 +21,9 @@ public struct CheckpointRequest: Sendable {
     /// Pack the rootfs into an OCI layer that travels with the image (so it restores on nodes
     /// that never had the rootfs). Off only for development with a rootfs that is always local.
     public var packRootfs = true
+    /// Where the function may connect beyond its sandbox, while it initializes and in every
+    /// instance restored from the image (recorded in its state).
+    public var network = NetworkPolicy.none
 
     public init(name: String, rootfs: String, memorySize: Int, programPath: String, arguments: [String],
                 environment: [String], timeoutSeconds: Double = 60, image: ImageCreateOptions = .init()) {
@@ -71,6 +74,7 @@ public enum Checkpointer {
         configuration.standardStreams = [stdinPipe[0], output.writeEnd, output.writeEnd]
         configuration.stopsAtReadyPoint = true
         configuration.limits = request.limits
+        configuration.network = request.network
         let started = Sandbox.monotonicNanoseconds()
         let kernel: Sandbox
         do {
@@ -91,7 +95,7 @@ public enum Checkpointer {
                                + (captured.isEmpty ? " It wrote nothing." : " Its output:\n" + captured))
         }
         guard let snapshot else { throw RuntimeError("the sandbox stopped at its ready point but left no state") }
-        let state = CheckpointState(kernel: snapshot, chunkSize: request.image.chunkSize).encoded()
+        let state = CheckpointState(kernel: snapshot, chunkSize: request.image.chunkSize, network: request.network).encoded()
         var options = request.image
         options.state = state
         options.annotations = (options.annotations ?? [:]).merging([

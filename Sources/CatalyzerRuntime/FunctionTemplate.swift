@@ -21,6 +21,8 @@ public final class FunctionTemplate: @unchecked Sendable {
     public let imageDigest: String
     public let memorySize: Int
     let snapshot: KernelSnapshot
+    /// Where its forks may connect beyond their sandbox: the policy recorded with the image.
+    let network: NetworkPolicy
     let kvm: KVM
     /// The memory file (through catalyzerfs), open for the template's lifetime.
     private let memoryFD: Int32
@@ -85,6 +87,7 @@ public final class FunctionTemplate: @unchecked Sendable {
             }
             do { try Sandbox.verifyRootfs(of: state.kernel) } catch { throw RuntimeError("image '\(image)' cannot be restored: \(error)") }
             snapshot = state.kernel
+            network = try state.networkPolicy(image: image)
             self.kvm = try kvm ?? KVM()
             // Every stored chunk is verified by catalyzerfs now, once: a fork never meets a chunk
             // that fails (which would stop the monitor) after the template is up.
@@ -229,6 +232,7 @@ public final class FunctionTemplate: @unchecked Sendable {
         let forkVM = try takeVM()
         var options = options
         options.rootfsVerified = true
+        if options.network == nil { options.network = network }
         do {
             let kernel = try Sandbox(restoring: snapshot, vm: PendingVM(ready: forkVM.vm), options: options)
             return ForkedSandbox(template: self, forkVM: forkVM, kernel: kernel)

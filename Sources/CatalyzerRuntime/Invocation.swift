@@ -15,6 +15,8 @@ public struct InvocationRequest: Sendable {
     public var traceSyscalls = false
     /// Threads plus processes the instance may have (`--max-tasks`).
     public var limits = SandboxLimits()
+    /// The network policy for this invocation instead of the image's (nil: the image's).
+    public var network: NetworkPolicy?
     /// Read catalyzerfs's `/.stats` before and after, for the FUSE figures of the timings.
     public var collectFilesystemStatistics = false
     /// Report which chunks of the memory file were resident after the run (the working set).
@@ -67,6 +69,7 @@ public enum Invocation {
         options.standardStreams = request.standardStreams
         options.traceSyscalls = request.traceSyscalls
         options.limits = request.limits
+        options.network = request.network
         let sandbox = try RestoredSandbox(image: request.image, mount: mount, store: request.store, options: options)
         let exit = try sandbox.run(timeoutSeconds: request.timeoutSeconds)
         let faultsAfter = threadPageFaults()

@@ -52,6 +52,8 @@ public final class RestoredSandbox {
             throw RuntimeError("image '\(image)': its state is for \(state.kernel.memorySize) bytes of memory but its memory file has \(mapped.size); the image is inconsistent: re-create it")
         }
         chunkSize = state.chunkSize
+        var options = options
+        if options.network == nil { options.network = try state.networkPolicy(image: image) }
         guardSlot = chost_guard_guest_memory(
             mapped.base, UInt64(mapped.size), UInt64(chunkSize),
             "catalyzer: error: image '\(image)': guest memory chunk ",

@@ -40,6 +40,7 @@ struct CheckpointCommand: ParsableCommand {
     var mount: String?
     @Flag(help: "Print the result as JSON.") var json = false
     @OptionGroup var storeOptions: StoreOptions
+    @OptionGroup var network: NetworkOptions
     @Argument(parsing: .postTerminator, help: "The function: a program inside the rootfs (or a name on its PATH) and its arguments.")
     var command: [String]
 
@@ -47,6 +48,7 @@ struct CheckpointCommand: ParsableCommand {
         try Run.validate(command: command, environment: environment, memory: memory)
         guard !workingSetInput.contains("\n") else { throw ValidationError("--working-set-input must be one line") }
         guard maxTasks >= 1 else { throw ValidationError("--max-tasks must be at least 1") }
+        _ = try network.policy()
     }
 
     struct Result: Encodable {
@@ -67,6 +69,7 @@ struct CheckpointCommand: ParsableCommand {
                 programPath: Run.resolveProgram(command[0], rootfs: rootfs, environment: environment),
                 arguments: command, environment: environment, timeoutSeconds: Double(timeout.nanoseconds) / 1e9, image: image)
             request.limits.maximumTasks = maxTasks
+            request.network = try network.policy()
             request.packRootfs = !noRootfsLayer
             let report = try Checkpointer.checkpoint(request, store: store)
             if !report.output.isEmpty && !json { Output.err("function output while initializing:\n" + report.output) }

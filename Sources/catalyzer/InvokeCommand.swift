@@ -39,10 +39,14 @@ struct InvokeCommand: ParsableCommand {
     @Option(help: "Threads plus processes the instance may have at once; clone and fork beyond it fail with EAGAIN.")
     var maxTasks = 256
     @OptionGroup var storeOptions: StoreOptions
+    @OptionGroup var network: NetworkOptions
+    @Flag(help: "No network beyond the sandbox for this invocation, whatever the image allows.") var noNetwork = false
 
     func validate() throws {
         if let input, input.contains("\n") { throw ValidationError("--input must be one line") }
         guard maxTasks >= 1 else { throw ValidationError("--max-tasks must be at least 1") }
+        guard !(noNetwork && network.isGiven) else { throw ValidationError("--no-network and --net-allow/--dns contradict each other") }
+        _ = try network.policy()
     }
 
     struct Document: Encodable {
@@ -70,6 +74,9 @@ struct InvokeCommand: ParsableCommand {
             request.timeoutSeconds = Double(timeout.nanoseconds) / 1e9
             request.traceSyscalls = strace
             request.limits.maximumTasks = maxTasks
+            // The image's policy unless this invocation states one: --net-allow and --dns replace
+            // it (narrowing or widening it, explicitly), --no-network removes it.
+            if noNetwork { request.network = NetworkPolicy.none } else if network.isGiven { request.network = try network.policy() }
             request.collectFilesystemStatistics = timings
             let result = try Invocation.run(request)
             status = result.exit.status

@@ -34,12 +34,15 @@ struct Run: ParsableCommand {
     @Flag(help: "Print every syscall with its arguments and result to stderr.")
     var strace = false
 
+    @OptionGroup var network: NetworkOptions
+
     @Argument(parsing: .postTerminator, help: "The program (a path inside the rootfs, or a name on its PATH) and its arguments.")
     var command: [String]
 
     func validate() throws {
         try Self.validate(command: command, environment: environment, memory: memory)
         guard maxTasks >= 1 else { throw ValidationError("--max-tasks must be at least 1") }
+        _ = try network.policy()
     }
 
     /// Checks the arguments every command that starts a sandbox takes.
@@ -67,6 +70,7 @@ struct Run: ParsableCommand {
             rootDirectory: rootfs, memorySize: Int(ByteCount.parse(memory) ?? 0), programPath: program, arguments: command,
             environment: environment, traceSyscalls: strace)
         configuration.limits.maximumTasks = maxTasks
+        configuration.network = try network.policy()
         let kernel: Sandbox
         do {
             kernel = try Sandbox(configuration: configuration)
