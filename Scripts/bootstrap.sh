@@ -23,13 +23,14 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 # python3-pip and libpython3.11-testsuite for the test rootfs: numpy and CPython's own regression
 # tests, for the sandbox-vs-host comparison),
 # benchmark baselines (runsc: gVisor),
-# python3-boto3 and awscli: the real Lambda clients the `catalyzer serve` tests drive.
+# python3-boto3 and awscli: the real Lambda clients the `catalyzer serve` tests drive,
+# dnsmasq-base: the stub DNS resolver the network tests start on loopback.
 packages=(
   pkg-config gcc libc6-dev
   libfuse3-dev fuse3 libzstd-dev liblz4-dev
   python3 python3.11 python3-pip libpython3.11-testsuite cpio busybox-static fio docker-registry skopeo runsc
   iproute2 apache2-utils openssl zstd
-  python3-boto3 awscli
+  python3-boto3 awscli dnsmasq-base
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -98,6 +98,10 @@ public struct KernelSnapshot: Sendable {
             case hostDevice(path: String)
             case tmp(inode: UInt64, position: Int)
             case pipe(index: Int)
+            /// A socket connected outside the sandbox (`HostSocket`): its connection does not
+            /// survive, so it is restored reset (ECONNRESET on first use). The peer is what
+            /// getpeername reported (16 bytes of IPv6 or IPv4-mapped address, and the port).
+            case resetSocket(family: Int32, type: Int32, transport: Int32, peerIP: [UInt8], peerPort: UInt16)
         }
         public var kind: Kind
         public var guestPath: String
@@ -184,6 +188,8 @@ extension KernelSnapshot {
             case .hostDevice(let path): w.write(UInt8(2)); w.write(path)
             case .tmp(let inode, let position): w.write(UInt8(3)); w.write(inode); w.write(Int64(position))
             case .pipe(let index): w.write(UInt8(4)); w.write(UInt64(index))
+            case .resetSocket(let family, let type, let transport, let ip, let port):
+                w.write(UInt8(5)); w.write(family); w.write(type); w.write(transport); w.write(ip); w.write(port)
             }
             w.write(file.guestPath)
             w.write(file.statusFlags)
@@ -274,6 +280,15 @@ extension KernelSnapshot {
             case 2: kind = .hostDevice(path: try r.readString("device path"))
             case 3: kind = .tmp(inode: try r.read(UInt64.self, "tmp inode"), position: Int(try r.read(Int64.self, "tmp position")))
             case 4: kind = .pipe(index: try r.readInt("pipe index"))
+            case 5:
+                let family = try r.read(Int32.self, "socket family"), type = try r.read(Int32.self, "socket type")
+                let transport = try r.read(Int32.self, "socket transport")
+                let ip = try r.readBytes("socket peer address"), port = try r.read(UInt16.self, "socket peer port")
+                guard [SocketAddress.familyInet, SocketAddress.familyInet6].contains(family),
+                      [SandboxSocket.streamType, SandboxSocket.datagramType].contains(type), ip.count == 16 || ip.isEmpty else {
+                    throw r.failure("a reset socket has family \(family), type \(type) and a \(ip.count)-byte peer address")
+                }
+                kind = .resetSocket(family: family, type: type, transport: transport, peerIP: ip, peerPort: port)
             case let other: throw r.failure("open file kind \(other) is unknown")
             }
             return File(kind: kind, guestPath: try r.readString("file guest path"), statusFlags: try r.read(Int32.self, "file flags"))

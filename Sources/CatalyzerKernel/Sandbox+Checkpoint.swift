@@ -141,8 +141,13 @@ extension Sandbox {
                     }
                 case .memory(let node):
                     kind = .tmp(inode: node.inode, position: file.position)
+                case .special(let object as HostSocket):
+                    let peer = try? object.peerName()
+                    let address: InetAddress? = if case .inet(let inet) = peer { inet } else { nil }
+                    kind = .resetSocket(family: object.family, type: object.type, transport: object.transport,
+                                        peerIP: address?.ip ?? [], peerPort: address?.port ?? 0)
                 case .special:
-                    throw RestoreError("fd \(entry.fd) (\(file.guestPath)) is open at the ready point; eventfds, timerfds, sockets and epoll instances cannot be checkpointed yet: open them after the first request")
+                    throw RestoreError("fd \(entry.fd) (\(file.guestPath)) is open at the ready point; eventfds, timerfds, epoll instances and sockets within the sandbox cannot be checkpointed yet (sockets connected outside it can: they come back reset): open them after the first request")
                 case .pipe(let pipe):
                     let key = ObjectIdentifier(pipe)
                     if indexOfPipe[key] == nil {
@@ -297,6 +302,10 @@ extension Sandbox {
                 file = restored
             case .pipe(let index):
                 file = OpenFile(backing: .pipe(pipes[index]), guestPath: record.guestPath, statusFlags: record.statusFlags)
+            case .resetSocket(let family, let type, let transport, let ip, let port):
+                let socket = HostSocket(resetFamily: family, type: type, transport: transport,
+                                        peer: ip.count == 16 ? InetAddress(ip: ip, port: port) : nil)
+                file = OpenFile(backing: .special(socket), guestPath: socket.name, statusFlags: record.statusFlags)
             }
             opened.append(file)
         }
