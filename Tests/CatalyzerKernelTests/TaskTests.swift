@@ -353,7 +353,8 @@ struct TaskTests {
         dual = socket.socket(socket.AF_INET6); dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); dual.bind(("::", 0)); dual.listen()
         c4 = socket.create_connection(("127.0.0.1", dual.getsockname()[1])); a4, addr4 = dual.accept(); print("dual stack peer", addr4[0])
         print("refused", err(lambda: socket.create_connection(("127.0.0.1", 1))))
-        print("no network", err(lambda: socket.socket().connect(("192.0.2.1", 80))))
+        # The host (a namespace with only lo) has no route; the sandbox's default policy refuses.
+        print("no network", err(lambda: socket.socket().connect(("192.0.2.1", 80))) in ("ENETUNREACH", "ECONNREFUSED"))
         print("bind foreign", err(lambda: socket.socket().bind(("192.0.2.1", 0))))
         # non-blocking connect and epoll
         nb = socket.socket(); nb.setblocking(False)

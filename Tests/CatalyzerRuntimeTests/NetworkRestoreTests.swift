@@ -1,0 +1,115 @@
+import CatalyzerImage
+import CatalyzerRuntime
+import CatalyzerTestSupport
+import Foundation
+import Testing
+
+/// Sockets across a checkpoint: a function that connects to a host server at import (as a
+/// database client would) finds that connection reset after a restore or a fork, and reconnects
+/// under the network policy recorded in its image.
+@Suite("network across checkpoint and restore", .serialized)
+struct NetworkRestoreTests {
+    /// The function: it connects to the TCP echo server at import. A request pings over that
+    /// connection, or reconnects when it fails; `{"local": true}` runs a server and a client on
+    /// the guest's own loopback.
+    static func function(port: Int) -> [String] {
+        ["/usr/bin/python3", "-c", """
+        import runpy, sys
+        with open("/tmp/fn.py", "w") as f:
+            f.write('''
+        import socket
+        conn = socket.create_connection(("127.0.0.1", \(port)), timeout=10)
+        conn.sendall(b"init")
+        assert conn.recv(10) == b"init"
+        def handler(event):
+            global conn
+            if event.get("local"):
+                server = socket.socket()
+                server.bind(("127.0.0.1", 0))
+                server.listen()
+                client = socket.create_connection(server.getsockname())
+                peer, _ = server.accept()
+                client.sendall(b"inside")
+                data = peer.recv(10)
+                for s in (client, peer, server): s.close()
+                return {"local": data.decode()}
+            try:
+                conn.sendall(b"ping")
+                reply = conn.recv(10)
+                if not reply: raise ConnectionResetError("end of stream")
+                return {"reused": reply.decode()}
+            except OSError as error:
+                first = type(error).__name__
+            conn.close()
+            try:
+                conn = socket.create_connection(("127.0.0.1", \(port)), timeout=10)
+            except OSError as error:
+                return {"reset": first, "reconnect": type(error).__name__}
+            conn.sendall(b"pong")
+            return {"reset": first, "reconnect": conn.recv(10).decode()}
+        ''')
+        sys.argv = ["runner.py", "/tmp/fn.py"]
+        runpy.run_path("/opt/catalyzer/runner.py", run_name="__main__")
+        """]
+    }
+
+    static let requests = Data("{}\n{}\n{\"local\": true}\n".utf8)
+
+    @Test("cold, the import-time connection serves; restored, it is reset and the function reconnects under the image's policy; --no-network narrows it")
+    func restoredConnectionIsReset() throws {
+        let servers = try LoopbackServers()
+        defer { servers.stop() }
+        let scene = try RestoreScene("network")
+        defer { scene.close() }
+        let rootfs = try PythonRootfs.path()
+        let rule = "127.0.0.1:\(servers.tcpEchoPort)"
+
+        let cold = try scene.catalyzer(["run", "--rootfs", rootfs, "--net-allow", rule, "--"] + Self.function(port: servers.tcpEchoPort),
+                                       stdin: Self.requests)
+        #expect(cold.status == 0, "\(cold)")
+        #expect(cold.stdout == """
+            {"ok":true,"result":{"reused":"ping"}}
+            {"ok":true,"result":{"reused":"ping"}}
+            {"ok":true,"result":{"local":"inside"}}
+
+            """, "\(cold)")
+
+        try scene.checkpoint("net", rootfs: rootfs, options: ["--net-allow", rule], Self.function(port: servers.tcpEchoPort))
+        let restored = try scene.invoke("net", stdin: Self.requests)
+        #expect(restored.status == 0, "\(restored)")
+        #expect(restored.stdout == """
+            {"ok":true,"result":{"reset":"ConnectionResetError","reconnect":"pong"}}
+            {"ok":true,"result":{"reused":"ping"}}
+            {"ok":true,"result":{"local":"inside"}}
+
+            """, "\(restored)")
+
+        let narrowed = try scene.invoke("net", input: "{}", options: ["--no-network"])
+        #expect(narrowed.stdout == #"{"ok":true,"result":{"reset":"ConnectionResetError","reconnect":"ConnectionRefusedError"}}"# + "\n",
+                "\(narrowed)")
+    }
+
+    @Test("a fork of a template whose function connected at import gets a reset socket, and reconnects under the image's policy")
+    func forkedConnectionIsReset() async throws {
+        let servers = try LoopbackServers()
+        defer { servers.stop() }
+        let scene = try RestoreScene("network-fork")
+        defer { scene.close() }
+        try scene.checkpoint("net", rootfs: try PythonRootfs.path(), options: ["--net-allow", "127.0.0.1:\(servers.tcpEchoPort)"],
+                             Self.function(port: servers.tcpEchoPort))
+        let mounted = try scene.catalyzer(["mount", "--store", scene.store.root])
+        try #require(mounted.status == 0, "\(mounted)")
+        defer { _ = try? scene.catalyzer(["mount", "--unmount"]) }
+        let service = try ForkingFunctionService(store: scene.store, mount: mounted.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
+                                                 poolSize: 1, reuse: 1)
+        defer { service.shutdown() }
+        for _ in 0..<2 {
+            let response = try await service.invoke(FunctionRequest(function: "net", event: Array("{}".utf8), timeoutSeconds: 30))
+            guard case .result(let bytes) = response.outcome else {
+                Issue.record("expected a result, got \(response.outcome): \(String(decoding: response.logTail, as: UTF8.self))")
+                return
+            }
+            #expect(String(decoding: bytes, as: UTF8.self) == #"{"reset":"ConnectionResetError","reconnect":"pong"}"#)
+        }
+    }
+}
