@@ -6,8 +6,9 @@ import CatalyzerKVM
 /// that. `Sandbox.captureSnapshot()` builds it; `Sandbox(restoring:...)` resumes from it. Each part
 /// is saved and restored by the component it belongs to (Sandbox+Checkpoint.swift).
 public struct KernelSnapshot: Sendable {
-    /// Bumped whenever the encoding changes; a blob with another version is refused.
-    public static let formatVersion: UInt32 = 2
+    /// Bumped whenever the encoding changes; a blob with another version is refused, except
+    /// version 2, which is version 3 without sockets.
+    public static let formatVersion: UInt32 = 3
 
     public var memorySize: Int
     /// The vCPU, with the registers and XSAVE area of the thread at the ready point (each thread's
@@ -32,6 +33,9 @@ public struct KernelSnapshot: Sendable {
     public var pipes: [PipeState]
     public var tmp: TmpFilesystem
     public var rootfs: RootfsFingerprint
+    /// Sockets within the sandbox (`SandboxSocket`) reachable from open files, with their links
+    /// to each other as indices into this list.
+    public var sockets: [SocketState] = []
 
     public struct AllocatorState: Sendable {
         public var start: UInt64
@@ -102,6 +106,8 @@ public struct KernelSnapshot: Sendable {
             /// survive, so it is restored reset (ECONNRESET on first use). The peer is what
             /// getpeername reported (16 bytes of IPv6 or IPv4-mapped address, and the port).
             case resetSocket(family: Int32, type: Int32, transport: Int32, peerIP: [UInt8], peerPort: UInt16)
+            /// A socket within the sandbox: `sockets[index]`.
+            case socket(index: Int)
         }
         public var kind: Kind
         public var guestPath: String
@@ -113,6 +119,45 @@ public struct KernelSnapshot: Sendable {
         public var fd: Int32
         public var file: Int
         public var closeOnExec: Bool
+    }
+
+    /// A socket within the sandbox: a unix socket or one on the sandbox's loopback.
+    public struct SocketState: Sendable {
+        public var family: Int32
+        public var type: Int32
+        public var transport: Int32
+        /// 0 unconnected, 1 listening, 2 connected.
+        public var state: UInt8
+        public var backlog: Int32
+        /// Its name as `sockaddr` bytes (empty: unnamed), and whether the name is registered
+        /// (an inet port, an abstract unix name) rather than only reported.
+        public var localAddress: [UInt8]
+        public var nameRegistered: Bool
+        public var peerAddress: [UInt8]
+        public var reuseAddress: Bool
+        public var reusePort: Bool
+        public var ipv6Only: Bool
+        public var optionKeys: [Int64]
+        public var optionValues: [[UInt8]]
+        public var credentials: [UInt32]  // pid, uid, gid
+        /// Indices into `sockets`; -1 for none.
+        public var peer: Int
+        public var datagramDestination: Int
+        public var pending: [Int]
+        public var messages: [Message]
+        public var receiveShutdown: Bool
+        public var sendShutdown: Bool
+        public var peerClosed: Bool
+        public var connectReportedInProgress: Bool
+        /// An errno to report once, 0 for none.
+        public var pendingError: Int32
+
+        public struct Message: Sendable {
+            public var bytes: [UInt8]
+            public var sender: [UInt8]
+            public var hopLimit: Int32
+            public var trafficClass: Int32
+        }
     }
 
     public struct PipeState: Sendable {
@@ -190,6 +235,7 @@ extension KernelSnapshot {
             case .pipe(let index): w.write(UInt8(4)); w.write(UInt64(index))
             case .resetSocket(let family, let type, let transport, let ip, let port):
                 w.write(UInt8(5)); w.write(family); w.write(type); w.write(transport); w.write(ip); w.write(port)
+            case .socket(let index): w.write(UInt8(6)); w.write(UInt64(index))
             }
             w.write(file.guestPath)
             w.write(file.statusFlags)
@@ -217,11 +263,26 @@ extension KernelSnapshot {
             }
         }
         rootfs.encode(into: &writer)
+        writer.write(sockets) { w, socket in
+            w.write(socket.family); w.write(socket.type); w.write(socket.transport); w.write(socket.state); w.write(socket.backlog)
+            w.write(socket.localAddress); w.write(socket.nameRegistered); w.write(socket.peerAddress)
+            w.write(socket.reuseAddress); w.write(socket.reusePort); w.write(socket.ipv6Only)
+            w.write(socket.optionKeys) { $0.write($1) }
+            w.write(socket.optionValues) { $0.write($1) }
+            w.write(socket.credentials) { $0.write($1) }
+            w.write(Int64(socket.peer)); w.write(Int64(socket.datagramDestination))
+            w.write(socket.pending) { $0.write(UInt64($1)) }
+            w.write(socket.messages) { w, message in
+                w.write(message.bytes); w.write(message.sender); w.write(message.hopLimit); w.write(message.trafficClass)
+            }
+            w.write(socket.receiveShutdown); w.write(socket.sendShutdown); w.write(socket.peerClosed)
+            w.write(socket.connectReportedInProgress); w.write(socket.pendingError)
+        }
     }
 
     public init(from reader: inout SnapshotReader) throws(SnapshotDecodingError) {
         let version = try reader.read(UInt32.self, "kernel state version")
-        guard version == Self.formatVersion else {
+        guard version == Self.formatVersion || version == 2 else {
             throw reader.failure("kernel state version \(version) is not supported (this catalyzer reads version \(Self.formatVersion)); re-checkpoint the function with this catalyzer")
         }
         memorySize = try reader.readInt("memory size")
@@ -280,6 +341,7 @@ extension KernelSnapshot {
             case 2: kind = .hostDevice(path: try r.readString("device path"))
             case 3: kind = .tmp(inode: try r.read(UInt64.self, "tmp inode"), position: Int(try r.read(Int64.self, "tmp position")))
             case 4: kind = .pipe(index: try r.readInt("pipe index"))
+            case 6: kind = .socket(index: try r.readInt("socket index"))
             case 5:
                 let family = try r.read(Int32.self, "socket family"), type = try r.read(Int32.self, "socket type")
                 let transport = try r.read(Int32.self, "socket transport")
@@ -334,6 +396,36 @@ extension KernelSnapshot {
         }
         tmp = TmpFilesystem(capacity: capacity, nextInode: nextInode, nodes: nodes)
         rootfs = try RootfsFingerprint(from: &reader)
+        if version >= 3 {
+            sockets = try reader.readArray("sockets", minimumSize: 60) { (r) throws(SnapshotDecodingError) in
+                let family = try r.read(Int32.self, "socket family"), type = try r.read(Int32.self, "socket type")
+                let transport = try r.read(Int32.self, "socket transport"), state = try r.read(UInt8.self, "socket state")
+                let backlog = try r.read(Int32.self, "socket backlog")
+                let local = try r.readBytes("socket name"), registered = try r.readBool("socket name registered")
+                let peerAddress = try r.readBytes("socket peer name")
+                let reuseAddress = try r.readBool("SO_REUSEADDR"), reusePort = try r.readBool("SO_REUSEPORT")
+                let ipv6Only = try r.readBool("IPV6_V6ONLY")
+                let keys = try r.readArray("socket option keys", minimumSize: 8) { (r) throws(SnapshotDecodingError) in try r.read(Int64.self, "option key") }
+                let values = try r.readArray("socket option values") { (r) throws(SnapshotDecodingError) in try r.readBytes("option value") }
+                let credentials = try r.readArray("socket credentials", minimumSize: 4) { (r) throws(SnapshotDecodingError) in
+                    try r.read(UInt32.self, "credential")
+                }
+                let peer = Int(try r.read(Int64.self, "socket peer")), destination = Int(try r.read(Int64.self, "socket destination"))
+                let pending = try r.readArray("pending connections", minimumSize: 8) { (r) throws(SnapshotDecodingError) in try r.readInt("pending connection") }
+                let messages = try r.readArray("socket messages", minimumSize: 24) { (r) throws(SnapshotDecodingError) in
+                    SocketState.Message(bytes: try r.readBytes("message"), sender: try r.readBytes("message sender"),
+                                        hopLimit: try r.read(Int32.self, "hop limit"), trafficClass: try r.read(Int32.self, "traffic class"))
+                }
+                return SocketState(family: family, type: type, transport: transport, state: state, backlog: backlog, localAddress: local,
+                                   nameRegistered: registered, peerAddress: peerAddress, reuseAddress: reuseAddress, reusePort: reusePort,
+                                   ipv6Only: ipv6Only, optionKeys: keys, optionValues: values, credentials: credentials, peer: peer,
+                                   datagramDestination: destination, pending: pending, messages: messages,
+                                   receiveShutdown: try r.readBool("receive shutdown"), sendShutdown: try r.readBool("send shutdown"),
+                                   peerClosed: try r.readBool("peer closed"),
+                                   connectReportedInProgress: try r.readBool("connect in progress"),
+                                   pendingError: try r.read(Int32.self, "pending error"))
+            }
+        }
         try validate(reader)
     }
 
@@ -368,6 +460,15 @@ extension KernelSnapshot {
             if case .tmp(_, let position) = file.kind, position < 0 { throw reader.failure("an open /tmp file is at position \(position)") }
             if case .pipe(let index) = file.kind, index >= pipes.count { throw reader.failure("an open file refers to pipe \(index) of \(pipes.count)") }
             if case .tmp(let inode, _) = file.kind, !inodes.contains(inode) { throw reader.failure("an open file refers to missing /tmp inode \(inode)") }
+            if case .socket(let index) = file.kind, index >= sockets.count { throw reader.failure("an open file refers to socket \(index) of \(sockets.count)") }
+        }
+        let socketIndices = -1..<sockets.count
+        for (index, socket) in sockets.enumerated() {
+            guard socketIndices.contains(socket.peer), socketIndices.contains(socket.datagramDestination),
+                  socket.pending.allSatisfy({ $0 >= 0 && $0 < sockets.count }), socket.optionKeys.count == socket.optionValues.count,
+                  socket.credentials.count == 3, socket.state <= 2, socket.optionValues.allSatisfy({ $0.count <= 256 }) else {
+                throw reader.failure("socket \(index) refers to sockets that are not there, or has malformed options or credentials")
+            }
         }
         guard inodes.contains(1), tmp.nodes.allSatisfy({ $0.children.allSatisfy { inodes.contains($0.inode) } }) else {
             throw reader.failure("the /tmp tree refers to missing nodes")

@@ -37,7 +37,7 @@ extension Sandbox {
             throw RestoreError("the program has an armed timer (alarm, setitimer or timer_create) at its ready point; disarm it before reading the first request")
         }
         let image = try main.image.save(registers: main.registers)
-        let (openFiles, descriptors, pipes) = try captureFiles(main.files)
+        let (openFiles, descriptors, pipes, sockets) = try captureFiles(main.files)
         let tasks = try ([main] + group.tasks.filter { $0 !== main }).map { try $0.save() }
         return KernelSnapshot(
             memorySize: memorySize,
@@ -63,7 +63,8 @@ extension Sandbox {
             descriptors: descriptors,
             pipes: pipes,
             tmp: try captureTmp(openFiles: main.files, space: main.space),
-            rootfs: (filesystem.dependencies ?? RootfsDependencies()).fingerprint(rootDirectory: filesystem.rootDirectory))
+            rootfs: (filesystem.dependencies ?? RootfsDependencies()).fingerprint(rootDirectory: filesystem.rootDirectory),
+            sockets: sockets)
     }
 
     /// Resumes a checkpointed program in the VM `pendingVM` is creating, whose memory is the
@@ -91,7 +92,8 @@ extension Sandbox {
         }
         let image = try ProcessImage(restoring: snapshot, vm: vm, account: memoryAccount)
         filesystem.executablePath = process.executablePath
-        let files = try Self.restoreFiles(snapshot, filesystem: filesystem, tmpNodes: tmpNodes,
+        let sockets = try SandboxSocket.restore(snapshot.sockets, ports: inetPorts, abstractNames: abstractSockets, account: memoryAccount)
+        let files = try Self.restoreFiles(snapshot, filesystem: filesystem, tmpNodes: tmpNodes, sockets: sockets,
                                           standardStreams: options.standardStreams, account: memoryAccount)
         let group = ThreadGroup(pid: process.pid, parentPID: 0, credentials: credentials)
         initialGroup = group
@@ -107,7 +109,25 @@ extension Sandbox {
         }
     }
 
-    private func captureFiles(_ files: FileTable) throws -> ([KernelSnapshot.File], [KernelSnapshot.Descriptor], [KernelSnapshot.PipeState]) {
+    private func captureFiles(_ files: FileTable) throws
+        -> ([KernelSnapshot.File], [KernelSnapshot.Descriptor], [KernelSnapshot.PipeState], [KernelSnapshot.SocketState]) {
+        // Sockets within the sandbox: those open files name, and every socket they link to.
+        var sockets: [SandboxSocket] = []
+        var indexOfSocket: [ObjectIdentifier: Int] = [:]
+        func socketIndex(_ socket: SandboxSocket) -> Int {
+            if let index = indexOfSocket[ObjectIdentifier(socket)] { return index }
+            var next = sockets.count
+            indexOfSocket[ObjectIdentifier(socket)] = next
+            sockets.append(socket)
+            while next < sockets.count {
+                for linked in sockets[next].linkedSockets where indexOfSocket[ObjectIdentifier(linked)] == nil {
+                    indexOfSocket[ObjectIdentifier(linked)] = sockets.count
+                    sockets.append(linked)
+                }
+                next += 1
+            }
+            return indexOfSocket[ObjectIdentifier(socket)]!
+        }
         var records: [KernelSnapshot.File] = []
         var indexOfFile: [ObjectIdentifier: Int] = [:]
         var pipes: [KernelSnapshot.PipeState] = []
@@ -141,6 +161,11 @@ extension Sandbox {
                     }
                 case .memory(let node):
                     kind = .tmp(inode: node.inode, position: file.position)
+                case .special(let object as SandboxSocket):
+                    if let obstacle = object.checkpointObstacle {
+                        throw RestoreError("fd \(entry.fd) (\(file.guestPath)) is a socket that cannot be checkpointed: \(obstacle); close it before reading the first request")
+                    }
+                    kind = .socket(index: socketIndex(object))
                 case .special(let object as HostSocket):
                     let peer = try? object.peerName()
                     let address: InetAddress? = if case .inet(let inet) = peer { inet } else { nil }
@@ -161,7 +186,13 @@ extension Sandbox {
             descriptors.append(.init(fd: entry.fd, file: records.count, closeOnExec: entry.closeOnExec))
             records.append(.init(kind: kind, guestPath: file.guestPath, statusFlags: file.statusFlags))
         }
-        return (records, descriptors, pipes)
+        for socket in sockets {
+            if let obstacle = socket.checkpointObstacle {
+                throw RestoreError("a socket connected to one the program holds cannot be checkpointed: \(obstacle)")
+            }
+        }
+        let states = sockets.map { $0.capture(index: { indexOfSocket[ObjectIdentifier($0)]! }) }
+        return (records, descriptors, pipes, states)
     }
 
     /// Every /tmp node reachable from its root, plus unlinked files that are still open.
@@ -273,7 +304,7 @@ extension Sandbox {
 
     /// The fd table: stdio bound to `standardStreams`, host files waiting to be reopened on first
     /// use, /tmp files and pipes as they were.
-    private static func restoreFiles(_ snapshot: KernelSnapshot, filesystem: Filesystem, tmpNodes: [UInt64: MemoryNode],
+    private static func restoreFiles(_ snapshot: KernelSnapshot, filesystem: Filesystem, tmpNodes: [UInt64: MemoryNode], sockets: [SandboxSocket],
                              standardStreams: [Int32], account: MemoryAccount) throws -> FileTable {
         let pipes = snapshot.pipes.map { Pipe(buffered: $0.buffered, hasReader: $0.hasReader, hasWriter: $0.hasWriter, account: account) }
         var opened: [OpenFile?] = []
@@ -306,6 +337,8 @@ extension Sandbox {
                 let socket = HostSocket(resetFamily: family, type: type, transport: transport,
                                         peer: ip.count == 16 ? InetAddress(ip: ip, port: port) : nil)
                 file = OpenFile(backing: .special(socket), guestPath: socket.name, statusFlags: record.statusFlags)
+            case .socket(let index):
+                file = OpenFile(backing: .special(sockets[index]), guestPath: sockets[index].name, statusFlags: record.statusFlags)
             }
             opened.append(file)
         }

@@ -235,6 +235,7 @@ final class SandboxSocket: SpecialFile {
             try task.block(Wait(queues: [listener.changed], reason: "connect to a unix socket (backlog full)"))
         }
         let server = SandboxSocket(family: listener.family, type: type, state: .connected)
+        server.transport = transport
         server.options = listener.options
         server.localAddress = isInet ? address : listener.localAddress  // inet: the address connected to
         server.peerAddress = localAddress ?? .unbound(family: family)
@@ -529,4 +530,117 @@ final class UnixSocketBinding {
     weak var socket: SandboxSocket?
 
     init(socket: SandboxSocket) { self.socket = socket }
+}
+
+// MARK: Persist
+
+/// A socket within the sandbox, saved and restored with its links (peer, pending connections,
+/// a datagram socket's destination) as indices into the snapshot's socket list, its name
+/// registered again in the port table or abstract namespace, and its queue charged again.
+extension SandboxSocket {
+    /// The sockets this one keeps alive or points at, which a checkpoint must hold too.
+    var linkedSockets: [SandboxSocket] {
+        [peer, datagramDestination].compactMap { $0 } + pending
+    }
+
+    /// Why this socket cannot be checkpointed, if it cannot.
+    var checkpointObstacle: String? {
+        if queue.contains(where: { !$0.rights.isEmpty }) { return "it holds file descriptors in flight (SCM_RIGHTS)" }
+        if case .unix(.path(let path)) = localAddress, releaseName != nil { return "it is bound to the socket file \(path)" }
+        return nil
+    }
+
+    func capture(index: (SandboxSocket) -> Int) -> KernelSnapshot.SocketState {
+        let (stateCode, backlog): (UInt8, Int32) = switch state {
+        case .unconnected: (0, 0)
+        case .listening(let backlog): (1, Int32(backlog))
+        case .connected: (2, 0)
+        }
+        let keys = options.values.keys.sorted()
+        return KernelSnapshot.SocketState(
+            family: family, type: type, transport: transport, state: stateCode, backlog: backlog,
+            localAddress: localAddress?.encoded(family: family) ?? [], nameRegistered: releaseName != nil,
+            peerAddress: peerAddress.encoded(family: family), reuseAddress: options.reuseAddress, reusePort: options.reusePort,
+            ipv6Only: options.ipv6Only, optionKeys: keys, optionValues: keys.map { options.values[$0]! },
+            credentials: [UInt32(bitPattern: peerCredentials.pid), peerCredentials.uid, peerCredentials.gid],
+            peer: peer.map(index) ?? -1, datagramDestination: datagramDestination.map(index) ?? -1,
+            pending: pending.map(index),
+            messages: queue.map { .init(bytes: $0.bytes, sender: $0.sender.encoded(family: family), hopLimit: $0.hopLimit,
+                                        trafficClass: $0.trafficClass) },
+            receiveShutdown: receiveShutdown, sendShutdown: sendShutdown, peerClosed: peerClosed,
+            connectReportedInProgress: connectReportedInProgress, pendingError: pendingError?.code ?? 0)
+    }
+
+    /// Rebuilds the sockets of a snapshot: each socket, then the links between them, then their
+    /// names and queued messages. Throws `RestoreError` for a state no monitor would have made.
+    static func restore(_ states: [KernelSnapshot.SocketState], ports: InetPortTable, abstractNames: AbstractSocketNames,
+                        account: MemoryAccount) throws -> [SandboxSocket] {
+        func address(_ bytes: [UInt8], family: Int32) throws(Errno) -> SocketAddress {
+            family == SocketAddress.familyUnix ? .unix(try UnixAddress(parsing: bytes)) : .inet(try InetAddress(parsing: bytes, socketFamily: family))
+        }
+        var sockets: [SandboxSocket] = []
+        for (number, saved) in states.enumerated() {
+            let isUnix = saved.family == SocketAddress.familyUnix
+            guard [SocketAddress.familyUnix, SocketAddress.familyInet, SocketAddress.familyInet6].contains(saved.family),
+                  [streamType, datagramType, sequencedPacketType].contains(saved.type),
+                  isUnix ? saved.transport == 0 : [protocolTCP, protocolUDP, protocolUDPLite].contains(saved.transport),
+                  (0...maximumBacklog).contains(Int(saved.backlog)) else {
+                throw RestoreError("socket \(number) of the checkpoint has family \(saved.family), type \(saved.type), transport \(saved.transport)")
+            }
+            let state: State = switch saved.state {
+            case 1: .listening(backlog: Int(saved.backlog))
+            case 2: .connected
+            default: .unconnected
+            }
+            let socket = SandboxSocket(family: saved.family, type: saved.type, state: state)
+            socket.transport = saved.transport
+            do throws(Errno) {
+                socket.peerAddress = try address(saved.peerAddress, family: saved.family)
+            } catch {
+                throw RestoreError("socket \(number) of the checkpoint has a malformed peer name")
+            }
+            socket.options.reuseAddress = saved.reuseAddress
+            socket.options.reusePort = saved.reusePort
+            socket.options.ipv6Only = saved.ipv6Only
+            socket.options.values = Dictionary(zip(saved.optionKeys, saved.optionValues), uniquingKeysWith: { $1 })
+            socket.peerCredentials = PeerCredentials(pid: Int32(bitPattern: saved.credentials[0]), uid: saved.credentials[1],
+                                                     gid: saved.credentials[2])
+            socket.receiveShutdown = saved.receiveShutdown
+            socket.sendShutdown = saved.sendShutdown
+            socket.peerClosed = saved.peerClosed
+            socket.connectReportedInProgress = saved.connectReportedInProgress
+            socket.pendingError = saved.pendingError == 0 ? nil : Errno(saved.pendingError)
+            sockets.append(socket)
+        }
+        for (socket, saved) in zip(sockets, states) {
+            if saved.peer >= 0 { socket.peer = sockets[saved.peer] }
+            if saved.datagramDestination >= 0 { socket.datagramDestination = sockets[saved.datagramDestination] }
+            socket.pending = saved.pending.map { sockets[$0] }
+        }
+        for (number, (socket, saved)) in zip(sockets, states).enumerated() {
+            do throws(Errno) {
+                if !saved.localAddress.isEmpty {
+                    let name = try address(saved.localAddress, family: saved.family)
+                    switch name {
+                    case .inet(let inet) where saved.nameRegistered:
+                        try socket.bind(inet, in: ports)
+                    case .unix(.abstract(let bytes)) where saved.nameRegistered:
+                        try socket.bind(.abstract(bytes)) { binding throws(Errno) in
+                            guard abstractNames[bytes]?.socket == nil else { throw Errno.EADDRINUSE }
+                            abstractNames[bytes] = binding
+                        }
+                    default:
+                        socket.localAddress = name  // reported, not registered (an accepted socket's)
+                    }
+                }
+                for message in saved.messages {
+                    try socket.enqueue(Message(bytes: message.bytes, rights: [], sender: try address(message.sender, family: saved.family),
+                                               hopLimit: message.hopLimit, trafficClass: message.trafficClass), account: account)
+                }
+            } catch {
+                throw RestoreError("socket \(number) of the checkpoint cannot be restored: its name or queue is invalid here (\(error))")
+            }
+        }
+        return sockets
+    }
 }

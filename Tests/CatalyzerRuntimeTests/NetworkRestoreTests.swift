@@ -89,6 +89,76 @@ struct NetworkRestoreTests {
                 "\(narrowed)")
     }
 
+    /// A function whose import leaves sockets within the sandbox: a listener served by a thread
+    /// blocked in accept, a connection waiting in another listener's backlog with data sent on it,
+    /// a socketpair and a UDP socket with data queued.
+    static let localSockets = ["/usr/bin/python3", "-c", """
+        import runpy, sys
+        with open("/tmp/fn.py", "w") as f:
+            f.write('''
+        import socket, threading
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        def serve():
+            while True:
+                connection, _ = server.accept()
+                connection.sendall(connection.recv(100).upper())
+                connection.close()
+        threading.Thread(target=serve, daemon=True).start()
+        backlog = socket.socket(socket.AF_INET6)
+        backlog.bind(("::1", 0))
+        backlog.listen()
+        early = socket.create_connection(backlog.getsockname()[:2])
+        early.sendall(b"early bird")
+        a, b = socket.socketpair()
+        a.sendall(b"queued before the checkpoint")
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"datagram", udp.getsockname())
+        def handler(event):
+            client = socket.create_connection(server.getsockname())
+            client.sendall(b"thread")
+            answer = client.recv(100).decode()
+            connection, _ = backlog.accept()
+            pending = connection.recv(100).decode()
+            early.sendall(b"!")
+            return {"thread": answer, "pending": pending, "pair": b.recv(100).decode(), "udp": udp.recv(100).decode(),
+                    "early peer": connection.recv(1).decode(), "port kept": server.getsockname()[1] > 0}
+        ''')
+        sys.argv = ["runner.py", "/tmp/fn.py"]
+        runpy.run_path("/opt/catalyzer/runner.py", run_name="__main__")
+        """]
+
+    @Test("listening, connected and datagram sockets within the sandbox, with their queues and a thread blocked in accept, are checkpointed and work after restore and fork")
+    func localSocketsSurviveCheckpoint() async throws {
+        let scene = try RestoreScene("network-local")
+        defer { scene.close() }
+        let rootfs = try PythonRootfs.path()
+        let expected = #"{"ok":true,"result":{"thread":"THREAD","pending":"early bird","pair":"queued before the checkpoint","udp":"datagram","early peer":"!","port kept":true}}"# + "\n"
+        let cold = try scene.catalyzer(["run", "--rootfs", rootfs, "--"] + Self.localSockets, stdin: Data("{}\n".utf8))
+        #expect(cold.stdout == expected, "\(cold)")
+        try scene.checkpoint("local", rootfs: rootfs, Self.localSockets)
+        for _ in 0..<2 {
+            let restored = try scene.invoke("local", input: "{}")
+            #expect(restored.stdout == expected, "\(restored)")
+        }
+        let mounted = try scene.catalyzer(["mount", "--store", scene.store.root])
+        try #require(mounted.status == 0, "\(mounted)")
+        defer { _ = try? scene.catalyzer(["mount", "--unmount"]) }
+        let service = try ForkingFunctionService(store: scene.store, mount: mounted.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
+                                                 poolSize: 1, reuse: 1)
+        defer { service.shutdown() }
+        for _ in 0..<2 {
+            let response = try await service.invoke(FunctionRequest(function: "local", event: Array("{}".utf8), timeoutSeconds: 30))
+            guard case .result(let bytes) = response.outcome else {
+                Issue.record("expected a result, got \(response.outcome): \(String(decoding: response.logTail, as: UTF8.self))")
+                return
+            }
+            #expect("{\"ok\":true,\"result\":" + String(decoding: bytes, as: UTF8.self) + "}\n" == expected)
+        }
+    }
+
     @Test("a fork of a template whose function connected at import gets a reset socket, and reconnects under the image's policy")
     func forkedConnectionIsReset() async throws {
         let servers = try LoopbackServers()
