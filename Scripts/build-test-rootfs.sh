@@ -11,6 +11,8 @@
 #     /usr/local/lib/python3.11/dist-packages, where Debian's python looks for pip-installed
 #     packages, with its bundled OpenBLAS (numpy.libs) and the system libraries its extension
 #     modules need (libstdc++);
+#   - requests from PyPI ($REQUESTS_VERSION, default below) with its dependencies (urllib3, idna,
+#     charset-normalizer, certifi), wheels only, for the network tests;
 #   - empty mount points /dev/{null,zero,random,urandom}, /dev/shm and /proc, so the host
 #     reference run can bind the host's devices there (the sandbox serves those devices itself).
 # Everything is precompiled like the function rootfs (the sandbox's rootfs is read-only). Like
@@ -21,6 +23,7 @@ out=${1:?usage: build-test-rootfs.sh OUTDIR}
 python=/usr/bin/python3.11
 version=3.11
 numpy_version=${NUMPY_VERSION:-2.4.6}
+requests_version=${REQUESTS_VERSION:-2.34.2}
 tests=/usr/lib/python$version/test
 dynload=/usr/lib/python$version/lib-dynload
 site=/usr/local/lib/python$version/dist-packages
@@ -42,9 +45,10 @@ mkdir -p "$stage$tests"
 cp -L "$dynload"/_test*.so "$dynload"/_xxtest*.so "$dynload"/xxlimited*.so "$dynload"/_ctypes_test*.so \
   "$stage$dynload/"
 
-# numpy, from its manylinux wheel only (never built from source here).
+# numpy and requests, from wheels only (never built from source here). pip's notes about the
+# host's own packages (it checks them too) say nothing about the target and are dropped.
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$python" -m pip install --quiet --root-user-action=ignore --no-compile --only-binary=:all: \
-  --target "$stage$site" "numpy==$numpy_version"
+  --target "$stage$site" "numpy==$numpy_version" "requests==$requests_version" 2> >(grep -v ' requires .*, but you have ' >&2)
 rm -rf "$stage$site/bin"
 [[ -d $stage$site/numpy.libs ]] || die "the numpy wheel brought no numpy.libs (bundled OpenBLAS)"
 
@@ -69,8 +73,8 @@ touch "$stage/dev/null" "$stage/dev/zero" "$stage/dev/random" "$stage/dev/urando
   "$stage$tests" "$stage$site" >/dev/null ||
   die "compileall failed on the tests or site packages"
 
-chroot "$stage" /usr/bin/python3 -c 'import numpy, test.support, _testcapi' ||
-  die "the staged rootfs cannot import numpy, test.support and _testcapi"
+chroot "$stage" /usr/bin/python3 -c 'import numpy, requests, test.support, _testcapi' ||
+  die "the staged rootfs cannot import numpy, requests, test.support and _testcapi"
 
 rm -rf "$out"
 mv "$stage" "$out"

@@ -205,6 +205,35 @@ import Testing
         #expect(sandbox.stdout == host.stdout && !host.stdout.isEmpty, "\(sandbox)")
     }
 
+    /// requests (from PyPI, with urllib3) in the sandbox GETs and POSTs a server the test starts on
+    /// the host's loopback, through the port a --net-allow rule opens; without it, it gets
+    /// requests' ConnectionError.
+    @Test func requestsReachesAnAllowedHostServer() throws {
+        try #require(TestEnvironment.hasKVM, Comment(rawValue: TestEnvironment.requirementMessage("/dev/kvm")))
+        let rootfs = try CPythonTestRootfs.path()
+        let servers = try LoopbackServers()
+        defer { servers.stop() }
+        let script = """
+            import requests
+            url = "http://127.0.0.1:\(servers.httpPort)/"
+            try:
+                with requests.Session() as session:
+                    got = session.get(url, timeout=10)
+                    posted = session.post(url, json={"n": 42}, timeout=10)
+                    print(got.status_code, got.text, posted.json())
+            except requests.exceptions.ConnectionError as error:
+                print("ConnectionError", "Connection refused" in str(error))
+            """
+        func run(_ options: [String]) throws -> CommandResult {
+            try Command.bounded(120, Command.binary("catalyzer"), ["run", "--rootfs", rootfs, "--memory", "512M", "--timeout", "60s"]
+                                    + options + ["--", "/usr/bin/python3", "-c", script])
+        }
+        let allowed = try run(["--net-allow", "127.0.0.1:\(servers.httpPort)"])
+        #expect(allowed.stdout == "200 hello-from-host {'n': 42}\n", "\(allowed)")
+        let refused = try run([])
+        #expect(refused.stdout == "ConnectionError True\n", "\(refused)")
+    }
+
     /// numpy through the reference runner, imported while initializing (so OpenBLAS's worker
     /// threads exist, parked, at the ready point): on the host, cold in a sandbox and restored
     /// from a checkpoint, the answers are the same.
