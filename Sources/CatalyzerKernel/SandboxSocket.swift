@@ -78,6 +78,8 @@ final class SandboxSocket: SpecialFile {
     /// shutdown(SHUT_WR) here: no more writes.
     private(set) var sendShutdown = false
     private(set) var peerClosed = false
+    /// A TCP write went to a peer that had closed: the next ones fail with EPIPE.
+    private var wroteAfterPeerClosed = false
     /// An error to report once (SO_ERROR, the next receive, POLLERR): a connected inet datagram
     /// socket's send to a port nobody holds is refused, as the ICMP port-unreachable a Linux
     /// loopback sends back makes it.
@@ -420,6 +422,12 @@ final class SandboxSocket: SpecialFile {
                                     nonblocking: nonblocking)
         }
         guard isConnected else { throw Errno.ENOTCONN }
+        if isInet && isStream && !sendShutdown && peer == nil && peerClosed && !wroteAfterPeerClosed {
+            // TCP: the peer's close arrived as a FIN, so a write still succeeds (into a connection
+            // whose other end answers with a reset), and only later ones fail, as on Linux.
+            if !bytes.isEmpty { wroteAfterPeerClosed = true }
+            return bytes.count
+        }
         guard !sendShutdown, let peer, !peer.receiveShutdown else { throw raiseBrokenPipe(task, noSignal: noSignal) }
         if !isStream && bytes.count > Self.capacity { throw Errno.EMSGSIZE }
         let room = Self.capacity - peer.queuedBytes

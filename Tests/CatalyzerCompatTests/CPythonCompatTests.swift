@@ -17,7 +17,8 @@ import Testing
         ["test_threading", "test_thread", "test_threading_local", "test_queue", "test_concurrent_futures",
          "test_signal", "test_select", "test_selectors", "test_epoll",
          "test_asyncio.test_base_events", "test_asyncio.test_events", "test_asyncio.test_tasks",
-         "test_asyncio.test_locks", "test_asyncio.test_queues", "test_asyncio.test_timeouts"].map { ($0, .sameAsHost) }
+         "test_asyncio.test_locks", "test_asyncio.test_queues", "test_asyncio.test_timeouts",
+         "test_asyncio.test_streams"].map { ($0, .sameAsHost) }
         + ["test_os", "test_subprocess", "test_socket", "test_time", "test_json", "test_functools",
            "test_tempfile", "test_shutil", "test_sqlite3"].map { ($0, .ratio(0.95)) }
 
@@ -29,7 +30,7 @@ import Testing
                         "test_signal", "test_select", "test_selectors", "test_epoll",
                         "test_asyncio.test_base_events", "test_asyncio.test_events", "test_asyncio.test_tasks",
                         "test_asyncio.test_locks", "test_asyncio.test_queues", "test_asyncio.test_timeouts",
-                        "test_os", "test_subprocess", "test_socket", "test_time", "test_json", "test_functools",
+                        "test_asyncio.test_streams", "test_os", "test_subprocess", "test_socket", "test_time", "test_json", "test_functools",
                         "test_tempfile", "test_shutil"]
     static let runner = "regrtest"
 
