@@ -68,6 +68,13 @@ struct NetworkTests {
             tcp.shutdown(socket.SHUT_WR)
             print("tcp end", tcp.recv(10))
             tcp.close()
+            for address in [("::1", \(servers.tcpEcho6Port)), ("::ffff:127.0.0.1", \(servers.tcpEchoPort))]:
+                six = socket.socket(socket.AF_INET6)
+                six.settimeout(10)
+                six.connect(address)
+                six.sendall(b"over ipv6")
+                print("ipv6 echo", six.recv(100), six.getpeername()[:2])
+                six.close()
 
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             udp.settimeout(10)
@@ -102,12 +109,14 @@ struct NetworkTests {
             print("asyncio", asyncio.run(main()))
             print("localhost", sorted({info[4][0] for info in socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)}))
             """
-        let result = try Self.python(script, ["--net-allow", "127.0.0.1:\(servers.tcpEchoPort)",
+        let result = try Self.python(script, ["--net-allow", "127.0.0.1:\(servers.tcpEchoPort)", "--net-allow", "[::1]:\(servers.tcpEcho6Port)",
                                               "--net-allow", "127.0.0.1:\(servers.udpEchoPort)"])
         #expect(result.status == 0, "\(result)")
         let expected = """
             tcp echo True ('127.0.0.1', \(servers.tcpEchoPort)) True
             tcp end b''
+            ipv6 echo b'over ipv6' ('::1', \(servers.tcpEcho6Port))
+            ipv6 echo b'over ipv6' ('::ffff:127.0.0.1', \(servers.tcpEchoPort))
             udp echo 20 b'datagram 0' ('127.0.0.1', \(servers.udpEchoPort))
             nonblocking EINPROGRESS True 0
             asyncio b'ASYNCIO INSIDE\\n'

@@ -3,12 +3,13 @@ import Glibc
 
 /// Servers on the host's loopback for the network tests, in one host python3 process: an HTTP
 /// server (GET answers `hello-from-host`, POST echoes its body), a TCP echo and a UDP echo, each
-/// on a free port of 127.0.0.1. `stop()` (or the end of the test process) ends it: it exits when
+/// on a free port of 127.0.0.1, and a TCP echo on ::1. `stop()` (or the end of the test process) ends it: it exits when
 /// its stdin closes.
 public final class LoopbackServers: @unchecked Sendable {
     public let httpPort: Int
     public let tcpEchoPort: Int
     public let udpEchoPort: Int
+    public let tcpEcho6Port: Int
     private let process: Process
     private let input: Pipe
 
@@ -36,14 +37,17 @@ public final class LoopbackServers: @unchecked Sendable {
             request_queue_size = 512
         http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         echo = Threaded(("127.0.0.1", 0), Echo)
+        class Threaded6(Threaded):
+            address_family = socket.AF_INET6
+        echo6 = Threaded6(("::1", 0), Echo)
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(("127.0.0.1", 0))
         def udp_echo():
             while True:
                 data, peer = udp.recvfrom(65536)
                 udp.sendto(data, peer)
-        for target in (http_server.serve_forever, echo.serve_forever, udp_echo):
+        for target in (http_server.serve_forever, echo.serve_forever, echo6.serve_forever, udp_echo):
             threading.Thread(target=target, daemon=True).start()
-        print(http_server.server_address[1], echo.server_address[1], udp.getsockname()[1], flush=True)
+        print(http_server.server_address[1], echo.server_address[1], udp.getsockname()[1], echo6.server_address[1], flush=True)
         sys.stdin.read()
         """
 
@@ -58,11 +62,11 @@ public final class LoopbackServers: @unchecked Sendable {
         try process.run()
         let line = Self.readLine(output.fileHandleForReading)
         let ports = line.split(separator: " ").compactMap { Int($0) }
-        guard ports.count == 3 else {
+        guard ports.count == 4 else {
             process.terminate()
             throw LoopbackServerError(description: "the loopback servers did not start (they printed \(line.debugDescription))")
         }
-        (httpPort, tcpEchoPort, udpEchoPort) = (ports[0], ports[1], ports[2])
+        (httpPort, tcpEchoPort, udpEchoPort, tcpEcho6Port) = (ports[0], ports[1], ports[2], ports[3])
     }
 
     private static func readLine(_ handle: FileHandle) -> String {
