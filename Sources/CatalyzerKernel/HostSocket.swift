@@ -118,8 +118,12 @@ final class HostSocket: SpecialFile {
         return Errno.ECONNRESET
     }
 
+    /// Waits for `events` on the host socket, for at most SO_RCVTIMEO (reads) or SO_SNDTIMEO
+    /// (writes, connects) when the guest set one.
     private func wait(_ task: Task, for events: Int16, reason: String) throws(Errno) -> Never {
-        try task.block(Wait(queues: [changed], hostDescriptors: [pollfd(fd: fd, events: events, revents: 0)], reason: reason))
+        let timeout = options.timeout(events & Int16(POLLOUT) != 0 ? SO_SNDTIMEO : SO_RCVTIMEO)
+        try task.block(Wait.socket(task, queues: [changed], hostDescriptors: [pollfd(fd: fd, events: events, revents: 0)],
+                                   timeout: timeout, reason: reason))
     }
 
     // MARK: Connections
@@ -142,7 +146,13 @@ final class HostSocket: SpecialFile {
             peerAddress = destination
             guard !nonblocking else { throw Errno(error) }
             blockingConnectUnderWay = true
-            try wait(task, for: Int16(POLLOUT), reason: "connect to \(destination.description)")
+            do throws(Errno) {
+                try wait(task, for: Int16(POLLOUT), reason: "connect to \(destination.description)")
+            } catch {
+                // SO_SNDTIMEO ran out: Linux reports the connection as still under way.
+                if error == Errno.EAGAIN { blockingConnectUnderWay = false; throw Errno.EINPROGRESS }
+                throw error
+            }
         case EISCONN where blockingConnectUnderWay:
             blockingConnectUnderWay = false  // the connection this caller waited for is made
         default:

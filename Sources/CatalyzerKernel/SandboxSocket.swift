@@ -100,6 +100,15 @@ final class SandboxSocket: SpecialFile {
 
         static func key(_ level: Int32, _ name: Int32) -> Int64 { Int64(level) << 32 | Int64(UInt32(bitPattern: name)) }
 
+        /// SO_RCVTIMEO or SO_SNDTIMEO (a `struct timeval`) in nanoseconds; nil when unset or zero.
+        func timeout(_ name: Int32) -> UInt64? {
+            guard let bytes = values[Self.key(SOL_SOCKET, name)], bytes.count >= 16 else { return nil }
+            let seconds = bytes.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }
+            let microseconds = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: Int64.self) }
+            guard seconds >= 0, microseconds >= 0, seconds > 0 || microseconds > 0 else { return nil }
+            return UInt64(min(seconds, 1 << 32)) * 1_000_000_000 + UInt64(min(microseconds, 999_999)) * 1000
+        }
+
         /// Whether an integer option was set non-zero.
         func flag(_ level: Int32, _ name: Int32) -> Bool {
             guard let bytes = values[Self.key(level, name)], bytes.count >= 4 else { return false }
@@ -262,7 +271,7 @@ final class SandboxSocket: SpecialFile {
         guard isListening else { throw Errno.EINVAL }
         if pending.isEmpty {
             guard !nonblocking else { throw Errno.EAGAIN }
-            try task.block(Wait(queues: [changed], reason: "accept on a unix socket"))
+            try task.block(Wait.socket(task, queues: [changed], timeout: options.timeout(SO_RCVTIMEO), reason: "accept on a socket"))
         }
         let connection = pending.removeFirst()
         changed.wakeAll()  // a connect waiting for backlog room may go on
@@ -310,7 +319,7 @@ final class SandboxSocket: SpecialFile {
         if queue.isEmpty {
             if receiveShutdown || peerClosed { return Received(count: 0, rights: [], truncated: false, length: 0, sender: peerAddress) }
             guard !nonblocking else { throw Errno.EAGAIN }
-            try task.block(Wait(queues: [changed], reason: "read from a socket"))
+            try task.block(Wait.socket(task, queues: [changed], timeout: options.timeout(SO_RCVTIMEO), reason: "read from a socket"))
         }
         let wanted = Buffers.totalLength(vectors)
         if !isStream {
@@ -323,7 +332,8 @@ final class SandboxSocket: SpecialFile {
         }
         if waitAll && !peek && queuedBytes < wanted && !(receiveShutdown || peerClosed) && !nonblocking
             && queue.allSatisfy({ $0.rights.isEmpty }) && queuedBytes < Self.capacity {
-            try task.block(Wait(queues: [changed], reason: "read from a socket (MSG_WAITALL)"))
+            try task.block(Wait.socket(task, queues: [changed], timeout: options.timeout(SO_RCVTIMEO),
+                                       reason: "read from a socket (MSG_WAITALL)"))
         }
         // A stream read takes the fds of the first message that carries some and stops after it.
         var gathered: [UInt8] = []
@@ -434,7 +444,8 @@ final class SandboxSocket: SpecialFile {
         let needed = isStream ? min(bytes.count, 1) : bytes.count
         if room < needed || (room <= 0 && !bytes.isEmpty) {
             guard !nonblocking else { throw Errno.EAGAIN }
-            try task.block(Wait(queues: [peer.changed, changed], reason: "write to a socket"))
+            try task.block(Wait.socket(task, queues: [peer.changed, changed], timeout: options.timeout(SO_SNDTIMEO),
+                                       reason: "write to a socket"))
         }
         let count = isStream ? min(bytes.count, room) : bytes.count
         if count == 0 && isStream && rights.isEmpty { return 0 }
@@ -449,7 +460,8 @@ final class SandboxSocket: SpecialFile {
         let room = Self.capacity - peer.queuedBytes
         guard room <= 0 else { return isStream ? room : nil }
         guard !nonblocking else { throw Errno.EAGAIN }
-        try task.block(Wait(queues: [peer.changed, changed], reason: "write to a socket"))
+        try task.block(Wait.socket(task, queues: [peer.changed, changed], timeout: options.timeout(SO_SNDTIMEO),
+                                   reason: "write to a socket"))
         return nil  // not reached: block throws
     }
 
@@ -472,7 +484,8 @@ final class SandboxSocket: SpecialFile {
         guard bytes.count <= Self.capacity else { throw Errno.EMSGSIZE }
         if target.queuedBytes + bytes.count > Self.capacity {
             guard !nonblocking else { throw Errno.EAGAIN }
-            try task.block(Wait(queues: [target.waitingSenders], reason: "send to a unix datagram socket"))
+            try task.block(Wait.socket(task, queues: [target.waitingSenders], timeout: options.timeout(SO_SNDTIMEO),
+                                       reason: "send to a datagram socket"))
         }
         try target.enqueue(Message(bytes: bytes, rights: rights, sender: senderAddress(toward: target),
                                    hopLimit: headers.hopLimit, trafficClass: headers.trafficClass),
@@ -650,5 +663,20 @@ extension SandboxSocket {
             }
         }
         return sockets
+    }
+}
+
+extension Wait {
+    /// A socket call's wait, bounded by SO_RCVTIMEO or SO_SNDTIMEO when set: once that time has
+    /// passed since the call began, the call fails with EAGAIN instead of waiting again, as on
+    /// Linux.
+    static func socket(_ task: Task, queues: [WaitQueue], hostDescriptors: [pollfd] = [], timeout: UInt64?,
+                       reason: String) throws(Errno) -> Wait {
+        var wait = Wait(queues: queues, hostDescriptors: hostDescriptors, reason: reason)
+        if let timeout {
+            wait.deadline = task.deadline(afterNanoseconds: timeout)
+            if task.hasTimedOut { throw Errno.EAGAIN }
+        }
+        return wait
     }
 }

@@ -609,8 +609,9 @@ extension Task {
     }
 
     /// Stores the option; SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY change how binding works,
-    /// the rest (buffer sizes, keepalive, TCP_NODELAY, timeouts, linger) are reported back by
-    /// getsockopt and have no other effect on a connection inside the sandbox.
+    /// SO_RCVTIMEO and SO_SNDTIMEO bound blocking calls (EAGAIN), the rest (buffer sizes,
+    /// keepalive, TCP_NODELAY, linger) are reported back by getsockopt and have no other effect
+    /// on a connection inside the sandbox. (A host socket applies those to its connection.)
     func sysSetsockopt(_ a: SyscallArguments) throws(Errno) -> UInt64 {
         if let (_, host) = try hostSocket(a[0]) {
             let length = try a.length(4)

@@ -108,6 +108,25 @@ struct NetworkTests {
                 return answer
             print("asyncio", asyncio.run(main()))
             print("localhost", sorted({info[4][0] for info in socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)}))
+
+            async def host_client():
+                reader, writer = await asyncio.open_connection("127.0.0.1", \(servers.tcpEchoPort))
+                writer.write(b"through epoll\\n")
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.readline(), 10)
+                writer.close()
+                return answer
+            print("asyncio to the host", asyncio.run(host_client()))
+
+            import struct, time
+            def timed_out(sock):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 300000))
+                start = time.monotonic()
+                try: sock.recv(10)
+                except OSError as error: return errno.errorcode[error.errno], 0.25 < time.monotonic() - start < 5
+            quiet = socket.create_connection(("127.0.0.1", \(servers.tcpEchoPort)))
+            left, right = socket.socketpair()
+            print("SO_RCVTIMEO", timed_out(quiet), timed_out(left))
             """
         let result = try Self.python(script, ["--net-allow", "127.0.0.1:\(servers.tcpEchoPort)", "--net-allow", "[::1]:\(servers.tcpEcho6Port)",
                                               "--net-allow", "127.0.0.1:\(servers.udpEchoPort)"])
@@ -121,6 +140,8 @@ struct NetworkTests {
             nonblocking EINPROGRESS True 0
             asyncio b'ASYNCIO INSIDE\\n'
             localhost ['127.0.0.1', '::1']
+            asyncio to the host b'through epoll\\n'
+            SO_RCVTIMEO ('EAGAIN', True) ('EAGAIN', True)
 
             """
         #expect(result.stdout == expected, "\(result)")
