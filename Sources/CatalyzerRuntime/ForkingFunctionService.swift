@@ -24,9 +24,14 @@ public final class ForkingFunctionService: FunctionService {
     /// See `FunctionTemplate.keptPagesLimit`.
     public let keptPages: Int
 
+    /// Network policies that replace an image's own, by function name (`serve --net-allow NAME=RULE`).
+    let networkOverrides: [String: NetworkPolicy]
+
     public init(store: ImageStore, mount: String? = nil, poolSize: Int = 2, reuse: Int = 1,
-                keptPages: Int = FunctionTemplate.defaultKeptPages, limits: SandboxLimits = SandboxLimits()) throws {
+                keptPages: Int = FunctionTemplate.defaultKeptPages, limits: SandboxLimits = SandboxLimits(),
+                networkOverrides: [String: NetworkPolicy] = [:]) throws {
         self.keptPages = keptPages
+        self.networkOverrides = networkOverrides
         self.store = store
         self.mount = try CatalyzerMount.resolve(mount: mount, store: store)
         self.poolSize = poolSize
@@ -85,7 +90,8 @@ public final class ForkingFunctionService: FunctionService {
         return try creating.withLock { _ throws(FunctionServiceError) -> FunctionTemplate in
             if let template = templates.withLock({ $0[name] }), template.imageDigest == digest { return template }
             do {
-                let template = try FunctionTemplate(image: name, mount: mount, store: store, poolSize: poolSize, keptPages: keptPages)
+                let template = try FunctionTemplate(image: name, mount: mount, store: store, poolSize: poolSize, keptPages: keptPages,
+                                                    network: networkOverrides[name])
                 templates.withLock { $0[name] = template }
                 return template
             } catch {

@@ -61,8 +61,9 @@ public final class FunctionTemplate: @unchecked Sendable {
     }
 
     /// Restores `image` from `mount` as a template and parks `poolSize` VMs for it.
+    /// `network` replaces the policy recorded with the image, for every fork (nil: the image's).
     public init(image: String, mount: CatalyzerMount, store: ImageStore, poolSize: Int,
-                keptPages: Int = FunctionTemplate.defaultKeptPages, kvm: KVM? = nil) throws {
+                keptPages: Int = FunctionTemplate.defaultKeptPages, network: NetworkPolicy? = nil, kvm: KVM? = nil) throws {
         self.image = image
         self.poolSize = poolSize
         keptPagesLimit = keptPages
@@ -87,7 +88,7 @@ public final class FunctionTemplate: @unchecked Sendable {
             }
             do { try Sandbox.verifyRootfs(of: state.kernel) } catch { throw RuntimeError("image '\(image)' cannot be restored: \(error)") }
             snapshot = state.kernel
-            network = try state.networkPolicy(image: image)
+            self.network = try network ?? state.networkPolicy(image: image)
             self.kvm = try kvm ?? KVM()
             // Every stored chunk is verified by catalyzerfs now, once: a fork never meets a chunk
             // that fails (which would stop the monitor) after the template is up.

@@ -12,7 +12,12 @@ public final class RestoringFunctionService: FunctionService {
     let mount: String?
     let limits: SandboxLimits
 
-    public init(store: ImageStore, mount: String? = nil, limits: SandboxLimits = SandboxLimits()) {
+    /// Network policies that replace an image's own, by function name.
+    let networkOverrides: [String: NetworkPolicy]
+
+    public init(store: ImageStore, mount: String? = nil, limits: SandboxLimits = SandboxLimits(),
+                networkOverrides: [String: NetworkPolicy] = [:]) {
+        self.networkOverrides = networkOverrides
         self.store = store
         self.mount = mount
         self.limits = limits
@@ -28,7 +33,7 @@ public final class RestoringFunctionService: FunctionService {
 
     public func invoke(_ request: FunctionRequest) async throws(FunctionServiceError) -> FunctionResponse {
         _ = try function(named: request.function)
-        let store = store, mount = mount, limits = limits
+        let store = store, mount = mount, limits = limits, network = networkOverrides[request.function]
         let outcome = await InstanceThread.run { () -> Result<FunctionResponse, FunctionServiceError> in
             do {
                 let stdin = try RequestPipe.holding(String(decoding: request.event, as: UTF8.self))
@@ -40,6 +45,7 @@ public final class RestoringFunctionService: FunctionService {
                 invocation.standardStreams = [stdin, stdout.writeEnd, stderr.writeEnd]
                 invocation.timeoutSeconds = request.timeoutSeconds
                 invocation.limits = limits
+                invocation.network = network
                 let result: InvocationResult
                 do {
                     result = try Invocation.run(invocation)

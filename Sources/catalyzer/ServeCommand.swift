@@ -1,5 +1,6 @@
 import ArgumentParser
 import CatalyzerImage
+import CatalyzerKernel
 import CatalyzerRuntime
 import CatalyzerServe
 import Foundation
@@ -56,8 +57,36 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Stop an invocation after this long (Lambda's function timeout), e.g. 500ms, 30s, 5m.")
     var timeout = DurationArgument(argument: "30s")!
     @OptionGroup var storeOptions: StoreOptions
+    @Option(name: .customLong("net-allow"), help: ArgumentHelp(
+        "For function NAME, replace its image's network policy with these rules (repeatable, rules as in `run --net-allow`).",
+        valueName: "name=rule"))
+    var netAllow: [String] = []
+    @Option(name: .customLong("no-network"), help: ArgumentHelp("Function NAME gets no network beyond its sandbox, whatever its image allows (repeatable).",
+                                                                valueName: "name"))
+    var noNetwork: [String] = []
+
+    /// `--net-allow NAME=RULE` and `--no-network NAME` as policies by function name.
+    func networkOverrides() throws -> [String: NetworkPolicy] {
+        var rules: [String: [String]] = [:]
+        for entry in netAllow {
+            guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else {
+                throw ValidationError("--net-allow takes NAME=RULE for serve (the function it applies to, then the rule): \(entry)")
+            }
+            rules[String(entry[..<equals]), default: []].append(String(entry[entry.index(after: equals)...]))
+        }
+        if let both = noNetwork.first(where: { rules[$0] != nil }) {
+            throw ValidationError("--no-network \(both) contradicts --net-allow \(both)=…")
+        }
+        var policies: [String: NetworkPolicy] = [:]
+        for (name, texts) in rules {
+            do { policies[name] = try NetworkPolicy(allowing: texts) } catch { throw ValidationError(error.description) }
+        }
+        for name in noNetwork { policies[name] = NetworkPolicy.none }
+        return policies
+    }
 
     func validate() throws {
+        _ = try networkOverrides()
         guard (0...1024).contains(pool) else { throw ValidationError("--pool must be from 0 to 1024") }
         guard (1...1_000_000).contains(reuse) else { throw ValidationError("--reuse must be from 1 to 1000000") }
         guard (1...100_000).contains(maxInstances) else { throw ValidationError("--max-instances must be from 1 to 100000") }
@@ -73,13 +102,18 @@ struct ServeCommand: AsyncParsableCommand {
         var maxInstances: Int
         var timeoutSeconds: Double
         var restore: Bool
+        /// Policies replacing images' own, by function (`--net-allow NAME=RULE`, `--no-network NAME`).
+        var networkOverrides: [String: NetworkPolicy] = [:]
     }
 
     /// The one place the daemon's `FunctionService` is chosen: forks of a parked template, or
     /// with `--restore` a restore per request.
     static func makeService(_ options: ServiceOptions) throws -> any FunctionService {
-        if options.restore { return RestoringFunctionService(store: options.store, mount: options.mount) }
-        return try ForkingFunctionService(store: options.store, mount: options.mount, poolSize: options.pool, reuse: options.reuse)
+        if options.restore {
+            return RestoringFunctionService(store: options.store, mount: options.mount, networkOverrides: options.networkOverrides)
+        }
+        return try ForkingFunctionService(store: options.store, mount: options.mount, poolSize: options.pool, reuse: options.reuse,
+                                          networkOverrides: options.networkOverrides)
     }
 
     func run() async throws {
@@ -100,7 +134,8 @@ struct ServeCommand: AsyncParsableCommand {
                 logger.warning("unauthenticated: every request is accepted; only this machine can connect. Pass --auth-keys FILE to require SigV4.")
             }
             let service = try Self.makeService(ServiceOptions(store: storeOptions.imageStore, mount: mount, pool: pool, reuse: reuse,
-                                                              maxInstances: maxInstances, timeoutSeconds: timeoutSeconds, restore: restore))
+                                                              maxInstances: maxInstances, timeoutSeconds: timeoutSeconds, restore: restore,
+                                                              networkOverrides: try networkOverrides()))
             let mode = keys.map { "SigV4, \($0.secrets.count) access key(s)" } ?? "unauthenticated"
             try await ServeServer.run(configuration, service: service, logger: logger) { bound in
                 Output.err("catalyzer serve: listening on http://\(bound) (\(mode))")

@@ -1,4 +1,5 @@
 import CatalyzerImage
+import CatalyzerKernel
 import CatalyzerRuntime
 import CatalyzerTestSupport
 import Foundation
@@ -159,7 +160,7 @@ struct NetworkRestoreTests {
         }
     }
 
-    @Test("a fork of a template whose function connected at import gets a reset socket, and reconnects under the image's policy")
+    @Test("a fork of a template whose function connected at import gets a reset socket, and reconnects under the image's policy, or not under the daemon's narrower one")
     func forkedConnectionIsReset() async throws {
         let servers = try LoopbackServers()
         defer { servers.stop() }
@@ -181,5 +182,15 @@ struct NetworkRestoreTests {
             }
             #expect(String(decoding: bytes, as: UTF8.self) == #"{"reset":"ConnectionResetError","reconnect":"pong"}"#)
         }
+        // `serve --no-network net`: the daemon's policy for the function replaces the image's.
+        let narrowed = try ForkingFunctionService(store: scene.store, mount: mounted.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
+                                                  poolSize: 1, reuse: 1, networkOverrides: ["net": .none])
+        defer { narrowed.shutdown() }
+        let response = try await narrowed.invoke(FunctionRequest(function: "net", event: Array("{}".utf8), timeoutSeconds: 30))
+        guard case .result(let bytes) = response.outcome else {
+            Issue.record("expected a result, got \(response.outcome)")
+            return
+        }
+        #expect(String(decoding: bytes, as: UTF8.self) == #"{"reset":"ConnectionResetError","reconnect":"ConnectionRefusedError"}"#)
     }
 }
