@@ -354,7 +354,10 @@ final class HostSocket: SpecialFile {
         case (SOL_SOCKET, SO_DOMAIN): return integer(family)
         case (SOL_SOCKET, SO_PROTOCOL): return integer(transport)
         case (SOL_SOCKET, SO_ACCEPTCONN): return integer(0)
-        case (SOL_SOCKET, SO_ERROR) where fd < 0: return integer(resetReported ? 0 : { resetReported = true; return ECONNRESET }())
+        case (SOL_SOCKET, SO_ERROR) where fd < 0:
+            let error = resetReported ? 0 : ECONNRESET
+            resetReported = true
+            return integer(error)
         default: break
         }
         let key = SandboxSocket.Options.key(level, name)
