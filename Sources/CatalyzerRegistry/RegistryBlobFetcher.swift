@@ -14,6 +14,13 @@ public final class RegistryBlobFetcher: RemoteBlobFetcher {
     let deadline: Double
     private let client = Mutex<RegistryClient?>(nil)
 
+    /// AsyncHTTPClient requires its client shut down before it goes (a debug build traps
+    /// otherwise): catalyzerfs drops its fetchers on its main thread as it exits, never on an
+    /// event loop, so waiting here is safe.
+    deinit {
+        client.withLock { $0?.shutdownWaiting() }
+    }
+
     public init(reference: ImageReference, options: RegistryOptions, deadline: Double = 30) {
         location = "\(reference.registry)/\(reference.repository)"
         self.reference = reference

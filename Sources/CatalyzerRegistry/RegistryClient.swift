@@ -63,6 +63,11 @@ public final class RegistryClient: Sendable {
         try? await http.shutdown()
     }
 
+    /// `shutdown` for synchronous owners, waiting for it; never call it on an event loop thread.
+    public func shutdownWaiting() {
+        try? http.syncShutdown()
+    }
+
     // MARK: Requests
 
     /// A response whose body has been read (small responses: manifests, errors, tokens).
