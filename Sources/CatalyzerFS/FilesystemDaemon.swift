@@ -76,6 +76,9 @@ public enum FilesystemDaemon {
             fuse_session_unmount(session)
             return ExitStatus.mountFailure
         }
+        // Detached, standard error is /dev/null: send it to the log file, so that what the
+        // runtime prints as it stops the process (a failed precondition) is not lost.
+        if !options.foreground, let fd = filesystem.log.fileDescriptor { dup2(fd, STDERR_FILENO) }
         filesystem.log.write("serving \(store) at \(mountpoint): cache_size=\(ByteCount.format(options.cacheSize)), readahead=\(ByteCount.format(filesystem.readahead)), prefetch=\(options.prefetch ? "on" : "off")")
         if let problem = filesystem.catalog.store.privacyProblem { filesystem.log.write("warning: \(problem)") }
         let status = catalyzerfs_session_loop_mt(session, idleThreads)

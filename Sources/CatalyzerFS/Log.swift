@@ -28,6 +28,12 @@ public struct Log: Sendable {
         return Log(destination: .descriptor(fd))
     }
 
+    /// The fd lines go to, unless they go to the system log.
+    var fileDescriptor: Int32? {
+        if case .descriptor(let fd) = destination { return fd }
+        return nil
+    }
+
     /// Writes one line: `catalyzerfs[PID] TIME: message`.
     public func write(_ message: String) {
         switch destination {

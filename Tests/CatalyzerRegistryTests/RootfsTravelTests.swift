@@ -141,5 +141,17 @@ struct LazyPullTests {
         try registry.start()
         let up = try nodeC.catalyzer(["invoke", "hello"], stdin: request)
         #expect(up.status == 0 && up.stdout == onA.stdout, "\(up)")
+
+        // The daemons that fetched from the registry exit cleanly when unmounted (their HTTP
+        // clients shut down first: a debug build used to trap on it as the daemon exited).
+        for node in [nodeB, nodeC] {
+            node.unmount()
+            let logs = (try? FileManager.default.contentsOfDirectory(atPath: node.run + "/mounts").filter { $0.hasSuffix(".log") }) ?? []
+            #expect(!logs.isEmpty, "no catalyzerfs log under \(node.run)/mounts")
+            for name in logs {
+                let text = (try? String(contentsOfFile: node.run + "/mounts/" + name, encoding: .utf8)) ?? ""
+                #expect(!text.contains("Fatal error") && !text.contains("Assertion failed"), "\(text)")
+            }
+        }
     }
 }
