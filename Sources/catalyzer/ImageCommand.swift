@@ -113,16 +113,39 @@ struct ImageCommand: ParsableCommand {
             var manifest: OCIManifest
             var config: ImageConfig
             var locality: ImageLocality
+            /// The network policy recorded in the image's state (`checkpoint --net-allow`, `--dns`).
+            var network: NetworkRecord?
+        }
+
+        struct NetworkRecord: Encodable {
+            var allow: [String]
+            var dns: String?
+        }
+
+        /// The policy recorded in the image's state; nil for a plain memory image or a state that
+        /// does not read (`image verify` says why).
+        static func network(of image: Image, named name: String, in store: ImageStore) -> NetworkRecord? {
+            let descriptor = image.config.state
+            guard descriptor.size > 0,
+                  let bytes = try? store.readVerifiedBlob(descriptor.digest, size: descriptor.size, image: name, role: "state"),
+                  let state = try? CheckpointState(decoding: bytes, image: name) else { return nil }
+            return NetworkRecord(allow: state.networkRules, dns: state.networkResolver)
         }
 
         func run() throws {
             try Output.run {
                 let image = try storeOptions.imageStore.open(name)
                 let config = image.config
+                let network = Self.network(of: image, named: name, in: storeOptions.imageStore)
                 if json {
                     return Output.json(Details(name: name, manifestDigest: image.manifestDescriptor.digest,
-                                               manifest: image.manifest, config: config, locality: storeOptions.imageStore.locality(of: image)))
+                                               manifest: image.manifest, config: config, locality: storeOptions.imageStore.locality(of: image),
+                                               network: network))
                 }
+                let networkText = network.map { record in
+                    record.allow.isEmpty && record.dns == nil ? "none beyond its sandbox"
+                        : "allow " + (record.allow.isEmpty ? "nothing" : record.allow.joined(separator: ", ")) + (record.dns.map { "; dns \($0)" } ?? "")
+                } ?? "-"
                 let codecs = Dictionary(grouping: config.chunks, by: \.codec)
                     .map { "\($0.key): \($0.value.count)" }.sorted().joined(separator: ", ")
                 let unique = Set(config.chunks.map(\.digest)).count
@@ -139,6 +162,7 @@ struct ImageCommand: ParsableCommand {
                     stored          \(ByteCount.format(config.storedChunkBytes)) (\(String(format: "%.2f", ratio))x)
                     state           \(ByteCount.format(config.state.size)) \(config.state.digest)
                     working set     \(config.workingSet.map { "\($0.count) chunks" } ?? "none recorded")
+                    network         \(networkText)
                     local           \(Self.describeLocality(storeOptions.imageStore.locality(of: image)))
                     rootfs          \(config.rootfs.map { "\($0.layers.count) layer\($0.layers.count == 1 ? "" : "s"), \(ByteCount.format($0.layers.reduce(0) { $0 + $1.size })) (\($0.layers.map(\.digest.short).joined(separator: ", "))) from \($0.path)" } ?? "not carried (restores only where its rootfs directory is)")
                     """ + (config.annotations ?? [:]).sorted { $0.key < $1.key }.enumerated().map { index, entry in

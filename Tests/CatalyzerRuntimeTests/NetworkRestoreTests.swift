@@ -76,6 +76,8 @@ struct NetworkRestoreTests {
             """, "\(cold)")
 
         try scene.checkpoint("net", rootfs: rootfs, options: ["--net-allow", rule], Self.function(port: servers.tcpEchoPort))
+        let inspected = try scene.catalyzer(["image", "inspect", "net"])
+        #expect(inspected.stdout.contains("network         allow \(rule)\n"), "\(inspected)")
         let restored = try scene.invoke("net", stdin: Self.requests)
         #expect(restored.status == 0, "\(restored)")
         #expect(restored.stdout == """
