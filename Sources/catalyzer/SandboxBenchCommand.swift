@@ -1,5 +1,6 @@
 import ArgumentParser
 import CatalyzerBench
+import CatalyzerBenchmarks
 import CatalyzerKernel
 import Foundation
 
@@ -7,8 +8,8 @@ import Foundation
 struct SandboxBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sandbox",
-        abstract: "Syscall round trip, first touch per page, start-to-exit of a static program, thread create+join, futex and pipe ping-pong, in the sandbox and on the host.",
-        discussion: "Without --rootfs, start-to-exit runs `busybox echo hello` from a temporary rootfs holding Debian's busybox-static. Needs /dev/kvm.")
+        abstract: "Syscall round trip, first touch per page, start-to-exit of a static program, thread create+join, futex and pipe ping-pong, TCP round trips (guest loopback, host echo server), in the sandbox and on the host.",
+        discussion: "Without --rootfs, start-to-exit runs `busybox echo hello` from a temporary rootfs holding Debian's busybox-static. The task and TCP rows build C programs with gcc -static into the rootfs; the host echo server listens on an ephemeral port of 127.0.0.1, which the sandbox is allowed to reach. Needs /dev/kvm.")
 
     @Option(help: "A rootfs holding the static program for start-to-exit.") var rootfs: String?
     @Option(help: "The static program, a path inside the rootfs, and its arguments (space-separated).")
@@ -68,9 +69,12 @@ struct SandboxBench: ParsableCommand {
                                 ratio: sandbox.sandboxMedianMicros / max(runsc.median, 1e-9)))
             }
             Output.err("bench: thread create+join, futex and pipe ping-pong (gcc -static)")
-            for row in try TaskBenchmark.run(rootfs: root, iterations: max(20, runs * 7)) {
-                let sandbox = Samples(row.sandbox.map { $0 / 1000 }), host = Samples(row.host.map { $0 / 1000 })
-                rows.append(Row(name: row.name, sandboxMedianMicros: sandbox.median, sandboxP99Micros: sandbox.p99,
+            let tasks = try TaskBenchmark.run(rootfs: root, iterations: max(20, runs * 7)).map { ($0.name, $0.sandbox, $0.host) }
+            Output.err("bench: tcp round trips over the guest loopback and to a host echo server (gcc -static)")
+            let network = try NetworkBenchmark.run(rootfs: root, iterations: max(200, runs * 50)).map { ($0.name, $0.sandbox, $0.host) }
+            for (name, sandboxSamples, hostSamples) in tasks + network {
+                let sandbox = Samples(sandboxSamples.map { $0 / 1000 }), host = Samples(hostSamples.map { $0 / 1000 })
+                rows.append(Row(name: name, sandboxMedianMicros: sandbox.median, sandboxP99Micros: sandbox.p99,
                                 baseline: "host, same program", baselineMedianMicros: host.median, baselineP99Micros: host.p99,
                                 ratio: sandbox.median / max(host.median, 1e-9)))
             }
