@@ -462,7 +462,6 @@ final class SandboxSocket: SpecialFile {
         guard !nonblocking else { throw Errno.EAGAIN }
         try task.block(Wait.socket(task, queues: [peer.changed, changed], timeout: options.timeout(SO_SNDTIMEO),
                                    reason: "write to a socket"))
-        return nil  // not reached: block throws
     }
 
     /// IPV6_UNICAST_HOPS (64 unless set) and IPV6_TCLASS (0 unless set) of this socket.
