@@ -1,8 +1,6 @@
 import ArgumentParser
-import AsyncHTTPClient
 import CatalyzerServe
 import Logging
-import NIOCore
 import CatalyzerBench
 import CatalyzerBenchmarks
 import CatalyzerRuntime
@@ -93,14 +91,11 @@ struct ServeBench: AsyncParsableCommand {
         }
         var iterator = ports.makeAsyncIterator()
         guard let port = await iterator.next() else { throw RuntimeError("bench serve: the HTTP front end did not start") }
+        let client = LoopbackHTTPClient(port: port)
         return { function, event in
-            var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/2015-03-31/functions/\(function)/invocations")
-            request.method = .POST
-            request.body = .bytes(ByteBuffer(string: event))
-            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
-            let body = try await response.body.collect(upTo: 8 << 20)
-            guard response.status == .ok, response.headers["X-Amz-Function-Error"].isEmpty else {
-                throw RuntimeError("bench serve: HTTP invoke answered \(response.status): \(String(buffer: body))")
+            let response = try await client.post("/2015-03-31/functions/\(function)/invocations", body: Array(event.utf8))
+            guard response.status == 200, response.headers["x-amz-function-error"] == nil else {
+                throw RuntimeError("bench serve: HTTP invoke answered \(response.status): \(String(decoding: response.body, as: UTF8.self))")
             }
         }
     }
