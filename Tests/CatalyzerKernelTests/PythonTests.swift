@@ -175,6 +175,46 @@ struct PythonTests {
         return (result, try RunnerResponse.parse(result.stdout))
     }
 
+    @Test("the runner calls a MODULE.FUNCTION handler of a code directory as Lambda does: handler(event, context), prints and logging to the log, never the response")
+    func lambdaHandlerContract() throws {
+        let program = """
+            import os, runpy, sys
+            os.makedirs("/tmp/code/pkg")
+            open("/tmp/code/pkg/__init__.py", "w").close()
+            with open("/tmp/code/pkg/app.py", "w") as f:
+                f.write('''
+            import logging
+            logging.basicConfig(level=logging.INFO)
+            def handler(event, context):
+                print("printed by the handler")
+                logging.info("logged by the handler")
+                if event.get("raise"):
+                    raise KeyError(event["raise"])
+                return {"function": context.function_name, "version": context.function_version,
+                        "arn": context.invoked_function_arn, "memory": context.memory_limit_in_mb,
+                        "log group": context.log_group_name, "remaining": 0 < context.get_remaining_time_in_millis() <= 5000,
+                        "ids": len(context.aws_request_id), "event": event}
+            ''')
+            sys.argv = ["runner.py", "/tmp/code", "pkg.app.handler"]
+            runpy.run_path("/opt/catalyzer/runner.py", run_name="__main__")
+            """
+        let result = try Self.sandbox(["/usr/bin/python3", "-c", program],
+                                      options: ["--env", "CATALYZER_FUNCTION_NAME=thumbnail", "--env", "CATALYZER_TIMEOUT_MS=5000"],
+                                      stdin: RunnerResponse.input([#"{"n": 1}"#, #"{"raise": "missing"}"#]))
+        #expect(result.status == 0, "\(result)")
+        let responses = try RunnerResponse.parse(result.stdout)
+        try #require(responses.count == 2, "\(result)")
+        #expect(responses[0].result == ["function": .string("thumbnail"), "version": .string("$LATEST"),
+                                        "arn": .string("arn:aws:lambda:local:000000000000:function:thumbnail"),
+                                        "memory": .number(512), "log group": .string("/aws/lambda/thumbnail"),
+                                        "remaining": .bool(true), "ids": .number(36), "event": .object(["n": .number(1)])],
+                "\(result)")
+        #expect(!responses[1].ok && responses[1].error?.type == "KeyError", "\(result)")
+        #expect(result.stderr.components(separatedBy: "printed by the handler").count == 3, "\(result)")
+        #expect(result.stderr.contains("INFO:root:logged by the handler"), "\(result)")
+        #expect(!result.stdout.contains("printed") && !result.stdout.contains("logged"), "\(result)")
+    }
+
     @Test("the runner answers 100 hello requests, every tenth of which raises in the handler")
     func helloRunner() throws {
         let requests = (0..<100).map { $0 % 10 == 9 ? #"{"raise": "request \#($0)"}"# : #"{"name": "user\#($0)"}"# }
