@@ -21,6 +21,10 @@ public struct CheckpointRequest: Sendable {
     /// Pack the rootfs into an OCI layer that travels with the image (so it restores on nodes
     /// that never had the rootfs). Off only for development with a rootfs that is always local.
     public var packRootfs = true
+    /// Layers already stored that make up the rootfs (a function built from runtime,
+    /// dependencies and code layers, `FunctionBuilder`); the image carries these instead of one
+    /// packed from the rootfs directory.
+    public var rootfsLayers: [Descriptor]?
     /// Where the function may connect beyond its sandbox, while it initializes and in every
     /// instance restored from the image (recorded in its state).
     public var network = NetworkPolicy.none
@@ -104,8 +108,9 @@ public enum Checkpointer {
         ]) { old, _ in old }
         // The rootfs as it is now, which the fingerprint just recorded; unchanged trees are not
         // packed again (see `storeRootfsLayer`).
-        let layer = request.packRootfs ? try store.storeRootfsLayer(from: snapshot.rootfs.path) : nil
+        let layer = request.packRootfs && request.rootfsLayers == nil ? try store.storeRootfsLayer(from: snapshot.rootfs.path) : nil
         if let layer { options.rootfs = RootfsConfig(path: snapshot.rootfs.path, layers: [layer.descriptor]) }
+        if let layers = request.rootfsLayers { options.rootfs = RootfsConfig(path: snapshot.rootfs.path, layers: layers) }
         let image = try store.createImage(named: request.name, from: kernel.guestMemory.fd, sourceName: "guest memory of \(request.programPath)",
                                           options: options)
         return CheckpointReport(image: image, initializationSeconds: initialization, syscalls: kernel.syscallCount,

@@ -8,6 +8,6 @@ struct Catalyzer: AsyncParsableCommand {
         abstract: "Serverless sandboxes that start from checkpoint images.",
         version: CatalyzerVersion.current,
         subcommands: [ImageCommand.self, BenchCommand.self, Run.self, CheckpointCommand.self, InvokeCommand.self, MountCommand.self,
-                      PushCommand.self, PullCommand.self, ServeCommand.self]
+                      PushCommand.self, PullCommand.self, ServeCommand.self, FunctionCommand.self]
     )
 }

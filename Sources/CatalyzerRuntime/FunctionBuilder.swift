@@ -1,0 +1,268 @@
+import CatalyzerImage
+import CatalyzerKernel
+import Foundation
+import Glibc
+
+/// What `catalyzer function create` asks for: a directory of code, a handler named as AWS Lambda
+/// names it, optional requirements, and the runtime rootfs they run on.
+public struct FunctionCreateRequest: Sendable {
+    public var name: String
+    public var codeDirectory: String
+    /// `MODULE.FUNCTION`, imported from the code directory.
+    public var handler = "app.handler"
+    /// A pip requirements file, installed from wheels for the guest's CPython 3.11 on x86-64.
+    public var requirements: String?
+    /// The runtime layer: a rootfs made by `Scripts/build-rootfs.sh` (python3.11 and the runner).
+    public var runtimeRootfs: String
+    public var memorySize = 256 << 20
+    /// The function's timeout, which its context reports (`get_remaining_time_in_millis`).
+    public var timeoutSeconds: Double = 30
+    /// How long importing the handler may take.
+    public var initializationTimeoutSeconds: Double = 120
+    public var environment: [String] = []
+    public var network = NetworkPolicy.none
+    public var limits = SandboxLimits()
+    public var image = ImageCreateOptions()
+
+    public init(name: String, codeDirectory: String, runtimeRootfs: String) {
+        self.name = name
+        self.codeDirectory = codeDirectory
+        self.runtimeRootfs = runtimeRootfs
+    }
+}
+
+public struct FunctionCreateReport: Sendable, Codable {
+    public struct Layer: Sendable, Codable {
+        /// runtime, dependencies or code.
+        public var role: String
+        public var digest: Digest
+        public var size: Int64
+        /// The layer was already in the store, unchanged: nothing was rebuilt.
+        public var reused: Bool
+    }
+
+    public var name: String
+    public var handler: String
+    public var layers: [Layer]
+    public var checkpoint: CheckpointReport
+}
+
+/// Why a function could not be created. Nothing is published when creation fails.
+public enum FunctionBuildError: Error, CustomStringConvertible {
+    case badName(String)
+    case badHandler(String)
+    case runtimeMissing(path: String, missing: String)
+    case codeUnreadable(path: String, reason: String)
+    case symlinkOutside(path: String, target: String)
+    case specialFile(path: String)
+    case codeTooLarge(bytes: Int64, limit: Int64)
+    case requirementsFailed(file: String, pipOutput: String)
+    case toolFailed(tool: String, output: String)
+    case initializationFailed(String)
+
+    public var description: String {
+        switch self {
+        case .badName(let name):
+            "function name '\(name)' is not valid: use letters, digits, '.', '_' and '-'"
+        case .badHandler(let handler):
+            "--handler \(handler) is not MODULE.FUNCTION (Lambda's form, e.g. app.handler or pkg.module.handler)"
+        case .runtimeMissing(let path, let missing):
+            "the runtime rootfs \(path) has no \(missing): build it with Scripts/build-rootfs.sh DIR and pass --runtime-rootfs DIR"
+        case .codeUnreadable(let path, let reason):
+            "the code directory \(path) cannot be read: \(reason)"
+        case .symlinkOutside(let path, let target):
+            "the code directory's symlink \(path) points outside it (to \(target)); a function ships only its own files"
+        case .specialFile(let path):
+            "the code directory holds \(path), which is not a regular file, directory or symlink"
+        case .codeTooLarge(let bytes, let limit):
+            "the code directory holds \(bytes) bytes, over the limit of \(limit) (Lambda's 250 MB unzipped); move data to where the function fetches it"
+        case .requirementsFailed(let file, let output):
+            "installing \(file) for the guest (CPython 3.11, x86-64 manylinux wheels only) failed; pip said:\n\(output)"
+        case .toolFailed(let tool, let output):
+            "\(tool) failed:\n\(output)"
+        case .initializationFailed(let message):
+            "the function did not initialize: \(message)"
+        }
+    }
+}
+
+/// Builds a function's image from three content-addressed rootfs layers — the runtime (python3.11
+/// and the runner), the dependencies (pip wheels for the guest, precompiled) and the code (the
+/// directory as /var/task, precompiled) — then checkpoints it at its ready point, where its handler
+/// is imported and the runner waits for the first request.
+///
+/// Layers are shared by digest. The dependencies of one requirements file are installed once per
+/// store (`functions/dependencies/KEY`) and packed once, so functions with the same requirements
+/// share that layer on disk and, unpacked, in the page cache; changing only the code rebuilds
+/// only the code layer.
+public enum FunctionBuilder {
+    /// The most code a function may ship, as Lambda's unzipped deployment package limit.
+    public static let codeLimit: Int64 = 250_000_000
+    /// Where pip-installed packages go in the guest: Debian's python looks there.
+    static let sitePackages = "/usr/local/lib/python3.11/dist-packages"
+    static let codePath = "/var/task"
+    /// The host's CPython 3.11, whose pip installs wheels for the guest.
+    static let hostPython = "/usr/bin/python3.11"
+
+    public static func create(_ request: FunctionCreateRequest, store: ImageStore) throws -> FunctionCreateReport {
+        guard ImageStore.isValidName(request.name) else { throw FunctionBuildError.badName(request.name) }
+        guard isHandlerName(request.handler) else { throw FunctionBuildError.badHandler(request.handler) }
+        for required in ["/usr/bin/python3", "/opt/catalyzer/runner.py"] where access(request.runtimeRootfs + required, R_OK) != 0 {
+            throw FunctionBuildError.runtimeMissing(path: request.runtimeRootfs, missing: required)
+        }
+        try checkCode(request.codeDirectory)
+
+        let work = store.root + "/functions"
+        try FileManager.default.createDirectory(atPath: work + "/dependencies", withIntermediateDirectories: true)
+        let runtime = try store.storeRootfsLayer(from: request.runtimeRootfs)
+        var layers = [FunctionCreateReport.Layer(role: "runtime", digest: runtime.descriptor.digest, size: runtime.descriptor.size,
+                                                 reused: runtime.reused)]
+        var descriptors = [runtime.descriptor]
+        if let requirements = request.requirements {
+            let directory = try dependencies(requirements, work: work + "/dependencies")
+            let layer = try store.storeRootfsLayer(from: directory)
+            layers.append(.init(role: "dependencies", digest: layer.descriptor.digest, size: layer.descriptor.size, reused: layer.reused))
+            descriptors.append(layer.descriptor)
+        }
+        let codeStage = work + "/code-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: codeStage) }
+        try stageCode(request.codeDirectory, into: codeStage)
+        let code = try store.storeRootfsLayer(from: codeStage)
+        layers.append(.init(role: "code", digest: code.descriptor.digest, size: code.descriptor.size, reused: code.reused))
+        descriptors.append(code.descriptor)
+
+        // The rootfs the function runs on: the layers unpacked in order, once per chain of digests.
+        let rootfs = try store.materializeRootfs(descriptors, image: request.name).path
+        let timeoutMilliseconds = Int(request.timeoutSeconds * 1000)
+        var environment = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                           "CATALYZER_FUNCTION_NAME=\(request.name)", "CATALYZER_TIMEOUT_MS=\(timeoutMilliseconds)"]
+        environment += request.environment
+        var checkpoint = CheckpointRequest(name: request.name, rootfs: rootfs, memorySize: request.memorySize,
+                                           programPath: "/usr/bin/python3",
+                                           arguments: ["/usr/bin/python3", "/opt/catalyzer/runner.py", codePath, request.handler],
+                                           environment: environment, timeoutSeconds: request.initializationTimeoutSeconds,
+                                           image: request.image)
+        checkpoint.rootfsLayers = descriptors
+        checkpoint.network = request.network
+        checkpoint.limits = request.limits
+        checkpoint.image.annotations = (checkpoint.image.annotations ?? [:]).merging([
+            "dev.catalyzer.function.handler": request.handler,
+            "dev.catalyzer.function.timeout-ms": String(timeoutMilliseconds),
+        ]) { _, new in new }
+        let report: CheckpointReport
+        do {
+            report = try Checkpointer.checkpoint(checkpoint, store: store)
+        } catch let error as RuntimeError {
+            throw FunctionBuildError.initializationFailed(error.description)
+        }
+        return FunctionCreateReport(name: request.name, handler: request.handler, layers: layers, checkpoint: report)
+    }
+
+    static func isHandlerName(_ handler: String) -> Bool {
+        let parts = handler.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count >= 2 && parts.allSatisfy { part in
+            guard let first = part.unicodeScalars.first, first == "_" || CharacterSet.letters.contains(first) else { return false }
+            return part.unicodeScalars.allSatisfy { $0 == "_" || CharacterSet.alphanumerics.contains($0) }
+        }
+    }
+
+    /// Walks the code directory: every symlink stays inside it, nothing but files, directories
+    /// and symlinks, and no more than `codeLimit` bytes.
+    static func checkCode(_ directory: String) throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw FunctionBuildError.codeUnreadable(path: directory, reason: "it is not a directory")
+        }
+        let root = URL(fileURLWithPath: directory).standardizedFileURL.path
+        var total: Int64 = 0
+        guard let enumerator = FileManager.default.enumerator(atPath: root) else {
+            throw FunctionBuildError.codeUnreadable(path: directory, reason: "it cannot be listed")
+        }
+        while let relative = enumerator.nextObject() as? String {
+            let path = root + "/" + relative
+            var info = stat()
+            guard lstat(path, &info) == 0 else {
+                throw FunctionBuildError.codeUnreadable(path: path, reason: String(cString: strerror(errno)))
+            }
+            switch info.st_mode & S_IFMT {
+            case S_IFREG:
+                total += Int64(info.st_size)
+                if total > codeLimit { throw FunctionBuildError.codeTooLarge(bytes: total, limit: codeLimit) }
+            case S_IFDIR:
+                break
+            case S_IFLNK:
+                let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? ""
+                // Relative, and inside the directory once resolved lexically: the guest sees the
+                // code at /var/task, where an absolute target would mean something else.
+                let resolved = URL(fileURLWithPath: target, relativeTo: URL(fileURLWithPath: path).deletingLastPathComponent())
+                    .standardizedFileURL.path
+                guard !target.hasPrefix("/"), resolved == root || resolved.hasPrefix(root + "/") else {
+                    throw FunctionBuildError.symlinkOutside(path: path, target: target)
+                }
+            default:
+                throw FunctionBuildError.specialFile(path: path)
+            }
+        }
+    }
+
+    /// The dependencies of `requirements` as a rootfs tree (`usr/local/lib/python3.11/...`),
+    /// installed once per store and requirements: pip for the guest's platform, wheels only
+    /// (building from source on the host would not match the guest), then precompiled.
+    static func dependencies(_ requirements: String, work: String) throws -> String {
+        let contents: Data
+        do { contents = try Data(contentsOf: URL(fileURLWithPath: requirements)) } catch {
+            throw FunctionBuildError.codeUnreadable(path: requirements, reason: "\(error.localizedDescription)")
+        }
+        let key = Digest(of: Array("cp311 manylinux2014_x86_64\n".utf8) + Array(contents)).hex
+        let directory = work + "/" + key.prefix(32)
+        if FileManager.default.fileExists(atPath: directory + sitePackages) { return directory }
+        let stage = directory + ".building-\(getpid())"
+        try? FileManager.default.removeItem(atPath: stage)
+        defer { try? FileManager.default.removeItem(atPath: stage) }
+        try FileManager.default.createDirectory(atPath: stage + sitePackages, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        let pip = try run(hostPython, ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore",
+                                       "--no-compile", "--only-binary=:all:", "--platform", "manylinux2014_x86_64",
+                                       "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+                                       "--target", stage + sitePackages, "-r", requirements])
+        guard pip.status == 0 else { throw FunctionBuildError.requirementsFailed(file: requirements, pipOutput: pip.output) }
+        try? FileManager.default.removeItem(atPath: stage + sitePackages + "/bin")  // console scripts point at the host's python
+        try precompile(stage + sitePackages, root: stage)
+        guard rename(stage, directory) == 0 else {
+            if FileManager.default.fileExists(atPath: directory + sitePackages) { return directory }  // another create won
+            throw FunctionBuildError.toolFailed(tool: "rename", output: "\(stage) to \(directory): \(String(cString: strerror(errno)))")
+        }
+        return directory
+    }
+
+    /// The code as a rootfs tree: `var/task/...`, precompiled.
+    static func stageCode(_ directory: String, into stage: String) throws {
+        try FileManager.default.createDirectory(atPath: stage + codePath, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        let copied = try run("/bin/cp", ["-a", "--no-preserve=ownership", directory + "/.", stage + codePath])
+        guard copied.status == 0 else { throw FunctionBuildError.toolFailed(tool: "cp", output: copied.output) }
+        try precompile(stage + codePath, root: stage)
+    }
+
+    /// Bytecode with the paths the guest sees (the rootfs is read-only in the sandbox, so python
+    /// could not write it there).
+    static func precompile(_ directory: String, root: String) throws {
+        let compiled = try run(hostPython, ["-m", "compileall", "-q", "-j", "0", "-s", root, "-p", "/", directory])
+        guard compiled.status == 0 else { throw FunctionBuildError.toolFailed(tool: "compileall", output: compiled.output) }
+    }
+
+    /// Runs a host tool to completion; its stdout and stderr together (the last 8 KiB).
+    static func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data.suffix(8 << 10), as: UTF8.self))
+    }
+}

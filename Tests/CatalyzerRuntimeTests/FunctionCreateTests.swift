@@ -1,0 +1,121 @@
+import CatalyzerImage
+import CatalyzerRuntime
+import CatalyzerTestSupport
+import Foundation
+import Testing
+
+/// `catalyzer function create`: a code directory and a requirements file (wheels from PyPI) built
+/// into runtime, dependencies and code layers, checkpointed with the handler imported, and run
+/// restored and forked with the same answers as on the host.
+@Suite("function create", .serialized)
+struct FunctionCreateTests {
+    static let yamlFunction = """
+        import json, yaml
+        def handler(event, context):
+            document = yaml.safe_load(event["yaml"])
+            return {"json": json.dumps(document, sort_keys=True), "function": context.function_name,
+                    "yaml version": yaml.__version__}
+        """
+
+    /// Writes a code directory with `app.py` and a requirements file.
+    static func codeDirectory(_ parent: TemporaryDirectory, _ name: String, app: String, requirements: String? = nil) throws -> String {
+        let directory = parent.file(name)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try app.write(toFile: directory + "/app.py", atomically: true, encoding: .utf8)
+        if let requirements { try requirements.write(toFile: directory + "/requirements.txt", atomically: true, encoding: .utf8) }
+        return directory
+    }
+
+    static func create(_ scene: RestoreScene, _ name: String, code: String, options: [String] = []) throws -> CommandResult {
+        try scene.catalyzer(["function", "create", name, "--code", code, "--runtime-rootfs", try PythonRootfs.path(), "--json"] + options)
+    }
+
+    static func layers(_ result: CommandResult) throws -> [String: (digest: String, reused: Bool)] {
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result)")
+        let layers = try #require(report["layers"] as? [[String: Any]])
+        return Dictionary(uniqueKeysWithValues: layers.map { ($0["role"] as! String, ($0["digest"] as! String, $0["reused"] as! Bool)) })
+    }
+
+    @Test("a function with PyYAML from PyPI: restored, forked and on the host it answers the same; a second function shares the dependencies layer, a code change rebuilds only the code layer")
+    func createInvokeAndShare() async throws {
+        let scene = try RestoreScene("function-create")
+        defer { scene.close() }
+        let code = try Self.codeDirectory(scene.directory, "yaml2json", app: Self.yamlFunction, requirements: "PyYAML==6.0.2\n")
+        let created = try Self.create(scene, "yaml2json", code: code, options: ["--requirements", code + "/requirements.txt"])
+        try #require(created.status == 0, "\(created)")
+        let first = try Self.layers(created)
+        #expect(Set(first.keys) == ["runtime", "dependencies", "code"], "\(created)")
+
+        let event = #"{"yaml": "b: [1, 2]\na: {c: true}"}"#
+        let restored = try scene.invoke("yaml2json", input: event)
+        #expect(restored.status == 0, "\(restored)")
+        let expected = #"{"ok":true,"result":{"json":"{\"a\": {\"c\": true}, \"b\": [1, 2]}","function":"yaml2json","yaml version":"6.0.2"}}"# + "\n"
+        #expect(restored.stdout == expected, "\(restored)")
+
+        // The host: the same rootfs (the layers unpacked), the same runner and handler, under chroot.
+        let image = try scene.store.open("yaml2json")
+        let rootfs = scene.store.rootfsPath(for: try #require(image.config.rootfs?.layers))
+        let host = try Command.run("/usr/bin/env", ["-i", "PATH=/usr/bin:/bin", "CATALYZER_FUNCTION_NAME=yaml2json", "/usr/sbin/chroot", rootfs,
+                                                    "/usr/bin/python3", "/opt/catalyzer/runner.py", "/var/task", "app.handler"],
+                                   stdin: Data((event + "\n").utf8))
+        #expect(host.stdout == expected, "\(host)")
+
+        let mounted = try scene.catalyzer(["mount", "--store", scene.store.root])
+        try #require(mounted.status == 0, "\(mounted)")
+        defer { _ = try? scene.catalyzer(["mount", "--unmount"]) }
+        let service = try ForkingFunctionService(store: scene.store, mount: mounted.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
+                                                 poolSize: 1)
+        defer { service.shutdown() }
+        let forked = try await service.invoke(FunctionRequest(function: "yaml2json", event: Array(event.utf8), timeoutSeconds: 30))
+        guard case .result(let bytes) = forked.outcome else {
+            Issue.record("expected a result, got \(forked.outcome)")
+            return
+        }
+        #expect("{\"ok\":true,\"result\":" + String(decoding: bytes, as: UTF8.self) + "}\n" == expected)
+
+        // Another function with the same requirements shares the runtime and dependencies layers.
+        let other = try Self.codeDirectory(scene.directory, "other", app: "import yaml\ndef handler(event):\n    return yaml.safe_dump(event)\n")
+        let second = try Self.layers(try Self.create(scene, "other", code: other, options: ["--requirements", code + "/requirements.txt"]))
+        #expect(second["dependencies"]?.digest == first["dependencies"]?.digest && second["dependencies"]?.reused == true)
+        #expect(second["runtime"]?.reused == true && second["code"]?.digest != first["code"]?.digest)
+        #expect(try scene.invoke("other", input: #"{"k": 1}"#).stdout == #"{"ok":true,"result":"k: 1\n"}"# + "\n")
+
+        // A change of the code alone rebuilds the code layer alone.
+        try (Self.yamlFunction + "\n# changed\n").write(toFile: code + "/app.py", atomically: true, encoding: .utf8)
+        let third = try Self.layers(try Self.create(scene, "yaml2json", code: code, options: ["--requirements", code + "/requirements.txt"]))
+        #expect(third["runtime"]?.reused == true && third["dependencies"]?.reused == true && third["code"]?.reused == false)
+        #expect(third["code"]?.digest != first["code"]?.digest)
+    }
+
+    @Test("bad input fails at create with a clear error and publishes nothing: a requirement with no wheel, a module that does not import, a handler that does not resolve, a symlink out of the code, code over the size limit")
+    func badInputFailsAtCreate() throws {
+        let scene = try RestoreScene("function-bad")
+        defer { scene.close() }
+        let good = "def handler(event, context):\n    return 1\n"
+        var cases: [(name: String, code: String, options: [String], message: String)] = []
+
+        let missing = try Self.codeDirectory(scene.directory, "missing", app: good, requirements: "catalyzer-no-such-package-x==1.0\n")
+        cases.append(("missing", missing, ["--requirements", missing + "/requirements.txt"],
+                      "No matching distribution found for catalyzer-no-such-package-x==1.0"))
+        let broken = try Self.codeDirectory(scene.directory, "broken", app: "import not_installed_anywhere\ndef handler(e, c): pass\n")
+        cases.append(("broken", broken, [], "ModuleNotFoundError: No module named 'not_installed_anywhere'"))
+        let unresolved = try Self.codeDirectory(scene.directory, "unresolved", app: good)
+        cases.append(("unresolved", unresolved, ["--handler", "app.nothing"], "defines no nothing(event, context) function"))
+        cases.append(("badhandler", unresolved, ["--handler", "app"], "is not MODULE.FUNCTION"))
+        let leaking = try Self.codeDirectory(scene.directory, "leaking", app: good)
+        try FileManager.default.createSymbolicLink(atPath: leaking + "/passwd", withDestinationPath: "../../../../../../etc/passwd")
+        cases.append(("leaking", leaking, [], "points outside it"))
+        let large = try Self.codeDirectory(scene.directory, "large", app: good)
+        FileManager.default.createFile(atPath: large + "/data.bin", contents: nil)
+        #expect(truncate(large + "/data.bin", 251_000_000) == 0)  // sparse: no disk used
+        cases.append(("large", large, [], "over the limit of 250000000"))
+
+        for test in cases {
+            let result = try Self.create(scene, test.name, code: test.code, options: test.options)
+            #expect(result.status != 0, "\(test.name): \(result)")
+            #expect(result.stderr.contains(test.message), "\(test.name): \(result)")
+        }
+        let listed = try scene.catalyzer(["image", "ls"])
+        for test in cases { #expect(!listed.stdout.contains(test.name), "\(test.name) was published: \(listed)") }
+    }
+}
