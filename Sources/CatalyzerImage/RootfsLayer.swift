@@ -78,7 +78,9 @@ extension ImageStore {
         var staging: [UInt8] = []
         staging.reserveCapacity(1 << 20)
         var tar = TarWriter { bytes throws(ImageError) in
-            if staging.count + bytes.count > (1 << 20) {
+            // What is staged goes first whenever anything bypasses the staging: the stream's order
+            // is the tar's (a file's header is staged, its large contents are not).
+            if staging.count + bytes.count > (1 << 20) || bytes.count >= (1 << 19) {
                 try staging.withUnsafeBytes { raw in Result { () throws(ImageError) in try compressor.write(raw) } }.get()
                 staging.removeAll(keepingCapacity: true)
             }

@@ -119,7 +119,8 @@ public enum FunctionBuilder {
                                                  reused: runtime.reused)]
         var descriptors = [runtime.descriptor]
         if let requirements = request.requirements {
-            let directory = try dependencies(requirements, work: work + "/dependencies")
+            let directory = try dependencies(requirements, runtime: request.runtimeRootfs, runtimeLayer: runtime.descriptor.digest,
+                                             work: work + "/dependencies")
             let layer = try store.storeRootfsLayer(from: directory)
             layers.append(.init(role: "dependencies", digest: layer.descriptor.digest, size: layer.descriptor.size, reused: layer.reused))
             descriptors.append(layer.descriptor)
@@ -145,10 +146,9 @@ public enum FunctionBuilder {
         checkpoint.rootfsLayers = descriptors
         checkpoint.network = request.network
         checkpoint.limits = request.limits
-        checkpoint.image.annotations = (checkpoint.image.annotations ?? [:]).merging([
-            "dev.catalyzer.function.handler": request.handler,
-            "dev.catalyzer.function.timeout-ms": String(timeoutMilliseconds),
-        ]) { _, new in new }
+        checkpoint.image.annotations = (checkpoint.image.annotations ?? [:]).merging(
+            FunctionSettings(handler: request.handler, timeoutMilliseconds: timeoutMilliseconds, layerRoles: layers.map(\.role)).annotations
+        ) { _, new in new }
         let report: CheckpointReport
         do {
             report = try Checkpointer.checkpoint(checkpoint, store: store)
@@ -206,14 +206,16 @@ public enum FunctionBuilder {
     }
 
     /// The dependencies of `requirements` as a rootfs tree (`usr/local/lib/python3.11/...`),
-    /// installed once per store and requirements: pip for the guest's platform, wheels only
-    /// (building from source on the host would not match the guest), then precompiled.
-    static func dependencies(_ requirements: String, work: String) throws -> String {
+    /// installed once per store, runtime and requirements: pip for the guest's platform, wheels
+    /// only (building from source on the host would not match the guest), then precompiled. The
+    /// system libraries their extension modules link that the runtime lacks (libpthread for
+    /// Pillow's, say) come along, from the host whose glibc the runtime rootfs carries.
+    static func dependencies(_ requirements: String, runtime: String, runtimeLayer: Digest, work: String) throws -> String {
         let contents: Data
         do { contents = try Data(contentsOf: URL(fileURLWithPath: requirements)) } catch {
             throw FunctionBuildError.codeUnreadable(path: requirements, reason: "\(error.localizedDescription)")
         }
-        let key = Digest(of: Array("cp311 manylinux2014_x86_64\n".utf8) + Array(contents)).hex
+        let key = Digest(of: Array("cp311 manylinux2014_x86_64 \(runtimeLayer)\n".utf8) + Array(contents)).hex
         let directory = work + "/" + key.prefix(32)
         if FileManager.default.fileExists(atPath: directory + sitePackages) { return directory }
         let stage = directory + ".building-\(getpid())"
@@ -221,18 +223,50 @@ public enum FunctionBuilder {
         defer { try? FileManager.default.removeItem(atPath: stage) }
         try FileManager.default.createDirectory(atPath: stage + sitePackages, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o755])
+        // Wheels for any manylinux the runtime's glibc (the host's, which build-rootfs.sh copies) runs.
+        let platforms = manylinuxPlatforms().flatMap { ["--platform", $0] }
         let pip = try run(hostPython, ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore",
-                                       "--no-compile", "--only-binary=:all:", "--platform", "manylinux2014_x86_64",
-                                       "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+                                       "--no-compile", "--only-binary=:all:"] + platforms + [
+                                       "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
                                        "--target", stage + sitePackages, "-r", requirements])
         guard pip.status == 0 else { throw FunctionBuildError.requirementsFailed(file: requirements, pipOutput: pip.output) }
         try? FileManager.default.removeItem(atPath: stage + sitePackages + "/bin")  // console scripts point at the host's python
+        try addSystemLibraries(to: stage, runtime: runtime)
         try precompile(stage + sitePackages, root: stage)
         guard rename(stage, directory) == 0 else {
             if FileManager.default.fileExists(atPath: directory + sitePackages) { return directory }  // another create won
             throw FunctionBuildError.toolFailed(tool: "rename", output: "\(stage) to \(directory): \(String(cString: strerror(errno)))")
         }
         return directory
+    }
+
+    /// manylinux_2_N_x86_64 for every glibc 2.N from this host's down to 2.17 (manylinux2014),
+    /// newest first, plus the legacy manylinux2014 name.
+    static func manylinuxPlatforms() -> [String] {
+        var buffer = [CChar](repeating: 0, count: 64)
+        let length = confstr(Int32(_CS_GNU_LIBC_VERSION), &buffer, buffer.count)  // "glibc 2.36"
+        let text = length > 0 ? String(decoding: buffer.prefix(max(0, length - 1)).map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+        let version = (text.split(separator: " ").last ?? "").split(separator: ".").compactMap { Int($0) }
+        let minor = version.count >= 2 && version[0] == 2 ? max(17, version[1]) : 17
+        return stride(from: minor, through: 17, by: -1).map { "manylinux_2_\($0)_x86_64" } + ["manylinux2014_x86_64"]
+    }
+
+    /// Copies into `stage` (under /lib/x86_64-linux-gnu) each host library that the shared
+    /// objects in `stage` link and that neither `stage` nor the runtime rootfs has.
+    static func addSystemLibraries(to stage: String, runtime: String) throws {
+        let listed = try run("/bin/sh", ["-c", "find \"$1\" -name '*.so*' -type f -print0 | xargs -0 -r ldd 2>/dev/null | awk '/=> \\// { print $3 }' | sort -u",
+                                         "sh", stage])
+        let directory = "/lib/x86_64-linux-gnu"
+        for library in listed.output.split(separator: "\n").map(String.init) where library.hasPrefix("/") && !library.hasPrefix(stage) {
+            let name = URL(fileURLWithPath: library).lastPathComponent
+            guard !name.hasPrefix("ld-linux") else { continue }
+            let present = [directory, "/usr" + directory, "/lib64", "/usr/lib"].contains { access(runtime + $0 + "/" + name, F_OK) == 0 }
+            guard !present, access(stage + directory + "/" + name, F_OK) != 0 else { continue }
+            try FileManager.default.createDirectory(atPath: stage + directory, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o755])
+            let copied = try run("/bin/cp", ["-L", library, stage + directory + "/" + name])
+            guard copied.status == 0 else { throw FunctionBuildError.toolFailed(tool: "cp", output: copied.output) }
+        }
     }
 
     /// The code as a rootfs tree: `var/task/...`, precompiled.
@@ -264,5 +298,45 @@ public enum FunctionBuilder {
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         return (process.terminationStatus, String(decoding: data.suffix(8 << 10), as: UTF8.self))
+    }
+}
+
+/// A function's settings as its image records them (annotations of its config), read by
+/// `function ls`/`inspect`, `invoke` and `serve`. Every value read back is checked: an image is
+/// input like any other.
+public struct FunctionSettings: Sendable, Equatable {
+    static let handlerKey = "dev.catalyzer.function.handler"
+    static let timeoutKey = "dev.catalyzer.function.timeout-ms"
+    static let layersKey = "dev.catalyzer.function.layers"
+    /// The longest timeout a function may record: 15 minutes, as Lambda's.
+    static let maximumTimeoutMilliseconds = 900_000
+
+    public var handler: String?
+    public var timeoutMilliseconds: Int?
+    /// The roles of the image's rootfs layers, in order (runtime, dependencies, code).
+    public var layerRoles: [String]
+
+    public var isFunction: Bool { handler != nil }
+    public var timeoutSeconds: Double? { timeoutMilliseconds.map { Double($0) / 1000 } }
+
+    init(handler: String, timeoutMilliseconds: Int, layerRoles: [String]) {
+        self.handler = handler
+        self.timeoutMilliseconds = timeoutMilliseconds
+        self.layerRoles = layerRoles
+    }
+
+    public init(_ annotations: [String: String]) {
+        handler = annotations[Self.handlerKey].flatMap { FunctionBuilder.isHandlerName($0) ? $0 : nil }
+        timeoutMilliseconds = annotations[Self.timeoutKey].flatMap(Int.init).flatMap {
+            (1...Self.maximumTimeoutMilliseconds).contains($0) ? $0 : nil
+        }
+        layerRoles = annotations[Self.layersKey].map { $0.split(separator: ",").map(String.init) } ?? []
+    }
+
+    var annotations: [String: String] {
+        var result: [String: String] = [Self.layersKey: layerRoles.joined(separator: ",")]
+        if let handler { result[Self.handlerKey] = handler }
+        if let timeoutMilliseconds { result[Self.timeoutKey] = String(timeoutMilliseconds) }
+        return result
     }
 }

@@ -25,12 +25,18 @@ public struct FunctionDescription: Sendable, Equatable {
     public var imageDigest: String
     /// When the image was checkpointed (RFC 3339).
     public var created: String
+    /// For a function made by `function create`: its handler (`MODULE.FUNCTION`) and timeout.
+    public var handler: String?
+    public var timeoutSeconds: Double?
 
-    public init(name: String, memoryBytes: Int64, imageDigest: String, created: String) {
+    public init(name: String, memoryBytes: Int64, imageDigest: String, created: String, handler: String? = nil,
+                timeoutSeconds: Double? = nil) {
         self.name = name
         self.memoryBytes = memoryBytes
         self.imageDigest = imageDigest
         self.created = created
+        self.handler = handler
+        self.timeoutSeconds = timeoutSeconds
     }
 }
 
@@ -141,8 +147,10 @@ extension FunctionDescription {
         guard ImageStore.isValidName(name) else { throw .unknownFunction(name) }
         do {
             let image = try store.open(name)
+            let settings = FunctionSettings(image.config.annotations ?? [:])
             return FunctionDescription(name: name, memoryBytes: image.config.memorySize,
-                                       imageDigest: image.manifestDescriptor.digest.description, created: image.config.created)
+                                       imageDigest: image.manifestDescriptor.digest.description, created: image.config.created,
+                                       handler: settings.handler, timeoutSeconds: settings.timeoutSeconds)
         } catch .imageNotFound {
             throw .unknownFunction(name)
         } catch {

@@ -197,7 +197,8 @@ public struct LambdaResponder: HTTPResponder {
             }
         }
         metrics.invoked(function: function.name)
-        let request = FunctionRequest(function: function.name, event: event, timeoutSeconds: timeoutSeconds)
+        // A function made by `function create` has its own timeout; other images the daemon's.
+        let request = FunctionRequest(function: function.name, event: event, timeoutSeconds: function.timeoutSeconds ?? timeoutSeconds)
         if type == .event {
             // Lambda queues Event invocations; here it runs now, in the background, and holds its
             // slot in the gate so shutdown waits for it.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CatalyzerBench
 import CatalyzerImage
 import CatalyzerRuntime
 import Foundation
@@ -8,7 +9,133 @@ struct FunctionCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "function",
         abstract: "Build functions from code and requirements into layered images.",
-        subcommands: [Create.self])
+        subcommands: [Create.self, List.self, Inspect.self, Remove.self])
+
+    /// The store's functions: images made by `function create`, with their settings.
+    static func functions(in store: ImageStore) throws -> [(name: String, image: Image, settings: FunctionSettings)] {
+        guard store.exists else { return [] }
+        return try store.names().sorted().compactMap { name in
+            guard let image = try? store.open(name) else { return nil }
+            let settings = FunctionSettings(image.config.annotations ?? [:])
+            return settings.isFunction ? (name, image, settings) : nil
+        }
+    }
+
+    static func function(_ name: String, in store: ImageStore) throws -> (image: Image, settings: FunctionSettings) {
+        let image = try store.open(name)
+        let settings = FunctionSettings(image.config.annotations ?? [:])
+        guard settings.isFunction else {
+            throw ValidationError("'\(name)' is an image but not a function (it was not made by `catalyzer function create`); see `catalyzer image inspect \(name)`")
+        }
+        return (image, settings)
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List the store's functions.")
+        @Flag(help: "Print the list as JSON.") var json = false
+        @OptionGroup var storeOptions: StoreOptions
+
+        struct Row: Encodable {
+            var name: String
+            var handler: String
+            var memoryBytes: Int64
+            var timeoutSeconds: Double?
+            var layers: Int
+            var digest: String
+        }
+
+        func run() throws {
+            try Output.run {
+                let rows = try FunctionCommand.functions(in: storeOptions.imageStore).map { entry in
+                    Row(name: entry.name, handler: entry.settings.handler ?? "", memoryBytes: entry.image.config.memorySize,
+                        timeoutSeconds: entry.settings.timeoutSeconds, layers: entry.image.config.rootfs?.layers.count ?? 0,
+                        digest: entry.image.manifestDescriptor.digest.description)
+                }
+                if json { return Output.json(rows) }
+                var table = Table(["NAME", "HANDLER", "MEMORY", "TIMEOUT", "LAYERS", "DIGEST"])
+                for row in rows {
+                    table.add([row.name, row.handler, ByteCount.format(row.memoryBytes), row.timeoutSeconds.map { "\(Format.fixed($0, 1)) s" } ?? "-",
+                               String(row.layers), String(row.digest.dropFirst(7).prefix(12))])
+                }
+                Output.out(table.rendered)
+            }
+        }
+    }
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a function: handler, memory, timeout, layers, network policy, image digest.")
+        @Argument(help: "The function's name.") var name: String
+        @Flag(help: "Print it as JSON.") var json = false
+        @OptionGroup var storeOptions: StoreOptions
+
+        struct Details: Encodable {
+            struct Layer: Encodable {
+                var role: String
+                var digest: String
+                var size: Int64
+            }
+            var name: String
+            var handler: String
+            var memoryBytes: Int64
+            var timeoutSeconds: Double?
+            var layers: [Layer]
+            var network: ImageCommand.Inspect.NetworkRecord?
+            var digest: String
+            var created: String
+        }
+
+        func run() throws {
+            try Output.run {
+                let store = storeOptions.imageStore
+                let (image, settings) = try FunctionCommand.function(name, in: store)
+                let descriptors = image.config.rootfs?.layers ?? []
+                let layers = descriptors.enumerated().map { index, layer in
+                    Details.Layer(role: index < settings.layerRoles.count ? settings.layerRoles[index] : "layer \(index)",
+                                  digest: layer.digest.description, size: layer.size)
+                }
+                let details = Details(name: name, handler: settings.handler ?? "", memoryBytes: image.config.memorySize,
+                                      timeoutSeconds: settings.timeoutSeconds, layers: layers,
+                                      network: ImageCommand.Inspect.network(of: image, named: name, in: store),
+                                      digest: image.manifestDescriptor.digest.description, created: image.config.created)
+                if json { return Output.json(details) }
+                let timeout = details.timeoutSeconds.map { Format.fixed($0, 1) + " s" } ?? "-"
+                var network = "-"
+                if let record = details.network {
+                    let allowed = record.allow.isEmpty ? "nothing" : record.allow.joined(separator: ", ")
+                    network = record.allow.isEmpty && record.dns == nil ? "none beyond its sandbox"
+                        : "allow " + allowed + (record.dns.map { "; dns " + $0 } ?? "")
+                }
+                var lines: [String] = []
+                lines.append("name        " + details.name)
+                lines.append("handler     " + details.handler)
+                lines.append("memory      " + ByteCount.format(details.memoryBytes))
+                lines.append("timeout     " + timeout)
+                lines.append("network     " + network)
+                lines.append("image       " + details.digest + ", created " + details.created)
+                for layer in layers {
+                    lines.append("layer       \(layer.role.padding(toLength: 13, withPad: " ", startingAt: 0)) \(layer.digest.dropFirst(7).prefix(12)) \(ByteCount.format(layer.size))")
+                }
+                Output.out(lines.joined(separator: "\n"))
+            }
+        }
+    }
+
+    struct Remove: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove functions (their images; `catalyzer image gc` frees layers no image uses).")
+        @Argument(help: "Function names.") var names: [String]
+        @OptionGroup var storeOptions: StoreOptions
+
+        func run() throws {
+            try Output.run {
+                let store = storeOptions.imageStore
+                for name in names { _ = try FunctionCommand.function(name, in: store) }
+                for name in names {
+                    try store.remove(name)
+                    Output.out("removed function \(name)")
+                }
+            }
+        }
+    }
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -39,6 +166,9 @@ struct FunctionCommand: ParsableCommand {
             guard environment.allSatisfy({ $0.contains("=") }) else { throw ValidationError("--env takes KEY=VALUE") }
             guard let bytes = ByteCount.parse(memory), bytes >= 1 << 20, bytes % 4096 == 0 else {
                 throw ValidationError("--memory must be a size of at least 1M and a multiple of 4K")
+            }
+            guard timeout.nanoseconds >= 1_000_000, timeout.nanoseconds <= 900_000_000_000 else {
+                throw ValidationError("--timeout must be from 1ms to 15m (Lambda's limit)")
             }
             guard runtimeRootfs ?? ProcessInfo.processInfo.environment["CATALYZER_RUNTIME_ROOTFS"] != nil else {
                 throw ValidationError("give the runtime rootfs: --runtime-rootfs DIR or $CATALYZER_RUNTIME_ROOTFS (build one with Scripts/build-rootfs.sh DIR)")

@@ -34,7 +34,8 @@ struct InvokeCommand: ParsableCommand {
     @Flag(help: "Print the restore phases in µs, FUSE traffic and page faults (to stderr, or in the JSON).")
     var timings = false
     @Flag(help: "Print the responses (and timings) as one JSON document.") var json = false
-    @Option(help: "Stop the instance after this long.") var timeout = DurationArgument(argument: "30s")!
+    @Option(help: "Stop the instance after this long (default: the function's timeout from `function create`, else 30s).")
+    var timeout: DurationArgument?
     @Flag(help: "Print every syscall of the instance to stderr.") var strace = false
     @Option(help: "Threads plus processes the instance may have at once; clone and fork beyond it fail with EAGAIN.")
     var maxTasks = 256
@@ -71,7 +72,11 @@ struct InvokeCommand: ParsableCommand {
             var request = InvocationRequest(image: name, store: storeOptions.imageStore)
             request.mount = mount
             request.standardStreams = streams
-            request.timeoutSeconds = Double(timeout.nanoseconds) / 1e9
+            // A function made by `function create` records its timeout; other images get 30 s.
+            let recorded = timeout == nil
+                ? (try? storeOptions.imageStore.open(name)).flatMap { FunctionSettings($0.config.annotations ?? [:]).timeoutSeconds } : nil
+            let timeoutSeconds = timeout.map { Double($0.nanoseconds) / 1e9 } ?? recorded ?? 30
+            request.timeoutSeconds = timeoutSeconds
             request.traceSyscalls = strace
             request.limits.maximumTasks = maxTasks
             // The image's policy unless this invocation states one: --net-allow and --dns replace
@@ -82,7 +87,7 @@ struct InvokeCommand: ParsableCommand {
             status = result.exit.status
             switch result.exit {
             case .killed(let signal, let reason): Output.err("catalyzer: function killed by \(Run.signalName(signal)): \(reason)")
-            case .timedOut: Output.err("catalyzer: timed out after \(timeout.description); instance stopped")
+            case .timedOut: Output.err("catalyzer: timed out after \(timeout?.description ?? "\(timeoutSeconds) s"); instance stopped")
             case .exited, .readyPoint: break
             }
             if let captured {

@@ -9,13 +9,17 @@ import Testing
 @Suite struct RootfsLayerTests {
     /// A tree with what a rootfs has: nested directories, an executable, an empty file, a
     /// read-only directory, symlinks (relative, absolute, dangling), names longer than ustar's
-    /// 100 bytes, non-ASCII names, and nanosecond mtimes everywhere.
+    /// 100 bytes, non-ASCII names, files of every size class the writer streams differently, and
+    /// nanosecond mtimes everywhere.
     static func makeTree(_ root: String) throws {
         let long = String(repeating: "long-directory-name-", count: 6)
         for directory in ["usr/bin", "usr/lib/python3", "etc", "empty", "\(long)/\(long)", "readonly", "unicodé"] {
             try FileManager.default.createDirectory(atPath: root + "/" + directory, withIntermediateDirectories: true)
         }
         try Data(MemoryFixtures.random(300_001)).write(to: URL(fileURLWithPath: root + "/usr/bin/python3.11"))
+        // Between half a MiB and a MiB: written in one piece right after its staged header (the
+        // writer once let such a piece overtake the header, as Pillow's bundled libraries showed).
+        try Data(MemoryFixtures.random(700_001)).write(to: URL(fileURLWithPath: root + "/usr/lib/libmiddle.so.1"))
         chmod(root + "/usr/bin/python3.11", 0o755)
         try Data("import os\n".utf8).write(to: URL(fileURLWithPath: root + "/usr/lib/python3/os.py"))
         try Data().write(to: URL(fileURLWithPath: root + "/etc/empty.conf"))
