@@ -80,6 +80,22 @@ struct FunctionCreateTests {
         #expect(second["runtime"]?.reused == true && second["code"]?.digest != first["code"]?.digest)
         #expect(try scene.invoke("other", input: #"{"k": 1}"#).stdout == #"{"ok":true,"result":"k: 1\n"}"# + "\n")
 
+        // ls, inspect and rm see functions, not other images.
+        let listed = try scene.catalyzer(["function", "ls"])
+        #expect(listed.stdout.contains("yaml2json") && listed.stdout.contains("app.handler"), "\(listed)")
+        let inspected = try scene.catalyzer(["function", "inspect", "yaml2json"])
+        #expect(inspected.stdout.contains("handler     app.handler\n") && inspected.stdout.contains("timeout     30.0 s\n")
+                && inspected.stdout.contains("layer       dependencies"), "\(inspected)")
+        #expect(try scene.catalyzer(["function", "rm", "other"]).status == 0)
+        #expect(try scene.catalyzer(["function", "inspect", "other"]).status != 0)
+
+        // The function's timeout bounds its invocations when invoke is not given one.
+        let slow = try Self.codeDirectory(scene.directory, "slow", app: "import time\ndef handler(event, context):\n    time.sleep(30)\n")
+        #expect(try Self.create(scene, "slow", code: slow, options: ["--timeout", "1s"]).status == 0)
+        let started = Date()
+        let timedOut = try scene.invoke("slow", input: "{}")
+        #expect(timedOut.status == 124 && Date().timeIntervalSince(started) < 10, "\(timedOut)")
+
         // A change of the code alone rebuilds the code layer alone.
         try (Self.yamlFunction + "\n# changed\n").write(toFile: code + "/app.py", atomically: true, encoding: .utf8)
         let third = try Self.layers(try Self.create(scene, "yaml2json", code: code, options: ["--requirements", code + "/requirements.txt"]))
