@@ -158,11 +158,21 @@ struct FunctionCommand: ParsableCommand {
         @Option(help: "Guest memory of the function (e.g. 256M).") var memory = "256M"
         @Option(help: "The function's timeout, which its context reports.") var timeout = DurationArgument(argument: "30s")!
         @Option(name: .customLong("env"), help: "Set an environment variable (KEY=VALUE); repeatable.") var environment: [String] = []
+        @Flag(help: "Record the chunks a first invocation touches, for catalyzerfs to prefetch.") var recordWorkingSet = false
+        @Option(help: "The request that --record-working-set serves (one line).") var workingSetInput = "{}"
+        @Option(help: "The catalyzerfs mount --record-working-set restores from (default: $CATALYZER_MOUNT, else the managed mount).")
+        var mount: String?
         @Flag(help: "Print the report as JSON.") var json = false
         @OptionGroup var storeOptions: StoreOptions
         @OptionGroup var network: NetworkOptions
 
+        struct Result: Encodable {
+            var function: FunctionCreateReport
+            var workingSet: WorkingSetReport?
+        }
+
         func validate() throws {
+            guard !workingSetInput.contains("\n") else { throw ValidationError("--working-set-input must be one line") }
             guard environment.allSatisfy({ $0.contains("=") }) else { throw ValidationError("--env takes KEY=VALUE") }
             guard let bytes = ByteCount.parse(memory), bytes >= 1 << 20, bytes % 4096 == 0 else {
                 throw ValidationError("--memory must be a size of at least 1M and a multiple of 4K")
@@ -187,7 +197,10 @@ struct FunctionCommand: ParsableCommand {
                 request.environment = environment
                 request.network = try network.policy()
                 let report = try FunctionBuilder.create(request, store: storeOptions.imageStore)
-                if json { return Output.json(report) }
+                let workingSet = recordWorkingSet
+                    ? try WorkingSetRecorder.record(image: name, store: storeOptions.imageStore, mount: mount, input: workingSetInput)
+                    : nil
+                if json { return Output.json(Result(function: report, workingSet: workingSet)) }
                 var lines = ["created function \(report.name) (\(report.checkpoint.image.manifestDigest)), handler \(report.handler)"]
                 for layer in report.layers {
                     lines.append("  \(layer.role.padding(toLength: 13, withPad: " ", startingAt: 0)) \(layer.digest.short) \(ByteCount.format(layer.size))"
@@ -195,6 +208,9 @@ struct FunctionCommand: ParsableCommand {
                 }
                 let ready = report.checkpoint
                 lines.append("  ready after \(String(format: "%.1f", ready.initializationSeconds * 1000)) ms; \(ByteCount.format(Int64(ready.memoryInUse))) of guest memory in use")
+                if let workingSet {
+                    lines.append("  working set \(workingSet.chunks) chunks (\(ByteCount.format(Int64(workingSet.bytes)))) touched by the first request; catalyzerfs prefetches them")
+                }
                 Output.out(lines.joined(separator: "\n"))
             }
         }

@@ -31,7 +31,8 @@ struct FunctionCreateTests {
     }
 
     static func layers(_ result: CommandResult) throws -> [String: (digest: String, reused: Bool)] {
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result)")
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result)")
+        let report = try #require(document["function"] as? [String: Any], "\(result)")
         let layers = try #require(report["layers"] as? [[String: Any]])
         return Dictionary(uniqueKeysWithValues: layers.map { ($0["role"] as! String, ($0["digest"] as! String, $0["reused"] as! Bool)) })
     }
@@ -41,8 +42,12 @@ struct FunctionCreateTests {
         let scene = try RestoreScene("function-create")
         defer { scene.close() }
         let code = try Self.codeDirectory(scene.directory, "yaml2json", app: Self.yamlFunction, requirements: "PyYAML==6.0.2\n")
-        let created = try Self.create(scene, "yaml2json", code: code, options: ["--requirements", code + "/requirements.txt"])
+        let created = try Self.create(scene, "yaml2json", code: code, options: ["--requirements", code + "/requirements.txt",
+                                                                                "--record-working-set", "--working-set-input", #"{"yaml": "a: 1"}"#])
         try #require(created.status == 0, "\(created)")
+        let recorded = try #require(try JSONSerialization.jsonObject(with: Data(created.stdout.utf8)) as? [String: Any])["workingSet"] as? [String: Any]
+        #expect((recorded?["chunks"] as? Int ?? 0) > 0, "\(created)")
+        #expect(try scene.store.open("yaml2json").config.workingSet?.isEmpty == false)
         let first = try Self.layers(created)
         #expect(Set(first.keys) == ["runtime", "dependencies", "code"], "\(created)")
 
