@@ -24,7 +24,9 @@ out=$(realpath -m "$out")
 stage="$out.building.$$"
 trap 'rm -rf "$stage"' EXIT
 rm -rf "$stage"
-mkdir -p "$stage"/{usr/bin,lib/x86_64-linux-gnu,lib64,tmp,opt/catalyzer,functions,etc}
+# dev/shm: an empty mount point, so a host reference run that mounts a tmpfs there (as the tests
+# do) never adds it later, which would change / under images checkpointed against the rootfs.
+mkdir -p "$stage"/{usr/bin,lib/x86_64-linux-gnu,lib64,tmp,opt/catalyzer,functions,etc,dev/shm}
 
 # copy_libraries FILE...: the shared libraries each ELF file needs, at their canonical paths.
 copy_libraries() {
