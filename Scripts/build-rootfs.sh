@@ -55,7 +55,9 @@ stdlib=/usr/lib/python$version
 copy_libraries "$stage$stdlib"/lib-dynload/*.so
 
 # glibc loads libgcc_s.so.1 at run time (dlopen, for unwinding in pthread_exit and cancellation).
-libgcc_s=$(ldconfig -p | awk '$1 == "libgcc_s.so.1" && /x86-64/ { print $NF; exit }')
+# awk reads to the end: stopping at the first match let ldconfig die of SIGPIPE now and then,
+# which pipefail made the script's exit status (141).
+libgcc_s=$(ldconfig -p | awk '$1 == "libgcc_s.so.1" && /x86-64/ && found == "" { found = $NF } END { print found }')
 [[ -n $libgcc_s && -f $libgcc_s ]] || { echo "build-rootfs: libgcc_s.so.1 is missing (apt-get install libgcc-s1)" >&2; exit 1; }
 cp -L "$libgcc_s" "$stage/lib/x86_64-linux-gnu/libgcc_s.so.1"
 
