@@ -99,12 +99,7 @@ struct FunctionCommand: ParsableCommand {
                                       digest: image.manifestDescriptor.digest.description, created: image.config.created)
                 if json { return Output.json(details) }
                 let timeout = details.timeoutSeconds.map { Format.fixed($0, 1) + " s" } ?? "-"
-                var network = "-"
-                if let record = details.network {
-                    let allowed = record.allow.isEmpty ? "nothing" : record.allow.joined(separator: ", ")
-                    network = record.allow.isEmpty && record.dns == nil ? "none beyond its sandbox"
-                        : "allow " + allowed + (record.dns.map { "; dns " + $0 } ?? "")
-                }
+                let network = details.network?.summary ?? "-"
                 var lines: [String] = []
                 lines.append("name        " + details.name)
                 lines.append("handler     " + details.handler)

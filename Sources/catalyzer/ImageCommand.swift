@@ -120,6 +120,12 @@ struct ImageCommand: ParsableCommand {
         struct NetworkRecord: Encodable {
             var allow: [String]
             var dns: String?
+
+            /// One line for `image inspect` and `function inspect`.
+            var summary: String {
+                guard !allow.isEmpty || dns != nil else { return "none beyond its sandbox" }
+                return "allow " + (allow.isEmpty ? "nothing" : allow.joined(separator: ", ")) + (dns.map { "; dns " + $0 } ?? "")
+            }
         }
 
         /// The policy recorded in the image's state; nil for a plain memory image or a state that
@@ -142,10 +148,7 @@ struct ImageCommand: ParsableCommand {
                                                manifest: image.manifest, config: config, locality: storeOptions.imageStore.locality(of: image),
                                                network: network))
                 }
-                let networkText = network.map { record in
-                    record.allow.isEmpty && record.dns == nil ? "none beyond its sandbox"
-                        : "allow " + (record.allow.isEmpty ? "nothing" : record.allow.joined(separator: ", ")) + (record.dns.map { "; dns \($0)" } ?? "")
-                } ?? "-"
+                let networkText = network?.summary ?? "-"
                 let codecs = Dictionary(grouping: config.chunks, by: \.codec)
                     .map { "\($0.key): \($0.value.count)" }.sorted().joined(separator: ", ")
                 let unique = Set(config.chunks.map(\.digest)).count

@@ -54,6 +54,16 @@ struct NetworkRestoreTests {
         """]
     }
 
+    /// The handler's result for `{}` from a fork of `function`, or nil (recorded) when there is none.
+    static func forkedResult(_ service: ForkingFunctionService, _ function: String) async throws -> String? {
+        let response = try await service.invoke(FunctionRequest(function: function, event: Array("{}".utf8), timeoutSeconds: 30))
+        guard case .result(let bytes) = response.outcome else {
+            Issue.record("expected a result, got \(response.outcome): \(String(decoding: response.logTail, as: UTF8.self))")
+            return nil
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     static let requests = Data("{}\n{}\n{\"local\": true}\n".utf8)
 
     @Test("cold, the import-time connection serves; restored, it is reset and the function reconnects under the image's policy; --no-network narrows it")
@@ -153,12 +163,8 @@ struct NetworkRestoreTests {
                                                  poolSize: 1, reuse: 1)
         defer { service.shutdown() }
         for _ in 0..<2 {
-            let response = try await service.invoke(FunctionRequest(function: "local", event: Array("{}".utf8), timeoutSeconds: 30))
-            guard case .result(let bytes) = response.outcome else {
-                Issue.record("expected a result, got \(response.outcome): \(String(decoding: response.logTail, as: UTF8.self))")
-                return
-            }
-            #expect("{\"ok\":true,\"result\":" + String(decoding: bytes, as: UTF8.self) + "}\n" == expected)
+            guard let result = try await Self.forkedResult(service, "local") else { return }
+            #expect("{\"ok\":true,\"result\":" + result + "}\n" == expected)
         }
     }
 
@@ -177,22 +183,14 @@ struct NetworkRestoreTests {
                                                  poolSize: 1, reuse: 1)
         defer { service.shutdown() }
         for _ in 0..<2 {
-            let response = try await service.invoke(FunctionRequest(function: "net", event: Array("{}".utf8), timeoutSeconds: 30))
-            guard case .result(let bytes) = response.outcome else {
-                Issue.record("expected a result, got \(response.outcome): \(String(decoding: response.logTail, as: UTF8.self))")
-                return
-            }
-            #expect(String(decoding: bytes, as: UTF8.self) == #"{"reset":"ConnectionResetError","reconnect":"pong"}"#)
+            guard let result = try await Self.forkedResult(service, "net") else { return }
+            #expect(result == #"{"reset":"ConnectionResetError","reconnect":"pong"}"#)
         }
         // `serve --no-network net`: the daemon's policy for the function replaces the image's.
         let narrowed = try ForkingFunctionService(store: scene.store, mount: mounted.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
                                                   poolSize: 1, reuse: 1, networkOverrides: ["net": .none])
         defer { narrowed.shutdown() }
-        let response = try await narrowed.invoke(FunctionRequest(function: "net", event: Array("{}".utf8), timeoutSeconds: 30))
-        guard case .result(let bytes) = response.outcome else {
-            Issue.record("expected a result, got \(response.outcome)")
-            return
-        }
-        #expect(String(decoding: bytes, as: UTF8.self) == #"{"reset":"ConnectionResetError","reconnect":"ConnectionRefusedError"}"#)
+        guard let narrowedResult = try await Self.forkedResult(narrowed, "net") else { return }
+        #expect(narrowedResult == #"{"reset":"ConnectionResetError","reconnect":"ConnectionRefusedError"}"#)
     }
 }
