@@ -24,13 +24,14 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 # tests, for the sandbox-vs-host comparison),
 # benchmark baselines (runsc: gVisor),
 # python3-boto3 and awscli: the real Lambda clients the `catalyzer serve` tests drive,
-# dnsmasq-base: the stub DNS resolver the network tests start on loopback.
+# dnsmasq-base: the stub DNS resolver the network tests start on loopback,
+# nodejs: the Node.js function runtime (build-rootfs.sh --runtime nodejs copies its node).
 packages=(
   pkg-config gcc libc6-dev
   libfuse3-dev fuse3 libzstd-dev liblz4-dev
   python3 python3.11 python3-pip libpython3.11-testsuite cpio busybox-static fio docker-registry skopeo runsc
   iproute2 apache2-utils openssl zstd
-  python3-boto3 awscli dnsmasq-base
+  python3-boto3 awscli dnsmasq-base nodejs
 )
 missing=()
 for p in "${packages[@]}"; do

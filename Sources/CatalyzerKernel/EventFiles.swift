@@ -83,6 +83,20 @@ final class TimerFile: SpecialFile {
         changed.wakeAll()
     }
 
+    /// Its state for a checkpoint: the time to the next expiry (nil when disarmed), the period
+    /// and the expirations not yet read.
+    func saved(now: UInt64) -> (remaining: UInt64?, interval: UInt64, expirations: UInt64) {
+        update()
+        return (deadline.map { $0 > now ? $0 - now : 0 }, interval, expirations)
+    }
+
+    /// Takes a checkpoint's state, the next expiry counted from `now`.
+    func restore(remainingNanoseconds: UInt64?, interval: UInt64, expirations: UInt64, now: UInt64) {
+        deadline = remainingNanoseconds.map { now &+ $0 }
+        self.interval = interval
+        self.expirations = expirations
+    }
+
     /// Time to the next expiry (0 when disarmed) and the period, for timerfd_gettime.
     func current() -> (remaining: UInt64, interval: UInt64) {
         update()
@@ -163,6 +177,11 @@ final class EventPoll: SpecialFile {
     func remove(fd: Int32, file: OpenFile) throws(Errno) {
         guard let index = index(fd: fd, file: file) else { throw Errno.ENOENT }
         interests.remove(at: index)
+    }
+
+    /// The entries whose open file is still open, for a checkpoint.
+    var liveInterests: [(fd: Int32, file: OpenFile, events: UInt32, data: UInt64)] {
+        interests.compactMap { interest in interest.file.map { (interest.fd, $0, interest.events, interest.data) } }
     }
 
     /// The conditions of one entry now, masked to what it asks for (ERR and HUP always).

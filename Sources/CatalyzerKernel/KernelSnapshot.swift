@@ -1,4 +1,5 @@
 import CatalyzerKVM
+import Glibc
 
 /// A program stopped at its ready point, as plain data: the vCPU, the address space's bookkeeping
 /// (the page tables themselves are in guest memory), its threads, open files, the in-memory /tmp,
@@ -7,8 +8,9 @@ import CatalyzerKVM
 /// is saved and restored by the component it belongs to (Sandbox+Checkpoint.swift).
 public struct KernelSnapshot: Sendable {
     /// Bumped whenever the encoding changes; a blob with another version is refused, except
-    /// version 2, which is version 3 without sockets.
-    public static let formatVersion: UInt32 = 3
+    /// versions 2 (version 3 without sockets) and 3 (version 4 without eventfds, timerfds and
+    /// epoll instances), which never hold what they lack.
+    public static let formatVersion: UInt32 = 4
 
     public var memorySize: Int
     /// The vCPU, with the registers and XSAVE area of the thread at the ready point (each thread's
@@ -108,10 +110,29 @@ public struct KernelSnapshot: Sendable {
             case resetSocket(family: Int32, type: Int32, transport: Int32, peerIP: [UInt8], peerPort: UInt16)
             /// A socket within the sandbox: `sockets[index]`.
             case socket(index: Int)
+            /// An eventfd: its counter (version 4).
+            case eventCounter(count: UInt64, semaphore: Bool)
+            /// A timerfd: the time to its next expiry when armed (it resumes relative to the
+            /// restore, as a pending syscall's timeout does), its period, and expirations not yet
+            /// read (version 4).
+            case timer(clock: Int32, remainingNanoseconds: UInt64?, interval: UInt64, expirations: UInt64)
+            /// An epoll instance and its interest list (version 4).
+            case eventPoll([EpollInterest])
         }
         public var kind: Kind
         public var guestPath: String
         public var statusFlags: Int32
+    }
+
+    /// One entry of an epoll interest list: the fd it was added with, the open file (an index
+    /// into `files`) and the events and data asked for. Edge-triggered entries restore as if
+    /// nothing was reported yet: a spurious edge is harmless (readers drain to EAGAIN), a lost one
+    /// would hang them.
+    public struct EpollInterest: Sendable {
+        public var fd: Int32
+        public var file: Int
+        public var events: UInt32
+        public var data: UInt64
     }
 
     /// An fd number and the description (index into `files`) it refers to.
@@ -236,6 +257,15 @@ extension KernelSnapshot {
             case .resetSocket(let family, let type, let transport, let ip, let port):
                 w.write(UInt8(5)); w.write(family); w.write(type); w.write(transport); w.write(ip); w.write(port)
             case .socket(let index): w.write(UInt8(6)); w.write(UInt64(index))
+            case .eventCounter(let count, let semaphore): w.write(UInt8(7)); w.write(count); w.write(semaphore)
+            case .timer(let clock, let remaining, let interval, let expirations):
+                w.write(UInt8(8)); w.write(clock); w.write(remaining != nil); w.write(remaining ?? 0)
+                w.write(interval); w.write(expirations)
+            case .eventPoll(let interests):
+                w.write(UInt8(9))
+                w.write(interests) { w, interest in
+                    w.write(interest.fd); w.write(UInt64(interest.file)); w.write(interest.events); w.write(interest.data)
+                }
             }
             w.write(file.guestPath)
             w.write(file.statusFlags)
@@ -282,7 +312,7 @@ extension KernelSnapshot {
 
     public init(from reader: inout SnapshotReader) throws(SnapshotDecodingError) {
         let version = try reader.read(UInt32.self, "kernel state version")
-        guard version == Self.formatVersion || version == 2 else {
+        guard (2...Self.formatVersion).contains(version) else {
             throw reader.failure("kernel state version \(version) is not supported (this catalyzer reads version \(Self.formatVersion)); re-checkpoint the function with this catalyzer")
         }
         memorySize = try reader.readInt("memory size")
@@ -342,6 +372,24 @@ extension KernelSnapshot {
             case 3: kind = .tmp(inode: try r.read(UInt64.self, "tmp inode"), position: Int(try r.read(Int64.self, "tmp position")))
             case 4: kind = .pipe(index: try r.readInt("pipe index"))
             case 6: kind = .socket(index: try r.readInt("socket index"))
+            case 7 where version >= 4:
+                kind = .eventCounter(count: try r.read(UInt64.self, "eventfd count"), semaphore: try r.readBool("eventfd semaphore"))
+                if case .eventCounter(let count, _) = kind, count > EventCounter.maximum {
+                    throw r.failure("an eventfd holds \(count), over its maximum of \(EventCounter.maximum)")
+                }
+            case 8 where version >= 4:
+                let clock = try r.read(Int32.self, "timerfd clock"), armed = try r.readBool("timerfd armed")
+                let remaining = try r.read(UInt64.self, "timerfd remaining time")
+                kind = .timer(clock: clock, remainingNanoseconds: armed ? remaining : nil,
+                              interval: try r.read(UInt64.self, "timerfd interval"), expirations: try r.read(UInt64.self, "timerfd expirations"))
+                guard [CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME, CLOCK_REALTIME_ALARM, CLOCK_BOOTTIME_ALARM].contains(clock) else {
+                    throw r.failure("a timerfd uses clock \(clock), which timerfd_create never accepts")
+                }
+            case 9 where version >= 4:
+                kind = .eventPoll(try r.readArray("epoll interests", minimumSize: 24) { (r) throws(SnapshotDecodingError) in
+                    EpollInterest(fd: try r.read(Int32.self, "epoll interest fd"), file: try r.readInt("epoll interest file"),
+                                  events: try r.read(UInt32.self, "epoll interest events"), data: try r.read(UInt64.self, "epoll interest data"))
+                })
             case 5:
                 let family = try r.read(Int32.self, "socket family"), type = try r.read(Int32.self, "socket type")
                 let transport = try r.read(Int32.self, "socket transport")
@@ -461,6 +509,11 @@ extension KernelSnapshot {
             if case .pipe(let index) = file.kind, index >= pipes.count { throw reader.failure("an open file refers to pipe \(index) of \(pipes.count)") }
             if case .tmp(let inode, _) = file.kind, !inodes.contains(inode) { throw reader.failure("an open file refers to missing /tmp inode \(inode)") }
             if case .socket(let index) = file.kind, index >= sockets.count { throw reader.failure("an open file refers to socket \(index) of \(sockets.count)") }
+            if case .eventPoll(let interests) = file.kind {
+                guard interests.count <= EventPoll.maximumInterests, interests.allSatisfy({ $0.file < files.count && $0.fd >= 0 }) else {
+                    throw reader.failure("an epoll instance watches \(interests.count) files, some of them not among the \(files.count) open files")
+                }
+            }
         }
         let socketIndices = -1..<sockets.count
         for (index, socket) in sockets.enumerated() {

@@ -133,6 +133,7 @@ extension Sandbox {
         var pipes: [KernelSnapshot.PipeState] = []
         var indexOfPipe: [ObjectIdentifier: Int] = [:]
         var descriptors: [KernelSnapshot.Descriptor] = []
+        var epolls: [(record: Int, poll: EventPoll)] = []
         for entry in files.allEntries {
             let file = entry.file
             if let index = indexOfFile[ObjectIdentifier(file)] {
@@ -171,8 +172,17 @@ extension Sandbox {
                     let address: InetAddress? = if case .inet(let inet) = peer { inet } else { nil }
                     kind = .resetSocket(family: object.family, type: object.type, transport: object.transport,
                                         peerIP: address?.ip ?? [], peerPort: address?.port ?? 0)
-                case .special:
-                    throw RestoreError("fd \(entry.fd) (\(file.guestPath)) is open at the ready point; eventfds, timerfds, epoll instances and sockets within the sandbox cannot be checkpointed yet (sockets connected outside it can: they come back reset): open them after the first request")
+                case .special(let counter as EventCounter):
+                    kind = .eventCounter(count: counter.count, semaphore: counter.semaphore)
+                case .special(let timer as TimerFile):
+                    let state = timer.saved(now: Self.monotonicNanoseconds())
+                    kind = .timer(clock: timer.clock, remainingNanoseconds: state.remaining, interval: state.interval,
+                                  expirations: state.expirations)
+                case .special(let poll as EventPoll):
+                    kind = .eventPoll([])  // its interests, once every open file has an index
+                    epolls.append((records.count, poll))
+                case .special(let other):
+                    throw RestoreError("fd \(entry.fd) (\(other.name)) is open at the ready point and cannot be checkpointed; open it after the first request")
                 case .pipe(let pipe):
                     let key = ObjectIdentifier(pipe)
                     if indexOfPipe[key] == nil {
@@ -185,6 +195,16 @@ extension Sandbox {
             indexOfFile[ObjectIdentifier(file)] = records.count
             descriptors.append(.init(fd: entry.fd, file: records.count, closeOnExec: entry.closeOnExec))
             records.append(.init(kind: kind, guestPath: file.guestPath, statusFlags: file.statusFlags))
+        }
+        for (record, poll) in epolls {
+            var interests: [KernelSnapshot.EpollInterest] = []
+            for interest in poll.liveInterests {
+                guard let index = indexOfFile[ObjectIdentifier(interest.file)] else {
+                    throw RestoreError("an epoll instance watches fd \(interest.fd), whose open file no fd refers to any more (it was closed after a dup that is also gone, or is in flight in a unix socket message); remove it from the interest list before reading the first request")
+                }
+                interests.append(.init(fd: interest.fd, file: index, events: interest.events, data: interest.data))
+            }
+            records[record].kind = .eventPoll(interests)
         }
         for socket in sockets {
             if let obstacle = socket.checkpointObstacle {
@@ -339,8 +359,32 @@ extension Sandbox {
                 file = OpenFile(backing: .special(socket), guestPath: socket.name, statusFlags: record.statusFlags)
             case .socket(let index):
                 file = OpenFile(backing: .special(sockets[index]), guestPath: sockets[index].name, statusFlags: record.statusFlags)
+            case .eventCounter(let count, let semaphore):
+                let counter = EventCounter(count: count, semaphore: semaphore)
+                file = OpenFile(backing: .special(counter), guestPath: counter.name, statusFlags: record.statusFlags)
+            case .timer(let clock, let remaining, let interval, let expirations):
+                let timer = TimerFile(clock: clock)
+                timer.restore(remainingNanoseconds: remaining, interval: interval, expirations: expirations, now: Self.monotonicNanoseconds())
+                file = OpenFile(backing: .special(timer), guestPath: timer.name, statusFlags: record.statusFlags)
+            case .eventPoll:
+                let poll = EventPoll()
+                file = OpenFile(backing: .special(poll), guestPath: poll.name, statusFlags: record.statusFlags)
             }
             opened.append(file)
+        }
+        // Interest lists refer to other open files, so they are filled once all exist. A watched
+        // standard stream the invocation closed is gone, as its interest would be on Linux.
+        for (index, record) in snapshot.files.enumerated() {
+            guard case .eventPoll(let interests) = record.kind, let file = opened[index],
+                  case .special(let poll as EventPoll) = file.backing else { continue }
+            for interest in interests {
+                guard let watched = opened[interest.file] else { continue }
+                do throws(Errno) {
+                    try poll.add(fd: interest.fd, file: watched, events: interest.events, data: interest.data)
+                } catch {
+                    throw RestoreError("an epoll instance cannot watch fd \(interest.fd) again: \(error)")
+                }
+            }
         }
         let table = FileTable()
         for descriptor in snapshot.descriptors {

@@ -3,6 +3,52 @@ import CatalyzerKernel
 import Foundation
 import Glibc
 
+/// The language runtimes a function can be written for. Each has a runner in its runtime rootfs
+/// (`Scripts/build-rootfs.sh [--runtime nodejs] DIR`) that keeps one stdin/stdout contract: one
+/// JSON request per line in, one JSON response per line out, the first read of stdin the ready point.
+public enum FunctionRuntime: String, Sendable, Codable, CaseIterable {
+    case python311 = "python3.11"
+    case nodejs
+
+    /// Files the runtime rootfs must have.
+    var requiredFiles: [String] {
+        switch self {
+        case .python311: ["/usr/bin/python3", "/opt/catalyzer/runner.py"]
+        case .nodejs: ["/usr/bin/node", "/opt/catalyzer/runner.js", "/opt/catalyzer/reseed.node"]
+        }
+    }
+
+    var programPath: String {
+        switch self {
+        case .python311: "/usr/bin/python3"
+        case .nodejs: "/usr/bin/node"
+        }
+    }
+
+    func arguments(codePath: String, handler: String) -> [String] {
+        switch self {
+        case .python311: [programPath, "/opt/catalyzer/runner.py", codePath, handler]
+        case .nodejs: [programPath, "/opt/catalyzer/runner.js", codePath, handler]
+        }
+    }
+
+    /// The environment variable that names the runtime rootfs when --runtime-rootfs is not given.
+    public var rootfsVariable: String {
+        switch self {
+        case .python311: "CATALYZER_RUNTIME_ROOTFS"
+        case .nodejs: "CATALYZER_NODEJS_ROOTFS"
+        }
+    }
+
+    /// How the runtime rootfs is built.
+    public var buildCommand: String {
+        switch self {
+        case .python311: "Scripts/build-rootfs.sh DIR"
+        case .nodejs: "Scripts/build-rootfs.sh --runtime nodejs DIR"
+        }
+    }
+}
+
 /// What `catalyzer function create` asks for: a directory of code, a handler named as AWS Lambda
 /// names it, optional requirements, and the runtime rootfs they run on.
 public struct FunctionCreateRequest: Sendable {
@@ -11,8 +57,12 @@ public struct FunctionCreateRequest: Sendable {
     /// `MODULE.FUNCTION`, imported from the code directory.
     public var handler = "app.handler"
     /// A pip requirements file, installed from wheels for the guest's CPython 3.11 on x86-64.
+    /// A pip requirements file (Python only), installed from wheels for the guest's CPython 3.11 on
+    /// x86-64. A Node.js function's dependencies are its code directory's `node_modules`, or what
+    /// `npm ci` installs from its `package-lock.json`.
     public var requirements: String?
-    /// The runtime layer: a rootfs made by `Scripts/build-rootfs.sh` (python3.11 and the runner).
+    public var runtime = FunctionRuntime.python311
+    /// The runtime layer: a rootfs made by `Scripts/build-rootfs.sh` (the interpreter and the runner).
     public var runtimeRootfs: String
     public var memorySize = 256 << 20
     /// The function's timeout, which its context reports (`get_remaining_time_in_millis`).
@@ -43,6 +93,7 @@ public struct FunctionCreateReport: Sendable, Codable {
 
     public var name: String
     public var handler: String
+    public var runtime: FunctionRuntime
     public var layers: [Layer]
     public var checkpoint: CheckpointReport
 }
@@ -51,7 +102,10 @@ public struct FunctionCreateReport: Sendable, Codable {
 public enum FunctionBuildError: Error, CustomStringConvertible {
     case badName(String)
     case badHandler(String)
-    case runtimeMissing(path: String, missing: String)
+    case runtimeMissing(path: String, missing: String, runtime: FunctionRuntime)
+    case requirementsNotForRuntime(FunctionRuntime)
+    case nodeDependencies(String)
+    case npmFailed(lockfile: String, output: String)
     case codeUnreadable(path: String, reason: String)
     case symlinkOutside(path: String, target: String)
     case specialFile(path: String)
@@ -66,8 +120,12 @@ public enum FunctionBuildError: Error, CustomStringConvertible {
             "function name '\(name)' is not valid: use letters, digits, '.', '_' and '-'"
         case .badHandler(let handler):
             "--handler \(handler) is not MODULE.FUNCTION (Lambda's form, e.g. app.handler or pkg.module.handler)"
-        case .runtimeMissing(let path, let missing):
-            "the runtime rootfs \(path) has no \(missing): build it with Scripts/build-rootfs.sh DIR and pass --runtime-rootfs DIR"
+        case .runtimeMissing(let path, let missing, let runtime):
+            "the runtime rootfs \(path) has no \(missing), so it is not a \(runtime.rawValue) runtime: build one with \(runtime.buildCommand) and pass --runtime-rootfs DIR"
+        case .requirementsNotForRuntime(let runtime):
+            "--requirements is a pip requirements file, for Python; a \(runtime.rawValue) function brings its dependencies in its code directory (node_modules, or package.json with package-lock.json for npm ci)"
+        case .nodeDependencies(let problem):
+            "the function's Node.js dependencies are not usable: \(problem)"
         case .codeUnreadable(let path, let reason):
             "the code directory \(path) cannot be read: \(reason)"
         case .symlinkOutside(let path, let target):
@@ -78,6 +136,8 @@ public enum FunctionBuildError: Error, CustomStringConvertible {
             "the code directory holds \(bytes) bytes, over the limit of \(limit) (Lambda's 250 MB unzipped); move data to where the function fetches it"
         case .requirementsFailed(let file, let output):
             "installing \(file) for the guest (CPython 3.11, x86-64 manylinux wheels only) failed; pip said:\n\(output)"
+        case .npmFailed(let lockfile, let output):
+            "npm ci from \(lockfile) failed (vendor node_modules in the code directory where the npm registry is out of reach); npm said:\n\(output)"
         case .toolFailed(let tool, let output):
             "\(tool) failed:\n\(output)"
         case .initializationFailed(let message):
@@ -107,9 +167,10 @@ public enum FunctionBuilder {
     public static func create(_ request: FunctionCreateRequest, store: ImageStore) throws -> FunctionCreateReport {
         guard ImageStore.isValidName(request.name) else { throw FunctionBuildError.badName(request.name) }
         guard isHandlerName(request.handler) else { throw FunctionBuildError.badHandler(request.handler) }
-        for required in ["/usr/bin/python3", "/opt/catalyzer/runner.py"] where access(request.runtimeRootfs + required, R_OK) != 0 {
-            throw FunctionBuildError.runtimeMissing(path: request.runtimeRootfs, missing: required)
+        for required in request.runtime.requiredFiles where access(request.runtimeRootfs + required, R_OK) != 0 {
+            throw FunctionBuildError.runtimeMissing(path: request.runtimeRootfs, missing: required, runtime: request.runtime)
         }
+        if request.runtime != .python311, request.requirements != nil { throw FunctionBuildError.requirementsNotForRuntime(request.runtime) }
         try checkCode(request.codeDirectory)
 
         let work = store.root + "/functions"
@@ -125,9 +186,15 @@ public enum FunctionBuilder {
             layers.append(.init(role: "dependencies", digest: layer.descriptor.digest, size: layer.descriptor.size, reused: layer.reused))
             descriptors.append(layer.descriptor)
         }
+        if request.runtime == .nodejs,
+           let modules = try NodeDependencies.stage(code: request.codeDirectory, work: work + "/dependencies", codePath: codePath) {
+            let layer = try store.storeRootfsLayer(from: modules)
+            layers.append(.init(role: "dependencies", digest: layer.descriptor.digest, size: layer.descriptor.size, reused: layer.reused))
+            descriptors.append(layer.descriptor)
+        }
         let codeStage = work + "/code-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: codeStage) }
-        try stageCode(request.codeDirectory, into: codeStage)
+        try stageCode(request.codeDirectory, into: codeStage, runtime: request.runtime)
         let code = try store.storeRootfsLayer(from: codeStage)
         layers.append(.init(role: "code", digest: code.descriptor.digest, size: code.descriptor.size, reused: code.reused))
         descriptors.append(code.descriptor)
@@ -139,15 +206,16 @@ public enum FunctionBuilder {
                            "CATALYZER_FUNCTION_NAME=\(request.name)", "CATALYZER_TIMEOUT_MS=\(timeoutMilliseconds)"]
         environment += request.environment
         var checkpoint = CheckpointRequest(name: request.name, rootfs: rootfs, memorySize: request.memorySize,
-                                           programPath: "/usr/bin/python3",
-                                           arguments: ["/usr/bin/python3", "/opt/catalyzer/runner.py", codePath, request.handler],
+                                           programPath: request.runtime.programPath,
+                                           arguments: request.runtime.arguments(codePath: codePath, handler: request.handler),
                                            environment: environment, timeoutSeconds: request.initializationTimeoutSeconds,
                                            image: request.image)
         checkpoint.rootfsLayers = descriptors
         checkpoint.network = request.network
         checkpoint.limits = request.limits
         checkpoint.image.annotations = (checkpoint.image.annotations ?? [:]).merging(
-            FunctionSettings(handler: request.handler, timeoutMilliseconds: timeoutMilliseconds, layerRoles: layers.map(\.role)).annotations
+            FunctionSettings(handler: request.handler, runtime: request.runtime, timeoutMilliseconds: timeoutMilliseconds,
+                             layerRoles: layers.map(\.role)).annotations
         ) { _, new in new }
         let report: CheckpointReport
         do {
@@ -155,7 +223,7 @@ public enum FunctionBuilder {
         } catch let error as RuntimeError {
             throw FunctionBuildError.initializationFailed(error.description)
         }
-        return FunctionCreateReport(name: request.name, handler: request.handler, layers: layers, checkpoint: report)
+        return FunctionCreateReport(name: request.name, handler: request.handler, runtime: request.runtime, layers: layers, checkpoint: report)
     }
 
     static func isHandlerName(_ handler: String) -> Bool {
@@ -269,13 +337,17 @@ public enum FunctionBuilder {
         }
     }
 
-    /// The code as a rootfs tree: `var/task/...`, precompiled.
-    static func stageCode(_ directory: String, into stage: String) throws {
+    /// The code as a rootfs tree: `var/task/...`; Python's precompiled, a Node.js function's
+    /// without `node_modules`, which is its dependencies layer.
+    static func stageCode(_ directory: String, into stage: String, runtime: FunctionRuntime) throws {
         try FileManager.default.createDirectory(atPath: stage + codePath, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o755])
         let copied = try run("/bin/cp", ["-a", "--no-preserve=ownership", directory + "/.", stage + codePath])
         guard copied.status == 0 else { throw FunctionBuildError.toolFailed(tool: "cp", output: copied.output) }
-        try precompile(stage + codePath, root: stage)
+        switch runtime {
+        case .python311: try precompile(stage + codePath, root: stage)
+        case .nodejs: try? FileManager.default.removeItem(atPath: stage + codePath + "/node_modules")
+        }
     }
 
     /// Bytecode with the paths the guest sees (the rootfs is read-only in the sandbox, so python
@@ -308,10 +380,13 @@ public struct FunctionSettings: Sendable, Equatable {
     static let handlerKey = "dev.catalyzer.function.handler"
     static let timeoutKey = "dev.catalyzer.function.timeout-ms"
     static let layersKey = "dev.catalyzer.function.layers"
+    static let runtimeKey = "dev.catalyzer.function.runtime"
     /// The longest timeout a function may record: 15 minutes, as Lambda's.
     static let maximumTimeoutMilliseconds = 900_000
 
     public var handler: String?
+    /// Absent on functions made before there was a second runtime: those are Python.
+    public var runtime: FunctionRuntime?
     public var timeoutMilliseconds: Int?
     /// The roles of the image's rootfs layers, in order (runtime, dependencies, code).
     public var layerRoles: [String]
@@ -319,14 +394,20 @@ public struct FunctionSettings: Sendable, Equatable {
     public var isFunction: Bool { handler != nil }
     public var timeoutSeconds: Double? { timeoutMilliseconds.map { Double($0) / 1000 } }
 
-    init(handler: String, timeoutMilliseconds: Int, layerRoles: [String]) {
+    init(handler: String, runtime: FunctionRuntime, timeoutMilliseconds: Int, layerRoles: [String]) {
         self.handler = handler
+        self.runtime = runtime
         self.timeoutMilliseconds = timeoutMilliseconds
         self.layerRoles = layerRoles
     }
 
     public init(_ annotations: [String: String]) {
         handler = annotations[Self.handlerKey].flatMap { FunctionBuilder.isHandlerName($0) ? $0 : nil }
+        if let recorded = annotations[Self.runtimeKey] {
+            runtime = FunctionRuntime(rawValue: recorded)  // an unknown runtime reads as none
+        } else {
+            runtime = handler != nil ? .python311 : nil
+        }
         timeoutMilliseconds = annotations[Self.timeoutKey].flatMap(Int.init).flatMap {
             (1...Self.maximumTimeoutMilliseconds).contains($0) ? $0 : nil
         }
@@ -336,6 +417,7 @@ public struct FunctionSettings: Sendable, Equatable {
     var annotations: [String: String] {
         var result: [String: String] = [Self.layersKey: layerRoles.joined(separator: ",")]
         if let handler { result[Self.handlerKey] = handler }
+        if let runtime { result[Self.runtimeKey] = runtime.rawValue }
         if let timeoutMilliseconds { result[Self.timeoutKey] = String(timeoutMilliseconds) }
         return result
     }

@@ -37,6 +37,7 @@ struct FunctionCommand: ParsableCommand {
 
         struct Row: Encodable {
             var name: String
+            var runtime: String
             var handler: String
             var memoryBytes: Int64
             var timeoutSeconds: Double?
@@ -47,14 +48,14 @@ struct FunctionCommand: ParsableCommand {
         func run() throws {
             try Output.run {
                 let rows = try FunctionCommand.functions(in: storeOptions.imageStore).map { entry in
-                    Row(name: entry.name, handler: entry.settings.handler ?? "", memoryBytes: entry.image.config.memorySize,
+                    Row(name: entry.name, runtime: entry.settings.runtime?.rawValue ?? "?", handler: entry.settings.handler ?? "", memoryBytes: entry.image.config.memorySize,
                         timeoutSeconds: entry.settings.timeoutSeconds, layers: entry.image.config.rootfs?.layers.count ?? 0,
                         digest: entry.image.manifestDescriptor.digest.description)
                 }
                 if json { return Output.json(rows) }
-                var table = Table(["NAME", "HANDLER", "MEMORY", "TIMEOUT", "LAYERS", "DIGEST"])
+                var table = Table(["NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT", "LAYERS", "DIGEST"])
                 for row in rows {
-                    table.add([row.name, row.handler, ByteCount.format(row.memoryBytes), row.timeoutSeconds.map { "\(Format.fixed($0, 1)) s" } ?? "-",
+                    table.add([row.name, row.runtime, row.handler, ByteCount.format(row.memoryBytes), row.timeoutSeconds.map { "\(Format.fixed($0, 1)) s" } ?? "-",
                                String(row.layers), String(row.digest.dropFirst(7).prefix(12))])
                 }
                 Output.out(table.rendered)
@@ -75,6 +76,7 @@ struct FunctionCommand: ParsableCommand {
                 var size: Int64
             }
             var name: String
+            var runtime: String
             var handler: String
             var memoryBytes: Int64
             var timeoutSeconds: Double?
@@ -93,7 +95,7 @@ struct FunctionCommand: ParsableCommand {
                     Details.Layer(role: index < settings.layerRoles.count ? settings.layerRoles[index] : "layer \(index)",
                                   digest: layer.digest.description, size: layer.size)
                 }
-                let details = Details(name: name, handler: settings.handler ?? "", memoryBytes: image.config.memorySize,
+                let details = Details(name: name, runtime: settings.runtime?.rawValue ?? "?", handler: settings.handler ?? "", memoryBytes: image.config.memorySize,
                                       timeoutSeconds: settings.timeoutSeconds, layers: layers,
                                       network: ImageCommand.Inspect.network(of: image, named: name, in: store),
                                       digest: image.manifestDescriptor.digest.description, created: image.config.created)
@@ -102,6 +104,7 @@ struct FunctionCommand: ParsableCommand {
                 let network = details.network?.summary ?? "-"
                 var lines: [String] = []
                 lines.append("name        " + details.name)
+                lines.append("runtime     " + details.runtime)
                 lines.append("handler     " + details.handler)
                 lines.append("memory      " + ByteCount.format(details.memoryBytes))
                 lines.append("timeout     " + timeout)
@@ -137,9 +140,10 @@ struct FunctionCommand: ParsableCommand {
             abstract: "Build a function's image from its code directory and requirements, checkpointed with its handler imported.",
             discussion: """
                 The image's rootfs is three layers, shared by digest: the runtime (--runtime-rootfs, a rootfs from \
-                Scripts/build-rootfs.sh: python3.11 and the runner), the dependencies (pip wheels for CPython 3.11 on \
-                x86-64, installed once per requirements file and store) and the code (DIR as /var/task). Each is \
-                precompiled. The function is then checkpointed where its handler is imported and it waits for its \
+                Scripts/build-rootfs.sh: python3.11 and the runner, or with --runtime nodejs, node and its runner), the \
+                dependencies (Python: pip wheels for CPython 3.11 on x86-64, installed once per requirements file and \
+                store; Node.js: the code directory's node_modules, checked against package.json and package-lock.json, \
+                or installed by npm ci from the lockfile) and the code (DIR as /var/task). Python's are precompiled. The function is then checkpointed where its handler is imported and it waits for its \
                 first request; `catalyzer invoke NAME` and `catalyzer serve` run it. Fails, publishing nothing, when a \
                 requirement has no wheel, the handler does not import or resolve, or the code has a symlink out of it.
                 """)
@@ -147,8 +151,9 @@ struct FunctionCommand: ParsableCommand {
         @Argument(help: "The function's name (its image in the store).") var name: String
         @Option(help: "The directory of the function's code.") var code: String
         @Option(help: "The handler, MODULE.FUNCTION as AWS Lambda names it.") var handler = "app.handler"
-        @Option(help: "A pip requirements file, installed from wheels for the guest.") var requirements: String?
-        @Option(help: "The runtime rootfs (Scripts/build-rootfs.sh DIR); default $CATALYZER_RUNTIME_ROOTFS.")
+        @Option(help: "A pip requirements file, installed from wheels for the guest (Python).") var requirements: String?
+        @Option(help: "The language runtime: python3.11 or nodejs.") var runtime = FunctionRuntime.python311
+        @Option(help: "The runtime rootfs (Scripts/build-rootfs.sh [--runtime nodejs] DIR); default $CATALYZER_RUNTIME_ROOTFS, or $CATALYZER_NODEJS_ROOTFS for nodejs.")
         var runtimeRootfs: String?
         @Option(help: "Guest memory of the function (e.g. 256M).") var memory = "256M"
         @Option(help: "The function's timeout, which its context reports.") var timeout = DurationArgument(argument: "30s")!
@@ -175,16 +180,17 @@ struct FunctionCommand: ParsableCommand {
             guard timeout.nanoseconds >= 1_000_000, timeout.nanoseconds <= 900_000_000_000 else {
                 throw ValidationError("--timeout must be from 1ms to 15m (Lambda's limit)")
             }
-            guard runtimeRootfs ?? ProcessInfo.processInfo.environment["CATALYZER_RUNTIME_ROOTFS"] != nil else {
-                throw ValidationError("give the runtime rootfs: --runtime-rootfs DIR or $CATALYZER_RUNTIME_ROOTFS (build one with Scripts/build-rootfs.sh DIR)")
+            guard runtimeRootfs ?? ProcessInfo.processInfo.environment[runtime.rootfsVariable] != nil else {
+                throw ValidationError("give the \(runtime.rawValue) runtime rootfs: --runtime-rootfs DIR or $\(runtime.rootfsVariable) (build one with \(runtime.buildCommand))")
             }
             _ = try network.policy()
         }
 
         func run() throws {
             try Output.run {
-                let runtime = runtimeRootfs ?? ProcessInfo.processInfo.environment["CATALYZER_RUNTIME_ROOTFS"]!
-                var request = FunctionCreateRequest(name: name, codeDirectory: code, runtimeRootfs: runtime)
+                let rootfs = runtimeRootfs ?? ProcessInfo.processInfo.environment[runtime.rootfsVariable]!
+                var request = FunctionCreateRequest(name: name, codeDirectory: code, runtimeRootfs: rootfs)
+                request.runtime = runtime
                 request.handler = handler
                 request.requirements = requirements
                 request.memorySize = Int(ByteCount.parse(memory) ?? 0)
@@ -196,7 +202,7 @@ struct FunctionCommand: ParsableCommand {
                     ? try WorkingSetRecorder.record(image: name, store: storeOptions.imageStore, mount: mount, input: workingSetInput)
                     : nil
                 if json { return Output.json(Result(function: report, workingSet: workingSet)) }
-                var lines = ["created function \(report.name) (\(report.checkpoint.image.manifestDigest)), handler \(report.handler)"]
+                var lines = ["created function \(report.name) (\(report.checkpoint.image.manifestDigest)), \(report.runtime.rawValue), handler \(report.handler)"]
                 for layer in report.layers {
                     lines.append("  \(layer.role.padding(toLength: 13, withPad: " ", startingAt: 0)) \(layer.digest.short) \(ByteCount.format(layer.size))"
                                  + (layer.reused ? ", unchanged (shared)" : ", built"))
@@ -211,3 +217,5 @@ struct FunctionCommand: ParsableCommand {
         }
     }
 }
+
+extension FunctionRuntime: ExpressibleByArgument {}

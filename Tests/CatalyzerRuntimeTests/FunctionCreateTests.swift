@@ -139,4 +139,21 @@ struct FunctionCreateTests {
         let listed = try scene.catalyzer(["image", "ls"])
         for test in cases { #expect(!listed.stdout.contains(test.name), "\(test.name) was published: \(listed)") }
     }
+
+    @Test("a Python function that made an SSL context at import (OpenSSL seeded before the checkpoint) gets its own OpenSSL random bytes in every restored instance")
+    func openSSLIsReseededPerInstance() throws {
+        let scene = try RestoreScene("function-openssl")
+        defer { scene.close() }
+        // As a boto3 client or requests session made at import does: SSL_CTX_new draws from the DRBG.
+        let code = try Self.codeDirectory(scene.directory, "tls", app: """
+            import ssl
+            client_context = ssl.create_default_context()
+            def handler(event, context):
+                return {"openssl": ssl.RAND_bytes(16).hex()}
+            """)
+        let created = try Self.create(scene, "tls", code: code)
+        try #require(created.status == 0, "\(created)")
+        let answers = try (0..<2).map { _ in try scene.invoke("tls", input: "{}").stdout }
+        #expect(answers.allSatisfy { $0.hasPrefix(#"{"ok":true"#) } && Set(answers).count == 2, "OpenSSL's bytes repeat across instances: \(answers)")
+    }
 }

@@ -26,8 +26,9 @@ module and object), which would only keep the caller waiting for a sandbox about
 The runner's first blocking read of stdin is the function's *ready point*: a checkpoint taken
 there holds the imported module, and every restored instance resumes inside that read. So
 right after the first request arrives, and never before, the runner reseeds ``random`` from
-``os.urandom`` (served fresh by the monitor) and sets ``CATALYZER_INSTANCE_ID`` to a new UUID:
-two instances restored from one image never share random sequences or ids.
+``os.urandom`` (served fresh by the monitor), reseeds OpenSSL's generator when ``ssl`` is loaded,
+and sets ``CATALYZER_INSTANCE_ID`` to a new UUID: two instances restored from one image never
+share random sequences or ids.
 """
 
 import atexit
@@ -107,6 +108,14 @@ class Context:
 def start_instance():
     """Makes this instance distinct from every other one restored from the same image."""
     random.seed(os.urandom(32))
+    # OpenSSL's generator lives in the checkpointed memory too. Once something drew from it
+    # before the ready point (an SSL context made at import, as a boto3 client or a requests
+    # session makes), every instance would continue the same state: equal TLS secrets. RAND_add
+    # reseeds it from fresh kernel entropy. Left alone when ssl was never imported: then
+    # nothing seeded it before the checkpoint, and it seeds itself fresh on first use.
+    ssl = sys.modules.get("ssl")
+    if ssl is not None:
+        ssl.RAND_add(os.urandom(48), 48.0)
     os.environ["CATALYZER_INSTANCE_ID"] = str(uuid.UUID(bytes=os.urandom(16), version=4))
 
 
