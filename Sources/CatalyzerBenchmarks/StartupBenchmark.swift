@@ -255,7 +255,7 @@ private struct Response: Decodable {
 
 /// A run's standard streams: stdin a pipe holding the request line with its write end closed
 /// (the runner exits after answering), stdout and stderr memfds (never full, read after the run).
-private final class RunStreams {
+final class RunStreams {
     let standardInput: Int32
     let standardOutput: Int32
     let standardError: Int32

@@ -95,7 +95,17 @@ public struct FunctionCreateReport: Sendable, Codable {
     public var handler: String
     public var runtime: FunctionRuntime
     public var layers: [Layer]
+    /// How the function's program starts: what the checkpoint ran, and what a cold start runs.
+    public var launch: FunctionLaunch
     public var checkpoint: CheckpointReport
+}
+
+/// The program a function's sandbox runs: the runtime's interpreter on its runner, with the
+/// code directory, the handler and the function's environment.
+public struct FunctionLaunch: Sendable, Codable {
+    public var programPath: String
+    public var arguments: [String]
+    public var environment: [String]
 }
 
 /// Why a function could not be created. Nothing is published when creation fails.
@@ -205,10 +215,12 @@ public enum FunctionBuilder {
         var environment = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                            "CATALYZER_FUNCTION_NAME=\(request.name)", "CATALYZER_TIMEOUT_MS=\(timeoutMilliseconds)"]
         environment += request.environment
+        let launch = FunctionLaunch(programPath: request.runtime.programPath,
+                                    arguments: request.runtime.arguments(codePath: codePath, handler: request.handler),
+                                    environment: environment)
         var checkpoint = CheckpointRequest(name: request.name, rootfs: rootfs, memorySize: request.memorySize,
-                                           programPath: request.runtime.programPath,
-                                           arguments: request.runtime.arguments(codePath: codePath, handler: request.handler),
-                                           environment: environment, timeoutSeconds: request.initializationTimeoutSeconds,
+                                           programPath: launch.programPath, arguments: launch.arguments,
+                                           environment: launch.environment, timeoutSeconds: request.initializationTimeoutSeconds,
                                            image: request.image)
         checkpoint.rootfsLayers = descriptors
         checkpoint.network = request.network
@@ -223,7 +235,8 @@ public enum FunctionBuilder {
         } catch let error as RuntimeError {
             throw FunctionBuildError.initializationFailed(error.description)
         }
-        return FunctionCreateReport(name: request.name, handler: request.handler, runtime: request.runtime, layers: layers, checkpoint: report)
+        return FunctionCreateReport(name: request.name, handler: request.handler, runtime: request.runtime, layers: layers, launch: launch,
+                                    checkpoint: report)
     }
 
     static func isHandlerName(_ handler: String) -> Bool {
