@@ -41,6 +41,18 @@ public final class Sandbox {
     var initialGroup: ThreadGroup!
     /// Set when the sandbox is over; `run()` returns it.
     var exitStatus: SandboxExit?
+    /// Signals from outside for the first process (`hostSignals()` makes it): while there is
+    /// one, a sandbox whose tasks all wait, some of them for a signal, is not deadlocked.
+    private(set) var hostSignalInbox: HostSignalInbox?
+
+    /// The inbox through which other threads send the first process signals, made on first use.
+    public func hostSignals() -> HostSignalInbox {
+        if let hostSignalInbox { return hostSignalInbox }
+        let inbox = HostSignalInbox(exitRequester: exitRequester)
+        hostSignalInbox = inbox
+        scheduler.hostSignalDescriptor = inbox.wakeDescriptor
+        return inbox
+    }
 
     let traceSyscalls: Bool
     /// Where `--strace` lines go: the host fd behind the guest's stderr.
@@ -207,6 +219,10 @@ public final class Sandbox {
         while true {
             if let exitStatus { return exitStatus }
             if exitRequester.isExitRequested { return .timedOut }
+            if let inbox = hostSignalInbox, inbox.hasPending, let group = initialGroup {
+                for signal in inbox.take() { send(SignalInformation(signal: signal), toProcess: group) }
+                continue
+            }
             let now = Self.monotonicNanoseconds()
             collectDueEvents(now: now)
             if let task = scheduler.next() {
@@ -219,7 +235,9 @@ public final class Sandbox {
                 continue
             }
             let deadline = nextDueTime
-            guard deadline != nil || scheduler.hasHostWaiters else {
+            // Tasks that wait only for a signal can still get one from outside (`hostSignals()`).
+            let signalCanCome = hostSignalInbox != nil && scheduler.hasSignalWaiters
+            guard deadline != nil || scheduler.hasHostWaiters || signalCanCome else {
                 exitStatus = .killed(signal: SIGKILL, reason: "deadlock: every task is blocked and nothing can wake "
                                      + "them: " + blockedTaskReport())
                 continue

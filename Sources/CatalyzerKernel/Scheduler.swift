@@ -16,6 +16,9 @@ struct Wait {
     var reason: String
     /// Whether a signal ends the wait (false only for a vfork parent, as on Linux).
     var interruptible = true
+    /// The task waits for a signal and nothing else (pause, sigsuspend, sigtimedwait): one sent
+    /// from outside the sandbox can still end it, so all tasks waiting is not a deadlock then.
+    var forSignal = false
 }
 
 /// Tasks waiting for one condition (a pipe's data, a child's exit, a futex word is a separate
@@ -155,12 +158,18 @@ final class Scheduler {
     var nextDeadline: UInt64? { blocked.values.compactMap { $0.wait?.deadline }.min() }
 
     var hasHostWaiters: Bool { blocked.values.contains { !($0.wait?.hostDescriptors.isEmpty ?? true) } }
+    var hasSignalWaiters: Bool { blocked.values.contains { $0.wait?.forSignal ?? false } }
 
     /// Polls the host fds blocked tasks wait for, for up to `timeoutNanoseconds` (nil: no limit,
     /// 0: just look), and wakes the tasks whose fds are ready. Returns early on a kick (EINTR).
+    /// The host-signal inbox's eventfd, polled beside the tasks' host fds so a signal posted from
+    /// outside ends the wait (-1: none).
+    var hostSignalDescriptor: Int32 = -1
+
     func pollHost(timeoutNanoseconds: UInt64?) {
         var entries: [pollfd] = []
         var owners: [Task] = []
+        if hostSignalDescriptor >= 0 { entries.append(pollfd(fd: hostSignalDescriptor, events: Int16(POLLIN), revents: 0)) }
         for task in blocked.values {
             for entry in task.wait?.hostDescriptors ?? [] {
                 entries.append(entry)
@@ -171,7 +180,8 @@ final class Scheduler {
         let milliseconds = timeoutNanoseconds.map { Int32(clamping: ($0 + 999_999) / 1_000_000) } ?? -1
         let result = entries.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), milliseconds) }
         guard result > 0 else { return }
-        for (entry, task) in zip(entries, owners) where entry.revents != 0 { wake(task) }
+        let taskEntries = hostSignalDescriptor >= 0 ? entries.dropFirst() : entries[...]
+        for (entry, task) in zip(taskEntries, owners) where entry.revents != 0 { wake(task) }
     }
 }
 

@@ -62,11 +62,11 @@ extension Task {
         if savedSignalMask == nil { savedSignalMask = signalMask }
         signalMask = mask
         if hasDeliverableSignal { throw Errno.EINTR }
-        try block(Wait(reason: "rt_sigsuspend"))
+        try block(Wait(reason: "rt_sigsuspend", forSignal: true))
     }
 
     func sysPause(_ a: SyscallArguments) throws(Errno) -> UInt64 {
-        try block(Wait(reason: "pause"))
+        try block(Wait(reason: "pause", forSignal: true))
     }
 
     /// rt_sigtimedwait: takes a pending signal of `set` (blocked ones included) without running
@@ -100,7 +100,7 @@ extension Task {
         }
         // A signal of `set` that arrives wakes this wait (see `Sandbox.send`), blocked or not.
         sigtimedwaitSet = set
-        try block(Wait(deadline: deadline, reason: "rt_sigtimedwait"))
+        try block(Wait(deadline: deadline, reason: "rt_sigtimedwait", forSignal: true))
     }
 
     func sysSigaltstack(_ a: SyscallArguments) throws(Errno) -> UInt64 {

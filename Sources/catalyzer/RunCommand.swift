@@ -1,6 +1,7 @@
 import ArgumentParser
 import CatalyzerImage
 import CatalyzerKernel
+import CatalyzerRuntime
 import Glibc
 
 /// `catalyzer run`: a cold run of a Linux x86-64 program (static, or dynamically linked against the
@@ -79,6 +80,9 @@ struct Run: ParsableCommand {
             throw ExitCode(127)
         }
         let exit: SandboxExit
+        // SIGTERM, SIGINT (Ctrl-C) and the like go to the program, which may handle them.
+        let forwarder = HostSignalForwarder(to: kernel.hostSignals())
+        defer { forwarder.stop() }
         do {
             exit = try kernel.run(timeoutSeconds: Double(timeout.nanoseconds) / 1e9)
         } catch {

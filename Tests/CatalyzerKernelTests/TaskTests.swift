@@ -653,6 +653,44 @@ struct TaskTests {
         #expect(result.stdout == "self True True\nexe /usr/bin/python3.11\n[b'/usr/bin/python3', b'-c']\ncomm python3\nstatus True 0 1 0\t0\t0\t0\nSigIgn has USR1 True\nfd links True True\nthreads listed True\nstat True True 52\nmeminfo True\ncpuinfo True\nmaps has stack True\nrefused ENOENT\nrefused EPERM\nchild sees itself True True\npidfd via /proc dir [12]\npidfd_open [12, 12]\npidfd readable at exit True\n3\nbad pidfd EBADF\n", "\(result)")
     }
 
+    @Test("SIGTERM and SIGINT to `catalyzer run` reach the program: its handler runs, or the default action ends it with 128+N; SIGKILL ends the monitor")
+    func hostSignalsAreForwarded() throws {
+        let rootfs = try PythonRootfs.path()
+        let handled = """
+            import signal, sys
+            def on_signal(number, frame):
+                print("caught", number, flush=True); sys.exit(7)
+            signal.signal(signal.SIGINT, on_signal)
+            print("ready", flush=True)
+            signal.pause()
+            """
+        let plain = "import time\nprint('ready', flush=True)\ntime.sleep(60)\n"
+        for (script, signal, expectedStatus, expectedOutput) in [(handled, SIGINT, Int32(7), "ready\ncaught 2\n"),
+                                                                 (plain, SIGTERM, 128 + SIGTERM, "ready\n"),
+                                                                 (plain, SIGKILL, 128 + SIGKILL, "ready\n")] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Command.binary("catalyzer"))
+            process.arguments = ["run", "--rootfs", rootfs, "--timeout", "60s", "--", "/usr/bin/python3", "-c", script]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let reader = output.fileHandleForReading
+            var seen = Data()
+            while !String(decoding: seen, as: UTF8.self).contains("ready\n") {
+                let chunk = reader.availableData
+                if chunk.isEmpty { break }
+                seen += chunk
+            }
+            kill(process.processIdentifier, signal)
+            seen += reader.readDataToEndOfFile()
+            process.waitUntilExit()
+            let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+            #expect(status == expectedStatus && String(decoding: seen, as: UTF8.self) == expectedOutput,
+                    "signal \(signal): status \(status), output \(String(decoding: seen, as: UTF8.self))")
+        }
+    }
+
     @Test("sethostname names the sandbox, not the host")
     func hostNameIsTheSandboxs() throws {
         var before = [CChar](repeating: 0, count: 256)
