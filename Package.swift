@@ -109,7 +109,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CatalyzerKernelTests",
-            dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM", "CatalyzerTestSupport", "catalyzer"]
+            dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM", "CatalyzerBenchmarks", "CatalyzerTestSupport", "catalyzer"]
         ),
         .testTarget(
             name: "CatalyzerRuntimeTests",

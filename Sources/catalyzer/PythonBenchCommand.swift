@@ -1,3 +1,4 @@
+import CatalyzerBenchmarks
 import ArgumentParser
 import CatalyzerBench
 import CatalyzerKernel

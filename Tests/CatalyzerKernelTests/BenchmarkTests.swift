@@ -1,3 +1,4 @@
+import CatalyzerBenchmarks
 import CatalyzerKernel
 import CatalyzerTestSupport
 import Testing

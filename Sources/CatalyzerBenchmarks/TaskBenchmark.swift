@@ -1,3 +1,4 @@
+import CatalyzerKernel
 import Glibc
 
 /// Task-switching costs measured by one static C program, run in the sandbox and on the host in
@@ -74,14 +75,14 @@ public enum TaskBenchmark {
     /// host, and returns one row per measurement.
     public static func run(rootfs: String, iterations: Int = 200) throws -> [Row] {
         let sourcePath = rootfs + "/taskbench.c", binary = rootfs + "/taskbench"
-        guard let file = fopen(sourcePath, "w") else { throw Errno.lastHostError }
+        guard let file = fopen(sourcePath, "w") else { throw BenchmarkError("cannot write \(sourcePath): \(String(cString: strerror(errno)))") }
         fputs(source, file)
         fclose(file)
         guard runHost(["/usr/bin/gcc", "-static", "-O2", "-pthread", "-o", binary, sourcePath]).status == 0 else {
             throw BenchmarkError("gcc could not build the task benchmark (is gcc installed?)")
         }
         var pipes: [Int32] = [0, 0]
-        guard pipe(&pipes) == 0 else { throw Errno.lastHostError }
+        guard pipe(&pipes) == 0 else { throw BenchmarkError("cannot make a pipe: \(String(cString: strerror(errno)))") }
         let devNull = open("/dev/null", O_RDWR)
         defer { close(devNull) }
         var configuration = SandboxConfiguration(rootDirectory: rootfs, memorySize: 256 << 20, programPath: "/taskbench",

@@ -1,3 +1,4 @@
+import CatalyzerKernel
 import CatalyzerKVM
 import Dispatch
 import Glibc
