@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .executable(name: "catalyzer", targets: ["catalyzer"]),
         .executable(name: "catalyzerfs", targets: ["catalyzerfs"]),
+        .executable(name: "catalyzer-runtime", targets: ["catalyzer-runtime"]),
         .library(name: "CatalyzerImage", targets: ["CatalyzerImage"]),
     ],
     dependencies: [
@@ -72,6 +73,9 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // OCI runtime bundles: config.json as Codable types, checked into a sandbox configuration;
+        // the containers' state under --root.
+        .target(name: "CatalyzerOCI", dependencies: ["CatalyzerKernel"]),
         // Benchmark tools: statistics, tables, mounts, filesystem and image benchmarks.
         .target(name: "CatalyzerBench", dependencies: ["CatalyzerImage"]),
         // Benchmarks of the runtime (startup, serve): they depend on what they measure.
@@ -88,9 +92,17 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "catalyzerfs", dependencies: ["CatalyzerFS", "CatalyzerImage", "CatalyzerRegistry"]),
+        // The OCI runtime command line (runc's), for podman, containerd and Kubernetes.
+        .executableTarget(
+            name: "catalyzer-runtime",
+            dependencies: [
+                "CatalyzerOCI", "CatalyzerKernel", "CatalyzerRuntime", "CLinux",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
 
         // Helpers shared by the test targets: running binaries, temp dirs, device checks.
-        .target(name: "CatalyzerTestSupport", dependencies: ["CatalyzerImage"], path: "Tests/Support"),
+        .target(name: "CatalyzerTestSupport", dependencies: ["CatalyzerImage", "CLinux"], path: "Tests/Support"),
 
         .testTarget(name: "CatalyzerRootfsTests", dependencies: ["CatalyzerTestSupport"]),
         // CPython's own regression tests in the sandbox vs the host (Scripts/cpython-compat.py).
@@ -106,6 +118,10 @@ let package = Package(
                 "CatalyzerRegistry", "CatalyzerImage", "CatalyzerBench", "CatalyzerTestSupport", "catalyzer",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
+        ),
+        .testTarget(
+            name: "CatalyzerOCITests",
+            dependencies: ["CatalyzerOCI", "CatalyzerTestSupport", "catalyzer-runtime"]
         ),
         .testTarget(
             name: "CatalyzerKernelTests",

@@ -22,6 +22,33 @@ final class Filesystem {
     /// A directory holding the `resolv.conf` the guest sees in place of the rootfs's, when the
     /// network policy names a resolver (`--dns`); nil otherwise.
     var networkFiles: MemoryNode?
+    /// Mounts added by the sandbox's configuration (`SandboxMount`): in-memory directories by their
+    /// components, and read-only files by their components, each a directory holding the file.
+    private(set) var memoryMounts: [(components: [String], root: MemoryNode)] = []
+    private(set) var fileMounts: [[String]: MemoryNode] = [:]
+    var hasConfiguredMounts: Bool { !memoryMounts.isEmpty || !fileMounts.isEmpty }
+    /// Inode numbers of configured mounts: apart from /tmp's, /proc's and the resolver's.
+    private static let mountInodeBase: UInt64 = 0x6D6E_7400 << 32
+
+    /// Adds the configuration's mounts. Paths are normalized; the built-in /tmp, /dev/shm and
+    /// /proc win over a mount of the same path (they already are what a tmpfs or proc mount asks).
+    func addMounts(_ mounts: [SandboxMount]) {
+        for mount in mounts {
+            let components = GuestPath.components(GuestPath.normalize(mount.path))
+            guard !components.isEmpty else { continue }
+            let inode = Self.mountInodeBase + UInt64(2 * (memoryMounts.count + fileMounts.count))
+            switch mount {
+            case .memory:
+                memoryMounts.removeAll { $0.components == components }
+                memoryMounts.append((components, MemoryNode(content: .directory([:]), mode: 0o1777, inode: inode)))
+                memoryMounts.sort { $0.components.count > $1.components.count }  // the deepest mount wins
+            case .file(_, let contents):
+                let file = MemoryNode(content: .file(contents), mode: 0o444, inode: inode)
+                fileMounts[components] = MemoryNode(content: .directory([components.last!: file]), mode: 0o555, inode: inode + 1)
+            }
+        }
+    }
+
     /// The /proc tree built for one syscall of one task, reused by the lookups of that syscall.
     private var procCache: (syscall: Int, task: ObjectIdentifier, root: MemoryNode)?
 
@@ -72,6 +99,12 @@ final class Filesystem {
             return .memory(tmp.sharedMemoryRoot, Array(components.dropFirst(2)))
         }
         if components == ["proc", "self", "exe"] { return .executableLink }
+        if hasConfiguredMounts {
+            if let directory = fileMounts[components] { return .generated(directory, [components.last!]) }
+            for mount in memoryMounts where components.starts(with: mount.components) {
+                return .memory(mount.root, Array(components.dropFirst(mount.components.count)))
+            }
+        }
         if components == ["etc", "resolv.conf"], let networkFiles { return .generated(networkFiles, ["resolv.conf"]) }
         if components.first == "proc", let root = procRoot() { return .generated(root, Array(components.dropFirst())) }
         let normalized = "/" + components.joined(separator: "/")

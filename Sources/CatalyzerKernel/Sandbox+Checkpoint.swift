@@ -21,6 +21,9 @@ extension Sandbox {
             throw RestoreError("the sandbox is not stopped at its ready point; only a program waiting for its first request can be checkpointed")
         }
         let group = main.group
+        if filesystem.hasConfiguredMounts {
+            throw RestoreError("the sandbox has mounts beyond /tmp, /dev/shm and /proc (a container engine's tmpfs or bound files), which a checkpoint cannot hold yet")
+        }
         if let other = groups.values.first(where: { $0 !== group && !$0.isZombie }) {
             throw RestoreError("process \(other.pid) (\(other.leader?.name ?? "?")) is still running at the ready point; a checkpoint holds one process: let child processes exit (and wait for them) before reading the first request")
         }

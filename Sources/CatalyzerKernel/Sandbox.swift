@@ -119,6 +119,8 @@ public final class Sandbox {
         filesystem = try Filesystem(rootDirectory: configuration.rootDirectory, tmpCapacity: configuration.memorySize)
         network = SandboxNetwork(policy: configuration.network)
         filesystem.networkFiles = network.generatedFiles()
+        filesystem.addMounts(configuration.mounts)
+        if let name = configuration.hostName { hostName = Array(name.utf8.prefix(64)) }
         traceSyscalls = configuration.traceSyscalls
         traceFD = configuration.standardStreams.count > 2 ? configuration.standardStreams[2] : 2
         stopsAtReadyPoint = configuration.stopsAtReadyPoint

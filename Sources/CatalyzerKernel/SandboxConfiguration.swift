@@ -24,6 +24,12 @@ public struct SandboxConfiguration: Sendable {
     public var limits = SandboxLimits()
     /// Where the program may connect beyond the sandbox (`--net-allow`, `--dns`): nowhere by default.
     public var network = NetworkPolicy.none
+    /// Mounts beyond the built-in ones (/tmp, /dev/shm, /proc, the devices), as a container
+    /// engine asks for them: more in-memory directories, and read-only files. A sandbox with any
+    /// cannot be checkpointed yet.
+    public var mounts: [SandboxMount] = []
+    /// What uname and gethostname report (default "catalyzer").
+    public var hostName: String?
 
     public init(rootDirectory: String, memorySize: Int = 256 << 20, programPath: String, arguments: [String],
                 environment: [String] = [], traceSyscalls: Bool = false) {
@@ -33,6 +39,22 @@ public struct SandboxConfiguration: Sendable {
         self.arguments = arguments
         self.environment = environment
         self.traceSyscalls = traceSyscalls
+    }
+}
+
+/// A mount a sandbox adds to its rootfs view.
+public enum SandboxMount: Sendable, Equatable {
+    /// An empty in-memory directory at a guest path (a tmpfs), its bytes charged to the sandbox's
+    /// memory like /tmp's.
+    case memory(path: String)
+    /// A read-only file at a guest path with these contents (a bind-mounted file, read when the
+    /// sandbox is made: the engine's /etc/hosts, /etc/resolv.conf, /etc/hostname).
+    case file(path: String, contents: [UInt8])
+
+    public var path: String {
+        switch self {
+        case .memory(let path), .file(let path, _): path
+        }
     }
 }
 

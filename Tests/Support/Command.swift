@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 
 /// Running the project's binaries and system tools from tests, with their output captured.
@@ -64,6 +65,42 @@ public enum Command {
         return CommandResult(status: process.terminationStatus,
                              stdout: String(decoding: outData, as: UTF8.self),
                              stderr: String(decoding: errData.wait(), as: UTF8.self))
+    }
+
+    /// Runs `executable` with posix_spawn rather than Foundation's Process, output to temporary
+    /// files, for commands whose children daemonize or outlive them (podman's conmon, an OCI
+    /// runtime's container process): Foundation's Process can lose track of such a child's exit,
+    /// and a pipe stays open as long as any descendant holds it. Only fds 0-2 go to the child.
+    /// Killed with SIGKILL after `seconds` (status 137).
+    public static func spawned(_ seconds: Double, _ executable: String, _ arguments: [String]) throws -> CommandResult {
+        let directory = NSTemporaryDirectory() + "/catalyzer-spawn-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, directory + "/stdout", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, directory + "/stderr", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        clinux_spawn_close_from(&actions, 3)
+        var pid: pid_t = 0
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        let spawnedStatus = posix_spawn(&pid, executable, &actions, nil, argv, Glibc.environ)
+        guard spawnedStatus == 0 else { throw CocoaError(.executableNotLoadable, userInfo: [NSFilePathErrorKey: executable]) }
+        let deadline = Date().addingTimeInterval(seconds)
+        var status: Int32 = 0
+        while waitpid(pid, &status, WNOHANG) == 0 {
+            if Date() > deadline {
+                kill(pid, SIGKILL)
+                waitpid(pid, &status, 0)
+                break
+            }
+            usleep(5_000)
+        }
+        let code = status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+        func read(_ name: String) -> String { (try? String(contentsOfFile: directory + "/" + name, encoding: .utf8)) ?? "" }
+        return CommandResult(status: code, stdout: read("stdout"), stderr: read("stderr"))
     }
 
     /// Runs `executable` under `timeout -s KILL seconds`, so that a regression that makes it hang

@@ -7,3 +7,10 @@
 
 /// syncfs(2): flush every dirty page of the filesystem holding `fd`.
 static inline int clinux_syncfs(int fd) { return syncfs(fd); }
+
+#include <spawn.h>
+
+/// posix_spawn_file_actions_addclosefrom_np: the child closes every fd from `from` up.
+static inline int clinux_spawn_close_from(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}

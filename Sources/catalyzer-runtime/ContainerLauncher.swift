@@ -1,0 +1,167 @@
+import CLinux
+import CatalyzerKernel
+import CatalyzerOCI
+import CatalyzerRuntime
+import Foundation
+import Glibc
+
+/// create, start and the container process itself.
+///
+/// `create` checks the bundle, records the container, and spawns the container process
+/// (`catalyzer-runtime init ID`) with its own stdio, which is the engine's. That process builds
+/// the sandbox (loads the program from the root), reports "ok" or its error on fd 3, and blocks
+/// opening the start FIFO for writing. `start` opens the FIFO for reading, which lets it through;
+/// it writes one byte, and runs the guest. When `create` returns the process is ready, so a bad
+/// program is `create`'s error, not a container that dies at start.
+enum ContainerLauncher {
+    /// Creates the container; returns its process's pid.
+    static func create(id: String, bundle: String) throws -> Int32 {
+        let bundle = URL(fileURLWithPath: bundle).standardizedFileURL.path
+        let store = RuntimeCommand.store
+        guard ContainerStore.isValidID(id) else { throw ContainerError.badID(id) }
+        guard (try? store.load(id)) == nil else { throw ContainerError.exists(id) }
+        let plan = try SandboxPlan.load(bundle: bundle)  // refuses what the sandbox cannot do, before anything is made
+        var record = ContainerRecord(id: id, bundle: bundle, pid: 0, pidStartTime: 0,
+                                     created: ISO8601DateFormatter().string(from: Date()), annotations: plan.annotations)
+        try store.create(record)
+        do {
+            let pid = try spawnContainerProcess(id: id)
+            record.pid = pid
+            record.pidStartTime = ContainerStore.processStat(pid)?.startTime ?? 0
+            try store.save(record)
+            return pid
+        } catch {
+            store.remove(id)
+            throw error
+        }
+    }
+
+    /// Spawns `init ID` and waits for its report on the sync pipe.
+    private static func spawnContainerProcess(id: String) throws -> Int32 {
+        var sync: [Int32] = [-1, -1]
+        guard pipe(&sync) == 0 else { throw ContainerError.system("cannot make a pipe: \(String(cString: strerror(errno)))") }
+        _ = fcntl(sync[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(sync[1], F_SETFD, FD_CLOEXEC)
+        defer { close(sync[0]) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, sync[1], 3)  // dup2 clears close-on-exec on 3
+        // Nothing else of ours or the engine's goes along: a stray copy of a pipe's write end in
+        // a long-lived container process keeps whoever reads that pipe from ever seeing its end.
+        clinux_spawn_close_from(&actions, 4)
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let globals = RuntimeGlobals.current
+        var arguments = [executable, "--root", globals.root]
+        if let log = globals.logFile { arguments += ["--log", log, "--log-format", globals.logFormat] }
+        arguments += ["init", id]
+        var pid: pid_t = 0
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, Glibc.environ)
+        close(sync[1])
+        guard spawned == 0 else { throw ContainerError.system("cannot start the container process: \(String(cString: strerror(spawned)))") }
+        var report = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = read(sync[0], &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { break }
+            report += buffer.prefix(count)
+        }
+        let text = String(decoding: report, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard text == "ok" else {
+            _ = kill(pid, SIGKILL)
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            throw ContainerError.system(text.isEmpty ? "the container process ended before it was ready" : text)
+        }
+        return pid
+    }
+
+    static func writePIDFile(_ path: String, pid: Int32) throws {
+        let temporary = path + ".tmp-\(getpid())"
+        guard (try? "\(pid)".write(toFile: temporary, atomically: false, encoding: .utf8)) != nil, rename(temporary, path) == 0 else {
+            throw ContainerError.system("cannot write the pid file \(path)")
+        }
+    }
+
+    /// Lets a created container's process run the guest.
+    static func start(id: String) throws {
+        let store = RuntimeCommand.store
+        let record = try store.load(id)
+        let status = store.status(of: record)
+        guard status == "created" else { throw ContainerError.wrongState(id: id, status: status, wanted: "created") }
+        let fifo = store.startFIFO(id)
+        let fd = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { throw ContainerError.system("cannot open \(fifo): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        // The container process, blocked opening the FIFO for writing, now gets through and writes.
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let deadline = Date().addingTimeInterval(10)
+        var byte: UInt8 = 0
+        while read(fd, &byte, 1) != 1 {
+            guard Date() < deadline, ContainerStore.isAlive(pid: record.pid, startTime: record.pidStartTime) else {
+                throw ContainerError.system("the container process \(record.pid) did not take the start (it ended, or is stuck)")
+            }
+            _ = poll(&entry, 1, 50)
+        }
+        unlink(fifo)
+    }
+
+    /// Exits as a process with wait status `status` did: its code, or the same signal.
+    static func exit(withStatusOf status: Int32) -> Never {
+        let signalled = status & 0x7F
+        if signalled != 0 && signalled != 0x7F {
+            Glibc.signal(signalled, SIG_DFL)
+            _ = Glibc.kill(getpid(), signalled)
+            Foundation.exit(128 + signalled)
+        }
+        Foundation.exit((status >> 8) & 0xFF)
+    }
+
+    /// The container process: build, report, wait for start, run, exit as the guest did.
+    static func runContainerProcess(id: String) -> Never {
+        let store = RuntimeCommand.store
+        func report(_ text: String) {
+            _ = text.withCString { Glibc.write(3, $0, strlen($0)) }
+            close(3)
+        }
+        let sandbox: Sandbox
+        do {
+            let record = try store.load(id)
+            let plan = try SandboxPlan.load(bundle: record.bundle)
+            sandbox = try Sandbox(configuration: plan.configuration)
+        } catch {
+            report("cannot create container \(id): \(error)\n")
+            Foundation.exit(1)
+        }
+        report("ok\n")
+        let fifo = open(store.startFIFO(id), O_WRONLY | O_CLOEXEC)  // blocks until start
+        guard fifo >= 0 else {
+            RuntimeLog.fail("container \(id): cannot open its start FIFO: \(String(cString: strerror(errno)))")
+        }
+        var byte: UInt8 = 1
+        _ = Glibc.write(fifo, &byte, 1)
+        close(fifo)
+        let forwarder = HostSignalForwarder(to: sandbox.hostSignals())
+        let exit: SandboxExit
+        do {
+            exit = try sandbox.run()
+        } catch {
+            RuntimeLog.fail("container \(id): the sandbox failed: \(error)")
+        }
+        forwarder.stop()
+        switch exit {
+        case .exited(let status):
+            Foundation.exit(status)
+        case .killed(let signal, let reason):
+            if signal != SIGKILL && signal != SIGTERM && signal != SIGINT { RuntimeLog.write("warning", "container \(id): \(reason)") }
+            Glibc.signal(signal, SIG_DFL)
+            _ = Glibc.kill(getpid(), signal)
+            Foundation.exit(128 + signal)
+        case .timedOut, .readyPoint:
+            Foundation.exit(exit.status)
+        }
+    }
+}

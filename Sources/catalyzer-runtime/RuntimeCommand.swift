@@ -1,0 +1,263 @@
+import ArgumentParser
+import CatalyzerKernel
+import CatalyzerOCI
+import CatalyzerRuntime
+import Foundation
+import Glibc
+
+/// `catalyzer-runtime`: an OCI runtime (the command line runc has) whose containers are
+/// Catalyzer sandboxes. A container's process is a monitor process running the sandbox: the
+/// engine (podman through conmon, containerd's shim) sees it as the container's init, gets its
+/// exit status from it, and signals it; the monitor forwards signals to the guest.
+struct RuntimeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "catalyzer-runtime",
+        abstract: "An OCI runtime whose containers run in Catalyzer sandboxes.",
+        discussion: """
+            Global flags, before the command: --root DIR (state; default /run/catalyzer-runtime), --log FILE, \
+            --log-format text|json; --systemd-cgroup, --debug and --rootless VALUE are accepted and have no effect. \
+            A bundle's config.json is checked at create: what a sandbox cannot honour (a terminal, a writable root, \
+            the host's namespaces, devices, directory bind mounts) is refused, naming the field.
+            """,
+        subcommands: [Create.self, Start.self, Run.self, State.self, Kill.self, Delete.self, List.self, Ps.self, Features.self,
+                      Exec.self, Checkpoint.self, Restore.self, Init.self])
+
+    static var store: ContainerStore { ContainerStore(root: RuntimeGlobals.current.root) }
+
+    /// Runs `body`; a failure is logged (stderr and --log) and exits 1.
+    static func guarded(_ body: () throws -> Void) {
+        do {
+            try body()
+        } catch let exit as ExitCode {
+            Foundation.exit(exit.rawValue)
+        } catch {
+            RuntimeLog.fail(String(describing: error))
+        }
+    }
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a container from a bundle; its process waits for start.")
+        @Option(name: [.customLong("bundle"), .customShort("b")], help: "The bundle directory (config.json and the root).") var bundle = "."
+        @Option(name: .customLong("pid-file"), help: "Write the container process's pid here.") var pidFile: String?
+        @Option(name: .customLong("console-socket"), help: "Not supported: a terminal is refused at create.") var consoleSocket: String?
+        @Option(name: .customLong("preserve-fds"), help: "Accepted; extra fds are not passed into the sandbox.") var preserveFDs = 0
+        @Flag(name: .customLong("no-pivot")) var noPivot = false
+        @Flag(name: .customLong("no-new-keyring")) var noNewKeyring = false
+        @Argument(help: "The container id.") var id: String
+
+        func run() {
+            RuntimeCommand.guarded {
+                let child = try ContainerLauncher.create(id: id, bundle: bundle)
+                if let pidFile { try ContainerLauncher.writePIDFile(pidFile, pid: child) }
+            }
+        }
+    }
+
+    struct Start: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Start a created container's process.")
+        @Argument(help: "The container id.") var id: String
+
+        func run() {
+            RuntimeCommand.guarded { try ContainerLauncher.start(id: id) }
+        }
+    }
+
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create and start a container; without --detach, wait for it and exit with its status.")
+        @Option(name: [.customLong("bundle"), .customShort("b")], help: "The bundle directory.") var bundle = "."
+        @Option(name: .customLong("pid-file"), help: "Write the container process's pid here.") var pidFile: String?
+        @Option(name: .customLong("console-socket")) var consoleSocket: String?
+        @Option(name: .customLong("preserve-fds")) var preserveFDs = 0
+        @Flag(name: [.customLong("detach"), .customShort("d")], help: "Return once the container runs.") var detach = false
+        @Flag(name: .customLong("no-pivot")) var noPivot = false
+        @Flag(name: .customLong("no-new-keyring")) var noNewKeyring = false
+        @Argument(help: "The container id.") var id: String
+
+        func run() {
+            RuntimeCommand.guarded {
+                let child = try ContainerLauncher.create(id: id, bundle: bundle)
+                if let pidFile { try ContainerLauncher.writePIDFile(pidFile, pid: child) }
+                try ContainerLauncher.start(id: id)
+                guard !detach else { return }
+                // The monitor is our child: its status is the container's.
+                var status: Int32 = 0
+                while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+                RuntimeCommand.store.remove(id)
+                ContainerLauncher.exit(withStatusOf: status)
+            }
+        }
+    }
+
+    struct State: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a container's state as the OCI runtime spec defines it.")
+        @Argument(help: "The container id.") var id: String
+
+        func run() {
+            RuntimeCommand.guarded {
+                let store = RuntimeCommand.store
+                let state = store.state(of: try store.load(id))
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try encoder.encode(state), as: UTF8.self))
+            }
+        }
+    }
+
+    struct Kill: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Send a signal (default SIGTERM) to a container's process, which forwards it to the guest.")
+        @Flag(name: [.customLong("all"), .customShort("a")], help: "Every process of the container (the sandbox's are all behind one).") var all = false
+        @Argument(help: "The container id.") var id: String
+        @Argument(help: "The signal: a name (TERM, SIGTERM) or a number.") var signal = "SIGTERM"
+
+        func run() {
+            RuntimeCommand.guarded {
+                let store = RuntimeCommand.store
+                let record = try store.load(id)
+                let status = store.status(of: record)
+                guard status == "created" || status == "running" else {
+                    throw ContainerError.wrongState(id: id, status: status, wanted: "created or running")
+                }
+                guard let number = Signals.number(signal) else {
+                    throw ValidationError("unknown signal \(signal)")
+                }
+                guard Glibc.kill(record.pid, number) == 0 else {
+                    throw ContainerError.system("cannot signal process \(record.pid): \(String(cString: strerror(errno)))")
+                }
+            }
+        }
+    }
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a stopped container's state (--force: kill it first).")
+        @Flag(name: [.customLong("force"), .customShort("f")], help: "Kill a created or running container first.") var force = false
+        @Argument(help: "The container id.") var id: String
+
+        func run() {
+            RuntimeCommand.guarded {
+                let store = RuntimeCommand.store
+                let record: ContainerRecord
+                do {
+                    record = try store.load(id)
+                } catch ContainerError.notFound(_) where force {
+                    return  // already gone: what --force asks for (an engine cleaning up after a failed create)
+                }
+                let status = store.status(of: record)
+                if status == "created" || status == "running" {
+                    guard force else { throw ContainerError.wrongState(id: id, status: status, wanted: "stopped (or use --force)") }
+                    _ = Glibc.kill(record.pid, SIGKILL)
+                    let deadline = Date().addingTimeInterval(10)
+                    while ContainerStore.isAlive(pid: record.pid, startTime: record.pidStartTime) && Date() < deadline { usleep(10_000) }
+                }
+                store.remove(id)
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List containers.")
+        @Option(name: [.customLong("format"), .customShort("f")], help: "table or json.") var format = "table"
+        @Flag(name: [.customLong("quiet"), .customShort("q")], help: "Only ids.") var quiet = false
+
+        func run() {
+            RuntimeCommand.guarded {
+                let store = RuntimeCommand.store
+                let states = store.list().compactMap { try? store.load($0) }.map { store.state(of: $0) }
+                if quiet { return states.forEach { print($0.id) } }
+                if format == "json" {
+                    print(String(decoding: try JSONEncoder().encode(states), as: UTF8.self))
+                    return
+                }
+                print("ID\tPID\tSTATUS\tBUNDLE")
+                for state in states { print("\(state.id)\t\(state.pid)\t\(state.status)\t\(state.bundle)") }
+            }
+        }
+    }
+
+    struct Ps: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The host processes of a container: its monitor process.")
+        @Option(name: [.customLong("format"), .customShort("f")], help: "table or json.") var format = "table"
+        @Argument(help: "The container id.") var id: String
+        @Argument(parsing: .captureForPassthrough, help: "ps options (ignored).") var psOptions: [String] = []
+
+        func run() {
+            RuntimeCommand.guarded {
+                let store = RuntimeCommand.store
+                let record = try store.load(id)
+                let pids = store.status(of: record) == "stopped" ? [] : [record.pid]
+                if format == "json" { print("[" + pids.map(String.init).joined(separator: ",") + "]"); return }
+                print("PID")
+                for pid in pids { print(pid) }
+            }
+        }
+    }
+
+    struct Features: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "What this runtime supports, as JSON (runtime-spec features.md).")
+
+        func run() {
+            let features: [String: Any] = [
+                "ociVersionMin": "1.0.0", "ociVersionMax": "1.1.0",
+                "hooks": [String](),
+                "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec", "rprivate", "private", "mode", "size"],
+                "linux": [
+                    "namespaces": ["pid", "network", "ipc", "uts", "mount", "cgroup"],
+                    "capabilities": [String](),
+                    "cgroup": ["v1": false, "v2": false, "systemd": false, "systemdUser": false],
+                    "seccomp": ["enabled": false],
+                    "apparmor": ["enabled": false],
+                    "selinux": ["enabled": false],
+                ] as [String: Any],
+                "annotations": ["dev.catalyzer.sandbox": "kvm"],
+            ]
+            let data = (try? JSONSerialization.data(withJSONObject: features, options: [.prettyPrinted, .sortedKeys])) ?? Data()
+            print(String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    /// Commands of the OCI runtime CLI that are not built yet: a clear refusal, never a silent no-op.
+    struct Exec: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Not supported yet: a second process in a running container.")
+        @Argument(parsing: .captureForPassthrough) var rest: [String] = []
+        func run() { RuntimeLog.fail("exec is not supported by catalyzer-runtime yet: a running sandbox takes no second process from outside") }
+    }
+
+    struct Checkpoint: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Not supported yet: checkpoint a container into a Catalyzer image.")
+        @Argument(parsing: .captureForPassthrough) var rest: [String] = []
+        func run() { RuntimeLog.fail("checkpoint is not supported by catalyzer-runtime yet; use `catalyzer checkpoint` for functions") }
+    }
+
+    struct Restore: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Not supported yet: restore a container from a Catalyzer image.")
+        @Argument(parsing: .captureForPassthrough) var rest: [String] = []
+        func run() { RuntimeLog.fail("restore is not supported by catalyzer-runtime yet; use `catalyzer invoke` for functions") }
+    }
+
+    /// The container's process (started by create, never by hand): builds the sandbox, reports
+    /// on fd 3, waits on the start FIFO, then runs the guest and exits with its status.
+    struct Init: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "init", abstract: "The container process (internal).",
+                                                        shouldDisplay: false)
+        @Argument var id: String
+
+        func run() {
+            ContainerLauncher.runContainerProcess(id: id)
+        }
+    }
+}
+
+enum Signals {
+    static let names: [String: Int32] = [
+        "HUP": SIGHUP, "INT": SIGINT, "QUIT": SIGQUIT, "ILL": SIGILL, "TRAP": SIGTRAP, "ABRT": SIGABRT, "BUS": SIGBUS,
+        "FPE": SIGFPE, "KILL": SIGKILL, "USR1": SIGUSR1, "SEGV": SIGSEGV, "USR2": SIGUSR2, "PIPE": SIGPIPE, "ALRM": SIGALRM,
+        "TERM": SIGTERM, "CHLD": SIGCHLD, "CONT": SIGCONT, "STOP": SIGSTOP, "TSTP": SIGTSTP, "TTIN": SIGTTIN, "TTOU": SIGTTOU,
+        "URG": SIGURG, "XCPU": SIGXCPU, "XFSZ": SIGXFSZ, "VTALRM": SIGVTALRM, "PROF": SIGPROF, "WINCH": SIGWINCH, "IO": SIGIO,
+        "PWR": SIGPWR, "SYS": SIGSYS,
+    ]
+
+    static func number(_ text: String) -> Int32? {
+        if let value = Int32(text) { return (1...64).contains(value) ? value : nil }
+        let upper = text.uppercased()
+        return names[upper.hasPrefix("SIG") ? String(upper.dropFirst(3)) : upper]
+    }
+}

@@ -1,0 +1,107 @@
+import CatalyzerTestSupport
+import Foundation
+import Glibc
+import Testing
+
+/// Debian's podman with `--runtime` pointing at catalyzer-runtime, as root with its own storage
+/// under a temporary directory, on an image imported from the Python function rootfs.
+@Suite("OCI runtime under podman", .serialized)
+struct PodmanTests {
+    final class Podman {
+        let directory: TemporaryDirectory
+        let image = "localhost/catalyzer-test-python:latest"
+
+        init() throws {
+            try #require(TestEnvironment.isRoot && TestEnvironment.hasKVM, Comment(rawValue: TestEnvironment.requirementMessage("root and /dev/kvm")))
+            try #require(FileManager.default.isExecutableFile(atPath: "/usr/bin/podman"),
+                         Comment(rawValue: TestEnvironment.requirementMessage("Debian's podman (Scripts/bootstrap.sh installs it)")))
+            directory = try TemporaryDirectory("podman")
+            let rootfs = try PythonRootfs.path()
+            let tarball = directory.file("rootfs.tar")
+            let packed = try Command.spawned(120, "/bin/tar", ["-C", rootfs, "-cf", tarball, "."])
+            try #require(packed.status == 0, "\(packed)")
+            let imported = try podman(["import", tarball, image], timeout: 300)
+            try #require(imported.status == 0, "\(imported)")
+        }
+
+        /// podman with this test's storage, cgroupfs, file events and the given runtime.
+        func podman(_ arguments: [String], runtime: String? = nil, timeout: Int = 120) throws -> CommandResult {
+            var global = ["--root", directory.file("storage"), "--runroot", directory.file("run"), "--cgroup-manager", "cgroupfs",
+                          "--events-backend", "file", "--tmpdir", directory.file("tmp")]
+            if let runtime { global += ["--runtime", runtime] }
+            return try Command.spawned(Double(timeout), "/usr/bin/podman", global + arguments)
+        }
+
+        func close() {
+            _ = try? podman(["rm", "--all", "--force"], timeout: 60)
+            _ = try? Command.spawned(60, "/bin/sh", ["-c", "umount -R '\(directory.file("storage"))'/overlay 2>/dev/null; umount -R '\(directory.file("storage"))' 2>/dev/null; true"])
+            directory.remove()
+        }
+    }
+
+    static let limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--network", "none"]
+
+    @Test("podman run --read-only: python3's output and exit status as under runc; without --read-only the runtime refuses, naming root.readonly")
+    func runMatchesRunc() throws {
+        let podman = try Podman()
+        defer { podman.close() }
+        let script = "import sys, os; print('hello', os.environ['container'], sys.argv[1:]); sys.stdout.flush(); sys.exit(3)"
+        let arguments = ["run", "--rm", "--read-only"] + Self.limits + [podman.image, "/usr/bin/python3", "-c", script, "a b", "c"]
+        let ours = try podman.podman(arguments, runtime: Command.binary("catalyzer-runtime"))
+        let runc = try podman.podman(arguments, runtime: "/usr/sbin/runc")
+        #expect(ours.status == 3 && ours.stdout == "hello podman ['a b', 'c']\n", "\(ours)")
+        #expect(ours.status == runc.status && ours.stdout == runc.stdout, "catalyzer \(ours) runc \(runc)")
+
+        let writable = try podman.podman(["run", "--rm"] + Self.limits + [podman.image, "/usr/bin/python3", "-c", "print(1)"],
+                                         runtime: Command.binary("catalyzer-runtime"))
+        #expect(writable.status != 0 && writable.stderr.contains("root.readonly"), "\(writable)")
+    }
+
+    @Test("podman run -d, then podman stop: SIGTERM reaches the guest's handler, the exit status is the handler's; podman rm removes it")
+    func detachedStopAndRemove() throws {
+        let podman = try Podman()
+        defer { podman.close() }
+        let runtime = Command.binary("catalyzer-runtime")
+        let script = """
+            import signal, sys, time
+            def on_term(number, frame):
+                print("stopping on", number, flush=True); sys.exit(4)
+            signal.signal(signal.SIGTERM, on_term)
+            print("serving", flush=True)
+            while True: time.sleep(1)
+            """
+        let started = try podman.podman(["run", "-d", "--read-only"] + Self.limits + [podman.image, "/usr/bin/python3", "-c", script], runtime: runtime)
+        try #require(started.status == 0, "\(started)")
+        let id = started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        var serving = false
+        for _ in 0..<100 where !serving {
+            serving = try podman.podman(["logs", id]).stdout.contains("serving")
+            if !serving { usleep(100_000) }
+        }
+        #expect(serving)
+        let running = try podman.podman(["inspect", id, "--format", "{{.State.Status}}"])
+        #expect(running.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "running", "\(running)")
+        let stopped = try podman.podman(["stop", "-t", "10", id], runtime: runtime)
+        #expect(stopped.status == 0, "\(stopped)")
+        let logs = try podman.podman(["logs", id])
+        #expect(logs.stdout == "serving\nstopping on 15\n", "\(logs)")
+        let status = try podman.podman(["inspect", id, "--format", "{{.State.ExitCode}} {{.State.Status}}"])
+        #expect(status.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "4 exited", "\(status)")
+
+        // A guest that ignores SIGTERM: podman stop escalates to SIGKILL, which ends the monitor.
+        let stubborn = try podman.podman(["run", "-d", "--read-only"] + Self.limits
+                                         + [podman.image, "/usr/bin/python3", "-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(300)"],
+                                         runtime: runtime)
+        try #require(stubborn.status == 0, "\(stubborn)")
+        let stubbornID = stubborn.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let killed = try podman.podman(["stop", "-t", "1", stubbornID], runtime: runtime)
+        #expect(killed.status == 0, "\(killed)")
+        let killedStatus = try podman.podman(["inspect", stubbornID, "--format", "{{.State.ExitCode}}"])
+        #expect(killedStatus.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "137", "\(killedStatus)")
+
+        let removed = try podman.podman(["rm", id, stubbornID], runtime: runtime)
+        #expect(removed.status == 0, "\(removed)")
+        let listed = try podman.podman(["ps", "--all", "--quiet"])
+        #expect(listed.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(listed)")
+    }
+}

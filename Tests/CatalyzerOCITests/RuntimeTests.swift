@@ -1,0 +1,169 @@
+import CatalyzerTestSupport
+import Foundation
+import Glibc
+import Testing
+
+/// `catalyzer-runtime` driven as an engine drives an OCI runtime: bundles written here (the
+/// Python function rootfs as the root), create / state / start / kill / delete through the CLI,
+/// and config.json fields the sandbox cannot honour refused at create, naming the field.
+@Suite("OCI runtime: the runc command line", .serialized)
+struct RuntimeTests {
+    /// A bundle directory whose config.json is `spec` with the root at `rootfs`.
+    static func bundle(_ directory: TemporaryDirectory, _ name: String, rootfs: String, args: [String],
+                       edit: (inout [String: Any]) -> Void = { _ in }) throws -> String {
+        let bundle = directory.file(name)
+        try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)
+        var spec: [String: Any] = [
+            "ociVersion": "1.0.2",
+            "process": ["terminal": false, "user": ["uid": 0, "gid": 0], "args": args, "cwd": "/",
+                        "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello"]] as [String: Any],
+            "root": ["path": rootfs, "readonly": true],
+            "hostname": "box-1",
+            "mounts": [
+                ["destination": "/proc", "type": "proc", "source": "proc"],
+                ["destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["rw", "nosuid"]],
+                ["destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro"]],
+            ],
+            "annotations": ["org.example.owner": "tests"],
+            "linux": ["namespaces": [["type": "pid"], ["type": "network"], ["type": "ipc"], ["type": "uts"], ["type": "mount"]],
+                      "resources": ["memory": ["limit": 192 << 20]]] as [String: Any],
+        ]
+        edit(&spec)
+        let data = try JSONSerialization.data(withJSONObject: spec, options: [.prettyPrinted])
+        try data.write(to: URL(fileURLWithPath: bundle + "/config.json"))
+        return bundle
+    }
+
+    /// The runtime with `--root` under `state`, stdout and stderr to files (a container process
+    /// keeps create's stdio, so a pipe would not end until it does).
+    static func runtime(_ state: String, _ arguments: [String], output: String) throws -> (status: Int32, output: String) {
+        let quoted = ([Command.binary("catalyzer-runtime"), "--root", state] + arguments).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+        let result = try Command.spawned(60, "/bin/sh", ["-c", quoted.joined(separator: " ") + " >>'\(output)' 2>&1"])
+        return (result.status, (try? String(contentsOfFile: output, encoding: .utf8)) ?? "")
+    }
+
+    static func state(_ stateRoot: String, _ id: String) throws -> [String: Any] {
+        let result = try Command.spawned(30, Command.binary("catalyzer-runtime"), ["--root", stateRoot, "state", id])
+        return (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]) ?? ["error": result.stderr]
+    }
+
+    static func waitFor(_ condition: () throws -> Bool, seconds: Double = 20) rethrows -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try condition() { return true }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    @Test("create, state, start, kill and delete: the container runs in a sandbox with the bundle's env, hostname, memory and tmpfs, its handler gets SIGTERM, and its state follows")
+    func lifecycle() throws {
+        try #require(TestEnvironment.isRoot && TestEnvironment.hasKVM, Comment(rawValue: TestEnvironment.requirementMessage("root and /dev/kvm")))
+        let directory = try TemporaryDirectory("oci-lifecycle")
+        defer { directory.remove() }
+        let script = """
+            import os, signal, sys, time
+            def on_term(number, frame):
+                print("got", number, flush=True); sys.exit(5)
+            signal.signal(signal.SIGTERM, on_term)
+            open("/run/marker", "w").write("written")
+            memory = [l for l in open("/proc/meminfo") if l.startswith("MemTotal")][0].split()[1]
+            print(os.environ["GREETING"], os.uname().nodename, open("/run/marker").read(), int(memory) // 1024, flush=True)
+            try:
+                open("/etc/passwd", "a")
+            except OSError as error:
+                print("root", error.strerror, flush=True)
+            while True: time.sleep(1)
+            """
+        let bundle = try Self.bundle(directory, "bundle", rootfs: try PythonRootfs.path(), args: ["python3", "-c", script])
+        let stateRoot = directory.file("state"), output = directory.file("output")
+        defer { _ = try? Self.runtime(stateRoot, ["delete", "--force", "box"], output: directory.file("cleanup")) }
+        let created = try Self.runtime(stateRoot, ["create", "--bundle", bundle, "--pid-file", directory.file("pid"), "box"], output: output)
+        try #require(created.status == 0, "\(created.output)")
+        let pid = Int32((try String(contentsOfFile: directory.file("pid"), encoding: .utf8)).trimmingCharacters(in: .whitespaces)) ?? 0
+        var state = try Self.state(stateRoot, "box")
+        #expect(state["status"] as? String == "created" && state["pid"] as? Int == Int(pid) && pid > 0, "\(state)")
+        #expect((state["annotations"] as? [String: String])?["org.example.owner"] == "tests" && state["bundle"] as? String == URL(fileURLWithPath: bundle).standardizedFileURL.path, "\(state)")
+
+        let started = try Self.runtime(stateRoot, ["start", "box"], output: output)
+        try #require(started.status == 0, "\(started.output)")
+        let sawRoot = try Self.waitFor { (try String(contentsOfFile: output, encoding: .utf8)).contains("root Read-only file system") }
+        #expect(sawRoot, "\((try? String(contentsOfFile: output, encoding: .utf8)) ?? "")")
+        state = try Self.state(stateRoot, "box")
+        #expect(state["status"] as? String == "running", "\(state)")
+        #expect(try String(contentsOfFile: output, encoding: .utf8).contains("hello box-1 written 192\n"))
+
+        let killed = try Self.runtime(stateRoot, ["kill", "box", "TERM"], output: output)
+        #expect(killed.status == 0, "\(killed.output)")
+        let stopped = try Self.waitFor { try Self.state(stateRoot, "box")["status"] as? String == "stopped" }
+        #expect(stopped, "\((try? Self.state(stateRoot, "box")) ?? [:])")
+        #expect(try String(contentsOfFile: output, encoding: .utf8).contains("got 15\n"))
+        let again = try Self.runtime(stateRoot, ["kill", "box", "KILL"], output: directory.file("kill-again"))
+        #expect(again.status != 0 && again.output.contains("is stopped"), "\(again.output)")
+        let deleted = try Self.runtime(stateRoot, ["delete", "box"], output: output)
+        #expect(deleted.status == 0 && !FileManager.default.fileExists(atPath: stateRoot + "/box"), "\(deleted.output)")
+        let gone = try Self.runtime(stateRoot, ["state", "box"], output: directory.file("gone"))
+        #expect(gone.status != 0 && gone.output.contains("does not exist"), "\(gone.output)")
+    }
+
+    @Test("run waits for the container and exits with its status; delete without --force refuses a running container")
+    func runAndDelete() throws {
+        try #require(TestEnvironment.isRoot && TestEnvironment.hasKVM, Comment(rawValue: TestEnvironment.requirementMessage("root and /dev/kvm")))
+        let directory = try TemporaryDirectory("oci-run")
+        defer { directory.remove() }
+        let rootfs = try PythonRootfs.path()
+        let exiting = try Self.bundle(directory, "exiting", rootfs: rootfs, args: ["/usr/bin/python3", "-c", "print('bye'); raise SystemExit(9)"])
+        let ran = try Self.runtime(directory.file("state"), ["run", "--bundle", exiting, "once"], output: directory.file("run"))
+        #expect(ran.status == 9 && ran.output.contains("bye"), "\(ran.output)")
+        #expect(!FileManager.default.fileExists(atPath: directory.file("state") + "/once"))
+
+        let sleeping = try Self.bundle(directory, "sleeping", rootfs: rootfs, args: ["/usr/bin/python3", "-c", "import time; time.sleep(60)"])
+        defer { _ = try? Self.runtime(directory.file("state"), ["delete", "--force", "sleeper"], output: directory.file("cleanup")) }
+        let detached = try Self.runtime(directory.file("state"), ["run", "--detach", "--bundle", sleeping, "sleeper"], output: directory.file("detached"))
+        try #require(detached.status == 0, "\(detached.output)")
+        let refused = try Self.runtime(directory.file("state"), ["delete", "sleeper"], output: directory.file("refused"))
+        #expect(refused.status != 0 && refused.output.contains("is running"), "\(refused.output)")
+        let forced = try Self.runtime(directory.file("state"), ["delete", "--force", "sleeper"], output: directory.file("forced"))
+        #expect(forced.status == 0, "\(forced.output)")
+        let listed = try Self.runtime(directory.file("state"), ["list", "--quiet"], output: directory.file("list"))
+        #expect(listed.status == 0 && listed.output.isEmpty, "\(listed.output)")
+    }
+
+    @Test("create refuses, naming the field and leaving no state, what a sandbox cannot honour")
+    func refusals() throws {
+        try #require(TestEnvironment.isRoot && TestEnvironment.hasKVM, Comment(rawValue: TestEnvironment.requirementMessage("root and /dev/kvm")))
+        let directory = try TemporaryDirectory("oci-refuse")
+        defer { directory.remove() }
+        let rootfs = try PythonRootfs.path()
+        let cases: [(String, String, (inout [String: Any]) -> Void)] = [
+            ("terminal", "process.terminal", { spec in
+                var process = spec["process"] as! [String: Any]; process["terminal"] = true; spec["process"] = process }),
+            ("user", "process.user", { spec in
+                var process = spec["process"] as! [String: Any]; process["user"] = ["uid": 1000, "gid": 1000]; spec["process"] = process }),
+            ("writable", "root.readonly", { spec in spec["root"] = ["path": rootfs, "readonly": false] }),
+            ("host-network", "linux.namespaces", { spec in
+                spec["linux"] = ["namespaces": [["type": "pid"], ["type": "mount"]]] }),
+            ("device", "linux.devices", { spec in
+                spec["linux"] = ["namespaces": [["type": "pid"], ["type": "network"], ["type": "mount"]],
+                                 "devices": [["path": "/dev/kvm", "type": "c", "major": 10, "minor": 232]]] }),
+            ("volume", "mounts[3] (/data)", { spec in
+                var mounts = spec["mounts"] as! [[String: Any]]
+                mounts.append(["destination": "/data", "type": "bind", "source": "/etc", "options": ["rbind", "ro"]])
+                spec["mounts"] = mounts }),
+            ("no-args", "process.args", { spec in
+                var process = spec["process"] as! [String: Any]; process["args"] = [String](); spec["process"] = process }),
+            ("missing-program", "process.args: /usr/bin/no-such-program is not an executable file", { spec in
+                var process = spec["process"] as! [String: Any]; process["args"] = ["/usr/bin/no-such-program"]; spec["process"] = process }),
+        ]
+        for (name, field, edit) in cases {
+            let bundle = try Self.bundle(directory, name, rootfs: rootfs, args: ["/usr/bin/python3", "-c", "print(1)"], edit: edit)
+            let result = try Self.runtime(directory.file("state"), ["--log", directory.file("log-\(name)"), "--log-format", "json",
+                                                                     "create", "--bundle", bundle, name], output: directory.file("out-\(name)"))
+            #expect(result.status != 0 && result.output.contains(field), "\(name): \(result.output)")
+            #expect(!FileManager.default.fileExists(atPath: directory.file("state") + "/" + name), "\(name) left state behind")
+            let log = (try? String(contentsOfFile: directory.file("log-\(name)"), encoding: .utf8)) ?? ""
+            let entry = log.split(separator: "\n").last.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            #expect(entry?["level"] as? String == "error" && (entry?["msg"] as? String)?.contains(field) == true, "\(name): \(log)")
+        }
+    }
+}
