@@ -67,7 +67,7 @@ log=$(mktemp)
 swift build -c release >"$log" 2>&1 || { cat "$log" >&2; die "release build failed"; }
 rm -f "$log"
 bin=$(swift build -c release --show-bin-path)
-for tool in catalyzer catalyzerfs; do
+for tool in catalyzer catalyzerfs catalyzer-runtime; do
   if [[ -x "$bin/$tool" ]]; then
     install -m 0755 "$bin/$tool" /usr/local/bin/
     say "installed /usr/local/bin/$tool"
