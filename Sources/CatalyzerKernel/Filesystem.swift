@@ -30,12 +30,13 @@ final class Filesystem {
     /// Inode numbers of configured mounts: apart from /tmp's, /proc's and the resolver's.
     private static let mountInodeBase: UInt64 = 0x6D6E_7400 << 32
 
-    /// Adds the configuration's mounts. Paths are normalized; the built-in /tmp, /dev/shm and
-    /// /proc win over a mount of the same path (they already are what a tmpfs or proc mount asks).
+    /// Adds the configuration's mounts. Paths are normalized; mounts on or under the built-in
+    /// /tmp, /dev/shm and /proc are left out (those already are what a tmpfs or proc mount asks).
     func addMounts(_ mounts: [SandboxMount]) {
         for mount in mounts {
             let components = GuestPath.components(GuestPath.normalize(mount.path))
-            guard !components.isEmpty else { continue }
+            let builtIn = components.first == "tmp" || components.first == "proc" || components.starts(with: ["dev", "shm"])
+            guard !components.isEmpty, !builtIn else { continue }
             let inode = Self.mountInodeBase + UInt64(2 * (memoryMounts.count + fileMounts.count))
             switch mount {
             case .memory:

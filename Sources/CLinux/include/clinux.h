@@ -8,9 +8,7 @@
 /// syncfs(2): flush every dirty page of the filesystem holding `fd`.
 static inline int clinux_syncfs(int fd) { return syncfs(fd); }
 
-#include <spawn.h>
-
 /// posix_spawn_file_actions_addclosefrom_np: the child closes every fd from `from` up.
-static inline int clinux_spawn_close_from(posix_spawn_file_actions_t *actions, int from) {
-    return posix_spawn_file_actions_addclosefrom_np(actions, from);
-}
+/// `actions` is a `posix_spawn_file_actions_t *`, passed untyped: including <spawn.h> here under
+/// _GNU_SOURCE would give fd_set a second definition beside the Glibc module's.
+int clinux_spawn_close_from(void *actions, int from);
