@@ -87,21 +87,22 @@ function uuidFrom(bytes) {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
 }
 
-/** xorshift128+, as V8's own Math.random, from a 16-byte seed. */
-function xorshift128plus(seed) {
-  let s0 = seed.readBigUInt64LE(0) | 1n;
-  let s1 = seed.readBigUInt64LE(8);
-  const mask = (1n << 64n) - 1n;
-  return function random() {
-    let x = s0;
-    const y = s1;
-    s0 = y;
-    x ^= (x << 23n) & mask;
-    x ^= x >> 17n;
-    x ^= y ^ (y >> 26n);
-    s1 = x;
-    return Number((s0 + s1) & ((1n << 53n) - 1n)) / 2 ** 53;
-  };
+const rotl = (x, k) => (x << k) | (x >>> (32 - k));
+
+/**
+ * xoshiro128** from a 16-byte seed: a Math.random for one instance, in 32-bit integer operations
+ * (fast in V8), each double made of two draws (53 random bits, as V8's own).
+ */
+function xoshiro128(seed) {
+  let a = seed.readUInt32LE(0) | 0, b = seed.readUInt32LE(4) | 0, c = seed.readUInt32LE(8) | 0, d = seed.readUInt32LE(12) | 0;
+  if ((a | b | c | d) === 0) a = 1;  // the all-zero state is the one it never leaves
+  function next() {
+    const result = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
+    const t = b << 9;
+    c ^= a; d ^= b; b ^= c; a ^= d; c ^= t; d = rotl(d, 11);
+    return result;
+  }
+  return function random() { return ((next() >>> 5) * 67108864 + (next() >>> 6)) / 9007199254740992; };
 }
 
 const crypto = require('crypto');
@@ -135,7 +136,7 @@ function startInstance() {
     usage(`cannot reseed OpenSSL's random generator for this instance (${error.message}); refusing to serve requests ` +
       'whose random numbers every restored instance would share');
   }
-  instanceRandom = xorshift128plus(crypto.randomBytes(16));
+  instanceRandom = xoshiro128(crypto.randomBytes(16));
   process.env.CATALYZER_INSTANCE_ID = uuidFrom(crypto.randomBytes(16));
 }
 
