@@ -118,7 +118,7 @@ public enum NetworkBenchmark {
 
         let host = try runOnHost(binary, arguments, includeStandardError: false)
         guard host.status == 0 else { throw Failure("the network benchmark failed on the host (status \(host.status))") }
-        let sandboxSamples = parse(sandboxOutput), hostSamples = parse(host.output)
+        let sandboxSamples = ProgramOutput.samples(sandboxOutput), hostSamples = ProgramOutput.samples(host.output)
         return measurements.map { key, name in Row(name: name, sandbox: sandboxSamples[key] ?? [], host: hostSamples[key] ?? []) }
     }
 
@@ -137,15 +137,6 @@ public enum NetworkBenchmark {
         let output = reader.finish()
         close(pipes[0])
         return (try exit.get(), output)
-    }
-
-    private static func parse(_ output: String) -> [String: [Double]] {
-        var samples: [String: [Double]] = [:]
-        for line in output.split(separator: "\n") {
-            let words = line.split(separator: " ")
-            if words.count == 2, let value = Double(words[1]) { samples[String(words[0]), default: []].append(value) }
-        }
-        return samples
     }
 
     /// Runs a host program to its end: its exit status (128+signal if killed) and its stdout.
@@ -175,31 +166,6 @@ private func pipeClosedOnExec(_ fds: inout [Int32]) -> Bool {
     return true
 }
 
-/// Reads a pipe to its end on a thread of its own, so the sandbox's writes never block on a full
-/// pipe while `Sandbox.run` holds the calling thread.
-private final class OutputReader: Sendable {
-    private let bytes = Mutex<[UInt8]>([])
-    private let ended = DispatchSemaphore(value: 0)
-
-    init(fd: Int32) {
-        Thread.detachNewThread { [self] in
-            var buffer = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if count < 0 && errno == EINTR { continue }
-                guard count > 0 else { break }
-                bytes.withLock { $0 += buffer.prefix(count) }
-            }
-            ended.signal()
-        }
-    }
-
-    /// Waits for end-of-file (every write end closed) and returns what was read.
-    func finish() -> String {
-        ended.wait()
-        return bytes.withLock { String(decoding: $0, as: UTF8.self) }
-    }
-}
 
 /// A TCP echo server on the host's 127.0.0.1 (an ephemeral port), on a thread of its own: it
 /// takes one connection at a time and writes every byte it reads back, until the peer closes.

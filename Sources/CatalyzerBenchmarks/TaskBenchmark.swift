@@ -88,7 +88,7 @@ public enum TaskBenchmark {
         var configuration = SandboxConfiguration(rootDirectory: rootfs, memorySize: 256 << 20, programPath: "/taskbench",
                                                  arguments: ["taskbench", String(iterations)])
         configuration.standardStreams = [devNull, pipes[1], devNull]
-        let collector = PipeCollector(fd: pipes[0])
+        let collector = OutputReader(fd: pipes[0])
         let sandbox = try Sandbox(configuration: configuration)
         let exit = try sandbox.run(timeoutSeconds: 120)
         close(pipes[1])
@@ -97,18 +97,9 @@ public enum TaskBenchmark {
         guard exit == .exited(status: 0) else { throw BenchmarkError("the task benchmark failed in the sandbox: \(exit)") }
         let host = runHost([binary, String(iterations)])
         guard host.status == 0 else { throw BenchmarkError("the task benchmark failed on the host (status \(host.status))") }
-        let sandboxSamples = parse(sandboxOutput), hostSamples = parse(host.output)
+        let sandboxSamples = ProgramOutput.samples(sandboxOutput), hostSamples = ProgramOutput.samples(host.output)
         return [("thread", "thread create + join"), ("futex", "futex ping-pong, 2 threads"), ("pipe", "pipe ping-pong, 2 processes")]
             .map { key, name in Row(name: name, sandbox: sandboxSamples[key] ?? [], host: hostSamples[key] ?? []) }
-    }
-
-    private static func parse(_ output: String) -> [String: [Double]] {
-        var samples: [String: [Double]] = [:]
-        for line in output.split(separator: "\n") {
-            let words = line.split(separator: " ")
-            if words.count == 2, let value = Double(words[1]) { samples[String(words[0]), default: []].append(value) }
-        }
-        return samples
     }
 
     /// Runs a host command, returning its status and stdout.
@@ -128,7 +119,7 @@ public enum TaskBenchmark {
             return (-1, "")
         }
         close(pipes[1])
-        let collector = PipeCollector(fd: pipes[0])
+        let collector = OutputReader(fd: pipes[0])
         let output = collector.finish()
         close(pipes[0])
         var status: Int32 = 0
@@ -142,35 +133,3 @@ public struct BenchmarkError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Reads a pipe to its end on a thread of its own (so a writer never blocks on a full pipe).
-private final class PipeCollector: @unchecked Sendable {
-    private var bytes: [UInt8] = []
-    private var thread = pthread_t()
-
-    init(fd: Int32) {
-        let box = Unmanaged.passRetained(Context(fd: fd, collector: self)).toOpaque()
-        pthread_create(&thread, nil, { argument in
-            let context = Unmanaged<Context>.fromOpaque(argument!).takeRetainedValue()
-            var buffer = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let count = buffer.withUnsafeMutableBytes { read(context.fd, $0.baseAddress, $0.count) }
-                if count < 0 && errno == EINTR { continue }
-                guard count > 0 else { break }
-                context.collector.bytes += buffer.prefix(count)
-            }
-            return nil
-        }, box)
-    }
-
-    private final class Context {
-        let fd: Int32
-        let collector: PipeCollector
-        init(fd: Int32, collector: PipeCollector) { self.fd = fd; self.collector = collector }
-    }
-
-    /// Waits for end-of-file and returns what was read.
-    func finish() -> String {
-        pthread_join(thread, nil)
-        return String(decoding: bytes, as: UTF8.self)
-    }
-}

@@ -1,3 +1,5 @@
+import Glibc
+
 /// What to run in a sandbox and with which limits.
 public struct SandboxConfiguration: Sendable {
     /// Host directory that becomes the guest's read-only `/`.
@@ -39,6 +41,19 @@ public struct SandboxConfiguration: Sendable {
         self.arguments = arguments
         self.environment = environment
         self.traceSyscalls = traceSyscalls
+    }
+}
+
+extension SandboxConfiguration {
+    /// The guest path of `program`: a bare name is looked up on the environment's PATH (else
+    /// `defaultSearchPath`) inside `rootfs`, as a shell or runc's init would; a path is made absolute.
+    public static func resolveProgram(_ program: String, rootfs: String, environment: [String], defaultSearchPath: String = "") -> String {
+        guard !program.contains("/") else { return program.hasPrefix("/") ? program : "/" + program }
+        let path = environment.last { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) } ?? defaultSearchPath
+        for directory in path.split(separator: ":") where access(rootfs + "/" + directory + "/" + program, X_OK) == 0 {
+            return directory + "/" + program
+        }
+        return "/" + program
     }
 }
 

@@ -39,6 +39,8 @@ public struct SandboxPlan: Sendable {
     public static let defaultMemory = 256 << 20
     /// Files a bind mount may bring (the engine's hosts, resolv.conf, hostname are a few bytes).
     public static let boundFileLimit = 1 << 20
+    /// Where a bare program name is looked up when the spec's env has no PATH (runc's default).
+    static let defaultSearchPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     static let absentMountTypes: Set<String> = ["sysfs", "cgroup", "cgroup2", "mqueue", "devpts"]
     static let builtInDevices: Set<String> = ["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/full", "/dev/tty",
                                               "/dev/console", "/dev/ptmx"]
@@ -104,7 +106,8 @@ public struct SandboxPlan: Sendable {
         }
         let environment = process.env ?? []
         var configuration = SandboxConfiguration(rootDirectory: rootPath, memorySize: memory,
-                                                 programPath: Self.resolve(program, rootfs: rootPath, environment: environment),
+                                                 programPath: SandboxConfiguration.resolveProgram(program, rootfs: rootPath, environment: environment,
+                                                                                                     defaultSearchPath: Self.defaultSearchPath),
                                                  arguments: args, environment: environment)
         // Through the root, as the sandbox will open it (a symlink in the root resolves inside it).
         let resolved = URL(fileURLWithPath: rootPath + configuration.programPath).resolvingSymlinksInPath().path
@@ -161,16 +164,5 @@ public struct SandboxPlan: Sendable {
             }
         }
         return result
-    }
-
-    /// A bare program name is looked up on the spec's PATH inside the rootfs, as runc's init does.
-    static func resolve(_ program: String, rootfs: String, environment: [String]) -> String {
-        guard !program.contains("/") else { return program }
-        let path = environment.last { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) }
-            ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        for directory in path.split(separator: ":") where access(rootfs + "/" + directory + "/" + program, X_OK) == 0 {
-            return directory + "/" + program
-        }
-        return "/" + program
     }
 }

@@ -112,12 +112,16 @@ enum ContainerLauncher {
     /// Exits as a process with wait status `status` did: its code, or the same signal.
     static func exit(withStatusOf status: Int32) -> Never {
         let signalled = status & 0x7F
-        if signalled != 0 && signalled != 0x7F {
-            Glibc.signal(signalled, SIG_DFL)
-            _ = Glibc.kill(getpid(), signalled)
-            Foundation.exit(128 + signalled)
-        }
+        if signalled != 0 && signalled != 0x7F { exit(bySignal: signalled) }
         Foundation.exit((status >> 8) & 0xFF)
+    }
+
+    /// Ends this process by `signal`, as the engine expects of a container killed by it (128+N
+    /// if the signal does not end it).
+    static func exit(bySignal signal: Int32) -> Never {
+        Glibc.signal(signal, SIG_DFL)
+        _ = Glibc.kill(getpid(), signal)
+        Foundation.exit(128 + signal)
     }
 
     /// The container process: build, report, wait for start, run, exit as the guest did.
@@ -157,9 +161,7 @@ enum ContainerLauncher {
             Foundation.exit(status)
         case .killed(let signal, let reason):
             if signal != SIGKILL && signal != SIGTERM && signal != SIGINT { RuntimeLog.write("warning", "container \(id): \(reason)") }
-            Glibc.signal(signal, SIG_DFL)
-            _ = Glibc.kill(getpid(), signal)
-            Foundation.exit(128 + signal)
+            ContainerLauncher.exit(bySignal: signal)
         case .timedOut, .readyPoint:
             Foundation.exit(exit.status)
         }

@@ -37,19 +37,11 @@ struct RuntimeCommand: ParsableCommand {
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a container from a bundle; its process waits for start.")
-        @Option(name: [.customLong("bundle"), .customShort("b")], help: "The bundle directory (config.json and the root).") var bundle = "."
-        @Option(name: .customLong("pid-file"), help: "Write the container process's pid here.") var pidFile: String?
-        @Option(name: .customLong("console-socket"), help: "Not supported: a terminal is refused at create.") var consoleSocket: String?
-        @Option(name: .customLong("preserve-fds"), help: "Accepted; extra fds are not passed into the sandbox.") var preserveFDs = 0
-        @Flag(name: .customLong("no-pivot")) var noPivot = false
-        @Flag(name: .customLong("no-new-keyring")) var noNewKeyring = false
+        @OptionGroup var options: CreateOptions
         @Argument(help: "The container id.") var id: String
 
         func run() {
-            RuntimeCommand.guarded {
-                let child = try ContainerLauncher.create(id: id, bundle: bundle)
-                if let pidFile { try ContainerLauncher.writePIDFile(pidFile, pid: child) }
-            }
+            RuntimeCommand.guarded { _ = try options.create(id: id) }
         }
     }
 
@@ -64,19 +56,13 @@ struct RuntimeCommand: ParsableCommand {
 
     struct Run: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create and start a container; without --detach, wait for it and exit with its status.")
-        @Option(name: [.customLong("bundle"), .customShort("b")], help: "The bundle directory.") var bundle = "."
-        @Option(name: .customLong("pid-file"), help: "Write the container process's pid here.") var pidFile: String?
-        @Option(name: .customLong("console-socket")) var consoleSocket: String?
-        @Option(name: .customLong("preserve-fds")) var preserveFDs = 0
+        @OptionGroup var options: CreateOptions
         @Flag(name: [.customLong("detach"), .customShort("d")], help: "Return once the container runs.") var detach = false
-        @Flag(name: .customLong("no-pivot")) var noPivot = false
-        @Flag(name: .customLong("no-new-keyring")) var noNewKeyring = false
         @Argument(help: "The container id.") var id: String
 
         func run() {
             RuntimeCommand.guarded {
-                let child = try ContainerLauncher.create(id: id, bundle: bundle)
-                if let pidFile { try ContainerLauncher.writePIDFile(pidFile, pid: child) }
+                let child = try options.create(id: id)
                 try ContainerLauncher.start(id: id)
                 guard !detach else { return }
                 // The monitor is our child: its status is the container's.
@@ -243,6 +229,23 @@ struct RuntimeCommand: ParsableCommand {
         func run() {
             ContainerLauncher.runContainerProcess(id: id)
         }
+    }
+}
+
+/// The options `create` and `run` share, as runc takes them.
+struct CreateOptions: ParsableArguments {
+    @Option(name: [.customLong("bundle"), .customShort("b")], help: "The bundle directory (config.json and the root).") var bundle = "."
+    @Option(name: .customLong("pid-file"), help: "Write the container process's pid here.") var pidFile: String?
+    @Option(name: .customLong("console-socket"), help: "Not supported: a terminal is refused at create.") var consoleSocket: String?
+    @Option(name: .customLong("preserve-fds"), help: "Accepted; extra fds are not passed into the sandbox.") var preserveFDs = 0
+    @Flag(name: .customLong("no-pivot")) var noPivot = false
+    @Flag(name: .customLong("no-new-keyring")) var noNewKeyring = false
+
+    /// Creates the container and writes the pid file; returns the container process's pid.
+    func create(id: String) throws -> Int32 {
+        let child = try ContainerLauncher.create(id: id, bundle: bundle)
+        if let pidFile { try ContainerLauncher.writePIDFile(pidFile, pid: child) }
+        return child
     }
 }
 

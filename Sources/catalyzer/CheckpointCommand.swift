@@ -1,5 +1,6 @@
 import ArgumentParser
 import CatalyzerImage
+import CatalyzerKernel
 import CatalyzerRuntime
 import Glibc
 
@@ -66,7 +67,7 @@ struct CheckpointCommand: ParsableCommand {
             image.chunkSize = Int(chunkSize.bytes)
             var request = CheckpointRequest(
                 name: name, rootfs: rootfs, memorySize: Int(ByteCount.parse(memory) ?? 0),
-                programPath: Run.resolveProgram(command[0], rootfs: rootfs, environment: environment),
+                programPath: SandboxConfiguration.resolveProgram(command[0], rootfs: rootfs, environment: environment),
                 arguments: command, environment: environment, timeoutSeconds: Double(timeout.nanoseconds) / 1e9, image: image)
             request.limits.maximumTasks = maxTasks
             request.network = try network.policy()

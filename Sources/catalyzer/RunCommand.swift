@@ -66,7 +66,7 @@ struct Run: ParsableCommand {
 
     func run() throws {
         let environment = Self.environment(environment)
-        let program = Self.resolveProgram(command[0], rootfs: rootfs, environment: environment)
+        let program = SandboxConfiguration.resolveProgram(command[0], rootfs: rootfs, environment: environment)
         var configuration = SandboxConfiguration(
             rootDirectory: rootfs, memorySize: Int(ByteCount.parse(memory) ?? 0), programPath: program, arguments: command,
             environment: environment, traceSyscalls: strace)
@@ -101,16 +101,6 @@ struct Run: ParsableCommand {
             Self.report("timed out after \(timeout.description); sandbox stopped")
         }
         throw ExitCode(exit.status)
-    }
-
-    /// A bare name is looked up on the guest's PATH inside the rootfs, as a shell would.
-    static func resolveProgram(_ name: String, rootfs: String, environment: [String]) -> String {
-        guard !name.contains("/") else { return name.hasPrefix("/") ? name : "/" + name }
-        let path = environment.last { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) } ?? ""
-        for directory in path.split(separator: ":") where access(rootfs + "/" + directory + "/" + name, X_OK) == 0 {
-            return directory + "/" + name
-        }
-        return "/" + name
     }
 
     static func signalName(_ signal: Int32) -> String {

@@ -65,17 +65,9 @@ struct FunctionCreateTests {
                                    stdin: Data((event + "\n").utf8))
         #expect(host.stdout == expected, "\(host)")
 
-        let mounted = try scene.catalyzer(["mount", "--store", scene.store.root])
-        try #require(mounted.status == 0, "\(mounted)")
-        defer { _ = try? scene.catalyzer(["mount", "--unmount"]) }
-        let service = try ForkingFunctionService(store: scene.store, mount: mounted.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
-                                                 poolSize: 1)
+        let service = try scene.forkingService()
         defer { service.shutdown() }
-        let forked = try await service.invoke(FunctionRequest(function: "yaml2json", event: Array(event.utf8), timeoutSeconds: 30))
-        guard case .result(let bytes) = forked.outcome else {
-            Issue.record("expected a result, got \(forked.outcome)")
-            return
-        }
+        guard let bytes = try await scene.forkedResult(service, "yaml2json", event) else { return }
         #expect("{\"ok\":true,\"result\":" + String(decoding: bytes, as: UTF8.self) + "}\n" == expected)
 
         // Another function with the same requirements shares the runtime and dependencies layers.

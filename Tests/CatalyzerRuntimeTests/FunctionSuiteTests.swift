@@ -1,4 +1,6 @@
+import CatalyzerBenchmarks
 import CatalyzerImage
+import CatalyzerRuntime
 import CatalyzerTestSupport
 import Foundation
 import Testing
@@ -19,17 +21,9 @@ struct FunctionSuiteTests {
 
     /// The Python examples, from their bench.json, and `fetch`, written here for the test's server.
     static func functions(in scratch: TemporaryDirectory, httpPort: Int) throws -> [Function] {
-        let suite = Repository.path("Examples/functions")
-        var functions: [Function] = []
-        for name in try FileManager.default.contentsOfDirectory(atPath: suite).sorted() {
-            let directory = suite + "/" + name
-            guard let data = FileManager.default.contents(atPath: directory + "/bench.json"),
-                  let settings = try JSONSerialization.jsonObject(with: data) as? [String: Any],
-                  (settings["runtime"] as? String ?? "python3.11") == "python3.11", let event = settings["event"] else { continue }
-            let encoded = try JSONSerialization.data(withJSONObject: event, options: [.fragmentsAllowed, .sortedKeys])
-            functions.append(Function(name: name, directory: directory, memory: settings["memory"] as? String ?? "256M",
-                                      event: String(decoding: encoded, as: UTF8.self)))
-        }
+        var functions = try FunctionsBenchmark.Function.suite(Repository.path("Examples/functions"))
+            .filter { $0.runtime == .python311 }
+            .map { Function(name: $0.name, directory: $0.directory, memory: "\($0.memory >> 20)M", event: $0.event) }
         let fetch = scratch.file("fetch")
         try FileManager.default.createDirectory(atPath: fetch, withIntermediateDirectories: true)
         try """

@@ -88,17 +88,9 @@ struct NodeFunctionTests {
         #expect(host.status == 0 && restored.stdout == host.stdout, "sandbox \(restored) host \(host)")
 
         // Forked from a template (sfork), as `catalyzer serve` runs it.
-        let mounted = try scene.catalyzer(["mount", "--store", scene.store.root])
-        try #require(mounted.status == 0, "\(mounted)")
-        defer { _ = try? scene.catalyzer(["mount", "--unmount"]) }
-        let service = try ForkingFunctionService(store: scene.store, mount: mounted.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
-                                                 poolSize: 1)
+        let service = try scene.forkingService()
         defer { service.shutdown() }
-        let forked = try await service.invoke(FunctionRequest(function: "transform", event: Array(Self.event.utf8), timeoutSeconds: 30))
-        guard case .result(let bytes) = forked.outcome else {
-            Issue.record("expected a result, got \(forked.outcome)")
-            return
-        }
+        guard let bytes = try await scene.forkedResult(service, "transform", Self.event) else { return }
         #expect("{\"ok\":true,\"result\":" + String(decoding: bytes, as: UTF8.self) + "}\n" == host.stdout)
 
         // Same node_modules: the dependencies layer is shared. A code change rebuilds only the code layer.
@@ -130,18 +122,10 @@ struct NodeFunctionTests {
             let line = try #require(try JSONSerialization.jsonObject(with: Data(restored.stdout.utf8)) as? [String: Any])
             answers.append(try #require(line["result"] as? [String: Any], "\(restored)"))
         }
-        let mounted = try scene.catalyzer(["mount", "--store", scene.store.root])
-        try #require(mounted.status == 0, "\(mounted)")
-        defer { _ = try? scene.catalyzer(["mount", "--unmount"]) }
-        let service = try ForkingFunctionService(store: scene.store, mount: mounted.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
-                                                 poolSize: 1)
+        let service = try scene.forkingService()
         defer { service.shutdown() }
         for _ in 0..<2 {
-            let forked = try await service.invoke(FunctionRequest(function: "random", event: Array("{}".utf8), timeoutSeconds: 30))
-            guard case .result(let bytes) = forked.outcome else {
-                Issue.record("expected a result, got \(forked.outcome)")
-                return
-            }
+            guard let bytes = try await scene.forkedResult(service, "random", "{}") else { return }
             answers.append(try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any]))
         }
         for field in ["bytes", "uuid", "web", "math", "instance"] {

@@ -1,4 +1,5 @@
 import CatalyzerImage
+import CatalyzerRuntime
 import CatalyzerTestSupport
 import Foundation
 import Glibc
@@ -60,6 +61,28 @@ final class RestoreScene {
     func close() {
         _ = try? catalyzer(["mount", "--unmount"])
         directory.remove()
+    }
+}
+
+extension RestoreScene {
+    /// The store mounted (`catalyzer mount`, undone by `close()`) and a fork service over it with
+    /// a pool of one VM; the caller shuts it down.
+    func forkingService(sourceLocation: SourceLocation = #_sourceLocation) throws -> ForkingFunctionService {
+        let mounted = try catalyzer(["mount", "--store", store.root])
+        try #require(mounted.status == 0, "\(mounted)", sourceLocation: sourceLocation)
+        return try ForkingFunctionService(store: store, mount: mounted.stdout.trimmingCharacters(in: .whitespacesAndNewlines), poolSize: 1)
+    }
+
+    /// What a fork of `function` answers `event`: the handler's result, or nil (recorded as an
+    /// issue) for any other outcome.
+    func forkedResult(_ service: ForkingFunctionService, _ function: String, _ event: String,
+                      sourceLocation: SourceLocation = #_sourceLocation) async throws -> [UInt8]? {
+        let forked = try await service.invoke(FunctionRequest(function: function, event: Array(event.utf8), timeoutSeconds: 30))
+        guard case .result(let bytes) = forked.outcome else {
+            Issue.record("expected a result, got \(forked.outcome)", sourceLocation: sourceLocation)
+            return nil
+        }
+        return bytes
     }
 }
 
