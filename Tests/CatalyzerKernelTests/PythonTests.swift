@@ -19,11 +19,14 @@ struct PythonTests {
                                stdin: stdin)
     }
 
-    /// `chroot R ARGUMENTS` with only the sandbox's environment.
+    /// `chroot R ARGUMENTS` with only the sandbox's environment, in a mount namespace of its own
+    /// whose /tmp is a fresh tmpfs, as the sandbox's is: nothing a script writes lands in the
+    /// shared rootfs, which other tests pack into layers.
     static func host(_ arguments: [String]) throws -> CommandResult {
         try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
         let root = try PythonRootfs.path()
-        return try Command.run("/usr/bin/env", ["-i"] + environment + ["/usr/sbin/chroot", root] + arguments)
+        return try Command.run("/usr/bin/unshare", ["--mount", "--", "/bin/sh", "-c", "mount -t tmpfs tmpfs \"$0/tmp\" && exec \"$@\"", root,
+                                                    "/usr/bin/env", "-i"] + environment + ["/usr/sbin/chroot", root] + arguments)
     }
 
     static let scripts: [String] = [

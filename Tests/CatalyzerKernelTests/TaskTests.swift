@@ -518,8 +518,11 @@ struct TaskTests {
     static func host(_ arguments: [String]) throws -> CommandResult {
         try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
         let root = try PythonRootfs.path()
-        return try Command.run("/usr/bin/timeout", ["-s", "KILL", "60", "/usr/bin/unshare", "--net", "--", "/bin/sh", "-c",
-                                                    "ip link set lo up && exec \"$@\"", "sh", "/usr/bin/env", "-i"]
+        // Its own network and mounts: /tmp and /dev/shm are fresh tmpfs, as in the sandbox, so what a
+        // script writes there never lands in the shared rootfs (which other tests pack into layers).
+        let setup = "ip link set lo up && mount -t tmpfs tmpfs \"$0/tmp\" && mount -t tmpfs tmpfs \"$0/dev/shm\" && exec \"$@\""
+        return try Command.run("/usr/bin/timeout", ["-s", "KILL", "60", "/usr/bin/unshare", "--net", "--mount", "--", "/bin/sh", "-c",
+                                                    setup, root, "/usr/bin/env", "-i"]
                                + PythonTests.environment + ["/usr/sbin/chroot", root] + arguments)
     }
 
