@@ -122,7 +122,11 @@ unittest.main(module=None, argv=['python3 -m unittest', '-v', sys.argv[1]], test
 
 # Mounts the host reference run's view of the rootfs, then chroots; runs as PID 1 of a new PID
 # namespace inside a new mount namespace, so every mount and process goes away with it.
+# unshare copies the host's mounts, catalyzerfs mounts of concurrent tests included. Mounts are
+# private here, so a copy outlives the test's own umount and keeps its daemon alive for as long as
+# this run lasts; the first line drops those copies.
 HOST_SETUP = r"""
+umount -a -l -t fuse.catalyzerfs 2>/dev/null || true
 set -e
 root=$1 tmpsize=$2; shift 2
 mount --bind "$root" "$root"

@@ -261,9 +261,9 @@ import Testing
             runpy.run_path("/opt/catalyzer/runner.py", run_name="__main__")
             """]
         let input = RunnerResponse.input([#"{"n": 200}"#, #"{"n": 300}"#])
-        let host = try Command.run("/usr/bin/unshare", ["-m", "/bin/sh", "-c",
-                                                        "mount -t tmpfs tmpfs \"$0/tmp\" && exec /usr/bin/timeout -s KILL 120 /usr/sbin/chroot \"$0\" \"$@\"",
-                                                        rootfs] + command, stdin: input)
+        let host = try Command.run(HostNamespace.unshare,
+                                   HostNamespace.arguments(["--mount"], script: "mount -t tmpfs tmpfs \"$0/tmp\" && exec /usr/bin/timeout -s KILL 120 /usr/sbin/chroot \"$0\" \"$@\"",
+                                                           [rootfs] + command), stdin: input)
         try #require(host.status == 0, "the host run failed: \(host)")
         #expect(host.stdout.split(separator: "\n").count == 2 && host.stdout.hasPrefix("{\"ok\":true,\"result\":[[200,200],"), "\(host)")
         let cold = try Command.run(Command.binary("catalyzer"), ["run", "--rootfs", rootfs, "--memory", "1G", "--timeout", "120s", "--"] + command,

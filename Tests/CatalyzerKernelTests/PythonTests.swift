@@ -25,8 +25,8 @@ struct PythonTests {
     static func host(_ arguments: [String]) throws -> CommandResult {
         try #require(TestEnvironment.isRoot, Comment(rawValue: TestEnvironment.requirementMessage("root (for chroot)")))
         let root = try PythonRootfs.path()
-        return try Command.run("/usr/bin/unshare", ["--mount", "--", "/bin/sh", "-c", "mount -t tmpfs tmpfs \"$0/tmp\" && exec \"$@\"", root,
-                                                    "/usr/bin/env", "-i"] + environment + ["/usr/sbin/chroot", root] + arguments)
+        return try Command.run(HostNamespace.unshare, HostNamespace.arguments(["--mount"], script: "mount -t tmpfs tmpfs \"$0/tmp\" && exec \"$@\"",
+                                                                             [root, "/usr/bin/env", "-i"] + environment + ["/usr/sbin/chroot", root] + arguments))
     }
 
     static let scripts: [String] = [

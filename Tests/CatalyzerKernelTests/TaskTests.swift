@@ -521,9 +521,9 @@ struct TaskTests {
         // Its own network and mounts: /tmp and /dev/shm are fresh tmpfs, as in the sandbox, so what a
         // script writes there never lands in the shared rootfs (which other tests pack into layers).
         let setup = "ip link set lo up && mount -t tmpfs tmpfs \"$0/tmp\" && mount -t tmpfs tmpfs \"$0/dev/shm\" && exec \"$@\""
-        return try Command.run("/usr/bin/timeout", ["-s", "KILL", "60", "/usr/bin/unshare", "--net", "--mount", "--", "/bin/sh", "-c",
-                                                    setup, root, "/usr/bin/env", "-i"]
-                               + PythonTests.environment + ["/usr/sbin/chroot", root] + arguments)
+        return try Command.run("/usr/bin/timeout", ["-s", "KILL", "60", HostNamespace.unshare]
+                               + HostNamespace.arguments(["--net", "--mount"], script: setup,
+                                                         [root, "/usr/bin/env", "-i"] + PythonTests.environment + ["/usr/sbin/chroot", root] + arguments))
     }
 
     @Test("the sandbox's loopback is its own: a listener on the host's 127.0.0.1 is unreachable, and a port bound in one sandbox is free in another")

@@ -100,7 +100,7 @@ import Testing
         let setup = "mount --bind \"$1\" \"$0/tmp\" && exec /usr/sbin/chroot \"$0\" /usr/bin/python3 /opt/catalyzer/runner.py /tmp/probe.py"
         var seen: Set<String> = []
         for _ in 0..<2 {
-            let result = try Command.run("/usr/bin/unshare", ["-m", "/bin/sh", "-c", setup, root, dir.path], stdin: Data("{}\n".utf8))
+            let result = try Command.run(HostNamespace.unshare, HostNamespace.arguments(["--mount"], script: setup, [root, dir.path]), stdin: Data("{}\n".utf8))
             #expect(result.status == 0, "\(result)")
             seen.insert(result.stdout)
         }

@@ -121,7 +121,7 @@ struct ConcurrentFunctionTests {
         // namespace of its own) under the same rootfs.
         let setup = "mkdir -p \"$0/dev/shm\" && mount -t tmpfs tmpfs \"$0/dev/shm\" && mount -t tmpfs tmpfs \"$0/tmp\" && "
             + "exec /usr/bin/timeout -s KILL 120 /usr/bin/env -i PATH=/usr/bin:/bin /usr/sbin/chroot \"$0\" \"$@\""
-        let host = try Command.run("/usr/bin/unshare", ["-m", "/bin/sh", "-c", setup, rootfs] + Self.command, stdin: input)
+        let host = try Command.run(HostNamespace.unshare, HostNamespace.arguments(["--mount"], script: setup, [rootfs] + Self.command), stdin: input)
         try #require(host.status == 0, "the host run failed: \(host)")
         let lines = host.stdout.split(separator: "\n")
         #expect(lines.count == Self.requests.count && lines.allSatisfy { $0.hasPrefix("{\"ok\":true,") }, "\(host.stdout)")
