@@ -103,6 +103,24 @@ public enum Command {
         return CommandResult(status: code, stdout: read("stdout"), stderr: read("stderr"))
     }
 
+    /// Starts a long-lived `executable` (a daemon the test stops itself) with stdin from /dev/null
+    /// and stdout and stderr appended to `log`; only fds 0-2 go to it. Returns its pid.
+    public static func background(_ executable: String, _ arguments: [String], log: String) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        clinux_spawn_close_from(&actions, 3)
+        var pid: pid_t = 0
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        let status = posix_spawn(&pid, executable, &actions, nil, argv, Glibc.environ)
+        guard status == 0 else { throw CocoaError(.executableNotLoadable, userInfo: [NSFilePathErrorKey: executable]) }
+        return pid
+    }
+
     /// Runs `executable` under `timeout -s KILL seconds`, so that a regression that makes it hang
     /// fails the test (status 137) instead of hanging the run.
     @discardableResult
