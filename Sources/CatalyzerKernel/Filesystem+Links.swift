@@ -31,8 +31,18 @@ extension Filesystem {
                 resolved.append(name)
             }
             if pending.isEmpty && !followLast { break }
-            guard let (root, components) = locate(components: resolved).memoryNode, !components.isEmpty,
-                  let node = try? tmp.lookup(components, in: root), case .symlink(let target) = node.content else { continue }
+            let location = locate(components: resolved)
+            let target: String
+            if let (root, components) = location.memoryNode, !components.isEmpty,
+               let node = try? tmp.lookup(components, in: root), case .symlink(let link) = node.content {
+                target = link
+            } else if overlay != nil, case .rootfs(let path) = location, let link = lowerSymlinkTarget(path) {
+                // With a writable root the monitor must know every path's layer, so it follows
+                // the rootfs's symlinks itself too (the host would, for a read-only root).
+                target = link
+            } else {
+                continue
+            }
             followed += 1
             guard followed <= Self.symlinkLimit else { throw Errno.ELOOP }
             resolved.removeLast()
@@ -46,7 +56,14 @@ extension Filesystem {
     func makeSymlink(_ absolutePath: String, target: String, owner: Credentials) throws(Errno) {
         guard !target.isEmpty else { throw Errno.ENOENT }
         guard target.utf8.count < 4096 else { throw Errno.ENAMETOOLONG }
-        switch locate(try resolve(absolutePath, followFinal: false)) {
+        let location = locate(try resolve(absolutePath, followFinal: false))
+        if let overlay, case .rootfs(let path) = location {
+            let components = GuestPath.components(path)
+            try prepareCreate(overlay, components)
+            _ = try tmp.create(components, content: .symlink(target), mode: 0o777, owner: owner.uid, group: owner.gid, in: overlay.upper)
+            return
+        }
+        switch location {
         case .memory(let root, let components):
             _ = try tmp.create(components, content: .symlink(target), mode: 0o777, owner: owner.uid, group: owner.gid, in: root)
         case .rootfs(let path):
@@ -62,6 +79,16 @@ extension Filesystem {
     func makeHardLink(from source: String, to destination: String, followSymlinks: Bool) throws(Errno) {
         let from = locate(try resolve(source, followFinal: followSymlinks))
         let to = locate(try resolve(destination, followFinal: false))
+        if let overlay {
+            switch (writableRootComponents(from), writableRootComponents(to)) {
+            case (let source?, let destination?): return try linkInRoot(overlay, source, to: destination)
+            case (_?, nil), (nil, _?):
+                if case .generated = from { throw Errno.EPERM }
+                if case .generated = to { throw Errno.EPERM }
+                throw Errno.EXDEV
+            case (nil, nil): break
+            }
+        }
         switch (from, to) {
         case (.generated, _), (_, .generated): throw Errno.EPERM
         case (.memory(let sourceRoot, let sourceComponents), .memory(let destinationRoot, let destinationComponents)):
@@ -117,7 +144,17 @@ extension Filesystem {
 extension Filesystem {
     /// Creates the socket file at `absolutePath` (EADDRINUSE when the name exists, as on Linux).
     func bindSocket(_ absolutePath: String, _ binding: UnixSocketBinding, mode: UInt32, owner: Credentials) throws(Errno) {
-        switch locate(try resolve(absolutePath, followFinal: false)) {
+        var location = locate(try resolve(absolutePath, followFinal: false))
+        if let overlay, case .rootfs(let path) = location {
+            let components = GuestPath.components(path)
+            do throws(Errno) {
+                try prepareCreate(overlay, components)
+            } catch {
+                throw error == Errno.EEXIST ? Errno.EADDRINUSE : error
+            }
+            location = .memory(overlay.upper, components)
+        }
+        switch location {
         case .memory(let root, let components):
             do throws(Errno) {
                 _ = try tmp.create(components, content: .socket(binding), mode: mode & 0o7777, owner: owner.uid,

@@ -1,15 +1,19 @@
 import CKVM
 import Glibc
 
-/// The guest's view of files: a read-only host directory as `/`, confined by the host kernel with
+/// The guest's view of files: a read-only host directory as `/` (writable through an in-memory
+/// upper layer when configured, see `RootOverlay`), confined by the host kernel with
 /// `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` so no `..`, symlink or `/proc` magic link
 /// reaches outside it, plus the in-memory writable `/tmp`. `/proc/self/exe` is synthesized, and
 /// the stateless host devices `/dev/null`, `/dev/zero`, `/dev/random` and `/dev/urandom` are passed
 /// through (they hold no host data).
 final class Filesystem {
-    private let rootFD: Int32
+    let rootFD: Int32
     /// The host directory that is the guest's `/`.
     let rootDirectory: String
+    /// The in-memory upper layer that makes `/` writable, when the configuration asks for it
+    /// (`enableWritableRoot`); nil for the read-only root functions run on.
+    var overlay: RootOverlay?
     let tmp: MemoryFilesystem
     /// The guest path of the running executable, for `/proc/self/exe`.
     var executablePath = "/"
@@ -110,7 +114,19 @@ final class Filesystem {
         if components.first == "proc", let root = procRoot() { return .generated(root, Array(components.dropFirst())) }
         let normalized = "/" + components.joined(separator: "/")
         if Self.passedThroughDevices.contains(normalized) { return .hostDevice(path: normalized) }
+        if let overlay, overlay.isUpper(components) { return .memory(overlay.upper, components) }
         return .rootfs(path: normalized)
+    }
+
+    /// The components of a location in the writable root (either layer); nil elsewhere or
+    /// without an overlay.
+    func writableRootComponents(_ location: Location) -> [String]? {
+        guard let overlay else { return nil }
+        switch location {
+        case .rootfs(let path): return GuestPath.components(path)
+        case .memory(let root, let components) where root === overlay.upper: return components
+        default: return nil
+        }
     }
 
     /// Opens a rootfs path on the host; only read-only opens are ever requested.
@@ -181,6 +197,12 @@ final class Filesystem {
             guard fd >= 0 else { throw Errno.lastHostError }
             return OpenFile(backing: .host(fd: fd, owned: true), guestPath: path, statusFlags: flags & ~O_CLOEXEC)
         case .rootfs(let path):
+            if wantsWrite, let overlay {
+                let components = GuestPath.components(canonicalPath)
+                try prepareWrite(overlay, components, flags: flags)
+                return try openMemory(overlay.upper, components, canonicalPath: canonicalPath, absolutePath: absolutePath,
+                                      flags: flags, mode: mode, owner: owner)
+            }
             if wantsWrite {
                 // Report ENOENT for a missing parent like Linux would, EROFS otherwise; a device
                 // node is EACCES whatever the access (the read-only rootfs is not what stops it).
@@ -204,31 +226,40 @@ final class Filesystem {
             if !node.isDirectory && (flags & O_DIRECTORY != 0 || absolutePath.hasSuffix("/")) { throw Errno.ENOTDIR }
             return OpenFile(backing: .memory(node), guestPath: canonicalPath, statusFlags: flags & ~O_CLOEXEC)
         case .memory(let root, let components):
-            let node: MemoryNode
-            do throws(Errno) {
-                node = try tmp.lookup(components, in: root)
-            } catch {
-                guard error == Errno.ENOENT && flags & O_CREAT != 0 else { throw error }
-                node = try tmp.create(components, content: .file([]), mode: mode & 0o7777, owner: owner.uid, group: owner.gid, in: root)
-                return OpenFile(backing: .memory(node), guestPath: canonicalPath,
-                                statusFlags: flags & ~O_CLOEXEC)
-            }
-            if exclusive { throw Errno.EEXIST }
-            if node.isSymlink {
-                // Only reached with O_NOFOLLOW: O_PATH opens the link itself, anything else is ELOOP.
-                guard flags & O_PATH != 0 else { throw Errno.ELOOP }
-            } else if node.isSocket {
-                guard flags & O_PATH != 0 else { throw Errno.ENXIO }  // a socket is connected to, not opened
-            } else {
-                if node.isDirectory && wantsWrite { throw Errno.EISDIR }
-                if !node.isDirectory && (flags & O_DIRECTORY != 0 || absolutePath.hasSuffix("/")) { throw Errno.ENOTDIR }
-            }
-            if flags & O_TRUNC != 0 && node.size > 0, !node.isDirectory {
-                try truncateFile(node, length: 0)
-            }
+            return try openMemory(root, components, canonicalPath: canonicalPath, absolutePath: absolutePath, flags: flags,
+                                  mode: mode, owner: owner)
+        }
+    }
+
+    /// open(2) of an in-memory path: /tmp, /dev/shm, a tmpfs mount or the writable root's upper layer.
+    private func openMemory(_ root: MemoryNode, _ components: [String], canonicalPath: String, absolutePath: String, flags: Int32,
+                            mode: UInt32, owner: Credentials) throws(Errno) -> OpenFile {
+        let wantsWrite = flags & O_ACCMODE != O_RDONLY || flags & (O_CREAT | O_TRUNC) != 0
+        let exclusive = flags & (O_CREAT | O_EXCL) == (O_CREAT | O_EXCL)
+        let node: MemoryNode
+        do throws(Errno) {
+            node = try tmp.lookup(components, in: root)
+        } catch {
+            guard error == Errno.ENOENT && flags & O_CREAT != 0 else { throw error }
+            node = try tmp.create(components, content: .file([]), mode: mode & 0o7777, owner: owner.uid, group: owner.gid, in: root)
             return OpenFile(backing: .memory(node), guestPath: canonicalPath,
                             statusFlags: flags & ~O_CLOEXEC)
         }
+        if exclusive { throw Errno.EEXIST }
+        if node.isSymlink {
+            // Only reached with O_NOFOLLOW: O_PATH opens the link itself, anything else is ELOOP.
+            guard flags & O_PATH != 0 else { throw Errno.ELOOP }
+        } else if node.isSocket {
+            guard flags & O_PATH != 0 else { throw Errno.ENXIO }  // a socket is connected to, not opened
+        } else {
+            if node.isDirectory && wantsWrite { throw Errno.EISDIR }
+            if !node.isDirectory && (flags & O_DIRECTORY != 0 || absolutePath.hasSuffix("/")) { throw Errno.ENOTDIR }
+        }
+        if flags & O_TRUNC != 0 && node.size > 0, !node.isDirectory {
+            try truncateFile(node, length: 0)
+        }
+        return OpenFile(backing: .memory(node), guestPath: canonicalPath,
+                        statusFlags: flags & ~O_CLOEXEC)
     }
 
     /// The open(2) flags passed through to the host for a rootfs file (which is only ever read).
@@ -305,7 +336,15 @@ final class Filesystem {
         switch locate(try resolve(absolutePath, followFinal: false)) {
         case .memory(let root, let components):
             _ = try tmp.create(components, content: .directory([:]), mode: mode & 0o7777, owner: owner.uid, group: owner.gid, in: root)
+            if let overlay, root === overlay.upper { overlay.directoryCreated(components) }
         case .rootfs(let path):
+            if let overlay {
+                let components = GuestPath.components(path)
+                try prepareCreate(overlay, components)
+                _ = try tmp.create(components, content: .directory([:]), mode: mode & 0o7777, owner: owner.uid, group: owner.gid,
+                                   in: overlay.upper)
+                return
+            }
             // Like Linux, an existing path is EEXIST even on a read-only filesystem (mkdir -p relies on it).
             if (try? requireExists(path)) != nil { throw Errno.EEXIST }
             throw Errno.EROFS
@@ -318,7 +357,11 @@ final class Filesystem {
     }
 
     func remove(_ absolutePath: String, directory: Bool) throws(Errno) {
-        switch locate(try resolve(absolutePath, followFinal: false)) {
+        let location = locate(try resolve(absolutePath, followFinal: false))
+        if let overlay, let components = writableRootComponents(location) {
+            return try removeFromRoot(overlay, components, directory: directory)
+        }
+        switch location {
         case .memory(let root, let components): try tmp.remove(components, directory: directory, in: root)
         case .rootfs(let path):
             try requireExists(path)
@@ -331,7 +374,18 @@ final class Filesystem {
     }
 
     func rename(_ source: String, to destination: String) throws(Errno) {
-        switch (locate(try resolve(source, followFinal: false)), locate(try resolve(destination, followFinal: false))) {
+        let from = locate(try resolve(source, followFinal: false)), to = locate(try resolve(destination, followFinal: false))
+        if overlay != nil {
+            switch (writableRootComponents(from), writableRootComponents(to)) {
+            case (let source?, let destination?): return try renameInRoot(overlay!, source, to: destination)
+            case (_?, nil), (nil, _?):
+                if case .generated = from { throw Errno.EPERM }
+                if case .generated = to { throw Errno.EPERM }
+                throw Errno.EXDEV  // the root and /tmp are two filesystems
+            case (nil, nil): break
+            }
+        }
+        switch (from, to) {
         case (.memory(let sourceRoot, let from), .memory(let destinationRoot, let to)):
             try tmp.rename(from, to: to, sourceRoot: sourceRoot, destinationRoot: destinationRoot)
         case (.generated, _), (_, .generated): throw Errno.EPERM
@@ -346,7 +400,9 @@ final class Filesystem {
     /// For calls that modify an existing path (utimes, chmod, chown, truncate): the memory node under
     /// /tmp, or ENOENT/EROFS for the read-only rootfs.
     func modifiableNode(_ absolutePath: String, followSymlinks: Bool = true) throws(Errno) -> MemoryNode {
-        switch locate(try resolve(absolutePath, followFinal: followSymlinks)) {
+        let location = locate(try resolve(absolutePath, followFinal: followSymlinks))
+        if let overlay, let components = writableRootComponents(location) { return try copyUp(overlay, components) }
+        switch location {
         case .memory(let root, let components): return try tmp.lookup(components, in: root)
         case .rootfs(let path):
             try requireExists(path, followSymlinks: followSymlinks)

@@ -21,6 +21,9 @@ extension Sandbox {
             throw RestoreError("the sandbox is not stopped at its ready point; only a program waiting for its first request can be checkpointed")
         }
         let group = main.group
+        if filesystem.overlay != nil {
+            throw RestoreError("the sandbox's root is writable (an in-memory layer over the rootfs), which a checkpoint cannot hold yet")
+        }
         if filesystem.hasConfiguredMounts {
             throw RestoreError("the sandbox has mounts beyond /tmp, /dev/shm and /proc (a container engine's tmpfs or bound files), which a checkpoint cannot hold yet")
         }

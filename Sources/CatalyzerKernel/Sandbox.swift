@@ -120,6 +120,7 @@ public final class Sandbox {
         network = SandboxNetwork(policy: configuration.network)
         filesystem.networkFiles = network.generatedFiles()
         filesystem.addMounts(configuration.mounts)
+        if configuration.writableRoot { try filesystem.enableWritableRoot() }
         if let name = configuration.hostName { hostName = Array(name.utf8.prefix(64)) }
         traceSyscalls = configuration.traceSyscalls
         traceFD = configuration.standardStreams.count > 2 ? configuration.standardStreams[2] : 2

@@ -2,7 +2,7 @@ import Glibc
 
 /// What to run in a sandbox and with which limits.
 public struct SandboxConfiguration: Sendable {
-    /// Host directory that becomes the guest's read-only `/`.
+    /// Host directory that becomes the guest's `/`, read-only (see `writableRoot`).
     public var rootDirectory: String
     /// Guest RAM in bytes: the hard cap on everything the program and its page tables use.
     public var memorySize: Int
@@ -32,6 +32,11 @@ public struct SandboxConfiguration: Sendable {
     public var mounts: [SandboxMount] = []
     /// What uname and gethostname report (default "catalyzer").
     public var hostName: String?
+    /// Makes `/` writable through an in-memory upper layer over the read-only rootfs
+    /// (`RootOverlay`), as a container engine's writable root; what is written counts against
+    /// `memorySize`. Off for functions, whose root stays read-only. A sandbox with a writable
+    /// root cannot be checkpointed yet.
+    public var writableRoot = false
 
     public init(rootDirectory: String, memorySize: Int = 256 << 20, programPath: String, arguments: [String],
                 environment: [String] = [], traceSyscalls: Bool = false) {

@@ -133,7 +133,10 @@ extension Task {
     }
 
     private func memoryNode(of file: OpenFile) throws(Errno) -> MemoryNode {
-        guard case .memory(let node) = file.backing else { throw Errno.EROFS }
-        return node
+        if case .memory(let node) = file.backing { return node }
+        // A rootfs file of a writable root, opened before it was copied up: the change goes to
+        // its upper copy (this open file keeps reading the lower one, as on overlayfs).
+        if filesystem.overlay != nil, case .host = file.backing { return try filesystem.modifiableNode(file.guestPath, followSymlinks: false) }
+        throw Errno.EROFS
     }
 }

@@ -86,7 +86,8 @@ extension Task {
         guard mode & ~(R_OK | W_OK | X_OK) == 0 else { throw Errno.EINVAL }
         let path = try absolutePath(try space.readCString(pathAddress), relativeTo: dirfd)
         let status = try filesystem.status(path, followSymlinks: flags & AT_SYMLINK_NOFOLLOW == 0)
-        if mode & W_OK != 0, case .rootfs = filesystem.locate(try filesystem.resolve(path, followFinal: flags & AT_SYMLINK_NOFOLLOW == 0)) {
+        if mode & W_OK != 0, filesystem.overlay == nil,
+           case .rootfs = filesystem.locate(try filesystem.resolve(path, followFinal: flags & AT_SYMLINK_NOFOLLOW == 0)) {
             throw Errno.EROFS
         }
         if mode & X_OK != 0, status.st_mode & S_IFMT != S_IFDIR, status.st_mode & 0o111 == 0 { throw Errno.EACCES }
@@ -113,17 +114,22 @@ extension Task {
             throw Errno.ENOTDIR
         case .memory(let node):
             guard case .directory(let children) = node.content else { throw Errno.ENOTDIR }
-            let entries = [(".", node.inode, true), ("..", UInt64(1), true)]
-                + children.sorted { $0.key < $1.key }.map { ($0.key, $0.value.inode, $0.value.isDirectory) }
-            let symlinks = Set(children.values.filter(\.isSymlink).map(\.inode))
-            let sockets = Set(children.values.filter(\.isSocket).map(\.inode))
+            func type(_ node: MemoryNode) -> UInt8 {
+                UInt8(node.isDirectory ? DT_DIR : node.isSymlink ? DT_LNK : node.isSocket ? DT_SOCK : DT_REG)
+            }
+            var entries = [(".", node.inode, UInt8(DT_DIR)), ("..", UInt64(1), UInt8(DT_DIR))]
+                + children.sorted { $0.key < $1.key }.map { ($0.key, $0.value.inode, type($0.value)) }
+            // A directory of the writable root's upper layer lists the lower directory's entries too.
+            if let overlay = filesystem.overlay,
+               let components = filesystem.writableRootComponents(filesystem.locate(file.guestPath)) {
+                entries += filesystem.lowerEntries(overlay, of: components, excluding: Set(children.keys)).map { ($0.name, $0.inode, $0.type) }
+            }
             var output: [UInt8] = []
             while file.position < entries.count {
-                let (name, inode, isDirectory) = entries[file.position]
-                var record = Self.directoryRecord(name: name, inode: inode, isDirectory: isDirectory,
+                let (name, inode, entryType) = entries[file.position]
+                var record = Self.directoryRecord(name: name, inode: inode, isDirectory: entryType == UInt8(DT_DIR),
                                                   nextOffset: file.position + 1)
-                if symlinks.contains(inode) { record[18] = UInt8(DT_LNK) }
-                if sockets.contains(inode) { record[18] = UInt8(DT_SOCK) }
+                record[18] = entryType
                 guard output.count + record.count <= capacity else { break }
                 output += record
                 file.position += 1

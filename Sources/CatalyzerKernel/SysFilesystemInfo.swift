@@ -3,7 +3,7 @@ import Glibc
 
 /// statfs(2) and fstatfs(2). /tmp and /dev/shm report a tmpfs sized by the sandbox's /tmp capacity;
 /// rootfs paths report the host filesystem's numbers, marked read-only (ST_RDONLY) as the
-/// sandbox sees it.
+/// sandbox sees it; a writable root reports its in-memory upper layer's, as /tmp does.
 extension Task {
     static let tmpfsMagic = 0x0102_1994, pipefsMagic = 0x5049_5045
     static let readOnlyMount = 1, noSetuidMount = 2, noDevicesMount = 4
@@ -18,6 +18,10 @@ extension Task {
         case .generated(let root, let components):
             _ = try filesystem.tmp.lookup(components, in: root)
             result = procFilesystemStatus()
+        case .rootfs(let path) where filesystem.overlay != nil:
+            // A writable root: the space writes take is the in-memory upper layer's.
+            _ = try filesystem.status(path, followSymlinks: true)
+            result = memoryFilesystemStatus()
         case .rootfs(let path):
             let fd = try filesystem.openHost(path, flags: O_PATH)
             defer { close(fd) }
@@ -41,6 +45,8 @@ extension Task {
         let result: FilesystemStatus
         switch file.backing {
         case .memory(let node): result = node.inode >= ProcFilesystem.firstInode ? procFilesystemStatus() : memoryFilesystemStatus()
+        case .host where filesystem.overlay != nil && filesystem.writableRootComponents(filesystem.locate(file.guestPath)) != nil:
+            result = memoryFilesystemStatus()
         case .host(let fd, _): result = try hostFilesystemStatus(fd)
         case .pipe, .special:
             var pipe = FilesystemStatus()

@@ -23,8 +23,8 @@ public enum BundleError: Error, CustomStringConvertible, Equatable {
 /// The sandbox is a VM whose kernel is the monitor, so it is its own pid, ipc, uts, mount,
 /// network and cgroup namespace whatever the spec says; only sharing the host's (a namespace left
 /// out of `linux.namespaces`) is refused. Honoured: process args, env, cwd and rlimit NPROC (as
-/// the task limit); root (read-only only, so far: a writable root needs the in-memory overlay
-/// that is not built yet); hostname; `linux.resources.memory.limit` as guest memory; mounts of
+/// the task limit); root (read-only, or writable through the monitor's in-memory layer over
+/// it, `root.readonly` false); hostname; `linux.resources.memory.limit` as guest memory; mounts of
 /// proc at /proc, tmpfs anywhere (in memory, charged to the sandbox), the devices at /dev, and
 /// bind mounts of regular files (read once, read-only). sysfs, cgroup, mqueue and devpts mounts
 /// are accepted and absent in the guest (nothing in a function needs them). Refused, naming the
@@ -81,9 +81,6 @@ public struct SandboxPlan: Sendable {
         guard FileManager.default.fileExists(atPath: rootPath, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw .invalid(field: "root.path", problem: "\(rootPath) is not a directory")
         }
-        if root.readonly != true {
-            throw .unsupported(field: "root.readonly", what: "a writable root", instead: "make it read-only (podman run --read-only; /tmp and other tmpfs mounts stay writable)")
-        }
         if let linux = spec.linux {
             let types = Set((linux.namespaces ?? []).map(\.type))
             for needed in ["network", "pid", "mount"] where !types.contains(needed) {
@@ -122,6 +119,8 @@ public struct SandboxPlan: Sendable {
             configuration.limits.maximumTasks = min(configuration.limits.maximumTasks, Int(clamping: pids))
         }
         configuration.hostName = spec.hostname
+        // A writable root is an in-memory layer over root.path, which is never written.
+        configuration.writableRoot = root.readonly != true
         configuration.mounts = try Self.mounts(spec.mounts ?? [])
         self.configuration = configuration
         annotations = spec.annotations ?? [:]

@@ -16,8 +16,9 @@ struct RuntimeCommand: ParsableCommand {
         discussion: """
             Global flags, before the command: --root DIR (state; default /run/catalyzer-runtime), --log FILE, \
             --log-format text|json; --systemd-cgroup, --debug and --rootless VALUE are accepted and have no effect. \
-            A bundle's config.json is checked at create: what a sandbox cannot honour (a terminal, a writable root, \
-            the host's namespaces, devices, directory bind mounts) is refused, naming the field.
+            A bundle's config.json is checked at create: what a sandbox cannot honour (a terminal, \
+            the host's namespaces, devices, directory bind mounts) is refused, naming the field. A writable root \
+            (root.readonly false) is an in-memory layer over root.path, which is never written.
             """,
         subcommands: [Create.self, Start.self, Run.self, State.self, Kill.self, Delete.self, List.self, Ps.self, Features.self,
                       Exec.self, Checkpoint.self, Restore.self, Init.self])

@@ -12,7 +12,7 @@ struct Run: ParsableCommand {
         abstract: "Run a Linux x86-64 program (static or dynamically linked) in a KVM sandbox.",
         discussion: """
             The program runs in guest user mode; every syscall is served by the monitor from the \
-            read-only --rootfs (plus an in-memory writable /tmp). A dynamically linked program's \
+            read-only --rootfs (plus an in-memory writable /tmp; --writable-root makes / writable the same way). A dynamically linked program's \
             interpreter (ld.so) and libraries come from the rootfs. Exit status: the program's, \
             128+N when killed by signal N (139 for a segfault), 124 on timeout.
             """)
@@ -31,6 +31,9 @@ struct Run: ParsableCommand {
 
     @Option(help: "Threads plus processes the program may have at once; clone and fork beyond it fail with EAGAIN.")
     var maxTasks = 256
+
+    @Flag(help: "Make / writable: changes go to an in-memory layer over the rootfs (counted in --memory) and vanish with the sandbox; the rootfs is never written.")
+    var writableRoot = false
 
     @Flag(help: "Print every syscall with its arguments and result to stderr.")
     var strace = false
@@ -72,6 +75,7 @@ struct Run: ParsableCommand {
             environment: environment, traceSyscalls: strace)
         configuration.limits.maximumTasks = maxTasks
         configuration.network = try network.policy()
+        configuration.writableRoot = writableRoot
         let kernel: Sandbox
         do {
             kernel = try Sandbox(configuration: configuration)

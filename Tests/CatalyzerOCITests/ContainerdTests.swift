@@ -67,7 +67,7 @@ struct ContainerdTests {
         }
     }
 
-    @Test("ctr run --runc-binary: through the runc v2 shim a container runs to completion in a sandbox, with its output, env, memory limit and exit status")
+    @Test("ctr run --runc-binary: through the runc v2 shim a container runs to completion in a sandbox, with its output, env, memory limit and exit status, and a writable root that never reaches the rootfs")
     func runToCompletion() throws {
         let containerd = try Containerd()
         defer { containerd.close() }
@@ -85,7 +85,13 @@ struct ContainerdTests {
         #expect(result.status == 3, "\(result)")
         #expect(result.stdout == "hello ctr ['a b', 'c'] True 1\n\(200 << 10)\n", "\(result)")
         #expect(result.stderr.contains("to stderr"), "\(result)")
-        // --rm removed it: containerd lists no container, and the runtime's state has none.
+        // Without --read-only the root is writable, in memory: writes read back, the rootfs is untouched.
+        let writer = "import os; open('/opt/written', 'w').write('w'); os.unlink('/etc/group'); print(sorted(os.listdir('/opt')), os.path.exists('/etc/group'))"
+        let writable = try containerd.run("writable", rootfs: rootfs, ["/usr/bin/python3", "-c", writer])
+        #expect(writable.status == 0 && writable.stdout.hasPrefix("[") && writable.stdout.contains("'written'") && writable.stdout.hasSuffix("False\n"),
+                "\(writable)")
+        #expect(!FileManager.default.fileExists(atPath: rootfs + "/opt/written") && FileManager.default.fileExists(atPath: rootfs + "/etc/group"))
+        // --rm removed them: containerd lists no container.
         let listed = try containerd.ctr(["containers", "ls", "-q"])
         #expect(listed.status == 0 && listed.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(listed)")
     }

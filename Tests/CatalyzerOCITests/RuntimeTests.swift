@@ -140,7 +140,6 @@ struct RuntimeTests {
                 var process = spec["process"] as! [String: Any]; process["terminal"] = true; spec["process"] = process }),
             ("user", "process.user", { spec in
                 var process = spec["process"] as! [String: Any]; process["user"] = ["uid": 1000, "gid": 1000]; spec["process"] = process }),
-            ("writable", "root.readonly", { spec in spec["root"] = ["path": rootfs, "readonly": false] }),
             ("host-network", "linux.namespaces", { spec in
                 spec["linux"] = ["namespaces": [["type": "pid"], ["type": "mount"]]] }),
             ("device", "linux.devices", { spec in
