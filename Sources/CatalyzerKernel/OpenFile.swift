@@ -143,11 +143,11 @@ final class FileTable {
     }
 
     /// The sandbox's stdin, stdout and stderr as fds 0-2; a closed host stream stays closed.
-    func installStandardStreams(_ hostFDs: [Int32]) throws(Errno) {
+    func installStandardStreams(_ hostFDs: [Int32], owned: Bool = false) throws(Errno) {
         for (guestFD, hostFD) in hostFDs.prefix(3).enumerated() {
             let flags = fcntl(hostFD, F_GETFL)
             guard flags >= 0 else { continue }
-            let file = OpenFile(backing: .host(fd: hostFD, owned: false), guestPath: "/dev/stdio", statusFlags: flags,
+            let file = OpenFile(backing: .host(fd: hostFD, owned: owned), guestPath: "/dev/stdio", statusFlags: flags,
                                 standardStream: Int32(guestFD))
             try install(file, at: Int32(guestFD), closeOnExec: false)
         }

@@ -41,17 +41,18 @@ public final class Sandbox {
     var initialGroup: ThreadGroup!
     /// Set when the sandbox is over; `run()` returns it.
     var exitStatus: SandboxExit?
-    /// Signals from outside for the first process (`hostSignals()` makes it): while there is
+    /// Signals and processes to start from outside (`hostInbox()` makes it): while there is
     /// one, a sandbox whose tasks all wait, some of them for a signal, is not deadlocked.
-    private(set) var hostSignalInbox: HostSignalInbox?
+    private(set) var inbox: HostInbox?
 
-    /// The inbox through which other threads send the first process signals, made on first use.
-    public func hostSignals() -> HostSignalInbox {
-        if let hostSignalInbox { return hostSignalInbox }
-        let inbox = HostSignalInbox(exitRequester: exitRequester)
-        hostSignalInbox = inbox
-        scheduler.hostSignalDescriptor = inbox.wakeDescriptor
-        return inbox
+    /// The inbox through which other threads send the first process signals and start
+    /// processes, made on first use.
+    public func hostInbox() -> HostInbox {
+        if let inbox { return inbox }
+        let made = HostInbox(exitRequester: exitRequester)
+        inbox = made
+        scheduler.hostInboxDescriptor = made.wakeDescriptor
+        return made
     }
 
     let traceSyscalls: Bool
@@ -162,6 +163,32 @@ public final class Sandbox {
         filesystem.tmp.account = memoryAccount
     }
 
+    /// Starts a process posted from outside (`HostInbox.post(_:)`) and tells its poster.
+    private func start(_ launch: ProcessLaunch) {
+        var streams = launch.standardStreams
+        do {
+            guard taskCount < limits.maximumTasks else { throw ProcessLaunchError.taskLimit(limits.maximumTasks) }
+            let path = GuestPath.normalize(launch.programPath)
+            let credentials = Credentials()
+            let (image, context) = try ProcessImage.load(kvm: kvm, memorySize: memorySize, account: memoryAccount, exitRequester: exitRequester,
+                                                         filesystem: filesystem, path: path, arguments: launch.arguments,
+                                                         environment: launch.environment, credentials: credentials)
+            let files = FileTable()
+            try files.installStandardStreams(streams, owned: true)
+            streams = []
+            let group = ThreadGroup(pid: allocateID(), parentPID: 0, credentials: credentials)
+            group.exitObserver = launch.exited
+            let task = Task(sandbox: self, tid: group.pid, group: group, image: image, files: files,
+                            fsContext: FilesystemContext(workingDirectory: GuestPath.normalize(launch.workingDirectory)),
+                            signalHandlers: SignalHandlers(), context: context, name: Task.name(ofExecutable: path))
+            register(task, in: group)
+            launch.started(.success(group.pid))
+        } catch {
+            for fd in streams { close(fd) }
+            launch.started(.failure(error))
+        }
+    }
+
     /// Tasks and processes refer to each other (a task to its process, a process to its tasks),
     /// and wait queues inside files refer to tasks: untie them all, so that everything the program
     /// held (VMs, memory, host fds) is released with the sandbox and no file's last close wakes a
@@ -222,8 +249,10 @@ public final class Sandbox {
         while true {
             if let exitStatus { return exitStatus }
             if exitRequester.isExitRequested { return .timedOut }
-            if let inbox = hostSignalInbox, inbox.hasPending, let group = initialGroup {
-                for signal in inbox.take() { send(SignalInformation(signal: signal), toProcess: group) }
+            if let inbox, inbox.hasPending, let group = initialGroup {
+                let (signals, launches) = inbox.take()
+                for signal in signals { send(SignalInformation(signal: signal), toProcess: group) }
+                for launch in launches { start(launch) }
                 continue
             }
             let now = Self.monotonicNanoseconds()
@@ -238,9 +267,10 @@ public final class Sandbox {
                 continue
             }
             let deadline = nextDueTime
-            // Tasks that wait only for a signal can still get one from outside (`hostSignals()`).
-            let signalCanCome = hostSignalInbox != nil && scheduler.hasSignalWaiters
-            guard deadline != nil || scheduler.hasHostWaiters || signalCanCome else {
+            // Tasks that wait only for a signal can still get one from outside (`hostInbox()`).
+            let signalCanCome = inbox != nil && scheduler.hasSignalWaiters
+            let processCanCome = inbox?.launchesExpected ?? false
+            guard deadline != nil || scheduler.hasHostWaiters || signalCanCome || processCanCome else {
                 exitStatus = .killed(signal: SIGKILL, reason: "deadlock: every task is blocked and nothing can wake "
                                      + "them: " + blockedTaskReport())
                 continue
@@ -430,6 +460,8 @@ public final class Sandbox {
             if exitStatus == nil { exitStatus = status }
             return
         }
+        group.exitObserver?(group.zombieStatus ?? 0)
+        group.exitObserver = nil
         for child in groups.values where child.parentPID == group.pid { child.parentPID = initialGroup.pid }
         guard let parent = groups[group.parentPID], !parent.isZombie else {
             groups[group.pid] = nil  // nobody can wait for it

@@ -162,14 +162,14 @@ final class Scheduler {
 
     /// Polls the host fds blocked tasks wait for, for up to `timeoutNanoseconds` (nil: no limit,
     /// 0: just look), and wakes the tasks whose fds are ready. Returns early on a kick (EINTR).
-    /// The host-signal inbox's eventfd, polled beside the tasks' host fds so a signal posted from
-    /// outside ends the wait (-1: none).
-    var hostSignalDescriptor: Int32 = -1
+    /// The host inbox's pipe, polled beside the tasks' host fds so a signal or process posted
+    /// from outside ends the wait (-1: none).
+    var hostInboxDescriptor: Int32 = -1
 
     func pollHost(timeoutNanoseconds: UInt64?) {
         var entries: [pollfd] = []
         var owners: [Task] = []
-        if hostSignalDescriptor >= 0 { entries.append(pollfd(fd: hostSignalDescriptor, events: Int16(POLLIN), revents: 0)) }
+        if hostInboxDescriptor >= 0 { entries.append(pollfd(fd: hostInboxDescriptor, events: Int16(POLLIN), revents: 0)) }
         for task in blocked.values {
             for entry in task.wait?.hostDescriptors ?? [] {
                 entries.append(entry)
@@ -180,7 +180,7 @@ final class Scheduler {
         let milliseconds = timeoutNanoseconds.map { Int32(clamping: ($0 + 999_999) / 1_000_000) } ?? -1
         let result = entries.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), milliseconds) }
         guard result > 0 else { return }
-        let taskEntries = hostSignalDescriptor >= 0 ? entries.dropFirst() : entries[...]
+        let taskEntries = hostInboxDescriptor >= 0 ? entries.dropFirst() : entries[...]
         for (entry, task) in zip(taskEntries, owners) where entry.revents != 0 { wake(task) }
     }
 }

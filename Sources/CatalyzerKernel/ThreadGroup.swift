@@ -5,8 +5,11 @@ import Glibc
 /// (a zombie until its parent waits for it).
 final class ThreadGroup {
     let pid: Int32
-    /// The parent's PID; 0 for the sandbox's first process. Orphans are adopted by pid 1.
+    /// The parent's PID; 0 for the sandbox's first process and processes started from outside
+    /// (`ProcessLaunch`). Orphans are adopted by pid 1.
     var parentPID: Int32
+    /// Who started the process from outside the sandbox, told its wait status when it ends.
+    var exitObserver: (@Sendable (Int32) -> Void)?
     var credentials: Credentials
     /// The nice value (getpriority/setpriority); the monitor's scheduler does not weigh it.
     var niceValue: Int32 = 0

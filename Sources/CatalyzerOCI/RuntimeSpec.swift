@@ -25,6 +25,11 @@ public struct RuntimeSpec: Codable, Sendable {
         public var gid: UInt32?
         public var umask: UInt32?
         public var additionalGids: [UInt32]?
+
+        public init(uid: UInt32?, gid: UInt32?) {
+            self.uid = uid
+            self.gid = gid
+        }
     }
 
     public struct Rlimit: Codable, Sendable {

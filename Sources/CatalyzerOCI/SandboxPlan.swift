@@ -34,6 +34,8 @@ public struct SandboxPlan: Sendable {
     public var configuration: SandboxConfiguration
     /// The spec's annotations, for `state`.
     public var annotations: [String: String]
+    /// The spec's process, the base of `exec ID COMMAND...`.
+    public var process: RuntimeSpec.Process
 
     /// The guest memory when the spec sets no limit.
     public static let defaultMemory = 256 << 20
@@ -124,6 +126,7 @@ public struct SandboxPlan: Sendable {
         configuration.mounts = try Self.mounts(spec.mounts ?? [])
         self.configuration = configuration
         annotations = spec.annotations ?? [:]
+        self.process = process
     }
 
     static func mounts(_ mounts: [RuntimeSpec.Mount]) throws(BundleError) -> [SandboxMount] {

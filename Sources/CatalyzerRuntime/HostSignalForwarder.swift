@@ -12,7 +12,7 @@ public final class HostSignalForwarder {
     private var sources: [any DispatchSourceSignal] = []
 
     /// Starts forwarding to `inbox` until `stop()`.
-    public init(to inbox: HostSignalInbox) {
+    public init(to inbox: HostInbox) {
         let queue = DispatchQueue(label: "catalyzer-signal-forwarder")
         for signalNumber in Self.forwarded {
             signal(signalNumber, SIG_IGN)  // Dispatch sees it; the default action must not end the monitor

@@ -38,6 +38,18 @@ enum ContainerLauncher {
 
     /// Spawns `init ID` and waits for its report on the sync pipe.
     private static func spawnContainerProcess(id: String) throws -> Int32 {
+        let (pid, report) = try spawnReporting(["init", id])
+        guard report == "ok" else {
+            reap(pid)
+            throw ContainerError.system(report.isEmpty ? "the container process ended before it was ready" : report)
+        }
+        return pid
+    }
+
+    /// Spawns this binary with the global flags and `command`, stdio this process's, a pipe on
+    /// fd 3 for its report; returns its pid and the report (the text it wrote before closing fd 3
+    /// or exiting), trimmed.
+    static func spawnReporting(_ command: [String]) throws -> (pid: Int32, report: String) {
         var sync: [Int32] = [-1, -1]
         guard pipe(&sync) == 0 else { throw ContainerError.system("cannot make a pipe: \(String(cString: strerror(errno)))") }
         _ = fcntl(sync[0], F_SETFD, FD_CLOEXEC)
@@ -54,13 +66,13 @@ enum ContainerLauncher {
         let globals = RuntimeGlobals.current
         var arguments = [executable, "--root", globals.root]
         if let log = globals.logFile { arguments += ["--log", log, "--log-format", globals.logFormat] }
-        arguments += ["init", id]
+        arguments += command
         var pid: pid_t = 0
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         let spawned = posix_spawn(&pid, executable, &actions, nil, argv, Glibc.environ)
         close(sync[1])
-        guard spawned == 0 else { throw ContainerError.system("cannot start the container process: \(String(cString: strerror(spawned)))") }
+        guard spawned == 0 else { throw ContainerError.system("cannot start \(command[0]): \(String(cString: strerror(spawned)))") }
         var report = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
@@ -69,14 +81,14 @@ enum ContainerLauncher {
             guard count > 0 else { break }
             report += buffer.prefix(count)
         }
-        let text = String(decoding: report, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        guard text == "ok" else {
-            _ = kill(pid, SIGKILL)
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-            throw ContainerError.system(text.isEmpty ? "the container process ended before it was ready" : text)
-        }
-        return pid
+        return (pid, String(decoding: report, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// Kills and waits for a child that failed to get ready.
+    static func reap(_ pid: Int32) {
+        _ = kill(pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
     }
 
     static func writePIDFile(_ path: String, pid: Int32) throws {
@@ -148,7 +160,12 @@ enum ContainerLauncher {
         var byte: UInt8 = 1
         _ = Glibc.write(fifo, &byte, 1)
         close(fifo)
-        let forwarder = HostSignalForwarder(to: sandbox.hostSignals())
+        do {
+            try ExecChannel.serve(directory: store.directory(id), inbox: sandbox.hostInbox())
+        } catch {
+            RuntimeLog.write("warning", "container \(id): exec is unavailable: \(error)")
+        }
+        let forwarder = HostSignalForwarder(to: sandbox.hostInbox())
         let exit: SandboxExit
         do {
             exit = try sandbox.run()

@@ -21,7 +21,7 @@ struct RuntimeCommand: ParsableCommand {
             (root.readonly false) is an in-memory layer over root.path, which is never written.
             """,
         subcommands: [Create.self, Start.self, Run.self, State.self, Kill.self, Delete.self, List.self, Ps.self, Features.self,
-                      Exec.self, Checkpoint.self, Restore.self, Init.self])
+                      Exec.self, Checkpoint.self, Restore.self, Init.self, ExecProcess.self])
 
     static var store: ContainerStore { ContainerStore(root: RuntimeGlobals.current.root) }
 
@@ -201,13 +201,74 @@ struct RuntimeCommand: ParsableCommand {
         }
     }
 
-    /// Commands of the OCI runtime CLI that are not built yet: a clear refusal, never a silent no-op.
     struct Exec: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Not supported yet: a second process in a running container.")
-        @Argument(parsing: .captureForPassthrough) var rest: [String] = []
-        func run() { RuntimeLog.fail("exec is not supported by catalyzer-runtime yet: a running sandbox takes no second process from outside") }
+        static let configuration = CommandConfiguration(
+            abstract: "Run another process in a running container (in its sandbox, beside its first process).",
+            discussion: "The process is --process FILE (an OCI process object), or COMMAND with the container's env and cwd, "
+                + "changed by --env and --cwd. Its stdio is this command's; without --detach this command waits and exits "
+                + "with its status. A terminal (-t) and users other than root are refused.")
+        @Option(name: [.customLong("process"), .customShort("p")], help: "An OCI process object (JSON) to run.") var process: String?
+        @Option(name: .customLong("pid-file"), help: "Write the pid of the process standing for it on the host here.") var pidFile: String?
+        @Flag(name: [.customLong("detach"), .customShort("d")], help: "Return once the process runs.") var detach = false
+        @Option(name: .customLong("cwd"), help: "The working directory in the container.") var cwd: String?
+        @Option(name: [.customLong("env"), .customShort("e")], help: "Set an environment variable (KEY=VALUE); repeatable.") var env: [String] = []
+        @Flag(name: [.customLong("tty"), .customShort("t")], help: "Not supported: a terminal.") var tty = false
+        @Option(name: [.customLong("user"), .customShort("u")], help: "uid[:gid]; only root (0) is supported.") var user: String?
+        @Option(name: .customLong("console-socket"), help: "Not supported: a terminal is refused.") var consoleSocket: String?
+        @Option(name: [.customLong("cap"), .customShort("c")], help: "Accepted; the sandbox has no capabilities to add.") var capabilities: [String] = []
+        @Option(name: .customLong("preserve-fds"), help: "Accepted; extra fds are not passed into the sandbox.") var preserveFDs = 0
+        @Option(name: [.customLong("additional-gids"), .customShort("g")], help: "Accepted (the process runs as root).") var additionalGIDs: [String] = []
+        @Option(name: .customLong("process-label")) var processLabel: String?
+        @Option(name: .customLong("apparmor")) var apparmor: String?
+        @Option(name: .customLong("cgroup")) var cgroup: String?
+        @Flag(name: .customLong("no-new-privs")) var noNewPrivileges = false
+        @Flag(name: .customLong("ignore-paused")) var ignorePaused = false
+        @Argument(help: "The container id.") var id: String
+        @Argument(parsing: .captureForPassthrough, help: "The command, without --process.") var command: [String] = []
+
+        func run() {
+            RuntimeCommand.guarded {
+                let record = try RuntimeCommand.store.load(id)
+                let container = try SandboxPlan.load(bundle: record.bundle)
+                var process: RuntimeSpec.Process
+                if let file = self.process {
+                    process = try ExecPlan.process(at: file)
+                } else {
+                    guard !command.isEmpty else { throw ValidationError("exec needs --process FILE or a COMMAND") }
+                    process = container.process
+                    process.args = command
+                    process.terminal = tty
+                    if let user {
+                        let ids = user.split(separator: ":").map { UInt32($0) }
+                        guard ids.allSatisfy({ $0 != nil }) else { throw ValidationError("--user takes uid[:gid] as numbers") }
+                        process.user = RuntimeSpec.User(uid: ids.first ?? 0, gid: ids.count > 1 ? ids[1] : 0)
+                    }
+                }
+                if let cwd { process.cwd = cwd }
+                if !env.isEmpty {
+                    let names = Set(env.map { $0.split(separator: "=", maxSplits: 1).first.map(String.init) ?? $0 })
+                    process.env = (process.env ?? []).filter { !names.contains(String($0.split(separator: "=", maxSplits: 1).first ?? "")) } + env
+                }
+                if consoleSocket != nil { process.terminal = true }
+                let plan = try ExecPlan(process: process, root: container.configuration.rootDirectory)
+                try ExecChannel.exec(id: id, plan: plan, pidFile: pidFile, detach: detach)
+            }
+        }
     }
 
+    /// The process standing on the host for one started by exec (started by exec, never by hand).
+    struct ExecProcess: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "exec-process", abstract: "An exec'd process (internal).",
+                                                        shouldDisplay: false)
+        @Argument var id: String
+        @Argument var request: String
+
+        func run() {
+            ExecChannel.runHelper(id: id, request: request)
+        }
+    }
+
+    /// Commands of the OCI runtime CLI that are not built yet: a clear refusal, never a silent no-op.
     struct Checkpoint: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Not supported yet: checkpoint a container into a Catalyzer image.")
         @Argument(parsing: .captureForPassthrough) var rest: [String] = []

@@ -85,7 +85,7 @@ struct Run: ParsableCommand {
         }
         let exit: SandboxExit
         // SIGTERM, SIGINT (Ctrl-C) and the like go to the program, which may handle them.
-        let forwarder = HostSignalForwarder(to: kernel.hostSignals())
+        let forwarder = HostSignalForwarder(to: kernel.hostInbox())
         defer { forwarder.stop() }
         do {
             exit = try kernel.run(timeoutSeconds: Double(timeout.nanoseconds) / 1e9)

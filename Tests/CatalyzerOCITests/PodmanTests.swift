@@ -67,6 +67,31 @@ struct PodmanTests {
                 "catalyzer \(writable) runc \(writableRunc)")
     }
 
+    @Test("podman exec into a running container: its output and exit status, and it sees what the container's process wrote in its writable root")
+    func execIntoRunning() throws {
+        let podman = try Podman()
+        defer { podman.close() }
+        let runtime = Command.binary("catalyzer-runtime")
+        let script = "import time\nopen('/etc/state', 'w').write('kept')\nprint('serving', flush=True)\nwhile True: time.sleep(1)"
+        let started = try podman.podman(["run", "-d"] + Self.limits + [podman.image, "/usr/bin/python3", "-c", script], runtime: runtime)
+        try #require(started.status == 0, "\(started)")
+        let id = started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        var serving = false
+        for _ in 0..<100 where !serving {
+            serving = try podman.podman(["logs", id]).stdout.contains("serving")
+            if !serving { usleep(100_000) }
+        }
+        #expect(serving)
+        let exec = try podman.podman(["exec", "--env", "WHO=exec", id, "/usr/bin/python3", "-c",
+                                      "import os, sys; print(open('/etc/state').read(), os.environ['WHO'], os.getpid() > 1); sys.exit(3)"],
+                                     runtime: runtime)
+        #expect(exec.status == 3 && exec.stdout == "kept exec True\n", "\(exec)")
+        let second = try podman.podman(["exec", id, "/usr/bin/python3", "-c", "print('again')"], runtime: runtime)
+        #expect(second.status == 0 && second.stdout == "again\n", "\(second)")
+        let removed = try podman.podman(["rm", "--force", "-t", "0", id], runtime: runtime)
+        #expect(removed.status == 0, "\(removed)")
+    }
+
     @Test("podman run -d, then podman stop: SIGTERM reaches the guest's handler, the exit status is the handler's; podman rm removes it")
     func detachedStopAndRemove() throws {
         let podman = try Podman()

@@ -129,6 +129,53 @@ struct RuntimeTests {
         #expect(listed.status == 0 && listed.output.isEmpty, "\(listed.output)")
     }
 
+    @Test("exec runs more processes in the running sandbox: they see what its first process wrote, read and write their own stdio, end with their own status; a first process waiting for nothing in the sandbox is not a deadlock; --detach writes the pid file; a missing program, a terminal and a stopped container are refused")
+    func exec() throws {
+        try #require(TestEnvironment.isRoot && TestEnvironment.hasKVM, Comment(rawValue: TestEnvironment.requirementMessage("root and /dev/kvm")))
+        let directory = try TemporaryDirectory("oci-exec")
+        defer { directory.remove() }
+        // The first process then waits on an event nobody in it sets: with exec possible, that is
+        // not a deadlock (a process from outside may come), so it waits for one, as under runc.
+        let script = "import threading\nopen('/tmp/from-init', 'w').write('written by init')\nprint('up', flush=True)\nthreading.Event().wait()"
+        let bundle = try Self.bundle(directory, "bundle", rootfs: try PythonRootfs.path(), args: ["/usr/bin/python3", "-c", script]) { spec in
+            spec["root"] = ["path": (spec["root"] as! [String: Any])["path"]!, "readonly": false]
+        }
+        let stateRoot = directory.file("state")
+        defer { _ = try? Self.runtime(stateRoot, ["delete", "--force", "box"], output: directory.file("cleanup")) }
+        let started = try Self.runtime(stateRoot, ["run", "--detach", "--bundle", bundle, "box"], output: directory.file("init"))
+        try #require(started.status == 0, "\(started.output)")
+        #expect(try Self.waitFor { (try String(contentsOfFile: directory.file("init"), encoding: .utf8)).contains("up") })
+
+        // The container's env (GREETING) with --env added; its own pid; ppid 0 (started from outside).
+        let probe = "import os, sys; print(open('/tmp/from-init').read(), os.environ['GREETING'], os.environ['EXTRA'], os.getpid() > 1, os.getppid(), sys.stdin.read().strip()); sys.exit(7)"
+        let runtime = Command.binary("catalyzer-runtime")
+        let piped = try Command.spawned(60, "/bin/sh", ["-c", "echo from-stdin | '\(runtime)' --root '\(stateRoot)' exec --env EXTRA=x box /usr/bin/python3 -c \"$0\"", probe])
+        #expect(piped.status == 7 && piped.stdout == "written by init hello x True 0 from-stdin\n", "\(piped)")
+
+        // --process FILE and --detach: the pid file names the host process standing for it, which
+        // ends with the guest process's status.
+        let process: [String: Any] = ["args": ["/usr/bin/python3", "-c", "import time; open('/detached', 'w').write('d'); time.sleep(0.5)"],
+                                      "cwd": "/", "env": ["PATH=/usr/bin"], "terminal": false]
+        try JSONSerialization.data(withJSONObject: process).write(to: URL(fileURLWithPath: directory.file("process.json")))
+        let detached = try Self.runtime(stateRoot, ["exec", "--detach", "--pid-file", directory.file("exec.pid"), "--process", directory.file("process.json"), "box"],
+                                        output: directory.file("detached"))
+        #expect(detached.status == 0, "\(detached.output)")
+        let helper = Int32((try? String(contentsOfFile: directory.file("exec.pid"), encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+        #expect(helper > 0 && kill(helper, 0) == 0, "pid file: \(helper)")
+        #expect(try Self.waitFor { kill(helper, 0) != 0 }, "the exec'd process's host process did not end")
+        let after = try Command.spawned(60, runtime, ["--root", stateRoot, "exec", "box", "/usr/bin/python3", "-c", "print(open('/detached').read())"])
+        #expect(after.status == 0 && after.stdout == "d\n", "\(after)")
+
+        let missing = try Self.runtime(stateRoot, ["exec", "box", "/no/such/program"], output: directory.file("missing"))
+        #expect(missing.status != 0 && missing.output.contains("/no/such/program") && missing.output.contains("ENOENT"), "\(missing.output)")
+        let terminal = try Self.runtime(stateRoot, ["exec", "--tty", "box", "/usr/bin/python3"], output: directory.file("terminal"))
+        #expect(terminal.status != 0 && terminal.output.contains("process.terminal"), "\(terminal.output)")
+        _ = try Self.runtime(stateRoot, ["kill", "box", "KILL"], output: directory.file("kill"))
+        #expect(try Self.waitFor { try Self.state(stateRoot, "box")["status"] as? String == "stopped" })
+        let stopped = try Self.runtime(stateRoot, ["exec", "box", "/usr/bin/python3", "-c", "pass"], output: directory.file("stopped"))
+        #expect(stopped.status != 0 && stopped.output.contains("is stopped"), "\(stopped.output)")
+    }
+
     @Test("create refuses, naming the field and leaving no state, what a sandbox cannot honour")
     func refusals() throws {
         try #require(TestEnvironment.isRoot && TestEnvironment.hasKVM, Comment(rawValue: TestEnvironment.requirementMessage("root and /dev/kvm")))

@@ -12,3 +12,13 @@ static inline int clinux_syncfs(int fd) { return syncfs(fd); }
 /// `actions` is a `posix_spawn_file_actions_t *`, passed untyped: including <spawn.h> here under
 /// _GNU_SOURCE would give fd_set a second definition beside the Glibc module's.
 int clinux_spawn_close_from(void *actions, int from);
+
+/// sendmsg(2) of `length` bytes with `count` fds attached (SCM_RIGHTS). Returns the bytes sent
+/// or -1 with errno.
+long clinux_send_with_fds(int socket, const void *bytes, unsigned long length, const int *fds, int count);
+
+/// recvmsg(2) of up to `length` bytes and up to `capacity` fds (SCM_RIGHTS, received
+/// close-on-exec). Returns the bytes read (0 at end of stream) or -1 with errno; `*count` is
+/// the number of fds stored in `fds`. Fds beyond `capacity` (a truncated control message) are
+/// closed and the call fails with EMSGSIZE.
+long clinux_receive_with_fds(int socket, void *bytes, unsigned long length, int *fds, int capacity, int *count);

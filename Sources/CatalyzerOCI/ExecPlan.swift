@@ -1,0 +1,46 @@
+import CatalyzerKernel
+import Foundation
+import Glibc
+
+/// A second process for a running container (`exec`), checked as `create` checks the first: the
+/// OCI process object (`exec --process FILE`, or the container's own process with the given
+/// args, cwd and env), what a sandbox cannot honour refused naming the field, the program looked
+/// up in the container's root. It travels to the container's monitor as JSON.
+public struct ExecPlan: Codable, Sendable {
+    /// The guest path of the program.
+    public var programPath: String
+    public var arguments: [String]
+    public var environment: [String]
+    public var workingDirectory: String
+
+    public init(process: RuntimeSpec.Process, root: String) throws(BundleError) {
+        guard let args = process.args, let program = args.first, !program.isEmpty else {
+            throw .invalid(field: "process.args", problem: "empty: name the program to run")
+        }
+        if process.terminal == true {
+            throw .unsupported(field: "process.terminal", what: "a terminal", instead: "exec without -t (podman exec -i works)")
+        }
+        if let user = process.user, (user.uid ?? 0) != 0 || (user.gid ?? 0) != 0 {
+            throw .unsupported(field: "process.user", what: "running as uid \(user.uid ?? 0), gid \(user.gid ?? 0)",
+                               instead: "exec as root (drop --user)")
+        }
+        let environment = process.env ?? []
+        programPath = SandboxConfiguration.resolveProgram(program, rootfs: root, environment: environment,
+                                                          defaultSearchPath: SandboxPlan.defaultSearchPath)
+        arguments = args
+        self.environment = environment
+        workingDirectory = process.cwd ?? "/"
+    }
+
+    /// Reads the OCI process object at `path` (`exec --process`).
+    public static func process(at path: String) throws(BundleError) -> RuntimeSpec.Process {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw .unreadable(path: path, reason: FileManager.default.fileExists(atPath: path) ? "permission denied" : "no such file")
+        }
+        do {
+            return try JSONDecoder().decode(RuntimeSpec.Process.self, from: data)
+        } catch {
+            throw .invalid(field: "(process)", problem: "not a runtime-spec process: \(error)")
+        }
+    }
+}
