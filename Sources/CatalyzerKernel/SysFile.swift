@@ -368,15 +368,50 @@ extension Task {
         let file = try files.file(a[0])
         let request = UInt(truncatingIfNeeded: a[1])
         if let result = try fileIoctl(file, fd: a.int32(0), request: request, argument: a[2]) { return result }
-        // Only terminal queries on a host terminal are answered; everything else is not a tty.
-        let sizes: [UInt: Int] = [UInt(TCGETS): 36, UInt(TIOCGWINSZ): 8]
-        guard case .host(let fd, _) = file.backing, let size = sizes[request], isatty(fd) == 1 else {
-            throw Errno.ENOTTY
+        guard case .host(let fd, _) = file.backing, isatty(fd) == 1 else { throw Errno.ENOTTY }
+        return try terminalIoctl(hostFD: fd, request: request, argument: a[2])
+    }
+
+    /// A terminal's requests, on a host terminal the sandbox was given as stdio (the user's, or
+    /// a container's pty). Only these pass to the host: reading and setting the line discipline's
+    /// modes and the window size, and flushing. Requests that would reach beyond the terminal's
+    /// own settings (TIOCSTI pushing input the host's shell would read, TIOCCONS, modem lines)
+    /// are ENOTTY. Job control stays inside the sandbox: the foreground group is the caller's
+    /// own and setting it is accepted, as the sandbox's processes share the terminal alone.
+    private func terminalIoctl(hostFD fd: Int32, request: UInt, argument: UInt64) throws(Errno) -> UInt64 {
+        // Request → (bytes the guest passes in, bytes it gets back): kernel struct termios is 36.
+        let passed: [UInt: (input: Int, output: Int)] = [
+            0x5401: (0, 36),   // TCGETS
+            0x5402: (36, 0),   // TCSETS
+            0x5403: (36, 0),   // TCSETSW
+            0x5404: (36, 0),   // TCSETSF
+            0x5413: (0, 8),    // TIOCGWINSZ
+            0x5414: (8, 0),    // TIOCSWINSZ
+        ]
+        switch request {
+        case 0x540F:  // TIOCGPGRP
+            try space.store(group.pid, at: argument)
+            return 0
+        case 0x5410:  // TIOCSPGRP
+            _ = try space.load(Int32.self, at: argument)
+            return 0
+        case 0x5429:  // TIOCGSID
+            try space.store(sandbox.initialGroup.pid, at: argument)
+            return 0
+        case 0x540E, 0x5422:  // TIOCSCTTY, TIOCNOTTY
+            return 0
+        case 0x540B, 0x5409:  // TCFLSH, TCSBRK (tcdrain when the argument is nonzero): a value, not a pointer
+            guard Glibc.ioctl(fd, request, CInt(truncatingIfNeeded: argument)) == 0 else { throw Errno.lastHostError }
+            return 0
+        default:
+            break
         }
+        guard let sizes = passed[request] else { throw Errno.ENOTTY }
         var buffer = [UInt8](repeating: 0, count: 64)
+        if sizes.input > 0 { buffer.replaceSubrange(0..<sizes.input, with: try space.read(argument, count: sizes.input)) }
         let result = buffer.withUnsafeMutableBytes { Glibc.ioctl(fd, request, $0.baseAddress!) }
         guard result == 0 else { throw Errno.lastHostError }
-        try space.write(Array(buffer.prefix(size)), to: a[2])
+        if sizes.output > 0 { try space.write(Array(buffer.prefix(sizes.output)), to: argument) }
         return 0
     }
 

@@ -12,13 +12,12 @@ public struct ExecPlan: Codable, Sendable {
     public var arguments: [String]
     public var environment: [String]
     public var workingDirectory: String
+    /// Whether its stdio is a terminal (the runtime's pty, given to the engine's console socket).
+    public var terminal: Bool
 
     public init(process: RuntimeSpec.Process, root: String) throws(BundleError) {
         guard let args = process.args, let program = args.first, !program.isEmpty else {
             throw .invalid(field: "process.args", problem: "empty: name the program to run")
-        }
-        if process.terminal == true {
-            throw .unsupported(field: "process.terminal", what: "a terminal", instead: "exec without -t (podman exec -i works)")
         }
         if let user = process.user, (user.uid ?? 0) != 0 || (user.gid ?? 0) != 0 {
             throw .unsupported(field: "process.user", what: "running as uid \(user.uid ?? 0), gid \(user.gid ?? 0)",
@@ -30,6 +29,7 @@ public struct ExecPlan: Codable, Sendable {
         arguments = args
         self.environment = environment
         workingDirectory = process.cwd ?? "/"
+        terminal = process.terminal ?? false
     }
 
     /// Reads the OCI process object at `path` (`exec --process`).

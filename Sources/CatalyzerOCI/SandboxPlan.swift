@@ -22,13 +22,14 @@ public enum BundleError: Error, CustomStringConvertible, Equatable {
 ///
 /// The sandbox is a VM whose kernel is the monitor, so it is its own pid, ipc, uts, mount,
 /// network and cgroup namespace whatever the spec says; only sharing the host's (a namespace left
-/// out of `linux.namespaces`) is refused. Honoured: process args, env, cwd and rlimit NPROC (as
-/// the task limit); root (read-only, or writable through the monitor's in-memory layer over
+/// out of `linux.namespaces`) is refused. Honoured: process args, env, cwd, terminal (a pty whose
+/// primary side the runtime sends to the engine's console socket) and rlimit NPROC (as the task
+/// limit); root (read-only, or writable through the monitor's in-memory layer over
 /// it, `root.readonly` false); hostname; `linux.resources.memory.limit` as guest memory; mounts of
 /// proc at /proc, tmpfs anywhere (in memory, charged to the sandbox), the devices at /dev, and
 /// bind mounts of regular files (read once, read-only). sysfs, cgroup, mqueue and devpts mounts
 /// are accepted and absent in the guest (nothing in a function needs them). Refused, naming the
-/// field: a terminal, a user other than root, user namespaces' ID mappings, devices beyond the built-in null, zero,
+/// field: a user other than root, user namespaces' ID mappings, devices beyond the built-in null, zero,
 /// random and urandom, bind mounts of directories, and other mount types.
 public struct SandboxPlan: Sendable {
     public var configuration: SandboxConfiguration
@@ -69,9 +70,6 @@ public struct SandboxPlan: Sendable {
         guard let process = spec.process else { throw .invalid(field: "process", problem: "missing: there is nothing to run") }
         guard let args = process.args, let program = args.first, !program.isEmpty else {
             throw .invalid(field: "process.args", problem: "empty: name the program to run")
-        }
-        if process.terminal == true {
-            throw .unsupported(field: "process.terminal", what: "a terminal", instead: "run without -t (podman run -i works)")
         }
         if let user = process.user, (user.uid ?? 0) != 0 || (user.gid ?? 0) != 0 || !(user.additionalGids ?? []).allSatisfy({ $0 == 0 }) {
             throw .unsupported(field: "process.user", what: "running as uid \(user.uid ?? 0), gid \(user.gid ?? 0)",

@@ -15,7 +15,7 @@ import Glibc
 /// program is `create`'s error, not a container that dies at start.
 enum ContainerLauncher {
     /// Creates the container; returns its process's pid.
-    static func create(id: String, bundle: String) throws -> Int32 {
+    static func create(id: String, bundle: String, consoleSocket: String?) throws -> Int32 {
         let bundle = URL(fileURLWithPath: bundle).standardizedFileURL.path
         let store = RuntimeCommand.store
         guard ContainerStore.isValidID(id) else { throw ContainerError.badID(id) }
@@ -25,7 +25,9 @@ enum ContainerLauncher {
                                      created: ISO8601DateFormatter().string(from: Date()), annotations: plan.annotations)
         try store.create(record)
         do {
-            let pid = try spawnContainerProcess(id: id)
+            let terminal = plan.process.terminal == true ? try ConsoleSocket.terminal(sendingTo: consoleSocket) : nil
+            defer { if let terminal { close(terminal) } }
+            let pid = try spawnContainerProcess(id: id, stdio: terminal)
             record.pid = pid
             record.pidStartTime = ContainerStore.processStat(pid)?.startTime ?? 0
             try store.save(record)
@@ -37,8 +39,8 @@ enum ContainerLauncher {
     }
 
     /// Spawns `init ID` and waits for its report on the sync pipe.
-    private static func spawnContainerProcess(id: String) throws -> Int32 {
-        let (pid, report) = try spawnReporting(["init", id])
+    private static func spawnContainerProcess(id: String, stdio: Int32?) throws -> Int32 {
+        let (pid, report) = try spawnReporting(["init", id], stdio: stdio)
         guard report == "ok" else {
             reap(pid)
             throw ContainerError.system(report.isEmpty ? "the container process ended before it was ready" : report)
@@ -46,10 +48,10 @@ enum ContainerLauncher {
         return pid
     }
 
-    /// Spawns this binary with the global flags and `command`, stdio this process's, a pipe on
-    /// fd 3 for its report; returns its pid and the report (the text it wrote before closing fd 3
-    /// or exiting), trimmed.
-    static func spawnReporting(_ command: [String]) throws -> (pid: Int32, report: String) {
+    /// Spawns this binary with the global flags and `command`, stdio this process's (or `stdio`
+    /// as all three: a terminal), a pipe on fd 3 for its report; returns its pid and the report
+    /// (the text it wrote before closing fd 3 or exiting), trimmed.
+    static func spawnReporting(_ command: [String], stdio: Int32? = nil) throws -> (pid: Int32, report: String) {
         var sync: [Int32] = [-1, -1]
         guard pipe(&sync) == 0 else { throw ContainerError.system("cannot make a pipe: \(String(cString: strerror(errno)))") }
         _ = fcntl(sync[0], F_SETFD, FD_CLOEXEC)
@@ -59,6 +61,7 @@ enum ContainerLauncher {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, sync[1], 3)  // dup2 clears close-on-exec on 3
+        if let stdio { for fd in Int32(0)...2 { posix_spawn_file_actions_adddup2(&actions, stdio, fd) } }
         // Nothing else of ours or the engine's goes along: a stray copy of a pipe's write end in
         // a long-lived container process keeps whoever reads that pipe from ever seeing its end.
         clinux_spawn_close_from(&actions, 4)

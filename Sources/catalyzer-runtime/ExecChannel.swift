@@ -24,24 +24,6 @@ enum ExecChannel {
     /// Requests larger than this are refused (a plan is args, env and cwd: a few KiB).
     static let requestLimit = 1 << 20
 
-    /// The socket's address, through the container directory's fd: `/proc/self/fd/N/exec.sock`
-    /// fits `sun_path` (108 bytes) whatever the length of `--root` and the container id.
-    static func withAddress<T>(directory: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) throws -> T {
-        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard directoryFD >= 0 else { throw ContainerError.system("cannot open \(directory): \(String(cString: strerror(errno)))") }
-        defer { close(directoryFD) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let path = Array("/proc/self/fd/\(directoryFD)/exec.sock".utf8)
-        withUnsafeMutableBytes(of: &address.sun_path) { bytes in
-            bytes.copyBytes(from: path)
-            bytes[path.count] = 0
-        }
-        return withUnsafePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-    }
-
     // MARK: the monitor's side
 
     /// Listens on the container's exec socket and starts every process asked for in `inbox`'s
@@ -50,7 +32,7 @@ enum ExecChannel {
         let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard listener >= 0 else { throw ContainerError.system("cannot make the exec socket: \(String(cString: strerror(errno)))") }
         unlink(directory + "/exec.sock")
-        let bound = try withAddress(directory: directory) { bind(listener, $0, $1) }
+        let bound = try UnixSocketAddress.with(directory: directory, name: "exec.sock") { bind(listener, $0, $1) }
         guard bound == 0, listen(listener, 16) == 0 else {
             let reason = String(cString: strerror(errno))
             close(listener)
@@ -135,13 +117,15 @@ enum ExecChannel {
     /// `exec`: spawns the helper with this process's stdio, waits for it to report the guest
     /// process started, writes `pidFile`; then returns (`detach`) or waits and exits as the
     /// guest process did.
-    static func exec(id: String, plan: ExecPlan, pidFile: String?, detach: Bool) throws {
+    static func exec(id: String, plan: ExecPlan, pidFile: String?, detach: Bool, consoleSocket: String?) throws {
         let store = RuntimeCommand.store
         let record = try store.load(id)
         let status = store.status(of: record)
         guard status == "running" else { throw ContainerError.wrongState(id: id, status: status, wanted: "running") }
         let request = String(decoding: try JSONEncoder().encode(plan), as: UTF8.self)
-        let (helper, report) = try ContainerLauncher.spawnReporting(["exec-process", id, request])
+        let terminal = plan.terminal ? try ConsoleSocket.terminal(sendingTo: consoleSocket) : nil
+        defer { if let terminal { close(terminal) } }
+        let (helper, report) = try ContainerLauncher.spawnReporting(["exec-process", id, request], stdio: terminal)
         guard report == "ok" else {
             ContainerLauncher.reap(helper)
             throw ContainerError.system(report.isEmpty ? "the exec process ended before the process started" : report)
@@ -162,7 +146,7 @@ enum ExecChannel {
         }
         let directory = RuntimeCommand.store.directory(id)
         let connection = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        let connected = (try? withAddress(directory: directory) { connect(connection, $0, $1) }) ?? -1
+        let connected = (try? UnixSocketAddress.with(directory: directory, name: "exec.sock") { connect(connection, $0, $1) }) ?? -1
         guard connection >= 0, connected == 0 else {
             report("cannot reach container \(id)'s monitor at \(directory)/exec.sock: \(String(cString: strerror(errno)))\n")
             Foundation.exit(1)

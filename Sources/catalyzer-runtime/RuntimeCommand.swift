@@ -16,7 +16,7 @@ struct RuntimeCommand: ParsableCommand {
         discussion: """
             Global flags, before the command: --root DIR (state; default /run/catalyzer-runtime), --log FILE, \
             --log-format text|json; --systemd-cgroup, --debug and --rootless VALUE are accepted and have no effect. \
-            A bundle's config.json is checked at create: what a sandbox cannot honour (a terminal, \
+            A bundle's config.json is checked at create: what a sandbox cannot honour (a user other than root, \
             the host's namespaces, devices, directory bind mounts) is refused, naming the field. A writable root \
             (root.readonly false) is an in-memory layer over root.path, which is never written.
             """,
@@ -212,9 +212,9 @@ struct RuntimeCommand: ParsableCommand {
         @Flag(name: [.customLong("detach"), .customShort("d")], help: "Return once the process runs.") var detach = false
         @Option(name: .customLong("cwd"), help: "The working directory in the container.") var cwd: String?
         @Option(name: [.customLong("env"), .customShort("e")], help: "Set an environment variable (KEY=VALUE); repeatable.") var env: [String] = []
-        @Flag(name: [.customLong("tty"), .customShort("t")], help: "Not supported: a terminal.") var tty = false
+        @Flag(name: [.customLong("tty"), .customShort("t")], help: "A terminal as stdio (needs --console-socket).") var tty = false
         @Option(name: [.customLong("user"), .customShort("u")], help: "uid[:gid]; only root (0) is supported.") var user: String?
-        @Option(name: .customLong("console-socket"), help: "Not supported: a terminal is refused.") var consoleSocket: String?
+        @Option(name: .customLong("console-socket"), help: "With a terminal: the unix socket that receives its primary side.") var consoleSocket: String?
         @Option(name: [.customLong("cap"), .customShort("c")], help: "Accepted; the sandbox has no capabilities to add.") var capabilities: [String] = []
         @Option(name: .customLong("preserve-fds"), help: "Accepted; extra fds are not passed into the sandbox.") var preserveFDs = 0
         @Option(name: [.customLong("additional-gids"), .customShort("g")], help: "Accepted (the process runs as root).") var additionalGIDs: [String] = []
@@ -249,9 +249,8 @@ struct RuntimeCommand: ParsableCommand {
                     let names = Set(env.map { $0.split(separator: "=", maxSplits: 1).first.map(String.init) ?? $0 })
                     process.env = (process.env ?? []).filter { !names.contains(String($0.split(separator: "=", maxSplits: 1).first ?? "")) } + env
                 }
-                if consoleSocket != nil { process.terminal = true }
                 let plan = try ExecPlan(process: process, root: container.configuration.rootDirectory)
-                try ExecChannel.exec(id: id, plan: plan, pidFile: pidFile, detach: detach)
+                try ExecChannel.exec(id: id, plan: plan, pidFile: pidFile, detach: detach, consoleSocket: consoleSocket)
             }
         }
     }
@@ -298,14 +297,14 @@ struct RuntimeCommand: ParsableCommand {
 struct CreateOptions: ParsableArguments {
     @Option(name: [.customLong("bundle"), .customShort("b")], help: "The bundle directory (config.json and the root).") var bundle = "."
     @Option(name: .customLong("pid-file"), help: "Write the container process's pid here.") var pidFile: String?
-    @Option(name: .customLong("console-socket"), help: "Not supported: a terminal is refused at create.") var consoleSocket: String?
+    @Option(name: .customLong("console-socket"), help: "With process.terminal: the unix socket that receives the terminal's primary side.") var consoleSocket: String?
     @Option(name: .customLong("preserve-fds"), help: "Accepted; extra fds are not passed into the sandbox.") var preserveFDs = 0
     @Flag(name: .customLong("no-pivot")) var noPivot = false
     @Flag(name: .customLong("no-new-keyring")) var noNewKeyring = false
 
     /// Creates the container and writes the pid file; returns the container process's pid.
     func create(id: String) throws -> Int32 {
-        let child = try ContainerLauncher.create(id: id, bundle: bundle)
+        let child = try ContainerLauncher.create(id: id, bundle: bundle, consoleSocket: consoleSocket)
         if let pidFile { try ContainerLauncher.writePIDFile(pidFile, pid: child) }
         return child
     }

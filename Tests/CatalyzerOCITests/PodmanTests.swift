@@ -26,10 +26,15 @@ struct PodmanTests {
 
         /// podman with this test's storage, cgroupfs, file events and the given runtime.
         func podman(_ arguments: [String], runtime: String? = nil, timeout: Int = 120) throws -> CommandResult {
+            try Command.spawned(Double(timeout), "/usr/bin/podman", globalArguments(runtime: runtime) + arguments)
+        }
+
+        /// The flags before podman's command: this test's storage, cgroupfs, file events, the runtime.
+        func globalArguments(runtime: String?) throws -> [String] {
             var global = ["--root", directory.file("storage"), "--runroot", directory.file("run"), "--cgroup-manager", "cgroupfs",
                           "--events-backend", "file", "--tmpdir", directory.file("tmp")]
             if let runtime { global += ["--runtime", runtime] }
-            return try Command.spawned(Double(timeout), "/usr/bin/podman", global + arguments)
+            return global
         }
 
         func close() {
@@ -90,6 +95,52 @@ struct PodmanTests {
         #expect(second.status == 0 && second.stdout == "again\n", "\(second)")
         let removed = try podman.podman(["rm", "--force", "-t", "0", id], runtime: runtime)
         #expect(removed.status == 0, "\(removed)")
+    }
+
+    /// Runs a command on a new host pty, as a user at a terminal would: writes `line` once the
+    /// output shows `ready`, and prints everything the terminal showed (Python's repr of it).
+    static let terminalDriver = """
+        import os, pty, sys
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execv(sys.argv[2], sys.argv[2:])
+        shown, sent = b"", False
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if not sent and b"ready" in shown:
+                os.write(fd, sys.argv[1].encode() + b"\\n")
+                sent = True
+        _, status = os.waitpid(pid, 0)
+        print(repr(shown))
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+
+    @Test("podman run -t and -it: the guest's stdio is a terminal (isatty, its size), and a line typed at it is echoed and read, as under runc")
+    func terminal() throws {
+        let podman = try Podman()
+        defer { podman.close() }
+        let query = ["run", "--rm", "-t"] + Self.limits + [podman.image, "/usr/bin/python3", "-c",
+                                                           "import os, sys; print(os.isatty(0), os.isatty(1), os.get_terminal_size(), sys.stdin.isatty())"]
+        let ours = try podman.podman(query, runtime: Command.binary("catalyzer-runtime"))
+        let runc = try podman.podman(query, runtime: "/usr/sbin/runc")
+        #expect(ours.status == 0 && ours.stdout.hasPrefix("True True os.terminal_size(") && ours.stdout.hasSuffix("True\r\n"), "\(ours)")
+        #expect(ours.stdout == runc.stdout, "catalyzer \(ours) runc \(runc)")
+
+        func typed(_ runtime: String) throws -> CommandResult {
+            let arguments = try podman.globalArguments(runtime: runtime) + ["run", "--rm", "-i", "-t"] + Self.limits
+                + [podman.image, "/usr/bin/python3", "-c", "print('ready', flush=True); print('got', input().upper())"]
+            return try Command.spawned(120, "/usr/bin/python3", ["-c", Self.terminalDriver, "typed line", "/usr/bin/podman"] + arguments)
+        }
+        let interactive = try typed(Command.binary("catalyzer-runtime"))
+        let interactiveRunc = try typed("/usr/sbin/runc")
+        #expect(interactive.status == 0 && interactive.stdout.contains("typed line\\r\\ngot TYPED LINE\\r\\n"), "\(interactive)")
+        #expect(interactive.stdout == interactiveRunc.stdout, "catalyzer \(interactive) runc \(interactiveRunc)")
     }
 
     @Test("podman run -d, then podman stop: SIGTERM reaches the guest's handler, the exit status is the handler's; podman rm removes it")

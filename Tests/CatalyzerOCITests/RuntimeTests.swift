@@ -129,7 +129,7 @@ struct RuntimeTests {
         #expect(listed.status == 0 && listed.output.isEmpty, "\(listed.output)")
     }
 
-    @Test("exec runs more processes in the running sandbox: they see what its first process wrote, read and write their own stdio, end with their own status; a first process waiting for nothing in the sandbox is not a deadlock; --detach writes the pid file; a missing program, a terminal and a stopped container are refused")
+    @Test("exec runs more processes in the running sandbox: they see what its first process wrote, read and write their own stdio, end with their own status; a first process waiting for nothing in the sandbox is not a deadlock; --detach writes the pid file; a missing program, a terminal without a console socket and a stopped container are refused")
     func exec() throws {
         try #require(TestEnvironment.isRoot && TestEnvironment.hasKVM, Comment(rawValue: TestEnvironment.requirementMessage("root and /dev/kvm")))
         let directory = try TemporaryDirectory("oci-exec")
@@ -169,7 +169,7 @@ struct RuntimeTests {
         let missing = try Self.runtime(stateRoot, ["exec", "box", "/no/such/program"], output: directory.file("missing"))
         #expect(missing.status != 0 && missing.output.contains("/no/such/program") && missing.output.contains("ENOENT"), "\(missing.output)")
         let terminal = try Self.runtime(stateRoot, ["exec", "--tty", "box", "/usr/bin/python3"], output: directory.file("terminal"))
-        #expect(terminal.status != 0 && terminal.output.contains("process.terminal"), "\(terminal.output)")
+        #expect(terminal.status != 0 && terminal.output.contains("--console-socket"), "\(terminal.output)")
         _ = try Self.runtime(stateRoot, ["kill", "box", "KILL"], output: directory.file("kill"))
         #expect(try Self.waitFor { try Self.state(stateRoot, "box")["status"] as? String == "stopped" })
         let stopped = try Self.runtime(stateRoot, ["exec", "box", "/usr/bin/python3", "-c", "pass"], output: directory.file("stopped"))
@@ -183,7 +183,7 @@ struct RuntimeTests {
         defer { directory.remove() }
         let rootfs = try PythonRootfs.path()
         let cases: [(String, String, (inout [String: Any]) -> Void)] = [
-            ("terminal", "process.terminal", { spec in
+            ("terminal", "--console-socket", { spec in
                 var process = spec["process"] as! [String: Any]; process["terminal"] = true; spec["process"] = process }),
             ("user", "process.user", { spec in
                 var process = spec["process"] as! [String: Any]; process["user"] = ["uid": 1000, "gid": 1000]; spec["process"] = process }),

@@ -22,3 +22,7 @@ long clinux_send_with_fds(int socket, const void *bytes, unsigned long length, c
 /// the number of fds stored in `fds`. Fds beyond `capacity` (a truncated control message) are
 /// closed and the call fails with EMSGSIZE.
 long clinux_receive_with_fds(int socket, void *bytes, unsigned long length, int *fds, int capacity, int *count);
+
+/// A new pseudo-terminal: `*primary` (the side an engine reads and writes) and `*secondary`
+/// (the program's stdio), both close-on-exec. Returns 0, or -1 with errno.
+int clinux_open_pty(int *primary, int *secondary);
