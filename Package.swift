@@ -79,7 +79,7 @@ let package = Package(
         // Benchmark tools: statistics, tables, mounts, filesystem and image benchmarks.
         .target(name: "CatalyzerBench", dependencies: ["CatalyzerImage"]),
         // Benchmarks of the runtime (startup, serve): they depend on what they measure.
-        .target(name: "CatalyzerBenchmarks", dependencies: ["CatalyzerRuntime", "CatalyzerKernel", "CatalyzerKVM", "CKVM", "CatalyzerImage", "CatalyzerBench"]),
+        .target(name: "CatalyzerBenchmarks", dependencies: ["CatalyzerRuntime", "CatalyzerKernel", "CatalyzerKVM", "CKVM", "CLinux", "CatalyzerImage", "CatalyzerBench"]),
 
         .executableTarget(
             name: "catalyzer",

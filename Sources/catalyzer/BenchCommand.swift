@@ -8,7 +8,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Run benchmarks and print their tables.",
-        subcommands: [ImageBench.self, FSBench.self, SandboxBench.self, PythonBench.self, StartupBench.self, RemoteBench.self, ServeBench.self, FunctionsBench.self]
+        subcommands: [ImageBench.self, FSBench.self, SandboxBench.self, PythonBench.self, StartupBench.self, RemoteBench.self, ServeBench.self, FunctionsBench.self, ContainersBench.self]
     )
 
     struct ImageBench: ParsableCommand {
