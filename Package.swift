@@ -96,7 +96,7 @@ let package = Package(
         .executableTarget(
             name: "catalyzer-runtime",
             dependencies: [
-                "CatalyzerOCI", "CatalyzerKernel", "CatalyzerRuntime", "CLinux",
+                "CatalyzerOCI", "CatalyzerKernel", "CatalyzerKVM", "CatalyzerImage", "CatalyzerRuntime", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -27,13 +27,14 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 # dnsmasq-base: the stub DNS resolver the network tests start on loopback,
 # nodejs: the Node.js function runtime (build-rootfs.sh --runtime nodejs copies its node),
 # podman (with conmon and runc) and containerd (with its runc v2 shim): the engines the OCI runtime
-# tests drive catalyzer-runtime from.
+# tests drive catalyzer-runtime from; criu, which podman requires before it will checkpoint (its
+# images are not used: catalyzer-runtime writes Catalyzer images).
 packages=(
   pkg-config gcc libc6-dev
   libfuse3-dev fuse3 libzstd-dev liblz4-dev
   python3 python3.11 python3-pip libpython3.11-testsuite cpio busybox-static fio docker-registry skopeo runsc
   iproute2 apache2-utils openssl zstd
-  python3-boto3 awscli dnsmasq-base nodejs podman runc containerd
+  python3-boto3 awscli dnsmasq-base nodejs podman runc containerd criu
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -54,6 +54,11 @@ final class Filesystem {
         }
     }
 
+    /// A checkpoint's in-memory mounts, by their components.
+    func restoreMemoryMounts(_ mounts: [(components: [String], root: MemoryNode)]) {
+        memoryMounts = mounts.sorted { $0.components.count > $1.components.count }
+    }
+
     /// The /proc tree built for one syscall of one task, reused by the lookups of that syscall.
     private var procCache: (syscall: Int, task: ObjectIdentifier, root: MemoryNode)?
 

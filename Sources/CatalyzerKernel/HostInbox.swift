@@ -14,7 +14,9 @@ public final class HostInbox: Sendable {
     private let pending = Atomic<UInt64>(0)
     /// Processes to start, in the order posted.
     private let launches = Mutex<[ProcessLaunch]>([])
-    /// Whether `launches` may be non-empty (read without the lock by the run loop).
+    /// Work to run on the sandbox's thread while no task runs (a checkpoint), in the order posted.
+    private let pausedWork = Mutex<[@Sendable (Sandbox) -> Void]>([])
+    /// Whether `launches` or `pausedWork` may be non-empty (read without the lock by the run loop).
     private let hasLaunches = Atomic<Bool>(false)
     /// Set once someone may post processes (an OCI runtime's exec channel listens).
     private let expectsLaunches = Atomic<Bool>(false)
@@ -58,6 +60,15 @@ public final class HostInbox: Sendable {
         wake()
     }
 
+    /// Queues `work` to run on the sandbox's thread between two slices of its tasks, every vCPU
+    /// out of the guest: what it reads of the sandbox (`Sandbox.captureRunningSnapshot()`, its
+    /// guest memory) is consistent. It may end the sandbox (`Sandbox.end(_:)`).
+    public func post(pausedWork work: @escaping @Sendable (Sandbox) -> Void) {
+        pausedWork.withLock { $0.append(work) }
+        hasLaunches.store(true, ordering: .releasing)
+        wake()
+    }
+
     /// Says processes may be posted from now on: a sandbox whose tasks all wait, on anything, is
     /// then not deadlocked, since a process started from outside may be what they wait for (a
     /// client of a server blocked in accept, the other end of a FIFO).
@@ -73,8 +84,9 @@ public final class HostInbox: Sendable {
         exitRequester.preempt()
     }
 
-    /// The signals posted since the last call, lowest first, and the processes to start.
-    func take() -> (signals: [Int32], launches: [ProcessLaunch]) {
+    /// The signals posted since the last call, lowest first, the processes to start, and the
+    /// paused work.
+    func take() -> (signals: [Int32], launches: [ProcessLaunch], work: [@Sendable (Sandbox) -> Void]) {
         var drained = [UInt8](repeating: 0, count: 256)
         if wakeDescriptor >= 0 { while read(wakeDescriptor, &drained, drained.count) > 0 {} }
         let bits = pending.exchange(0, ordering: .acquiring)
@@ -83,7 +95,11 @@ public final class HostInbox: Sendable {
             defer { queued.removeAll() }
             return queued
         }
-        return ((1...64).filter { bits & (UInt64(1) << UInt64($0 - 1)) != 0 }.map { Int32($0) }, started)
+        let work = pausedWork.withLock { queued in
+            defer { queued.removeAll() }
+            return queued
+        }
+        return ((1...64).filter { bits & (UInt64(1) << UInt64($0 - 1)) != 0 }.map { Int32($0) }, started, work)
     }
 
     var hasPending: Bool { pending.load(ordering: .relaxed) != 0 || hasLaunches.load(ordering: .acquiring) }

@@ -10,7 +10,7 @@ public struct KernelSnapshot: Sendable {
     /// Bumped whenever the encoding changes; a blob with another version is refused, except
     /// versions 2 (version 3 without sockets) and 3 (version 4 without eventfds, timerfds and
     /// epoll instances), which never hold what they lack.
-    public static let formatVersion: UInt32 = 4
+    public static let formatVersion: UInt32 = 5
 
     public var memorySize: Int
     /// The vCPU, with the registers and XSAVE area of the thread at the ready point (each thread's
@@ -190,8 +190,25 @@ public struct KernelSnapshot: Sendable {
     public struct TmpFilesystem: Sendable {
         public var capacity: Int
         public var nextInode: UInt64
-        /// Every node reachable from the root (inode 1) or from an open file.
+        /// Every node reachable from the root (inode 1), the upper layer, a mount, or an open file.
         public var nodes: [TmpNode]
+        /// A writable root's upper layer (version 5): its root node, and the lower paths removed
+        /// and the directories made opaque (absolute guest paths).
+        public var overlay: Overlay? = nil
+        /// In-memory mounts a container engine asked for (version 5): their paths and root nodes.
+        /// Bound files are not here: the engine gives them again at restore.
+        public var mounts: [MountRoot] = []
+    }
+
+    public struct Overlay: Sendable {
+        public var upperInode: UInt64
+        public var whiteouts: [String]
+        public var opaque: [String]
+    }
+
+    public struct MountRoot: Sendable {
+        public var path: String
+        public var inode: UInt64
     }
 
     public struct TmpNode: Sendable {
@@ -293,6 +310,17 @@ extension KernelSnapshot {
             }
         }
         rootfs.encode(into: &writer)
+        writeSockets(into: &writer)
+        writer.write(tmp.overlay != nil)
+        if let overlay = tmp.overlay {
+            writer.write(overlay.upperInode)
+            writer.write(overlay.whiteouts) { $0.write($1) }
+            writer.write(overlay.opaque) { $0.write($1) }
+        }
+        writer.write(tmp.mounts) { w, mount in w.write(mount.path); w.write(mount.inode) }
+    }
+
+    private func writeSockets(into writer: inout SnapshotWriter) {
         writer.write(sockets) { w, socket in
             w.write(socket.family); w.write(socket.type); w.write(socket.transport); w.write(socket.state); w.write(socket.backlog)
             w.write(socket.localAddress); w.write(socket.nameRegistered); w.write(socket.peerAddress)
@@ -474,6 +502,19 @@ extension KernelSnapshot {
                                    pendingError: try r.read(Int32.self, "pending error"))
             }
         }
+        if version >= 5 {
+            if try reader.readBool("writable root") {
+                tmp.overlay = Overlay(
+                    upperInode: try reader.read(UInt64.self, "upper layer inode"),
+                    whiteouts: try reader.readArray("whiteouts", minimumSize: 8) { (r) throws(SnapshotDecodingError) in try r.readString("whiteout") },
+                    opaque: try reader.readArray("opaque directories", minimumSize: 8) { (r) throws(SnapshotDecodingError) in
+                        try r.readString("opaque directory")
+                    })
+            }
+            tmp.mounts = try reader.readArray("mounts", minimumSize: 16) { (r) throws(SnapshotDecodingError) in
+                MountRoot(path: try r.readString("mount path"), inode: try r.read(UInt64.self, "mount inode"))
+            }
+        }
         try validate(reader)
     }
 
@@ -525,6 +566,16 @@ extension KernelSnapshot {
         }
         guard inodes.contains(1), tmp.nodes.allSatisfy({ $0.children.allSatisfy { inodes.contains($0.inode) } }) else {
             throw reader.failure("the /tmp tree refers to missing nodes")
+        }
+        let directories = Set(tmp.nodes.filter { $0.data == nil && $0.symlinkTarget == nil }.map(\.inode))
+        func isGuestPath(_ path: String) -> Bool { path.hasPrefix("/") && GuestPath.normalize(path) == path && path.utf8.count < 4096 }
+        if let overlay = tmp.overlay {
+            guard directories.contains(overlay.upperInode), (overlay.whiteouts + overlay.opaque).allSatisfy({ isGuestPath($0) && $0 != "/" }) else {
+                throw reader.failure("the writable root's upper layer is not a directory of the state, or names a malformed path")
+            }
+        }
+        guard tmp.mounts.allSatisfy({ directories.contains($0.inode) && isGuestPath($0.path) && $0.path != "/" }) else {
+            throw reader.failure("an in-memory mount is not a directory of the state, or is at a malformed path")
         }
     }
 }

@@ -38,6 +38,13 @@ final class RootOverlay {
         upper = MemoryNode(content: .directory([:]), mode: lowerRootMode & 0o7777, inode: Self.upperRootInode)
     }
 
+    /// A checkpoint's upper layer.
+    init(upper: MemoryNode, whiteouts: Set<[String]>, opaque: Set<[String]>) {
+        self.upper = upper
+        self.whiteouts = whiteouts
+        self.opaque = opaque
+    }
+
     /// Where `components` is served from: the upper tree (`true`, with the lookup there deciding
     /// ENOENT, ENOTDIR or the node) or the lower rootfs (`false`).
     func isUpper(_ components: [String]) -> Bool {

@@ -20,15 +20,24 @@ extension Sandbox {
         guard exitStatus == .readyPoint, let main = readyPointTask else {
             throw RestoreError("the sandbox is not stopped at its ready point; only a program waiting for its first request can be checkpointed")
         }
+        return try snapshot(main: main, anyPoint: false)
+    }
+
+    /// The state of a running sandbox paused between two slices of its tasks (called from work
+    /// posted with `HostInbox.post(pausedWork:)`), as a container engine's checkpoint takes it:
+    /// wherever its threads are, a syscall they wait in re-runs after the restore. The same
+    /// limits hold as at a ready point (one process, no armed timers).
+    public func captureRunningSnapshot() throws -> KernelSnapshot {
+        guard exitStatus == nil, let main = initialGroup?.tasks.first else {
+            throw RestoreError("the sandbox's first process has ended; there is nothing to checkpoint")
+        }
+        return try snapshot(main: main, anyPoint: true)
+    }
+
+    private func snapshot(main: Task, anyPoint: Bool) throws -> KernelSnapshot {
         let group = main.group
-        if filesystem.overlay != nil {
-            throw RestoreError("the sandbox's root is writable (an in-memory layer over the rootfs), which a checkpoint cannot hold yet")
-        }
-        if filesystem.hasConfiguredMounts {
-            throw RestoreError("the sandbox has mounts beyond /tmp, /dev/shm and /proc (a container engine's tmpfs or bound files), which a checkpoint cannot hold yet")
-        }
         if let other = groups.values.first(where: { $0 !== group && !$0.isZombie }) {
-            throw RestoreError("process \(other.pid) (\(other.leader?.name ?? "?")) is still running at the ready point; a checkpoint holds one process: let child processes exit (and wait for them) before reading the first request")
+            throw RestoreError("process \(other.pid) (\(other.leader?.name ?? "?")) is still running \(anyPoint ? "beside the first" : "at the ready point"); a checkpoint holds one process: let child processes exit (and wait for them) \(anyPoint ? "before checkpointing" : "before reading the first request")")
         }
         if let task = group.tasks.first(where: { $0.image !== main.image || $0.files !== main.files }) {
             throw RestoreError("task \(task.tid) does not share the main thread's memory and files; only threads can be checkpointed")
@@ -44,7 +53,7 @@ extension Sandbox {
         }
         let image = try main.image.save(registers: main.registers)
         let (openFiles, descriptors, pipes, sockets) = try captureFiles(main.files)
-        let tasks = try ([main] + group.tasks.filter { $0 !== main }).map { try $0.save() }
+        let tasks = try ([main] + group.tasks.filter { $0 !== main }).map { try $0.save(anyPoint: anyPoint) }
         return KernelSnapshot(
             memorySize: memorySize,
             vcpu: image.vcpu,
@@ -82,7 +91,8 @@ extension Sandbox {
         guard memory.size == snapshot.memorySize else {
             throw RestoreError("guest memory is \(memory.size) bytes but the checkpoint's is \(snapshot.memorySize)")
         }
-        let (filesystem, tmpNodes) = try Self.restoreFilesystem(snapshot, verify: !options.rootfsVerified)
+        let (filesystem, tmpNodes) = try Self.restoreFilesystem(snapshot, verify: !options.rootfsVerified, rootDirectory: options.rootDirectory)
+        filesystem.addMounts(options.mounts.filter { if case .file = $0 { true } else { false } })
         let vm = try pendingVM.wait()
         self.init(kvm: vm.kvm, memorySize: snapshot.memorySize, filesystem: filesystem,
                   time: GuestTime(continuingFrom: snapshot.checkpointMonotonic), exitRequester: vm.vcpu.exitRequester,
@@ -259,25 +269,37 @@ extension Sandbox {
         }
         visit(filesystem.tmp.root)
         visit(filesystem.tmp.sharedMemoryRoot)
+        var overlay: KernelSnapshot.Overlay?
+        if let layer = filesystem.overlay {
+            visit(layer.upper)
+            overlay = .init(upperInode: layer.upper.inode, whiteouts: layer.whiteouts.map(Filesystem.guestPath).sorted(),
+                            opaque: layer.opaque.map(Filesystem.guestPath).sorted())
+        }
+        for mount in filesystem.memoryMounts { visit(mount.root) }
         if let socketName {
-            throw RestoreError("a unix socket file (\(socketName)) exists in /tmp at the ready point; unlink it before reading stdin to checkpoint this function")
+            throw RestoreError("a unix socket file (\(socketName)) exists in /tmp or the root; unlink it before the checkpoint")
         }
         for entry in files.allEntries {
             if case .memory(let node) = entry.file.backing { visit(node) }
         }
-        return .init(capacity: filesystem.tmp.capacity, nextInode: filesystem.tmp.nextInode, nodes: nodes)
+        var state = KernelSnapshot.TmpFilesystem(capacity: filesystem.tmp.capacity, nextInode: filesystem.tmp.nextInode, nodes: nodes)
+        state.overlay = overlay
+        state.mounts = filesystem.memoryMounts.map { .init(path: Filesystem.guestPath($0.components), inode: $0.root.inode) }
+        return state
     }
 
     /// Checks that `snapshot`'s rootfs is where it was and unchanged since the checkpoint, as a
     /// restore does; throws `RestoreError` naming the first change.
     public static func verifyRootfs(of snapshot: KernelSnapshot) throws {
-        _ = try restoreFilesystem(snapshot, verify: true)
+        _ = try restoreFilesystem(snapshot, verify: true, rootDirectory: nil)
     }
 
     /// The rootfs (checked against the checkpoint's fingerprint unless `verify` is false) and the
     /// checkpoint's /tmp.
-    private static func restoreFilesystem(_ snapshot: KernelSnapshot, verify: Bool) throws -> (Filesystem, tmpNodes: [UInt64: MemoryNode]) {
-        let rootfs = snapshot.rootfs
+    private static func restoreFilesystem(_ snapshot: KernelSnapshot, verify: Bool, rootDirectory: String?)
+        throws -> (Filesystem, tmpNodes: [UInt64: MemoryNode]) {
+        var rootfs = snapshot.rootfs
+        if let rootDirectory { rootfs.path = rootDirectory }
         var status = stat()
         guard stat(rootfs.path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else {
             throw RestoreError("the checkpoint's rootfs \(rootfs.path) is not a directory any more; restore needs the rootfs the function was checkpointed with")
@@ -292,6 +314,13 @@ extension Sandbox {
         if verify, let change = rootfs.firstChange(in: filesystem) {
             throw RestoreError("the rootfs \(rootfs.path) changed since the checkpoint (fingerprint \(rootfs.digest)): \(change); re-create the image with `catalyzer checkpoint`")
         }
+        if let overlay = snapshot.tmp.overlay, let upper = tmpNodes[overlay.upperInode] {
+            filesystem.overlay = RootOverlay(upper: upper, whiteouts: Set(overlay.whiteouts.map(GuestPath.components)),
+                                             opaque: Set(overlay.opaque.map(GuestPath.components)))
+        }
+        filesystem.restoreMemoryMounts(snapshot.tmp.mounts.compactMap { mount in
+            tmpNodes[mount.inode].map { (GuestPath.components(mount.path), $0) }
+        })
         return (filesystem, tmpNodes)
     }
 
@@ -407,9 +436,11 @@ extension Sandbox {
 
 extension Task {
     /// This thread's part of a checkpoint.
-    func save() throws -> KernelSnapshot.TaskState {
+    /// At a ready point every other thread must be parked (blocked, or runnable with no syscall
+    /// under way); at `anyPoint` a woken thread's syscall simply re-runs after the restore.
+    func save(anyPoint: Bool = false) throws -> KernelSnapshot.TaskState {
         let now = Sandbox.monotonicNanoseconds()
-        guard state == .blocked || state == .runnable && !hasPendingSyscall else {
+        guard anyPoint || state == .blocked || state == .runnable && !hasPendingSyscall else {
             throw RestoreError("task \(tid) (\(name)) is not parked")
         }
         return KernelSnapshot.TaskState(

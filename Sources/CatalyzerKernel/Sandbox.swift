@@ -163,6 +163,13 @@ public final class Sandbox {
         filesystem.tmp.account = memoryAccount
     }
 
+    /// Ends the sandbox with `status` (unless it has already ended): every task stops where it
+    /// is, and `run()` returns `status`. For work posted with `HostInbox.post(pausedWork:)`,
+    /// such as a checkpoint that stops the container it saved.
+    public func end(_ status: SandboxExit) {
+        if exitStatus == nil { exitStatus = status }
+    }
+
     /// Starts a process posted from outside (`HostInbox.post(_:)`) and tells its poster.
     private func start(_ launch: ProcessLaunch) {
         var streams = launch.standardStreams
@@ -250,9 +257,10 @@ public final class Sandbox {
             if let exitStatus { return exitStatus }
             if exitRequester.isExitRequested { return .timedOut }
             if let inbox, inbox.hasPending, let group = initialGroup {
-                let (signals, launches) = inbox.take()
+                let (signals, launches, work) = inbox.take()
                 for signal in signals { send(SignalInformation(signal: signal), toProcess: group) }
                 for launch in launches { start(launch) }
+                for item in work where exitStatus == nil { item(self) }
                 continue
             }
             let now = Self.monotonicNanoseconds()

@@ -91,6 +91,12 @@ public struct RestoreOptions: Sendable {
     /// with the checkpoint (the runtime fills it in), or what the invocation set instead. Sockets
     /// that were connected outside at the checkpoint come back reset whatever it says.
     public var network: NetworkPolicy?
+    /// The rootfs to restore against, instead of the one the checkpoint recorded (a container
+    /// engine mounts the container's root afresh for a restore).
+    public var rootDirectory: String?
+    /// Bound files to add again (`SandboxMount.file`: an engine's /etc/hosts and the like); the
+    /// checkpoint's in-memory mounts come back from it, with their contents.
+    public var mounts: [SandboxMount] = []
 
     public init() {}
 }

@@ -16,6 +16,9 @@ public struct ContainerRecord: Codable, Sendable {
     public var pidStartTime: UInt64
     public var created: String
     public var annotations: [String: String]
+    /// For a container made by `restore`: the Catalyzer store (under `--image-path`) its sandbox
+    /// was restored from, whose catalyzerfs mount `delete` takes down.
+    public var restoredFrom: String?
 
     public init(id: String, bundle: String, pid: Int32, pidStartTime: UInt64, created: String, annotations: [String: String]) {
         self.id = id

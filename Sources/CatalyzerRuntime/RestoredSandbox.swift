@@ -92,8 +92,17 @@ public final class RestoredSandbox {
     /// Runs the restored program (first serving its pending read of stdin) until it exits or
     /// `timeoutSeconds` pass.
     public func run(timeoutSeconds: Double) throws -> SandboxExit {
+        try run { try kernel.run(timeoutSeconds: timeoutSeconds) }
+    }
+
+    /// Runs the restored program with no time limit (a container: the engine stops it).
+    public func run() throws -> SandboxExit {
+        try run { try kernel.run() }
+    }
+
+    private func run(_ body: () throws -> SandboxExit) throws -> SandboxExit {
         do {
-            return try kernel.run(timeoutSeconds: timeoutSeconds)
+            return try body()
         } catch let error as KVMError where error.errno == EFAULT {
             // KVM could not fault in a page of the memory file: find which chunk fails.
             throw RuntimeError(unreadableMemoryMessage())

@@ -15,7 +15,7 @@ import Glibc
 /// program is `create`'s error, not a container that dies at start.
 enum ContainerLauncher {
     /// Creates the container; returns its process's pid.
-    static func create(id: String, bundle: String, consoleSocket: String?) throws -> Int32 {
+    static func create(id: String, bundle: String, consoleSocket: String?, restoringFrom storeRoot: String? = nil) throws -> Int32 {
         let bundle = URL(fileURLWithPath: bundle).standardizedFileURL.path
         let store = RuntimeCommand.store
         guard ContainerStore.isValidID(id) else { throw ContainerError.badID(id) }
@@ -25,6 +25,20 @@ enum ContainerLauncher {
                                      created: ISO8601DateFormatter().string(from: Date()), annotations: plan.annotations)
         try store.create(record)
         do {
+            if let storeRoot {
+                // A restored container runs at once: no start, so no FIFO to wait on. Its image is
+                // copied into the container's state first: the engine may delete the checkpoint
+                // (podman does, after a restore) while catalyzerfs still serves pages from it.
+                unlink(store.startFIFO(id))
+                let copy = store.directory(id) + "/image"
+                do {
+                    try FileManager.default.copyItem(atPath: storeRoot, toPath: copy)
+                } catch {
+                    throw ContainerError.system("cannot copy the checkpoint's image \(storeRoot) to \(copy): \(error.localizedDescription)")
+                }
+                record.restoredFrom = copy
+                try store.save(record)
+            }
             let terminal = plan.process.terminal == true ? try ConsoleSocket.terminal(sendingTo: consoleSocket) : nil
             defer { if let terminal { close(terminal) } }
             let pid = try spawnContainerProcess(id: id, stdio: terminal)
@@ -33,6 +47,7 @@ enum ContainerLauncher {
             try store.save(record)
             return pid
         } catch {
+            if let copy = record.restoredFrom { ContainerCheckpoint.unmount(storeRoot: copy) }
             store.remove(id)
             throw error
         }
@@ -147,22 +162,31 @@ enum ContainerLauncher {
             close(3)
         }
         let sandbox: Sandbox
+        var restored: (sandbox: RestoredSandbox, mount: CatalyzerMount)?
+        let record = try? store.load(id)
         do {
-            let record = try store.load(id)
+            guard let record else { throw ContainerError.notFound(id) }
             let plan = try SandboxPlan.load(bundle: record.bundle)
-            sandbox = try Sandbox(configuration: plan.configuration)
+            if let storeRoot = record.restoredFrom {
+                restored = try ContainerCheckpoint.restoredSandbox(storeRoot: storeRoot, plan: plan, standardStreams: [0, 1, 2])
+                sandbox = restored!.sandbox.kernel
+            } else {
+                sandbox = try Sandbox(configuration: plan.configuration)
+            }
         } catch {
-            report("cannot create container \(id): \(error)\n")
+            report("cannot \(record?.restoredFrom == nil ? "create" : "restore") container \(id): \(error)\n")
             Foundation.exit(1)
         }
         report("ok\n")
-        let fifo = open(store.startFIFO(id), O_WRONLY | O_CLOEXEC)  // blocks until start
-        guard fifo >= 0 else {
-            RuntimeLog.fail("container \(id): cannot open its start FIFO: \(String(cString: strerror(errno)))")
+        if restored == nil {
+            let fifo = open(store.startFIFO(id), O_WRONLY | O_CLOEXEC)  // blocks until start
+            guard fifo >= 0 else {
+                RuntimeLog.fail("container \(id): cannot open its start FIFO: \(String(cString: strerror(errno)))")
+            }
+            var byte: UInt8 = 1
+            _ = Glibc.write(fifo, &byte, 1)
+            close(fifo)
         }
-        var byte: UInt8 = 1
-        _ = Glibc.write(fifo, &byte, 1)
-        close(fifo)
         do {
             try ExecChannel.serve(directory: store.directory(id), inbox: sandbox.hostInbox())
         } catch {
@@ -171,7 +195,7 @@ enum ContainerLauncher {
         let forwarder = HostSignalForwarder(to: sandbox.hostInbox())
         let exit: SandboxExit
         do {
-            exit = try sandbox.run()
+            exit = try restored?.sandbox.run() ?? sandbox.run()
         } catch {
             RuntimeLog.fail("container \(id): the sandbox failed: \(error)")
         }

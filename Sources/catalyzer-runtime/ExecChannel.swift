@@ -82,13 +82,18 @@ enum ExecChannel {
         guard let end = request.firstIndex(of: UInt8(ascii: "\n")) else {
             return refuse(request.count > requestLimit ? "the request is over \(requestLimit) bytes" : "the request ended early")
         }
-        guard streams.count == 3 else { return refuse("the request did not bring its stdin, stdout and stderr") }
-        let plan: ExecPlan
+        let message: ChannelRequest
         do {
-            plan = try JSONDecoder().decode(ExecPlan.self, from: Data(request[..<end]))
+            message = try JSONDecoder().decode(ChannelRequest.self, from: Data(request[..<end]))
         } catch {
-            return refuse("the request is not an exec plan: \(error)")
+            return refuse("the request is not one this monitor understands: \(error)")
         }
+        if let order = message.checkpoint {
+            streams.forEach { close($0) }
+            return checkpoint(order, connection: connection, inbox: inbox)
+        }
+        guard let plan = message.exec else { return refuse("the request asks for nothing") }
+        guard streams.count == 3 else { return refuse("the request did not bring its stdin, stdout and stderr") }
         let launch = ProcessLaunch(
             programPath: plan.programPath, arguments: plan.arguments, environment: plan.environment,
             workingDirectory: plan.workingDirectory, standardStreams: streams,
@@ -107,6 +112,69 @@ enum ExecChannel {
         inbox.post(launch)
     }
 
+    /// Takes the checkpoint on the sandbox's thread, paused; answers `checkpointed` or `error`.
+    private static func checkpoint(_ order: CheckpointOrder, connection: Int32, inbox: HostInbox) {
+        inbox.post(pausedWork: { sandbox in
+            do {
+                _ = try ContainerCheckpoint.write(sandbox, imagePath: order.imagePath, containerID: order.containerID)
+                if !order.leaveRunning { sandbox.end(.killed(signal: SIGKILL, reason: "checkpointed")) }
+                answer(connection, "checkpointed")
+            } catch {
+                answer(connection, "error checkpoint of container \(order.containerID) failed: \(error)")
+            }
+            close(connection)
+        })
+    }
+
+    /// What the monitor is asked on the channel: one of these.
+    struct ChannelRequest: Codable {
+        var exec: ExecPlan?
+        var checkpoint: CheckpointOrder?
+    }
+
+    struct CheckpointOrder: Codable {
+        var containerID: String
+        var imagePath: String
+        var leaveRunning: Bool
+    }
+
+    /// Asks container `id`'s monitor for a checkpoint into `imagePath` and waits for it; unless
+    /// `leaveRunning`, also for the container process to end.
+    static func requestCheckpoint(id: String, imagePath: String, leaveRunning: Bool) throws {
+        let store = RuntimeCommand.store
+        let record = try store.load(id)
+        let status = store.status(of: record)
+        guard status == "running" else { throw ContainerError.wrongState(id: id, status: status, wanted: "running") }
+        let connection = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard connection >= 0 else { throw ContainerError.system("cannot make a socket: \(String(cString: strerror(errno)))") }
+        defer { close(connection) }
+        let connected = try UnixSocketAddress.with(directory: store.directory(id), name: "exec.sock") { connect(connection, $0, $1) }
+        guard connected == 0 else {
+            throw ContainerError.system("cannot reach container \(id)'s monitor: \(String(cString: strerror(errno)))")
+        }
+        let order = ChannelRequest(checkpoint: CheckpointOrder(containerID: id, imagePath: imagePath, leaveRunning: leaveRunning))
+        let line = Array(try JSONEncoder().encode(order)) + [UInt8(ascii: "\n")]
+        guard line.withUnsafeBytes({ send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == line.count else {
+            throw ContainerError.system("cannot send the checkpoint request to container \(id): \(String(cString: strerror(errno)))")
+        }
+        var reply = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !reply.contains(UInt8(ascii: "\n")) {
+            let count = read(connection, &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { break }
+            reply += buffer.prefix(count)
+        }
+        let answer = String(decoding: reply, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard answer == "checkpointed" else {
+            throw ContainerError.system(answer.hasPrefix("error ") ? String(answer.dropFirst(6))
+                                        : "container \(id)'s monitor ended before the checkpoint was written")
+        }
+        guard !leaveRunning else { return }
+        let deadline = Date().addingTimeInterval(10)
+        while ContainerStore.isAlive(pid: record.pid, startTime: record.pidStartTime) && Date() < deadline { usleep(5_000) }
+    }
+
     private static func answer(_ connection: Int32, _ line: String) {
         let bytes = Array((line.replacingOccurrences(of: "\n", with: " ") + "\n").utf8)
         _ = bytes.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -122,7 +190,7 @@ enum ExecChannel {
         let record = try store.load(id)
         let status = store.status(of: record)
         guard status == "running" else { throw ContainerError.wrongState(id: id, status: status, wanted: "running") }
-        let request = String(decoding: try JSONEncoder().encode(plan), as: UTF8.self)
+        let request = String(decoding: try JSONEncoder().encode(ChannelRequest(exec: plan)), as: UTF8.self)
         let terminal = plan.terminal ? try ConsoleSocket.terminal(sendingTo: consoleSocket) : nil
         defer { if let terminal { close(terminal) } }
         let (helper, report) = try ContainerLauncher.spawnReporting(["exec-process", id, request], stdio: terminal)

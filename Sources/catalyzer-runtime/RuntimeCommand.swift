@@ -135,6 +135,8 @@ struct RuntimeCommand: ParsableCommand {
                     let deadline = Date().addingTimeInterval(10)
                     while ContainerStore.isAlive(pid: record.pid, startTime: record.pidStartTime) && Date() < deadline { usleep(10_000) }
                 }
+                // The restored image's catalyzerfs mount goes first: the image is in the state removed next.
+                if let storeRoot = record.restoredFrom { ContainerCheckpoint.unmount(storeRoot: storeRoot) }
                 store.remove(id)
             }
         }
@@ -269,15 +271,76 @@ struct RuntimeCommand: ParsableCommand {
 
     /// Commands of the OCI runtime CLI that are not built yet: a clear refusal, never a silent no-op.
     struct Checkpoint: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Not supported yet: checkpoint a container into a Catalyzer image.")
-        @Argument(parsing: .captureForPassthrough) var rest: [String] = []
-        func run() { RuntimeLog.fail("checkpoint is not supported by catalyzer-runtime yet; use `catalyzer checkpoint` for functions") }
+        static let configuration = CommandConfiguration(
+            abstract: "Checkpoint a running container into a Catalyzer image under --image-path (then stop it, unless --leave-running).",
+            discussion: "The image is DIR/catalyzer, a Catalyzer store (OCI layout) holding image `container`: guest memory in "
+                + "compressed content-addressed chunks, the kernel state with the writable root and in-memory mounts. "
+                + "CRIU's other flags are accepted and have no effect.")
+        @Option(name: .customLong("image-path"), help: "Where the image goes.") var imagePath: String
+        @Option(name: .customLong("work-path"), help: "Accepted (CRIU's logs would go there; nothing does).") var workPath: String?
+        @Option(name: .customLong("parent-path")) var parentPath: String?
+        @Flag(name: .customLong("leave-running"), help: "Keep the container running after the checkpoint.") var leaveRunning = false
+        @Flag(name: .customLong("tcp-established")) var tcpEstablished = false
+        @Flag(name: .customLong("ext-unix-sk")) var externalUnixSockets = false
+        @Flag(name: .customLong("shell-job")) var shellJob = false
+        @Flag(name: .customLong("lazy-pages")) var lazyPages = false
+        @Flag(name: .customLong("file-locks")) var fileLocks = false
+        @Flag(name: .customLong("pre-dump")) var preDump = false
+        @Flag(name: .customLong("auto-dedup")) var autoDedup = false
+        @Option(name: .customLong("status-fd")) var statusFD: Int32?
+        @Option(name: .customLong("page-server")) var pageServer: String?
+        @Option(name: .customLong("manage-cgroups-mode")) var manageCgroupsMode: String?
+        @Option(name: .customLong("empty-ns")) var emptyNamespaces: [String] = []
+        @Argument(help: "The container id.") var id: String
+
+        func run() {
+            RuntimeCommand.guarded {
+                guard !preDump else { throw ValidationError("--pre-dump is not supported: a Catalyzer checkpoint is taken in one go") }
+                try ExecChannel.requestCheckpoint(id: id, imagePath: imagePath, leaveRunning: leaveRunning)
+                if let statusFD { close(statusFD) }
+            }
+        }
     }
 
     struct Restore: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Not supported yet: restore a container from a Catalyzer image.")
-        @Argument(parsing: .captureForPassthrough) var rest: [String] = []
-        func run() { RuntimeLog.fail("restore is not supported by catalyzer-runtime yet; use `catalyzer invoke` for functions") }
+        static let configuration = CommandConfiguration(
+            abstract: "Restore a container from the Catalyzer image under --image-path; without --detach, wait for it.",
+            discussion: "The bundle's config.json is checked as for create; the sandbox resumes from the image (memory through "
+                + "catalyzerfs, fetched on first touch) against the bundle's root, with this command's stdio (or a terminal "
+                + "for --console-socket). CRIU's other flags are accepted and have no effect.")
+        @OptionGroup var options: CreateOptions
+        @Option(name: .customLong("image-path"), help: "The checkpoint's directory.") var imagePath: String
+        @Option(name: .customLong("work-path")) var workPath: String?
+        @Flag(name: [.customLong("detach"), .customShort("d")], help: "Return once the container runs.") var detach = false
+        @Flag(name: .customLong("tcp-established")) var tcpEstablished = false
+        @Flag(name: .customLong("ext-unix-sk")) var externalUnixSockets = false
+        @Flag(name: .customLong("shell-job")) var shellJob = false
+        @Flag(name: .customLong("file-locks")) var fileLocks = false
+        @Flag(name: .customLong("no-subreaper")) var noSubreaper = false
+        @Flag(name: .customLong("auto-dedup")) var autoDedup = false
+        @Flag(name: .customLong("lazy-pages")) var lazyPages = false
+        @Option(name: .customLong("manage-cgroups-mode")) var manageCgroupsMode: String?
+        @Option(name: .customLong("empty-ns")) var emptyNamespaces: [String] = []
+        @Option(name: .customLong("lsm-profile")) var lsmProfile: String?
+        @Option(name: .customLong("lsm-mount-context")) var lsmMountContext: String?
+        @Argument(help: "The container id.") var id: String
+
+        func run() {
+            RuntimeCommand.guarded {
+                let storeRoot = ContainerCheckpoint.storeRoot(imagePath: imagePath)
+                let marker = imagePath + "/" + ContainerCheckpoint.completionMarker
+                guard let data = FileManager.default.contents(atPath: marker),
+                      (try? JSONDecoder().decode(ContainerCheckpoint.ImageReference.self, from: data)) != nil,
+                      FileManager.default.fileExists(atPath: storeRoot + "/index.json") else {
+                    throw ContainerError.system("\(imagePath) holds no complete Catalyzer checkpoint (\(marker) missing or not a Catalyzer image reference); it was not made by catalyzer-runtime checkpoint, or the checkpoint did not finish")
+                }
+                let child = try options.create(id: id, restoringFrom: storeRoot)
+                guard !detach else { return }
+                var status: Int32 = 0
+                while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+                ContainerLauncher.exit(withStatusOf: status)
+            }
+        }
     }
 
     /// The container's process (started by create, never by hand): builds the sandbox, reports
@@ -302,9 +365,10 @@ struct CreateOptions: ParsableArguments {
     @Flag(name: .customLong("no-pivot")) var noPivot = false
     @Flag(name: .customLong("no-new-keyring")) var noNewKeyring = false
 
-    /// Creates the container and writes the pid file; returns the container process's pid.
-    func create(id: String) throws -> Int32 {
-        let child = try ContainerLauncher.create(id: id, bundle: bundle, consoleSocket: consoleSocket)
+    /// Creates the container (restored from the Catalyzer store at `restoringFrom`: running at
+    /// once) and writes the pid file; returns the container process's pid.
+    func create(id: String, restoringFrom storeRoot: String? = nil) throws -> Int32 {
+        let child = try ContainerLauncher.create(id: id, bundle: bundle, consoleSocket: consoleSocket, restoringFrom: storeRoot)
         if let pidFile { try ContainerLauncher.writePIDFile(pidFile, pid: child) }
         return child
     }

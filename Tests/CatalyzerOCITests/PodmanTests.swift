@@ -143,6 +143,61 @@ struct PodmanTests {
         #expect(interactive.stdout == interactiveRunc.stdout, "catalyzer \(interactive) runc \(interactiveRunc)")
     }
 
+    @Test("podman container checkpoint, then podman container restore: the restored process continues where it was, with what it wrote in its writable root and /tmp")
+    func checkpointAndRestore() throws {
+        let podman = try Podman()
+        defer { podman.close() }
+        try #require(FileManager.default.isExecutableFile(atPath: "/usr/sbin/criu"),
+                     Comment(rawValue: TestEnvironment.requirementMessage("Debian's criu (podman checks for it before any checkpoint; Scripts/bootstrap.sh installs it)")))
+        let runtime = Command.binary("catalyzer-runtime")
+        let script = """
+            import time
+            open('/etc/mark', 'w').write('root')
+            open('/tmp/mark', 'w').write('tmp')
+            n = 0
+            while True:
+                n += 1
+                print(n, open('/etc/mark').read(), open('/tmp/mark').read(), flush=True)
+                time.sleep(0.05)
+            """
+        let started = try podman.podman(["run", "-d"] + Self.limits + [podman.image, "/usr/bin/python3", "-c", script], runtime: runtime)
+        try #require(started.status == 0, "\(started)")
+        let id = started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        func counts() throws -> [Int] {
+            try podman.podman(["logs", id]).stdout.split(separator: "\n").compactMap { line in
+                line.hasSuffix(" root tmp") ? Int(line.split(separator: " ")[0]) : nil
+            }
+        }
+        var before: [Int] = []
+        for _ in 0..<100 where before.count < 5 {
+            before = try counts()
+            if before.count < 5 { usleep(100_000) }
+        }
+        try #require(before.count >= 5, "the container did not count: \(before)")
+
+        let checkpointed = try podman.podman(["container", "checkpoint", id], runtime: runtime)
+        try #require(checkpointed.status == 0, "\(checkpointed)")
+        let stopped = try podman.podman(["inspect", id, "--format", "{{.State.Status}}"])
+        #expect(stopped.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "exited", "\(stopped)")
+        let last = try counts().last ?? 0
+
+        let restored = try podman.podman(["container", "restore", id], runtime: runtime)
+        try #require(restored.status == 0, "\(restored)")
+        var after: [Int] = []
+        for _ in 0..<100 where (after.last ?? 0) < last + 5 {
+            after = try counts()
+            if (after.last ?? 0) < last + 5 { usleep(100_000) }
+        }
+        // One count, never started again: the numbers go on from the last one before the checkpoint.
+        #expect(after.count > before.count && after == Array(1...(after.last ?? 0)), "before \(before), at the checkpoint \(last), after \(after)")
+        let running = try podman.podman(["inspect", id, "--format", "{{.State.Status}}"])
+        #expect(running.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "running", "\(running)")
+        let removed = try podman.podman(["rm", "--force", "-t", "0", id], runtime: runtime)
+        #expect(removed.status == 0, "\(removed)")
+        let mounts = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        #expect(!mounts.contains(podman.directory.path), "a catalyzerfs mount of the restored image is left")
+    }
+
     @Test("podman run -d, then podman stop: SIGTERM reaches the guest's handler, the exit status is the handler's; podman rm removes it")
     func detachedStopAndRemove() throws {
         let podman = try Podman()

@@ -176,6 +176,90 @@ struct RuntimeTests {
         #expect(stopped.status != 0 && stopped.output.contains("is stopped"), "\(stopped.output)")
     }
 
+    @Test("checkpoint --image-path writes a Catalyzer image and stops the container; restore resumes it mid-loop with its root, /tmp and tmpfs mount; --leave-running keeps it; a restored container checkpoints again; a second process, a stopped container and a path without a checkpoint are refused")
+    func checkpointRestore() throws {
+        try #require(TestEnvironment.isRoot && TestEnvironment.hasKVM && TestEnvironment.hasFUSE,
+                     Comment(rawValue: TestEnvironment.requirementMessage("root, /dev/kvm and /dev/fuse")))
+        let directory = try TemporaryDirectory("oci-checkpoint")
+        defer { directory.remove() }
+        let script = """
+            import time
+            open('/etc/mark', 'w').write('root'); open('/tmp/mark', 'w').write('tmp'); open('/run/mark', 'w').write('run')
+            n = 0
+            while True:
+                n += 1
+                print(n, open('/etc/mark').read(), open('/tmp/mark').read(), open('/run/mark').read(), flush=True)
+                time.sleep(0.05)
+            """
+        let bundle = try Self.bundle(directory, "bundle", rootfs: try PythonRootfs.path(), args: ["/usr/bin/python3", "-c", script]) { spec in
+            spec["root"] = ["path": (spec["root"] as! [String: Any])["path"]!, "readonly": false]
+        }
+        let stateRoot = directory.file("state"), first = directory.file("first"), second = directory.file("second")
+        defer {
+            _ = try? Self.runtime(stateRoot, ["delete", "--force", "box"], output: directory.file("cleanup"))
+            _ = try? Self.runtime(stateRoot, ["delete", "--force", "again"], output: directory.file("cleanup"))
+        }
+        func counts(_ path: String) -> [Int] {
+            ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { line in
+                line.hasSuffix(" root tmp run") ? Int(line.split(separator: " ")[0]) : nil
+            }
+        }
+        try #require(try Self.runtime(stateRoot, ["run", "--detach", "--bundle", bundle, "box"], output: first).status == 0)
+        #expect(try Self.waitFor { counts(first).count >= 3 }, "\(counts(first))")
+
+        // --leave-running: an image, and the container goes on.
+        let kept = try Self.runtime(stateRoot, ["checkpoint", "--leave-running", "--image-path", directory.file("kept"), "box"], output: directory.file("kept.log"))
+        #expect(kept.status == 0, "\(kept.output)")
+        #expect(try Self.state(stateRoot, "box")["status"] as? String == "running")
+        #expect(FileManager.default.fileExists(atPath: directory.file("kept") + "/inventory.img"))
+
+        let checkpoint = directory.file("checkpoint")
+        let taken = try Self.runtime(stateRoot, ["checkpoint", "--image-path", checkpoint, "--work-path", directory.path, "box"], output: directory.file("taken.log"))
+        try #require(taken.status == 0, "\(taken.output)")
+        #expect(try Self.state(stateRoot, "box")["status"] as? String == "stopped")
+        let last = counts(first).last ?? 0
+        let again = try Self.runtime(stateRoot, ["checkpoint", "--image-path", directory.file("late"), "box"], output: directory.file("late.log"))
+        #expect(again.status != 0 && again.output.contains("is stopped"), "\(again.output)")
+        _ = try Self.runtime(stateRoot, ["delete", "box"], output: directory.file("delete"))
+
+        let restored = try Self.runtime(stateRoot, ["restore", "--detach", "--image-path", checkpoint, "--bundle", bundle, "again"], output: second)
+        try #require(restored.status == 0, "\(restored.output)")
+        #expect(try Self.waitFor { counts(second).count >= 3 }, "\((try? String(contentsOfFile: second, encoding: .utf8)) ?? "")")
+        #expect(counts(second).first == last + 1, "counted to \(last) before the checkpoint, then \(counts(second).prefix(3)) after the restore")
+        #expect(try Self.state(stateRoot, "again")["status"] as? String == "running")
+
+        let empty = try TemporaryDirectory("oci-no-checkpoint")
+        defer { empty.remove() }
+        let nothing = try Self.runtime(stateRoot, ["restore", "--detach", "--image-path", empty.path, "--bundle", bundle, "none"], output: directory.file("nothing"))
+        #expect(nothing.status != 0 && nothing.output.contains("holds no complete Catalyzer checkpoint"), "\(nothing.output)")
+
+        // A restored container checkpointed again (its memory is the image mapped privately, the
+        // pages it changed only in the mapping), and restored from that: it counts on.
+        let regained = directory.file("regained")
+        let twice = try Self.runtime(stateRoot, ["checkpoint", "--leave-running", "--image-path", regained, "again"], output: directory.file("twice.log"))
+        #expect(twice.status == 0, "\(twice.output)")
+        let third = directory.file("third")
+        let reached = counts(second).last ?? 0
+        defer { _ = try? Self.runtime(stateRoot, ["delete", "--force", "third"], output: directory.file("cleanup")) }
+        let thirdRestore = try Self.runtime(stateRoot, ["restore", "--detach", "--image-path", regained, "--bundle", bundle, "third"], output: third)
+        #expect(thirdRestore.status == 0, "\(thirdRestore.output)")
+        #expect(try Self.waitFor { counts(third).count >= 2 })
+        #expect((counts(third).first ?? 0) > last + 1 && (counts(third).first ?? 0) <= reached + 1,
+                "the second image counts on from where the restored container was: \(counts(third).prefix(3)), it had reached \(reached)")
+        _ = try Self.runtime(stateRoot, ["delete", "--force", "third"], output: directory.file("delete-third"))
+
+        // Two processes: the checkpoint holds one, and says so; the container keeps running.
+        let child = try Command.spawned(60, Command.binary("catalyzer-runtime"),
+                                        ["--root", stateRoot, "exec", "--detach", "again", "/usr/bin/python3", "-c", "import time; time.sleep(30)"])
+        #expect(child.status == 0, "\(child)")
+        let refused = try Self.runtime(stateRoot, ["checkpoint", "--image-path", directory.file("two"), "again"], output: directory.file("two.log"))
+        #expect(refused.status != 0 && refused.output.contains("a checkpoint holds one process"), "\(refused.output)")
+        #expect(try Self.state(stateRoot, "again")["status"] as? String == "running")
+        _ = try Self.runtime(stateRoot, ["delete", "--force", "again"], output: directory.file("delete-again"))
+        let mounts = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        #expect(!mounts.contains(stateRoot), "the restored image's catalyzerfs mount is left")
+    }
+
     @Test("create refuses, naming the field and leaving no state, what a sandbox cannot honour")
     func refusals() throws {
         try #require(TestEnvironment.isRoot && TestEnvironment.hasKVM, Comment(rawValue: TestEnvironment.requirementMessage("root and /dev/kvm")))
