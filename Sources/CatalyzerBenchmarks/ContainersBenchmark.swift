@@ -50,6 +50,19 @@ public struct ContainersBenchmark {
     public var rootfs: String
     public var runtimes: [Runtime]
     public var runs = 20
+    /// Time a function-like container to its first output instead: cold under every runtime
+    /// (`podman run -d` until "ready" is in its log), and `podman container restore` of its
+    /// checkpoint under catalyzer-runtime (until its first line after the restore).
+    public var measuresRestore = false
+    /// The function-like container: an import-heavy initialization, then a line every 2 ms.
+    public static let functionScript = """
+        import json, decimal, sqlite3, asyncio, email.parser, http.client, xml.etree.ElementTree, unittest
+        print('ready', flush=True)
+        import time
+        while True:
+            time.sleep(0.002)
+            print('tick', flush=True)
+        """
     public var workDirectory = NSTemporaryDirectory()
     public var arguments = ["/usr/bin/python3", "-c", "pass"]
 
@@ -80,6 +93,7 @@ public struct ContainersBenchmark {
         let tarball = directory + "/rootfs.tar"
         try storage.check(Self.spawn(["/bin/tar", "-C", rootfs, "-cf", tarball, "."]), "tar of \(rootfs)")
         try storage.check(Self.spawn(["/usr/bin/podman"] + storage.flags + ["import", tarball, Self.image]), "podman import")
+        if measuresRestore { return try restoreRows(storage: storage, progress: progress) }
         var samples = [String: Samples]()
         for round in 0...runs {
             for runtime in runtimes {
@@ -99,6 +113,98 @@ public struct ContainersBenchmark {
             return Row(runtime: runtime.name, medianMillis: times.median, p99Millis: times.p99,
                        medianOverRunc: runc.map { times.median / max($0.median, 1e-9) },
                        p99OverRunc: runc.map { times.p99 / max($0.p99, 1e-9) }, samplesMillis: times.values)
+        }
+    }
+
+    /// Cold starts to "ready" under every runtime, and restores of one checkpoint under ours
+    /// (`restore --keep`, then `kill`, each round), interleaved.
+    private func restoreRows(storage: PodmanStorage, progress: (String) -> Void) throws -> [Row] {
+        guard let ours = runtimes.first(where: { $0.name == "catalyzer-runtime" }) else { throw BenchmarkError.missing("catalyzer-runtime") }
+        func podman(_ runtime: Runtime?, _ arguments: [String]) throws -> (status: Int32, output: String) {
+            try Self.spawn(["/usr/bin/podman"] + storage.flags + (runtime.map { ["--runtime", $0.path] + $0.podmanFlags } ?? []) + arguments)
+        }
+        func required(_ result: (status: Int32, output: String), _ what: String) throws -> String {
+            guard result.status == 0 else { throw BenchmarkError.setup(step: what, status: result.status, output: result.output) }
+            return result.output.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let runArguments = ["run", "-d"] + Self.limits + [Self.image, "/usr/bin/python3", "-c", Self.functionScript]
+        // The container whose checkpoint every restore round starts from.
+        let template = try required(podman(ours, runArguments), "podman run -d of the container to checkpoint")
+        let templateLog = try required(podman(nil, ["inspect", template, "--format", "{{.HostConfig.LogConfig.Path}}"]), "podman inspect")
+        guard LogWatch.waitFor("ready", in: templateLog, from: 0, seconds: 60) != nil else {
+            throw BenchmarkError.setup(step: "the container to checkpoint", status: 1, output: "it never printed ready")
+        }
+        _ = try required(podman(ours, ["container", "checkpoint", template]), "podman container checkpoint")
+        progress("checkpointed the function container; \(runs) rounds")
+        var samples = [String: Samples]()
+        let restoreName = "catalyzer-runtime restore"
+        for round in 0...runs {
+            for runtime in runtimes {
+                let started = Self.now()
+                let id = try required(podman(runtime, runArguments), "podman run -d under \(runtime.name)")
+                let log = try required(podman(nil, ["inspect", id, "--format", "{{.HostConfig.LogConfig.Path}}"]), "podman inspect")
+                guard let ready = LogWatch.waitFor("ready", in: log, from: 0, seconds: 60) else {
+                    throw BenchmarkError.failed(runtime: runtime.name, status: 1, output: "the container never printed ready")
+                }
+                if round > 0 { samples[runtime.name + " run", default: Samples()].add(Double(ready - started) / 1e6) }
+                _ = try podman(runtime, ["rm", "--force", "--time", "0", id])
+            }
+            let offset = LogWatch.size(templateLog)
+            let started = Self.now()
+            _ = try required(podman(ours, ["container", "restore", "--keep", template]), "podman container restore")
+            guard let ticked = LogWatch.waitFor("tick", in: templateLog, from: offset, seconds: 60) else {
+                throw BenchmarkError.failed(runtime: restoreName, status: 1, output: "the restored container printed nothing")
+            }
+            if round > 0 { samples[restoreName, default: Samples()].add(Double(ticked - started) / 1e6) }
+            _ = try podman(ours, ["kill", template])
+            _ = try podman(nil, ["wait", template])
+            if round > 0 && round % 5 == 0 { progress("round \(round) of \(runs)") }
+        }
+        _ = try podman(ours, ["rm", "--force", "--time", "0", template])
+        let runc = samples["runc run"]
+        let names = runtimes.map { $0.name + " run" } + [restoreName]
+        return names.map { name in
+            let times = samples[name] ?? Samples()
+            return Row(runtime: name, medianMillis: times.median, p99Millis: times.p99,
+                       medianOverRunc: runc.map { times.median / max($0.median, 1e-9) },
+                       p99OverRunc: runc.map { times.p99 / max($0.p99, 1e-9) }, samplesMillis: times.values)
+        }
+    }
+
+    /// Watching a container's log file (podman's k8s-file log, written by conmon) for a line.
+    enum LogWatch {
+        static func size(_ path: String) -> Int {
+            var status = stat()
+            return stat(path, &status) == 0 ? Int(status.st_size) : 0
+        }
+
+        /// When `marker` first appears past `offset` (CLOCK_MONOTONIC ns), polling every 0.5 ms;
+        /// nil after `seconds`.
+        static func waitFor(_ marker: String, in path: String, from offset: Int, seconds: Double) -> UInt64? {
+            let deadline = ContainersBenchmark.now() + UInt64(seconds * 1e9)
+            let needle = Array(marker.utf8)
+            var position = offset
+            var pending: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 64 << 10)
+            while ContainersBenchmark.now() < deadline {
+                let fd = open(path, O_RDONLY | O_CLOEXEC)
+                if fd >= 0 {
+                    while true {
+                        let count = pread(fd, &buffer, buffer.count, off_t(position))
+                        guard count > 0 else { break }
+                        pending += buffer.prefix(count)
+                        position += count
+                    }
+                    close(fd)
+                    if pending.count >= needle.count,
+                       (0...(pending.count - needle.count)).contains(where: { pending[$0..<$0 + needle.count].elementsEqual(needle) }) {
+                        return ContainersBenchmark.now()
+                    }
+                    pending = Array(pending.suffix(needle.count))
+                }
+                usleep(500)
+            }
+            return nil
         }
     }
 

@@ -17,7 +17,7 @@ public final class HostInbox: Sendable {
     /// Work to run on the sandbox's thread while no task runs (a checkpoint), in the order posted.
     private let pausedWork = Mutex<[@Sendable (Sandbox) -> Void]>([])
     /// Whether `launches` or `pausedWork` may be non-empty (read without the lock by the run loop).
-    private let hasLaunches = Atomic<Bool>(false)
+    private let hasQueued = Atomic<Bool>(false)
     /// Set once someone may post processes (an OCI runtime's exec channel listens).
     private let expectsLaunches = Atomic<Bool>(false)
     /// The pipe's read end, readable while signals are pending (drained by `take()`), and its write end.
@@ -56,7 +56,7 @@ public final class HostInbox: Sendable {
     /// Queues a process to start in the sandbox; `launch.started` says how that went.
     public func post(_ launch: ProcessLaunch) {
         launches.withLock { $0.append(launch) }
-        hasLaunches.store(true, ordering: .releasing)
+        hasQueued.store(true, ordering: .releasing)
         wake()
     }
 
@@ -65,7 +65,7 @@ public final class HostInbox: Sendable {
     /// guest memory) is consistent. It may end the sandbox (`Sandbox.end(_:)`).
     public func post(pausedWork work: @escaping @Sendable (Sandbox) -> Void) {
         pausedWork.withLock { $0.append(work) }
-        hasLaunches.store(true, ordering: .releasing)
+        hasQueued.store(true, ordering: .releasing)
         wake()
     }
 
@@ -90,7 +90,7 @@ public final class HostInbox: Sendable {
         var drained = [UInt8](repeating: 0, count: 256)
         if wakeDescriptor >= 0 { while read(wakeDescriptor, &drained, drained.count) > 0 {} }
         let bits = pending.exchange(0, ordering: .acquiring)
-        hasLaunches.store(false, ordering: .relaxed)
+        hasQueued.store(false, ordering: .relaxed)
         let started = launches.withLock { queued in
             defer { queued.removeAll() }
             return queued
@@ -102,7 +102,7 @@ public final class HostInbox: Sendable {
         return ((1...64).filter { bits & (UInt64(1) << UInt64($0 - 1)) != 0 }.map { Int32($0) }, started, work)
     }
 
-    var hasPending: Bool { pending.load(ordering: .relaxed) != 0 || hasLaunches.load(ordering: .acquiring) }
+    var hasPending: Bool { pending.load(ordering: .relaxed) != 0 || hasQueued.load(ordering: .acquiring) }
 }
 
 /// A process started from outside a running sandbox, beside its first process (as `runc exec`
@@ -114,6 +114,7 @@ public struct ProcessLaunch: Sendable {
     public var arguments: [String]
     public var environment: [String]
     public var workingDirectory: String
+    public var user = SandboxUser()
     /// Host fds for its stdin, stdout and stderr. The sandbox owns them from the post on: they
     /// are closed when the process no longer uses them, or at once if it cannot start.
     public var standardStreams: [Int32]

@@ -128,7 +128,7 @@ public final class Sandbox {
         stopsAtReadyPoint = configuration.stopsAtReadyPoint
         if stopsAtReadyPoint { filesystem.dependencies = RootfsDependencies() }
         let path = GuestPath.normalize(configuration.programPath)
-        let credentials = Credentials()
+        let credentials = Credentials(configuration.user)
         let (image, context) = try ProcessImage.load(kvm: self.kvm, memorySize: memorySize, account: memoryAccount,
                                                      exitRequester: exitRequester,
                                                      filesystem: filesystem, path: path, arguments: configuration.arguments,
@@ -176,7 +176,7 @@ public final class Sandbox {
         do {
             guard taskCount < limits.maximumTasks else { throw ProcessLaunchError.taskLimit(limits.maximumTasks) }
             let path = GuestPath.normalize(launch.programPath)
-            let credentials = Credentials()
+            let credentials = Credentials(launch.user)
             let (image, context) = try ProcessImage.load(kvm: kvm, memorySize: memorySize, account: memoryAccount, exitRequester: exitRequester,
                                                          filesystem: filesystem, path: path, arguments: launch.arguments,
                                                          environment: launch.environment, credentials: credentials)

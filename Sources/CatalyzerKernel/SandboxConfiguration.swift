@@ -32,6 +32,11 @@ public struct SandboxConfiguration: Sendable {
     public var mounts: [SandboxMount] = []
     /// What uname and gethostname report (default "catalyzer").
     public var hostName: String?
+    /// Who the program runs as (real, effective and saved IDs alike): root by default. The IDs
+    /// are what getuid and friends report and who owns the files it creates; they are not an
+    /// isolation boundary inside the sandbox (permission bits are not enforced between its
+    /// users), the sandbox itself is.
+    public var user = SandboxUser()
     /// Makes `/` writable through an in-memory upper layer over the read-only rootfs
     /// (`RootOverlay`), as a container engine's writable root; what is written counts against
     /// `memorySize`. Off for functions, whose root stays read-only. A sandbox with a writable
@@ -123,6 +128,19 @@ public enum SandboxExit: Equatable, Sendable {
     }
 }
 
+/// The user, group and supplementary groups a sandbox's program runs as.
+public struct SandboxUser: Sendable, Equatable {
+    public var uid: UInt32
+    public var gid: UInt32
+    public var groups: [UInt32]
+
+    public init(uid: UInt32 = 0, gid: UInt32 = 0, groups: [UInt32] = []) {
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+    }
+}
+
 /// The user and group the program runs as (root inside its own sandbox, like a container), with
 /// Linux's real, effective and saved IDs and supplementary groups. They decide who owns the files
 /// it creates in /tmp; the sandbox boundary, not these IDs, is what isolates it from the host.
@@ -143,6 +161,11 @@ struct Credentials {
         effectiveGID = gid
         savedUID = uid
         savedGID = gid
+    }
+
+    init(_ user: SandboxUser) {
+        self.init(uid: user.uid, gid: user.gid)
+        groups = user.groups
     }
 
     /// Root may change any ID (CAP_SETUID, CAP_SETGID); others only among their own.

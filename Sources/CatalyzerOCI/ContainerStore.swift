@@ -122,6 +122,16 @@ public struct ContainerStore: Sendable {
         return stat.state != "Z" && stat.state != "X" && (startTime == 0 || stat.startTime == startTime)
     }
 
+    /// Whether the process has finished exiting: gone, or a zombie with no thread left. Its
+    /// leader is a zombie ("Z") while other threads still tear down, holding its mappings and
+    /// files: what waits for those to be released (an unmount) must wait for this.
+    public static func hasFinished(pid: Int32, startTime: UInt64) -> Bool {
+        guard let stat = processStat(pid), startTime == 0 || stat.startTime == startTime else { return true }
+        guard stat.state == "Z" || stat.state == "X" else { return false }
+        let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"))?.count ?? 0
+        return threads <= 1
+    }
+
     /// The state letter and start time of a process, from /proc/PID/stat.
     public static func processStat(_ pid: Int32) -> (state: Character, startTime: UInt64)? {
         guard let file = FileHandle(forReadingAtPath: "/proc/\(pid)/stat"), let data = try? file.readToEnd() else { return nil }

@@ -14,14 +14,14 @@ public struct ExecPlan: Codable, Sendable {
     public var workingDirectory: String
     /// Whether its stdio is a terminal (the runtime's pty, given to the engine's console socket).
     public var terminal: Bool
+    /// Who it runs as (`process.user`).
+    public var uid: UInt32
+    public var gid: UInt32
+    public var groups: [UInt32]
 
     public init(process: RuntimeSpec.Process, root: String) throws(BundleError) {
         guard let args = process.args, let program = args.first, !program.isEmpty else {
             throw .invalid(field: "process.args", problem: "empty: name the program to run")
-        }
-        if let user = process.user, (user.uid ?? 0) != 0 || (user.gid ?? 0) != 0 {
-            throw .unsupported(field: "process.user", what: "running as uid \(user.uid ?? 0), gid \(user.gid ?? 0)",
-                               instead: "exec as root (drop --user)")
         }
         let environment = process.env ?? []
         programPath = SandboxConfiguration.resolveProgram(program, rootfs: root, environment: environment,
@@ -30,6 +30,10 @@ public struct ExecPlan: Codable, Sendable {
         self.environment = environment
         workingDirectory = process.cwd ?? "/"
         terminal = process.terminal ?? false
+        let user = SandboxPlan.user(process.user)
+        uid = user.uid
+        gid = user.gid
+        groups = user.groups
     }
 
     /// Reads the OCI process object at `path` (`exec --process`).

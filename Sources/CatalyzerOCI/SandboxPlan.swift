@@ -22,14 +22,15 @@ public enum BundleError: Error, CustomStringConvertible, Equatable {
 ///
 /// The sandbox is a VM whose kernel is the monitor, so it is its own pid, ipc, uts, mount,
 /// network and cgroup namespace whatever the spec says; only sharing the host's (a namespace left
-/// out of `linux.namespaces`) is refused. Honoured: process args, env, cwd, terminal (a pty whose
+/// out of `linux.namespaces`) is refused. Honoured: process args, env, cwd, user (uid, gid and
+/// additional gids, as getuid and file owners report them), terminal (a pty whose
 /// primary side the runtime sends to the engine's console socket) and rlimit NPROC (as the task
 /// limit); root (read-only, or writable through the monitor's in-memory layer over
 /// it, `root.readonly` false); hostname; `linux.resources.memory.limit` as guest memory; mounts of
 /// proc at /proc, tmpfs anywhere (in memory, charged to the sandbox), the devices at /dev, and
 /// bind mounts of regular files (read once, read-only). sysfs, cgroup, mqueue and devpts mounts
 /// are accepted and absent in the guest (nothing in a function needs them). Refused, naming the
-/// field: a user other than root, user namespaces' ID mappings, devices beyond the built-in null, zero,
+/// field: user namespaces' ID mappings, devices beyond the built-in null, zero,
 /// random and urandom, bind mounts of directories, and other mount types.
 public struct SandboxPlan: Sendable {
     public var configuration: SandboxConfiguration
@@ -70,10 +71,6 @@ public struct SandboxPlan: Sendable {
         guard let process = spec.process else { throw .invalid(field: "process", problem: "missing: there is nothing to run") }
         guard let args = process.args, let program = args.first, !program.isEmpty else {
             throw .invalid(field: "process.args", problem: "empty: name the program to run")
-        }
-        if let user = process.user, (user.uid ?? 0) != 0 || (user.gid ?? 0) != 0 || !(user.additionalGids ?? []).allSatisfy({ $0 == 0 }) {
-            throw .unsupported(field: "process.user", what: "running as uid \(user.uid ?? 0), gid \(user.gid ?? 0)",
-                               instead: "run as root (drop --user): the program is root inside its own VM, which is the boundary")
         }
         guard let root = spec.root else { throw .invalid(field: "root", problem: "missing: the container needs a root filesystem") }
         let rootPath = root.path.hasPrefix("/") ? root.path : bundle + "/" + root.path
@@ -119,12 +116,22 @@ public struct SandboxPlan: Sendable {
             configuration.limits.maximumTasks = min(configuration.limits.maximumTasks, Int(clamping: pids))
         }
         configuration.hostName = spec.hostname
+        configuration.user = Self.user(process.user)
         // A writable root is an in-memory layer over root.path, which is never written.
         configuration.writableRoot = root.readonly != true
         configuration.mounts = try Self.mounts(spec.mounts ?? [])
         self.configuration = configuration
         annotations = spec.annotations ?? [:]
         self.process = process
+    }
+
+    /// `process.user` as the sandbox's user: uid, gid and additional gids (umask is left out).
+    static func user(_ user: RuntimeSpec.User?) -> SandboxUser {
+        guard let user else { return SandboxUser() }
+        let gid = user.gid ?? 0
+        var groups: [UInt32] = []
+        for group in user.additionalGids ?? [] where !groups.contains(group) { groups.append(group) }
+        return SandboxUser(uid: user.uid ?? 0, gid: gid, groups: groups)
     }
 
     static func mounts(_ mounts: [RuntimeSpec.Mount]) throws(BundleError) -> [SandboxMount] {

@@ -121,8 +121,13 @@ enum ContainerCheckpoint {
         }
     }
 
-    /// Takes down the catalyzerfs mount of a restored container's store (on delete).
+    /// Takes down the catalyzerfs mount of a restored container's store (on delete); a failure
+    /// is logged, and the mount stays.
     static func unmount(storeRoot: String) {
-        try? CatalyzerMount.unmountManaged(store: ImageStore(root: storeRoot))
+        do {
+            try CatalyzerMount.unmountManaged(store: ImageStore(root: storeRoot))
+        } catch {
+            RuntimeLog.write("warning", "cannot unmount the catalyzerfs mount of the restored image \(storeRoot): \(error)")
+        }
     }
 }

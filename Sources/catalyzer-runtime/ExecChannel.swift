@@ -94,7 +94,7 @@ enum ExecChannel {
         }
         guard let plan = message.exec else { return refuse("the request asks for nothing") }
         guard streams.count == 3 else { return refuse("the request did not bring its stdin, stdout and stderr") }
-        let launch = ProcessLaunch(
+        var launch = ProcessLaunch(
             programPath: plan.programPath, arguments: plan.arguments, environment: plan.environment,
             workingDirectory: plan.workingDirectory, standardStreams: streams,
             started: { result in
@@ -109,6 +109,7 @@ enum ExecChannel {
                 answer(connection, "exited \(status)")
                 close(connection)
             })
+        launch.user = SandboxUser(uid: plan.uid, gid: plan.gid, groups: plan.groups)
         inbox.post(launch)
     }
 
@@ -172,7 +173,7 @@ enum ExecChannel {
         }
         guard !leaveRunning else { return }
         let deadline = Date().addingTimeInterval(10)
-        while ContainerStore.isAlive(pid: record.pid, startTime: record.pidStartTime) && Date() < deadline { usleep(5_000) }
+        while !ContainerStore.hasFinished(pid: record.pid, startTime: record.pidStartTime) && Date() < deadline { usleep(5_000) }
     }
 
     private static func answer(_ connection: Int32, _ line: String) {

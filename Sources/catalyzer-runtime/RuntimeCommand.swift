@@ -16,7 +16,7 @@ struct RuntimeCommand: ParsableCommand {
         discussion: """
             Global flags, before the command: --root DIR (state; default /run/catalyzer-runtime), --log FILE, \
             --log-format text|json; --systemd-cgroup, --debug and --rootless VALUE are accepted and have no effect. \
-            A bundle's config.json is checked at create: what a sandbox cannot honour (a user other than root, \
+            A bundle's config.json is checked at create: what a sandbox cannot honour (\
             the host's namespaces, devices, directory bind mounts) is refused, naming the field. A writable root \
             (root.readonly false) is an in-memory layer over root.path, which is never written.
             """,
@@ -132,9 +132,10 @@ struct RuntimeCommand: ParsableCommand {
                 if status == "created" || status == "running" {
                     guard force else { throw ContainerError.wrongState(id: id, status: status, wanted: "stopped (or use --force)") }
                     _ = Glibc.kill(record.pid, SIGKILL)
-                    let deadline = Date().addingTimeInterval(10)
-                    while ContainerStore.isAlive(pid: record.pid, startTime: record.pidStartTime) && Date() < deadline { usleep(10_000) }
                 }
+                // Until every thread of it is gone: only then are its mappings of a restored image released.
+                let deadline = Date().addingTimeInterval(10)
+                while !ContainerStore.hasFinished(pid: record.pid, startTime: record.pidStartTime) && Date() < deadline { usleep(5_000) }
                 // The restored image's catalyzerfs mount goes first: the image is in the state removed next.
                 if let storeRoot = record.restoredFrom { ContainerCheckpoint.unmount(storeRoot: storeRoot) }
                 store.remove(id)
@@ -215,7 +216,7 @@ struct RuntimeCommand: ParsableCommand {
         @Option(name: .customLong("cwd"), help: "The working directory in the container.") var cwd: String?
         @Option(name: [.customLong("env"), .customShort("e")], help: "Set an environment variable (KEY=VALUE); repeatable.") var env: [String] = []
         @Flag(name: [.customLong("tty"), .customShort("t")], help: "A terminal as stdio (needs --console-socket).") var tty = false
-        @Option(name: [.customLong("user"), .customShort("u")], help: "uid[:gid]; only root (0) is supported.") var user: String?
+        @Option(name: [.customLong("user"), .customShort("u")], help: "uid[:gid] to run as.") var user: String?
         @Option(name: .customLong("console-socket"), help: "With a terminal: the unix socket that receives its primary side.") var consoleSocket: String?
         @Option(name: [.customLong("cap"), .customShort("c")], help: "Accepted; the sandbox has no capabilities to add.") var capabilities: [String] = []
         @Option(name: .customLong("preserve-fds"), help: "Accepted; extra fds are not passed into the sandbox.") var preserveFDs = 0

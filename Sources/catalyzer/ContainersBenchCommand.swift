@@ -15,14 +15,20 @@ struct ContainersBench: ParsableCommand {
             sample is one whole `podman run --rm --network none IMAGE python3 -c pass`, wall time: podman, \
             conmon, the runtime, the program and the teardown, as a user waits for it. --runs rounds run the \
             runtimes interleaved after one warm-up each; the ratios are over runc's median and p99 from the \
-            same run. A runtime not installed (runc, runsc) is left out with a note. Needs root, podman and \
-            /dev/kvm. JSON (--json): [{runtime, medianMillis, p99Millis, medianOverRunc, p99OverRunc, samplesMillis}].
+            same run. A runtime not installed (runc, runsc) is left out with a note. --restore times instead a \
+            function-like container (an import-heavy initialization, then a line every 2 ms): `podman run -d` \
+            under each runtime until "ready" is in its log, against `podman container restore --keep` of its \
+            checkpoint under catalyzer-runtime until its first line after the restore (runc's own restore, \
+            CRIU's, fails to dump on these machines' kernel). Needs root, podman and /dev/kvm (and criu and \
+            /dev/fuse for --restore). JSON (--json): [{runtime, medianMillis, p99Millis, medianOverRunc, p99OverRunc, samplesMillis}].
             """)
 
     @Option(help: "The rootfs to import as the image (Scripts/build-rootfs.sh DIR).") var rootfs: String
     @Option(help: "Rounds (at least 10 for a p99 worth reading).") var runs = 20
     @Option(help: "catalyzer-runtime (default: next to this binary, in PATH, or /usr/local/bin).") var runtime: String?
     @Option(help: "Directory for podman's storage.") var workDir = NSTemporaryDirectory()
+    @Flag(help: "Time a function-like container (import-heavy initialization) to its first output: cold under each runtime, and podman container restore of its checkpoint under catalyzer-runtime.")
+    var restore = false
     @Flag(help: "Print the figures as JSON.") var json = false
 
     func validate() throws {
@@ -48,6 +54,7 @@ struct ContainersBench: ParsableCommand {
             var benchmark = ContainersBenchmark(rootfs: rootfs, runtimes: runtimes)
             benchmark.runs = runs
             benchmark.workDirectory = workDir
+            benchmark.measuresRestore = restore
             let rows = try benchmark.run { Output.err("bench: \($0)") }
             if json {
                 let encoder = JSONEncoder()
