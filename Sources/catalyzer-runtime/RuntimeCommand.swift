@@ -270,7 +270,7 @@ struct RuntimeCommand: ParsableCommand {
         }
     }
 
-    /// Commands of the OCI runtime CLI that are not built yet: a clear refusal, never a silent no-op.
+    /// `checkpoint` and `restore` (see `ContainerCheckpoint`).
     struct Checkpoint: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Checkpoint a running container into a Catalyzer image under --image-path (then stop it, unless --leave-running).",
