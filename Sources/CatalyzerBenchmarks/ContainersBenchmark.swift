@@ -1,5 +1,6 @@
 import CLinux
 import CatalyzerBench
+import CatalyzerKernel
 import Foundation
 import Glibc
 
@@ -239,11 +240,7 @@ public struct ContainersBenchmark {
         }
     }
 
-    static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
-    }
+    static func now() -> UInt64 { Sandbox.monotonicNanoseconds() }
 
     /// Runs `command` with posix_spawn (podman's conmon outlives pipes: output goes to a file),
     /// stdin /dev/null; returns its status and output.

@@ -99,8 +99,9 @@ enum ContainerCheckpoint {
         let size: Int
     }
 
-    /// The container process of a restore: the sandbox resumed from the image at `storeRoot`.
-    static func restoredSandbox(storeRoot: String, plan: SandboxPlan, standardStreams: [Int32]) throws -> (RestoredSandbox, CatalyzerMount) {
+    /// The container process of a restore: the sandbox resumed from the image at `storeRoot` (it
+    /// keeps the catalyzerfs mount it maps memory from).
+    static func restoredSandbox(storeRoot: String, plan: SandboxPlan, standardStreams: [Int32]) throws -> RestoredSandbox {
         let store = ImageStore(root: storeRoot)
         let mount: CatalyzerMount
         do {
@@ -115,7 +116,7 @@ enum ContainerCheckpoint {
         options.limits = plan.configuration.limits
         options.network = NetworkPolicy.none
         do {
-            return (try RestoredSandbox(image: imageName, mount: mount, store: store, options: options), mount)
+            return try RestoredSandbox(image: imageName, mount: mount, store: store, options: options)
         } catch {
             throw ContainerError.system("cannot restore from \(storeRoot): \(error)")
         }

@@ -162,14 +162,14 @@ enum ContainerLauncher {
             close(3)
         }
         let sandbox: Sandbox
-        var restored: (sandbox: RestoredSandbox, mount: CatalyzerMount)?
+        var restored: RestoredSandbox?
         let record = try? store.load(id)
         do {
             guard let record else { throw ContainerError.notFound(id) }
             let plan = try SandboxPlan.load(bundle: record.bundle)
             if let storeRoot = record.restoredFrom {
                 restored = try ContainerCheckpoint.restoredSandbox(storeRoot: storeRoot, plan: plan, standardStreams: [0, 1, 2])
-                sandbox = restored!.sandbox.kernel
+                sandbox = restored!.kernel
             } else {
                 sandbox = try Sandbox(configuration: plan.configuration)
             }
@@ -195,7 +195,7 @@ enum ContainerLauncher {
         let forwarder = HostSignalForwarder(to: sandbox.hostInbox())
         let exit: SandboxExit
         do {
-            exit = try restored?.sandbox.run() ?? sandbox.run()
+            exit = try restored?.run() ?? sandbox.run()
         } catch {
             RuntimeLog.fail("container \(id): the sandbox failed: \(error)")
         }

@@ -146,13 +146,8 @@ enum ExecChannel {
         let record = try store.load(id)
         let status = store.status(of: record)
         guard status == "running" else { throw ContainerError.wrongState(id: id, status: status, wanted: "running") }
-        let connection = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard connection >= 0 else { throw ContainerError.system("cannot make a socket: \(String(cString: strerror(errno)))") }
+        let connection = try connectToMonitor(id)
         defer { close(connection) }
-        let connected = try UnixSocketAddress.with(directory: store.directory(id), name: "exec.sock") { connect(connection, $0, $1) }
-        guard connected == 0 else {
-            throw ContainerError.system("cannot reach container \(id)'s monitor: \(String(cString: strerror(errno)))")
-        }
         let order = ChannelRequest(checkpoint: CheckpointOrder(containerID: id, imagePath: imagePath, leaveRunning: leaveRunning))
         let line = Array(try JSONEncoder().encode(order)) + [UInt8(ascii: "\n")]
         guard line.withUnsafeBytes({ send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == line.count else {
@@ -174,6 +169,20 @@ enum ExecChannel {
         guard !leaveRunning else { return }
         let deadline = Date().addingTimeInterval(10)
         while !ContainerStore.hasFinished(pid: record.pid, startTime: record.pidStartTime) && Date() < deadline { usleep(5_000) }
+    }
+
+    /// A connection to container `id`'s monitor, on its exec socket.
+    static func connectToMonitor(_ id: String) throws -> Int32 {
+        let directory = RuntimeCommand.store.directory(id)
+        let connection = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard connection >= 0 else { throw ContainerError.system("cannot make a socket: \(String(cString: strerror(errno)))") }
+        let connected = (try? UnixSocketAddress.with(directory: directory, name: "exec.sock") { connect(connection, $0, $1) }) ?? -1
+        guard connected == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(connection)
+            throw ContainerError.system("cannot reach container \(id)'s monitor at \(directory)/exec.sock: \(reason)")
+        }
+        return connection
     }
 
     private static func answer(_ connection: Int32, _ line: String) {
@@ -213,11 +222,11 @@ enum ExecChannel {
             _ = text.withCString { Glibc.write(3, $0, strlen($0)) }
             close(3)
         }
-        let directory = RuntimeCommand.store.directory(id)
-        let connection = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        let connected = (try? UnixSocketAddress.with(directory: directory, name: "exec.sock") { connect(connection, $0, $1) }) ?? -1
-        guard connection >= 0, connected == 0 else {
-            report("cannot reach container \(id)'s monitor at \(directory)/exec.sock: \(String(cString: strerror(errno)))\n")
+        let connection: Int32
+        do {
+            connection = try connectToMonitor(id)
+        } catch {
+            report("\(error)\n")
             Foundation.exit(1)
         }
         let line = Array((request + "\n").utf8)

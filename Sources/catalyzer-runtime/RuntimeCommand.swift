@@ -281,17 +281,10 @@ struct RuntimeCommand: ParsableCommand {
         @Option(name: .customLong("work-path"), help: "Accepted (CRIU's logs would go there; nothing does).") var workPath: String?
         @Option(name: .customLong("parent-path")) var parentPath: String?
         @Flag(name: .customLong("leave-running"), help: "Keep the container running after the checkpoint.") var leaveRunning = false
-        @Flag(name: .customLong("tcp-established")) var tcpEstablished = false
-        @Flag(name: .customLong("ext-unix-sk")) var externalUnixSockets = false
-        @Flag(name: .customLong("shell-job")) var shellJob = false
-        @Flag(name: .customLong("lazy-pages")) var lazyPages = false
-        @Flag(name: .customLong("file-locks")) var fileLocks = false
         @Flag(name: .customLong("pre-dump")) var preDump = false
-        @Flag(name: .customLong("auto-dedup")) var autoDedup = false
         @Option(name: .customLong("status-fd")) var statusFD: Int32?
         @Option(name: .customLong("page-server")) var pageServer: String?
-        @Option(name: .customLong("manage-cgroups-mode")) var manageCgroupsMode: String?
-        @Option(name: .customLong("empty-ns")) var emptyNamespaces: [String] = []
+        @OptionGroup var criu: CRIUOptions
         @Argument(help: "The container id.") var id: String
 
         func run() {
@@ -313,15 +306,8 @@ struct RuntimeCommand: ParsableCommand {
         @Option(name: .customLong("image-path"), help: "The checkpoint's directory.") var imagePath: String
         @Option(name: .customLong("work-path")) var workPath: String?
         @Flag(name: [.customLong("detach"), .customShort("d")], help: "Return once the container runs.") var detach = false
-        @Flag(name: .customLong("tcp-established")) var tcpEstablished = false
-        @Flag(name: .customLong("ext-unix-sk")) var externalUnixSockets = false
-        @Flag(name: .customLong("shell-job")) var shellJob = false
-        @Flag(name: .customLong("file-locks")) var fileLocks = false
         @Flag(name: .customLong("no-subreaper")) var noSubreaper = false
-        @Flag(name: .customLong("auto-dedup")) var autoDedup = false
-        @Flag(name: .customLong("lazy-pages")) var lazyPages = false
-        @Option(name: .customLong("manage-cgroups-mode")) var manageCgroupsMode: String?
-        @Option(name: .customLong("empty-ns")) var emptyNamespaces: [String] = []
+        @OptionGroup var criu: CRIUOptions
         @Option(name: .customLong("lsm-profile")) var lsmProfile: String?
         @Option(name: .customLong("lsm-mount-context")) var lsmMountContext: String?
         @Argument(help: "The container id.") var id: String
@@ -355,6 +341,19 @@ struct RuntimeCommand: ParsableCommand {
             ContainerLauncher.runContainerProcess(id: id)
         }
     }
+}
+
+/// CRIU's flags that runc's `checkpoint` and `restore` both take: accepted, with no effect on a
+/// Catalyzer checkpoint (which holds the sandbox's sockets, locks and memory its own way).
+struct CRIUOptions: ParsableArguments {
+    @Flag(name: .customLong("tcp-established")) var tcpEstablished = false
+    @Flag(name: .customLong("ext-unix-sk")) var externalUnixSockets = false
+    @Flag(name: .customLong("shell-job")) var shellJob = false
+    @Flag(name: .customLong("file-locks")) var fileLocks = false
+    @Flag(name: .customLong("lazy-pages")) var lazyPages = false
+    @Flag(name: .customLong("auto-dedup")) var autoDedup = false
+    @Option(name: .customLong("manage-cgroups-mode")) var manageCgroupsMode: String?
+    @Option(name: .customLong("empty-ns")) var emptyNamespaces: [String] = []
 }
 
 /// The options `create` and `run` share, as runc takes them.

@@ -29,8 +29,21 @@ struct PodmanTests {
             try Command.spawned(Double(timeout), "/usr/bin/podman", globalArguments(runtime: runtime) + arguments)
         }
 
+        /// `podman run -d ARGUMENTS` under `runtime`; returns the container id once its log shows
+        /// `marker` (nil if it never does within 10 s).
+        func runDetached(_ arguments: [String], runtime: String, until marker: String) throws -> (id: String, ready: Bool) {
+            let started = try podman(["run", "-d"] + arguments, runtime: runtime)
+            try #require(started.status == 0, "\(started)")
+            let id = started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            for _ in 0..<100 {
+                if try podman(["logs", id]).stdout.contains(marker) { return (id, true) }
+                usleep(100_000)
+            }
+            return (id, false)
+        }
+
         /// The flags before podman's command: this test's storage, cgroupfs, file events, the runtime.
-        func globalArguments(runtime: String?) throws -> [String] {
+        func globalArguments(runtime: String?) -> [String] {
             var global = ["--root", directory.file("storage"), "--runroot", directory.file("run"), "--cgroup-manager", "cgroupfs",
                           "--events-backend", "file", "--tmpdir", directory.file("tmp")]
             if let runtime { global += ["--runtime", runtime] }
@@ -85,14 +98,7 @@ struct PodmanTests {
         defer { podman.close() }
         let runtime = Command.binary("catalyzer-runtime")
         let script = "import time\nopen('/etc/state', 'w').write('kept')\nprint('serving', flush=True)\nwhile True: time.sleep(1)"
-        let started = try podman.podman(["run", "-d"] + Self.limits + [podman.image, "/usr/bin/python3", "-c", script], runtime: runtime)
-        try #require(started.status == 0, "\(started)")
-        let id = started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        var serving = false
-        for _ in 0..<100 where !serving {
-            serving = try podman.podman(["logs", id]).stdout.contains("serving")
-            if !serving { usleep(100_000) }
-        }
+        let (id, serving) = try podman.runDetached(Self.limits + [podman.image, "/usr/bin/python3", "-c", script], runtime: runtime, until: "serving")
         #expect(serving)
         let exec = try podman.podman(["exec", "--env", "WHO=exec", id, "/usr/bin/python3", "-c",
                                       "import os, sys; print(open('/etc/state').read(), os.environ['WHO'], os.getpid() > 1); sys.exit(3)"],
@@ -140,7 +146,7 @@ struct PodmanTests {
         #expect(ours.stdout == runc.stdout, "catalyzer \(ours) runc \(runc)")
 
         func typed(_ runtime: String) throws -> CommandResult {
-            let arguments = try podman.globalArguments(runtime: runtime) + ["run", "--rm", "-i", "-t"] + Self.limits
+            let arguments = podman.globalArguments(runtime: runtime) + ["run", "--rm", "-i", "-t"] + Self.limits
                 + [podman.image, "/usr/bin/python3", "-c", "print('ready', flush=True); print('got', input().upper())"]
             return try Command.spawned(120, "/usr/bin/python3", ["-c", Self.terminalDriver, "typed line", "/usr/bin/podman"] + arguments)
         }
@@ -219,14 +225,8 @@ struct PodmanTests {
             print("serving", flush=True)
             while True: time.sleep(1)
             """
-        let started = try podman.podman(["run", "-d", "--read-only"] + Self.limits + [podman.image, "/usr/bin/python3", "-c", script], runtime: runtime)
-        try #require(started.status == 0, "\(started)")
-        let id = started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        var serving = false
-        for _ in 0..<100 where !serving {
-            serving = try podman.podman(["logs", id]).stdout.contains("serving")
-            if !serving { usleep(100_000) }
-        }
+        let (id, serving) = try podman.runDetached(["--read-only"] + Self.limits + [podman.image, "/usr/bin/python3", "-c", script],
+                                                   runtime: runtime, until: "serving")
         #expect(serving)
         let running = try podman.podman(["inspect", id, "--format", "{{.State.Status}}"])
         #expect(running.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "running", "\(running)")

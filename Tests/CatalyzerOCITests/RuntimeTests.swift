@@ -9,7 +9,7 @@ import Testing
 @Suite("OCI runtime: the runc command line", .serialized)
 struct RuntimeTests {
     /// A bundle directory whose config.json is `spec` with the root at `rootfs`.
-    static func bundle(_ directory: TemporaryDirectory, _ name: String, rootfs: String, args: [String],
+    static func bundle(_ directory: TemporaryDirectory, _ name: String, rootfs: String, args: [String], writableRoot: Bool = false,
                        edit: (inout [String: Any]) -> Void = { _ in }) throws -> String {
         let bundle = directory.file(name)
         try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)
@@ -17,7 +17,7 @@ struct RuntimeTests {
             "ociVersion": "1.0.2",
             "process": ["terminal": false, "user": ["uid": 0, "gid": 0], "args": args, "cwd": "/",
                         "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello"]] as [String: Any],
-            "root": ["path": rootfs, "readonly": true],
+            "root": ["path": rootfs, "readonly": !writableRoot],
             "hostname": "box-1",
             "mounts": [
                 ["destination": "/proc", "type": "proc", "source": "proc"],
@@ -137,9 +137,7 @@ struct RuntimeTests {
         // The first process then waits on an event nobody in it sets: with exec possible, that is
         // not a deadlock (a process from outside may come), so it waits for one, as under runc.
         let script = "import threading\nopen('/tmp/from-init', 'w').write('written by init')\nprint('up', flush=True)\nthreading.Event().wait()"
-        let bundle = try Self.bundle(directory, "bundle", rootfs: try PythonRootfs.path(), args: ["/usr/bin/python3", "-c", script]) { spec in
-            spec["root"] = ["path": (spec["root"] as! [String: Any])["path"]!, "readonly": false]
-        }
+        let bundle = try Self.bundle(directory, "bundle", rootfs: try PythonRootfs.path(), args: ["/usr/bin/python3", "-c", script], writableRoot: true)
         let stateRoot = directory.file("state")
         defer { _ = try? Self.runtime(stateRoot, ["delete", "--force", "box"], output: directory.file("cleanup")) }
         let started = try Self.runtime(stateRoot, ["run", "--detach", "--bundle", bundle, "box"], output: directory.file("init"))
@@ -191,9 +189,7 @@ struct RuntimeTests {
                 print(n, open('/etc/mark').read(), open('/tmp/mark').read(), open('/run/mark').read(), flush=True)
                 time.sleep(0.05)
             """
-        let bundle = try Self.bundle(directory, "bundle", rootfs: try PythonRootfs.path(), args: ["/usr/bin/python3", "-c", script]) { spec in
-            spec["root"] = ["path": (spec["root"] as! [String: Any])["path"]!, "readonly": false]
-        }
+        let bundle = try Self.bundle(directory, "bundle", rootfs: try PythonRootfs.path(), args: ["/usr/bin/python3", "-c", script], writableRoot: true)
         let stateRoot = directory.file("state"), first = directory.file("first"), second = directory.file("second")
         defer {
             _ = try? Self.runtime(stateRoot, ["delete", "--force", "box"], output: directory.file("cleanup"))
