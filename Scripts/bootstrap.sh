@@ -28,13 +28,14 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 # nodejs: the Node.js function runtime (build-rootfs.sh --runtime nodejs copies its node),
 # podman (with conmon and runc) and containerd (with its runc v2 shim): the engines the OCI runtime
 # tests drive catalyzer-runtime from; criu, which podman requires before it will checkpoint (its
-# images are not used: catalyzer-runtime writes Catalyzer images).
+# images are not used: catalyzer-runtime writes Catalyzer images);
+# python3-matplotlib: Scripts/plot-startup.py draws docs/startup.png from `bench startup --json`.
 packages=(
   pkg-config gcc libc6-dev
   libfuse3-dev fuse3 libzstd-dev liblz4-dev
   python3 python3.11 python3-pip libpython3.11-testsuite cpio busybox-static fio docker-registry skopeo runsc
   iproute2 apache2-utils openssl zstd
-  python3-boto3 awscli dnsmasq-base nodejs podman runc containerd criu
+  python3-boto3 awscli dnsmasq-base nodejs podman runc containerd criu python3-matplotlib
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -9,8 +9,9 @@ public enum RunscBaseline {
     }
 
     /// Wall-clock seconds of `runsc run` of `arguments` over `rootfs`, `runs` times: create,
-    /// start, run to exit and delete of a container, as a user of runsc pays for one start.
-    public static func startToExit(rootfs: String, arguments: [String], runs: Int) throws -> Samples {
+    /// start, run to exit and delete of a container, as a user of runsc pays for one start. The
+    /// program's stdin holds `input` (then end of file), or is /dev/null.
+    public static func startToExit(rootfs: String, arguments: [String], runs: Int, input: String? = nil) throws -> Samples {
         guard let runsc = executable else { return Samples() }
         let bundle = NSTemporaryDirectory() + "/catalyzer-runsc-\(getpid())"
         try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)
@@ -30,6 +31,14 @@ public enum RunscBaseline {
             process.arguments = ["--network=none", "--ignore-cgroups", "run", "--bundle", bundle, "catalyzer-bench-\(getpid())-\(run)"]
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
+            if let input {
+                let pipe = Pipe()
+                try pipe.fileHandleForWriting.write(contentsOf: Data(input.utf8))
+                try pipe.fileHandleForWriting.close()
+                process.standardInput = pipe
+            } else {
+                process.standardInput = FileHandle.nullDevice
+            }
             let seconds = try Clock.measure {
                 try process.run()
                 process.waitUntilExit()

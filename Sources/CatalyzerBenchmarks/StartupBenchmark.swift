@@ -19,10 +19,12 @@ import Glibc
 ///   store, verified and decompressed on its first FUSE read.
 /// - `restore-warm`: the same image on a mount of its own whose page cache a warm-up restore
 ///   filled: what the second sandbox of an image sees.
-/// - `restore-cold-prefetch`: as `restore-cold` but with `prefetch=on`, so the recorded working set
-///   is pushed into the empty page cache while the sandbox restores.
+/// - `restore-cold-prefetch`: as `restore-cold` but with `prefetch=on`, so the recorded chunks
+///   are pushed into the empty page cache while the sandbox restores.
+/// - `restore-cold-other-request`: as `restore-cold`, serving a request unlike the recorded one,
+///   so part of what it touches is outside the working set and comes through FUSE.
 ///
-/// All three restore modes restore the one image the benchmark checkpointed into its temporary
+/// All restore modes restore the one image the benchmark checkpointed into its temporary
 /// store (its working set recorded once), so they differ only in where its pages come from.
 public struct StartupBenchmark: Sendable {
     /// The sample functions of the rootfs, each with the request every run serves and the answer
@@ -38,11 +40,23 @@ public struct StartupBenchmark: Sendable {
             }
         }
 
-        /// Whether `answer` is this function's response to `request`.
-        fileprivate func accepts(_ answer: Response.Answer) -> Bool {
+        /// A request unlike the recorded one: other values, and input that takes code paths the
+        /// recording did not (non-ASCII text; a list echoed back), so some of what it touches is
+        /// outside the working set.
+        public var otherRequest: String {
             switch self {
-            case .hello: answer.greeting == "Hello, bench!"
-            case .heavy: answer.customer == "customer-7" && answer.orders == 40
+            case .hello: #"{"name":"Zoë, ☃ visitor"}"#
+            case .heavy: #"{"customer":"customer-321","n":5,"tags":["a","b",{"deep":[1.5,null]}]}"#
+            }
+        }
+
+        /// Whether `answer` is this function's response to `request` (or `otherRequest`).
+        fileprivate func accepts(_ answer: Response.Answer, other: Bool) -> Bool {
+            switch (self, other) {
+            case (.hello, false): answer.greeting == "Hello, bench!"
+            case (.hello, true): answer.greeting == "Hello, Zoë, ☃ visitor!"
+            case (.heavy, false): answer.customer == "customer-7" && answer.orders == 40
+            case (.heavy, true): answer.customer == "customer-321" && answer.orders == 40
             }
         }
     }
@@ -52,6 +66,15 @@ public struct StartupBenchmark: Sendable {
         case restoreCold = "restore-cold"
         case restoreWarm = "restore-warm"
         case restoreColdPrefetch = "restore-cold-prefetch"
+        case restoreColdOtherRequest = "restore-cold-other-request"
+        /// References, not Catalyzer: the same command on the host under chroot (no sandbox), to
+        /// its first response; and under gVisor's `runsc run` (when installed), start to exit
+        /// after serving the request.
+        case hostPython = "host-python"
+        case runsc
+
+        /// Whether the mode serves `Function.otherRequest` rather than the recorded request.
+        public var servesOtherRequest: Bool { self == .restoreColdOtherRequest }
     }
 
     /// One timed run.
@@ -154,6 +177,19 @@ public struct StartupBenchmark: Sendable {
             prefetched.fuseReads = settled.readsServed
             prefetched.bytesFetched = settled.bytesFetched
             samples[.restoreColdPrefetch, default: []].append(prefetched)
+
+            let other = try BenchMount(daemon: daemon, store: store.root, mountpoint: work + "/other", options: Self.coldMountOptions)
+            defer { other.unmount() }
+            try lookUp(image, on: other)
+            samples[.restoreColdOtherRequest, default: []].append(try restore(image, on: other, store: store, mode: .restoreColdOtherRequest))
+
+            let host = try PythonBenchmark.hostStart(rootfs: rootfs, function: function.rawValue)
+            samples[.hostPython, default: []].append(Sample(responseMicroseconds: host.nanoseconds / 1000))
+            if RunscBaseline.executable != nil {
+                let runsc = try RunscBaseline.startToExit(rootfs: rootfs, arguments: PythonBenchmark.arguments(function: image),
+                                                          runs: 1, input: function.request + "\n")
+                samples[.runsc, default: []].append(contentsOf: runsc.values.map { Sample(responseMicroseconds: $0 * 1e6) })
+            }
         }
         return Report(function: function, image: created, workingSet: workingSet, samples: samples)
     }
@@ -180,7 +216,7 @@ public struct StartupBenchmark: Sendable {
     /// One restore of `image` through `mount`, as `catalyzer invoke` does it, with the daemon's
     /// counters read around it (outside the timed span).
     private func restore(_ image: String, on mount: BenchMount, store: ImageStore, mode: Mode) throws -> Sample {
-        let streams = try RunStreams(request: function.request)
+        let streams = try RunStreams(request: mode.servesOtherRequest ? function.otherRequest : function.request)
         let before = try mount.counters(image)
         var request = InvocationRequest(image: image, store: store)
         request.mount = mount.mountpoint
@@ -202,9 +238,10 @@ public struct StartupBenchmark: Sendable {
         let output = streams.contents(of: streams.standardOutput)
         let firstLine = output.split(separator: "\n", maxSplits: 1).first.map(String.init) ?? ""
         let response = try? JSONDecoder().decode(Response.self, from: Data(firstLine.utf8))
-        guard exit == .exited(status: 0), let response, response.ok, let answer = response.result, function.accepts(answer) else {
+        guard exit == .exited(status: 0), let response, response.ok, let answer = response.result,
+              function.accepts(answer, other: mode.servesOtherRequest) else {
             let errors = streams.contents(of: streams.standardError)
-            throw RuntimeError("bench startup: a \(mode.rawValue) run of \(function.rawValue) failed: it ended with \(exit) after serving \(function.request)"
+            throw RuntimeError("bench startup: a \(mode.rawValue) run of \(function.rawValue) failed: it ended with \(exit) after serving \(mode.servesOtherRequest ? function.otherRequest : function.request)"
                                + "\n--- stdout\n\(output)\n--- stderr\n\(errors)")
         }
     }

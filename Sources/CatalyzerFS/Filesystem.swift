@@ -188,17 +188,33 @@ final class Filesystem: Sendable {
         case let .file(image, .manifest)?:
             return .success(OpenFile(.bytes(image.image.manifestBytes), keepCache: true))
         case let .file(image, .state)?:
-            do {
-                return .success(OpenFile(.bytes(try image.image.readState()), keepCache: true))
-            } catch {
-                image.statistics.errors.add(1, ordering: .relaxed)
-                log.write("open of image '\(image.image.name)' state failed: \(error)")
-                return .failure(Errno(code: EIO))
-            }
+            return openBlob(image, "state", kept: image.stateBlob) { () throws(ImageError) in try image.image.readState() }
+        case let .file(image, .workingSet)?:
+            return openBlob(image, "working set", kept: image.workingSetBlob) { () throws(ImageError) in try image.image.readPageWorkingSet() ?? [] }
         case .root?, .directory?:
             return .failure(Errno(code: EISDIR))
         case nil:
             return .failure(Errno(code: ENOENT))
+        }
+    }
+
+    /// A whole blob file (state, working set): read from the store and verified against its
+    /// digest on the first open in this mount, then kept in `kept` for every later open (each
+    /// restore opens both; reading and hashing them again would cost a warm restore more than
+    /// its guest run). The kernel keeps the bytes in the page cache too.
+    private func openBlob(_ image: ImageNode, _ what: String, kept: borrowing Mutex<[UInt8]?>,
+                          read: () throws(ImageError) -> [UInt8]) -> Result<OpenFile, Errno> {
+        if let bytes = kept.withLock({ $0 }) { return .success(OpenFile(.bytes(bytes), keepCache: true)) }
+        do {
+            let bytes = try read()
+            image.statistics.bytesFetched.add(UInt64(bytes.count), ordering: .relaxed)
+            image.statistics.blobsFetched.add(1, ordering: .relaxed)
+            kept.withLock { $0 = bytes }
+            return .success(OpenFile(.bytes(bytes), keepCache: true))
+        } catch {
+            image.statistics.errors.add(1, ordering: .relaxed)
+            log.write("open of image '\(image.image.name)' \(what) failed: \(error)")
+            return .failure(Errno(code: EIO))
         }
     }
 

@@ -15,6 +15,11 @@ final class ImageNode: Sendable {
     let firstSeen: timespec
     /// Set by the first open of `memory` that starts working-set prefetch.
     let prefetchStarted = Atomic<Bool>(false)
+    /// The working-set blob once read and verified: every restore opens it, and reading and
+    /// hashing megabytes per open would cost a warm restore more than its guest run.
+    let workingSetBlob = Mutex<[UInt8]?>(nil)
+    /// The state blob once read and verified, for the same reason (tens of kilobytes).
+    let stateBlob = Mutex<[UInt8]?>(nil)
 
     init(image: Image, source: BlobSource, slot: Int, statistics: ImageStatistics) {
         self.image = image
@@ -36,6 +41,7 @@ final class ImageNode: Sendable {
         case .memory: image.config.memorySize
         case .state: image.config.state.size
         case .manifest: Int64(image.manifestBytes.count)
+        case .workingSet: image.config.pageWorkingSet?.blob.size ?? 0
         }
     }
 }

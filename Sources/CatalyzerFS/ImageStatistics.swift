@@ -11,7 +11,7 @@ final class ImageStatistics: Sendable {
     let bytesReturned = Atomic<UInt64>(0)
     /// Chunk blobs read from the store (reads and prefetch).
     let blobsFetched = Atomic<UInt64>(0)
-    /// Compressed bytes of those blobs.
+    /// Compressed bytes of those blobs (state and working-set blobs included).
     let bytesFetched = Atomic<UInt64>(0)
     /// Time spent decompressing chunks.
     let decompressionNanoseconds = Atomic<UInt64>(0)

@@ -59,6 +59,9 @@ public final class Image: Sendable {
         guard layers.contains(config.state.digest) else {
             throw .invalidManifest(image: image, detail: "state blob \(config.state.digest) is not a layer of the manifest")
         }
+        if let pages = config.pageWorkingSet, !manifest.layers.contains(pages.blob) {
+            throw .invalidManifest(image: image, detail: "working-set blob \(pages.blob.digest) is not a layer of the manifest")
+        }
         if let unlisted = config.rootfs?.layers.first(where: { layer in !manifest.layers.contains(layer) }) {
             throw .invalidManifest(image: image, detail: "rootfs layer \(unlisted.digest) is not a layer of the manifest")
         }
@@ -73,8 +76,8 @@ public final class Image: Sendable {
         guard let version = try? JSONDecoder().decode(VersionOnly.self, from: data) else {
             throw .invalidManifest(image: image, detail: "config has no formatVersion: not a catalyzer image config")
         }
-        guard version.formatVersion == ImageConfig.currentFormatVersion else {
-            throw .invalidManifest(image: image, detail: "format version \(version.formatVersion) is not supported (this catalyzer reads version \(ImageConfig.currentFormatVersion)); use a matching catalyzer or re-create the image")
+        guard ImageConfig.readableFormatVersions.contains(version.formatVersion) else {
+            throw .invalidManifest(image: image, detail: "format version \(version.formatVersion) is not supported (this catalyzer reads versions \(ImageConfig.readableFormatVersions.lowerBound) to \(ImageConfig.readableFormatVersions.upperBound)); use a catalyzer that reads it, or re-create the image")
         }
         do {
             return try JSONDecoder().decode(ImageConfig.self, from: data)
@@ -113,6 +116,12 @@ public final class Image: Sendable {
     /// The monitor's state blob, verified.
     public func readState() throws(ImageError) -> [UInt8] {
         try store.readVerifiedBlob(config.state.digest, size: config.state.size, image: name, role: "state")
+    }
+
+    /// The page working-set blob, verified; nil when the image has none.
+    public func readPageWorkingSet() throws(ImageError) -> [UInt8]? {
+        guard let pages = config.pageWorkingSet else { return nil }
+        return try store.readVerifiedBlob(pages.blob.digest, size: pages.blob.size, image: name, role: "working set")
     }
 
     /// The config blob as stored (verified when the image was opened).

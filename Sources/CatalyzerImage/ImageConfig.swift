@@ -20,9 +20,13 @@ public struct ChunkEntry: Codable, Sendable, Equatable {
 /// The Catalyzer part of an image: everything needed to rebuild guest memory and the monitor's
 /// state. Stored as the OCI manifest's config blob (`MediaType.imageConfig`).
 public struct ImageConfig: Codable, Sendable, Equatable {
-    /// The version of this layout. Readers refuse any other: a field added in a later version
+    /// The version of this layout. Readers refuse newer ones: a field added in a later version
     /// might change what the bytes mean, and guessing would mean running on wrong memory.
-    public static let currentFormatVersion = 1
+    /// Version 2 added the page working set (`pageWorkingSet`, its own layer); a version 1
+    /// image is version 2 without one, so it is still read.
+    public static let currentFormatVersion = 2
+    /// The versions this catalyzer reads.
+    public static let readableFormatVersions: ClosedRange<Int> = 1...2
 
     public var formatVersion: Int
     /// Size of guest memory in bytes; `memory` on catalyzerfs has exactly this size.
@@ -42,6 +46,9 @@ public struct ImageConfig: Codable, Sendable, Equatable {
     /// Chunk indices touched by the first invocation after a restore, in touch order; prefetched
     /// by catalyzerfs on later restores.
     public var workingSet: [Int]?
+    /// The pages the first invocation after a restore touched, as a blob a restore installs
+    /// before the guest runs (version 2).
+    public var pageWorkingSet: PageWorkingSetRecord?
     /// Free-form metadata (source file, function name, ...).
     public var annotations: [String: String]?
     /// The rootfs the function ran against, as OCI layers (absent for plain memory images and
@@ -102,8 +109,8 @@ public struct ImageConfig: Codable, Sendable, Equatable {
     /// could have crafted, so ranges are checked before any arithmetic on them, and messages only
     /// print the numbers as read: building a message must never be what overflows.
     public func validationProblem() -> String? {
-        guard formatVersion == Self.currentFormatVersion else {
-            return "format version \(formatVersion) is not supported (this catalyzer reads version \(Self.currentFormatVersion))"
+        guard Self.readableFormatVersions.contains(formatVersion) else {
+            return "format version \(formatVersion) is not supported (this catalyzer reads versions \(Self.readableFormatVersions.lowerBound) to \(Self.readableFormatVersions.upperBound))"
         }
         guard memorySize > 0 else { return "memory size \(memorySize) must be positive" }
         guard memorySize <= Self.maximumMemorySize else {
@@ -140,6 +147,10 @@ public struct ImageConfig: Codable, Sendable, Equatable {
         }
         if let workingSet, let bad = workingSet.first(where: { $0 < 0 || $0 >= count }) {
             return "working set names chunk \(bad), outside 0..<\(count)"
+        }
+        if let pageWorkingSet {
+            guard formatVersion >= 2 else { return "a version \(formatVersion) config has a page working set, which version 2 introduced" }
+            if let problem = pageWorkingSet.validationProblem(memorySize: memorySize) { return problem }
         }
         if let problem = rootfs?.validationProblem() { return problem }
         return nil

@@ -1,3 +1,5 @@
+import Glibc
+
 /// The result of re-checking one image.
 public struct VerifyReport: Sendable, Codable {
     public var name: String
@@ -61,6 +63,72 @@ extension ImageStore {
                 report.bytesChecked += entry.size
             }
         }
+        if let pages = image.config.pageWorkingSet {
+            report.blobsChecked += 1
+            report.bytesChecked += pages.blob.size
+            if let problem = pageWorkingSetProblem(image, pages, lazy: lazy) { report.problems.append(problem) }
+        }
         return report
+    }
+
+    /// Decodes every frame of the working-set blob and compares each page with the same page of
+    /// the image's memory: a restore installs these bytes in place of the memory's, so they must
+    /// be the same. Pages of chunks left in the registry (lazy) are not compared.
+    private func pageWorkingSetProblem(_ image: Image, _ record: PageWorkingSetRecord, lazy: Bool) -> String? {
+        let blob: [UInt8]
+        do {
+            guard let bytes = try image.readPageWorkingSet() else { return nil }
+            blob = bytes
+        } catch {
+            return error.description
+        }
+        let pages: PageWorkingSet
+        switch blob.withUnsafeBytes({ PageWorkingSet.decode($0, memorySize: image.config.memorySize) }) {
+        case let .success(set): pages = set
+        case let .failure(problem): return "image '\(image.name)': its working-set blob \(record.blob.digest) is not usable: \(problem)"
+        }
+        guard pages.pageCount == record.pages else {
+            return "image '\(image.name)': its working-set blob holds \(pages.pageCount) pages, its config says \(record.pages)"
+        }
+        let dataStart = pages.headerSize
+        let config = image.config, pageSize = PageWorkingSet.pageSize
+        let frameBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: PageWorkingSet.maximumFramePages * pageSize, alignment: pageSize)
+        defer { frameBuffer.deallocate() }
+        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: config.chunkSize, alignment: pageSize)
+        defer { chunk.deallocate() }
+        var loadedChunk = -1
+        for (index, frame) in pages.frames.enumerated() {
+            let decoded = UnsafeMutableRawBufferPointer(rebasing: frameBuffer[0..<(frame.pages * pageSize)])
+            let result = blob.withUnsafeBytes { raw in
+                Result { () throws(CodecError) in
+                    try pages.codec.decompress(UnsafeRawBufferPointer(rebasing: raw[(dataStart + Int(frame.offset))..<(dataStart + Int(frame.offset) + frame.size)]), into: decoded)
+                }
+            }
+            if case let .failure(error) = result {
+                return "image '\(image.name)': working-set frame \(index) does not decode: \(error)"
+            }
+            for segment in pages.segments(ofFrame: index) {
+                for page in 0..<segment.count {
+                    let offset = (segment.firstPage + Int64(page)) * Int64(pageSize)
+                    let chunkIndex = Int(offset / Int64(config.chunkSize))
+                    if chunkIndex != loadedChunk {
+                        do {
+                            try image.readChunk(chunkIndex, into: UnsafeMutableRawBufferPointer(rebasing: chunk[0..<config.chunkLength(chunkIndex)]))
+                        } catch .blobMissing where lazy {
+                            loadedChunk = -1
+                            continue
+                        } catch {
+                            return error.description
+                        }
+                        loadedChunk = chunkIndex
+                    }
+                    let within = Int(offset % Int64(config.chunkSize))
+                    if memcmp(decoded.baseAddress! + (segment.pageInFrame + page) * pageSize, chunk.baseAddress! + within, pageSize) != 0 {
+                        return "image '\(image.name)': working-set page \(segment.firstPage + Int64(page)) differs from the same page of its memory chunks; the image is damaged: re-record its working set or re-create it"
+                    }
+                }
+            }
+        }
+        return nil
     }
 }

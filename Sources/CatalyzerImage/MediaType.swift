@@ -23,6 +23,18 @@ public enum MediaType {
         }
     }
 
+    /// The working-set layer: the bytes of the pages the first invocation after a restore
+    /// touched, in frames compressed with `codec` (`PageWorkingSet`).
+    public static func pageWorkingSet(_ codec: Codec) -> String {
+        switch codec {
+        case .zstd: "application/vnd.catalyzer.working-set.v1+zstd"
+        case .lz4: "application/vnd.catalyzer.working-set.v1+lz4"
+        case .none: "application/vnd.catalyzer.working-set.v1"
+        }
+    }
+
+    public static let pageWorkingSetTypes: Set<String> = Set(Codec.allCases.map(pageWorkingSet))
+
     /// OCI image layers (tar archives), as a rootfs travels with an image.
     public static let rootfsLayerZstd = "application/vnd.oci.image.layer.v1.tar+zstd"
     public static let rootfsLayerTar = "application/vnd.oci.image.layer.v1.tar"

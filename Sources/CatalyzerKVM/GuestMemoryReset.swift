@@ -23,6 +23,21 @@ extension GuestMemory {
     /// Only pages below `end` are looked at (all of RAM by default).
     public func privatePages(below end: UInt64? = nil) throws -> [UInt64] {
         precondition(backing == .privateFile, "only a privately mapped image file can be reset")
+        return try pagemapScan(below: end) { entry in
+            let privatePage = entry & Self.pagemapPresent != 0 && entry & Self.pagemapFileOrSharedAnonymous == 0
+            return privatePage || entry & Self.pagemapSwapped != 0
+        }
+    }
+
+    /// Guest-physical addresses of the pages of RAM with a host page-table entry (file page or
+    /// private copy) or swapped out: every page anything has touched since the mapping was made,
+    /// and the neighbours the host's fault-around mapped with them.
+    public func presentPages() throws -> [UInt64] {
+        try pagemapScan(below: nil) { entry in entry & (Self.pagemapPresent | Self.pagemapSwapped) != 0 }
+    }
+
+    /// The pages of RAM below `end` whose `/proc/self/pagemap` entry satisfies `selected`.
+    private func pagemapScan(below end: UInt64?, _ selected: (UInt64) -> Bool) throws -> [UInt64] {
         let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw KVMError("open /proc/self/pagemap") }
         defer { close(fd) }
@@ -38,9 +53,7 @@ extension GuestMemory {
             let read = entries.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count * 8, offset) }
             guard read == count * 8 else { throw KVMError("read /proc/self/pagemap") }
             for index in 0..<count {
-                let entry = entries[index]
-                let privatePage = entry & Self.pagemapPresent != 0 && entry & Self.pagemapFileOrSharedAnonymous == 0
-                if privatePage || entry & Self.pagemapSwapped != 0 {
+                if selected(entries[index]) {
                     pages.append(UInt64(page + index) * UInt64(GuestMemory.pageSize))
                 }
             }

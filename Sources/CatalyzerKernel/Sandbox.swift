@@ -110,6 +110,12 @@ public final class Sandbox {
     /// The guest memory a checkpoint stores: the first process's.
     public var guestMemory: GuestMemory { initialGroup.leader!.image.memory }
 
+    /// KVM's counters of the first process's vCPU (shadow-paging faults, exits), readable after
+    /// the process is gone; nil where the kernel has no binary statistics.
+    public func initialVCPUStatistics() -> KVMStatisticsReader? {
+        initialGroup.leader.flatMap { KVMStatisticsReader(vcpu: $0.image.cpu.vm.vcpu) }
+    }
+
     /// Creates the VM, loads the program and builds its initial stack; the program starts on `run()`.
     public init(configuration: SandboxConfiguration, kvm: KVM? = nil) throws {
         self.kvm = try kvm ?? KVM()

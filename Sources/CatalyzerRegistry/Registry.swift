@@ -206,6 +206,7 @@ public enum Registry {
     static func roles(of config: ImageConfig, manifest: OCIManifest) -> [Digest: String] {
         var roles: [Digest: String] = [manifest.config.digest: "config", config.state.digest: "state"]
         for layer in config.rootfs?.layers ?? [] { roles[layer.digest] = "rootfs layer" }
+        if let pages = config.pageWorkingSet { roles[pages.blob.digest] = "working set" }
         for chunk in config.chunks where roles[chunk.digest] == nil { roles[chunk.digest] = "chunk \(chunk.index)" }
         return roles
     }

@@ -19,11 +19,14 @@ public struct CatalyzerMount: Sendable {
     public let isManaged: Bool
 
     /// The guest memory of image `image`, its full size.
-    public func memoryPath(_ image: String) -> String { mountpoint + "/" + image + "/memory" }
+    public func memoryPath(_ image: String) -> String { path(image, .memory) }
     /// The monitor's state blob of image `image`.
-    public func statePath(_ image: String) -> String { mountpoint + "/" + image + "/state" }
+    public func statePath(_ image: String) -> String { path(image, .state) }
     /// The OCI manifest of image `image`, as stored.
-    public func manifestPath(_ image: String) -> String { mountpoint + "/" + image + "/manifest.json" }
+    public func manifestPath(_ image: String) -> String { path(image, .manifest) }
+    /// The page working-set blob of image `image` (empty when it has none).
+    public func workingSetPath(_ image: String) -> String { path(image, .workingSet) }
+    public func path(_ image: String, _ file: ImageMountFile) -> String { mountpoint + "/" + image + "/" + file.name }
     /// The filesystem's JSON counters per image.
     public var statsPath: String { mountpoint + "/.stats" }
 

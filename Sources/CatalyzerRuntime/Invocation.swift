@@ -1,4 +1,5 @@
 import CatalyzerImage
+import CatalyzerKVM
 import CatalyzerKernel
 import Foundation
 import Glibc
@@ -50,6 +51,11 @@ public struct InvocationTimings: Sendable, Codable {
     /// pages shows up here; major ones needed FUSE.
     public var hostMinorPageFaults: Int
     public var hostMajorPageFaults: Int
+    /// KVM's counters for the restored vCPU over the whole invocation (nil without binary
+    /// statistics): its page faults are the first-touch shadow-paging exits.
+    public var kvm: KVMCounters?
+    /// The page working set the restore installed before the guest ran (nil: none).
+    public var workingSet: WorkingSetInstall?
 }
 
 public struct InvocationResult: Sendable {
@@ -57,6 +63,8 @@ public struct InvocationResult: Sendable {
     public var timings: InvocationTimings
     public var mountpoint: String
     public var residentChunks: [Int]?
+    /// With `recordResidentChunks`: the guest pages the invocation touched (`touchedPages`).
+    public var touchedPages: [Int64]?
 }
 
 public enum Invocation {
@@ -70,7 +78,9 @@ public enum Invocation {
         options.traceSyscalls = request.traceSyscalls
         options.limits = request.limits
         options.network = request.network
-        let sandbox = try RestoredSandbox(image: request.image, mount: mount, store: request.store, options: options)
+        let sandbox = try RestoredSandbox(image: request.image, mount: mount, store: request.store, options: options,
+                                          recordsWorkingSet: request.recordResidentChunks)
+        let statistics = sandbox.kernel.initialVCPUStatistics()
         let exit = try sandbox.run(timeoutSeconds: request.timeoutSeconds)
         let faultsAfter = threadPageFaults()
         let after = request.collectFilesystemStatistics ? counters(of: request.image, on: mount) : nil
@@ -86,9 +96,12 @@ public enum Invocation {
             imageMemoryBytes: sandbox.memory.size,
             monitorPageFaults: sandbox.kernel.pageFaultCount,
             hostMinorPageFaults: faultsAfter.minor - faultsBefore.minor,
-            hostMajorPageFaults: faultsAfter.major - faultsBefore.major)
+            hostMajorPageFaults: faultsAfter.major - faultsBefore.major,
+            kvm: statistics?.sample(),
+            workingSet: sandbox.workingSet)
         return InvocationResult(exit: exit, timings: timings, mountpoint: mount.mountpoint,
-                                residentChunks: request.recordResidentChunks ? sandbox.residentChunks() : nil)
+                                residentChunks: request.recordResidentChunks ? sandbox.residentChunks() : nil,
+                                touchedPages: request.recordResidentChunks ? try sandbox.touchedPages() : nil)
     }
 
     /// The image's FUSE counters on `mount` now; zero before catalyzerfs first serves it.

@@ -21,10 +21,16 @@ public final class RestoredSandbox {
     /// CLOCK_MONOTONIC nanoseconds when the memory was mapped and when the state was restored.
     public let memoryMappedAt: UInt64
     public let stateRestoredAt: UInt64
+    /// The page working set installed before the guest ran (nil: the image has none).
+    public let workingSet: WorkingSetInstall?
     private let guardSlot: Int32
     private let mount: CatalyzerMount
 
-    public init(image: String, mount: CatalyzerMount, store: ImageStore, options: RestoreOptions, kvm: KVM? = nil) throws {
+    /// `recordsWorkingSet` restores for recording a working set: no working set is installed,
+    /// so every page the guest touches comes through the image mapping, and only touched pages
+    /// get host page-table entries (see `touchedPages`).
+    public init(image: String, mount: CatalyzerMount, store: ImageStore, options: RestoreOptions, kvm: KVM? = nil,
+                recordsWorkingSet: Bool = false) throws {
         self.image = image
         self.mount = mount
         let memoryPath = mount.memoryPath(image)
@@ -41,10 +47,19 @@ public final class RestoredSandbox {
             }
             throw RuntimeError("image '\(image)': \(memoryPath) is not a guest memory file (size \(status.st_size)); is \(mount.mountpoint) a catalyzerfs mount?")
         }
+        if recordsWorkingSet {
+            // Only touched pages may be in the page cache, or the host's fault-around maps their
+            // cached neighbours too: drop the file's cache and read nothing ahead on faults.
+            _ = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
+        }
         let mapped = try GuestMemory(mappingPrivately: fd, size: Int(status.st_size))
+        if recordsWorkingSet { _ = madvise(mapped.base, mapped.size, MADV_RANDOM) }
         memory = mapped
         memoryMappedAt = Sandbox.monotonicNanoseconds()
         let vm = PendingVM(kvm: try kvm ?? KVM(), memory: mapped)
+        // The working set goes in while the state is read and decoded, and the VM created. The
+        // installer holds `mapped`, so an early throw below cannot unmap memory it writes.
+        let installer = !recordsWorkingSet ? WorkingSetInstaller(image: image, mount: mount, memory: mapped, started: memoryMappedAt) : nil
 
         var state = try CheckpointState(decoding: Self.readState(mount.statePath(image), image: image, mount: mount), image: image)
         state.kernel.rootfs.path = try Self.rootfs(for: image, recorded: state.kernel.rootfs.path, store: store)
@@ -60,6 +75,12 @@ public final class RestoredSandbox {
             " could not be read from \(memoryPath) (catalyzerfs failed to serve it: a corrupt or missing chunk blob, or for an image pulled with --lazy a registry it could not reach; its log names the blob and the registry). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`.\n",
             mount.statsPath,
             " could not be read from \(memoryPath): \(Self.daemonGone(mount)). The invocation was stopped before running on that memory.\n")
+        do {
+            workingSet = try installer?.wait()
+        } catch {
+            chost_unguard_guest_memory(guardSlot)
+            throw error
+        }
         do {
             kernel = try Sandbox(restoring: state.kernel, vm: vm, options: options)
         } catch {
@@ -122,6 +143,13 @@ public final class RestoredSandbox {
             if chunks.last != chunk { chunks.append(chunk) }
         }
         return chunks
+    }
+
+    /// The pages of the memory mapping with a host page-table entry (`/proc/self/pagemap`):
+    /// after a first invocation restored with `recordsWorkingSet`, the pages KVM or the monitor
+    /// touched (fault-around finds no other page cached to map with them). Page indices, ascending.
+    public func touchedPages() throws -> [Int64] {
+        try memory.presentPages().map { Int64($0 / UInt64(GuestMemory.pageSize)) }
     }
 
     private func unreadableMemoryMessage() -> String {

@@ -19,8 +19,10 @@ struct CheckpointCommand: ParsableCommand {
             point produces no image; its output is shown.
 
             --record-working-set then restores the new image once, serves it --working-set-input as \
-            its first request, and records which memory chunks that invocation touched; catalyzerfs \
-            prefetches them on every later restore.
+            its first request, and records which memory pages that invocation touched: their bytes \
+            become a working-set layer of the image that every later restore reads in one go and \
+            installs before the function runs (and the chunks they lie in, for catalyzerfs to \
+            prefetch with -o prefetch=on).
             """)
 
     @Option(help: "Host directory that becomes the sandbox's read-only /.") var rootfs: String
@@ -34,7 +36,7 @@ struct CheckpointCommand: ParsableCommand {
     @Option(name: .customLong("env"), help: "Set an environment variable (KEY=VALUE); repeatable.") var environment: [String] = []
     @Option(help: "Threads plus processes the function may have at once; clone and fork beyond it fail with EAGAIN.")
     var maxTasks = 256
-    @Flag(help: "Record the chunks a first invocation touches, for catalyzerfs to prefetch.") var recordWorkingSet = false
+    @Flag(help: "Record the pages a first invocation touches, installed by every later restore.") var recordWorkingSet = false
     @Flag(help: "Do not pack the rootfs into the image (it then restores only where the rootfs directory is).") var noRootfsLayer = false
     @Option(help: "The request that --record-working-set serves (one line).") var workingSetInput = "{}"
     @Option(help: "The catalyzerfs mount --record-working-set restores from (default: $CATALYZER_MOUNT, else the managed mount).")
@@ -91,7 +93,7 @@ struct CheckpointCommand: ParsableCommand {
                              + (layer.reused ? ", unchanged since last packed" : ", packed in \(String(format: "%.2f", layer.seconds)) s"))
             }
             if let workingSet {
-                lines.append("  working   \(workingSet.chunks) chunks (\(ByteCount.format(Int64(workingSet.bytes)))) touched by the first request; catalyzerfs prefetches them")
+                lines.append("  working   \(workingSet.pages) pages touched by the first request, installed at every restore (blob \(ByteCount.format(workingSet.blobBytes))); \(workingSet.chunks) chunks (\(ByteCount.format(Int64(workingSet.bytes)))) for prefetch=on")
             }
             Output.out(lines.joined(separator: "\n"))
         }

@@ -158,7 +158,7 @@ struct FunctionCommand: ParsableCommand {
         @Option(help: "Guest memory of the function (e.g. 256M).") var memory = "256M"
         @Option(help: "The function's timeout, which its context reports.") var timeout = DurationArgument(argument: "30s")!
         @Option(name: .customLong("env"), help: "Set an environment variable (KEY=VALUE); repeatable.") var environment: [String] = []
-        @Flag(help: "Record the chunks a first invocation touches, for catalyzerfs to prefetch.") var recordWorkingSet = false
+        @Flag(help: "Record the pages a first invocation touches, installed by every later restore.") var recordWorkingSet = false
         @Option(help: "The request that --record-working-set serves (one line).") var workingSetInput = "{}"
         @Option(help: "The catalyzerfs mount --record-working-set restores from (default: $CATALYZER_MOUNT, else the managed mount).")
         var mount: String?
@@ -210,7 +210,7 @@ struct FunctionCommand: ParsableCommand {
                 let ready = report.checkpoint
                 lines.append("  ready after \(String(format: "%.1f", ready.initializationSeconds * 1000)) ms; \(ByteCount.format(Int64(ready.memoryInUse))) of guest memory in use")
                 if let workingSet {
-                    lines.append("  working set \(workingSet.chunks) chunks (\(ByteCount.format(Int64(workingSet.bytes)))) touched by the first request; catalyzerfs prefetches them")
+                    lines.append("  working set \(workingSet.pages) pages touched by the first request, installed at every restore (blob \(ByteCount.format(workingSet.blobBytes))); \(workingSet.chunks) chunks (\(ByteCount.format(Int64(workingSet.bytes)))) for prefetch=on")
                 }
                 Output.out(lines.joined(separator: "\n"))
             }

@@ -164,7 +164,7 @@ struct ImageCommand: ParsableCommand {
                     codec           \(config.codec)\(config.compressionLevel.map { " level \($0)" } ?? "") (\(codecs.isEmpty ? "no chunks" : codecs))
                     stored          \(ByteCount.format(config.storedChunkBytes)) (\(String(format: "%.2f", ratio))x)
                     state           \(ByteCount.format(config.state.size)) \(config.state.digest)
-                    working set     \(config.workingSet.map { "\($0.count) chunks" } ?? "none recorded")
+                    working set     \(config.workingSet.map { "\($0.count) chunks" } ?? "none recorded")\(config.pageWorkingSet.map { "; \($0.pages) pages installed at restore (blob \(ByteCount.format($0.blob.size)) \($0.blob.digest.short))" } ?? "")
                     network         \(networkText)
                     local           \(Self.describeLocality(storeOptions.imageStore.locality(of: image)))
                     rootfs          \(config.rootfs.map { "\($0.layers.count) layer\($0.layers.count == 1 ? "" : "s"), \(ByteCount.format($0.layers.reduce(0) { $0 + $1.size })) (\($0.layers.map(\.digest.short).joined(separator: ", "))) from \($0.path)" } ?? "not carried (restores only where its rootfs directory is)")

@@ -15,26 +15,32 @@ struct StartupBench: ParsableCommand {
             The benchmark checkpoints `python3 /opt/catalyzer/runner.py /functions/NAME.py` from --rootfs \
             (built by Scripts/build-rootfs.sh) into a temporary store, records its working set, mounts \
             the store with catalyzerfs on private mountpoints, and then times --runs \
-            rounds of four modes, interleaved: \
+            rounds of these modes, interleaved: \
             cold-start (a fresh sandbox from nothing); \
             restore-cold (restore on a fresh mount with prefetch=off: page cache and chunk cache empty, \
-            as on a node that never ran the function); \
+            as on a node that never ran the function; the recorded working-set pages are installed \
+            before the function runs); \
             restore-warm (restore with the image's pages cached by an earlier restore); \
-            restore-cold-prefetch (restore on a fresh mount with prefetch=on, pushing the working set). \
+            restore-cold-prefetch (restore on a fresh mount with prefetch=on, pushing the working-set \
+            chunks too); \
+            restore-cold-other-request (as restore-cold, serving a request unlike the recorded one); \
+            and two references that are not Catalyzer: host-python (the command under chroot on the \
+            host, to its first response) and runsc (gVisor's runsc run, start to exit after serving \
+            the request; only when runsc is installed). \
             Every run serves one request on stdin and must answer it correctly; the clock runs from \
             the start (before the VM is created, or before the restore resolves the mount and opens \
             the memory file) to the program's first write to stdout, as the kernel records it. \
             Needs root, /dev/kvm and /dev/fuse.
 
             JSON (--json): {function, runs, image: {memoryBytes, storedBytes, chunkSize, codec, \
-            workingSetChunks, workingSetBytes}, modes: [{mode, medianMillis, p99Millis, \
+            workingSetChunks, workingSetBytes, workingSetPages, workingSetBlobBytes}, modes: [{mode, medianMillis, p99Millis, \
             speedupOverColdStart, bytesFetchedMedian, fuseReadsMedian, phases, samplesMillis}]}, \
-            modes in the order above. bytesFetchedMedian (compressed bytes catalyzerfs read from the \
-            store per run, prefetch included), fuseReadsMedian and phases are null for cold-start. \
-            phases: {openMillis, stateRestoreMillis, firstInstructionMillis, responseMillis}, the \
+            modes in the order above (runsc left out when not installed). bytesFetchedMedian (compressed bytes catalyzerfs read from the \
+            store per run, prefetch included), fuseReadsMedian and phases are null for cold-start and the references. \
+            phases: {openMillis, stateRestoreMillis, firstInstructionMillis, responseMillis, kvmPageFaults, kvmExits, workingSetReadMillis, workingSetInstalledMillis}, the \
             median time spent in each restore phase (mount resolved and memory mapped; state read \
             and restored; pending read served up to the first guest entry; guest run to the \
-            response). speedupOverColdStart: cold-start median over the mode's median. \
+            response); kvmPageFaults and kvmExits: median page faults and exits of the restored vCPU, as KVM counts them, null where the kernel has no binary statistics; workingSetReadMillis and workingSetInstalledMillis: from the memory mapped to the working-set blob read and to its pages installed, beside the state restore, null without one). speedupOverColdStart: cold-start median over the mode's median. \
             samplesMillis: every run's time, in run order. runs: timed runs per mode.
             """)
 
@@ -82,6 +88,9 @@ struct StartupSummary: Encodable {
         var codec: String
         var workingSetChunks: Int
         var workingSetBytes: Int
+        /// Pages in the working-set blob a restore installs, and the blob's stored size.
+        var workingSetPages: Int
+        var workingSetBlobBytes: Int64
     }
 
     /// Median time spent in each phase of a restore.
@@ -90,6 +99,14 @@ struct StartupSummary: Encodable {
         var stateRestoreMillis: Double
         var firstInstructionMillis: Double
         var responseMillis: Double
+        /// Median KVM page faults (first-touch shadow-paging exits) and exits of the restored
+        /// vCPU; nil where the host kernel has no binary statistics.
+        var kvmPageFaults: UInt64?
+        var kvmExits: UInt64?
+        /// Median time from the memory mapped to the working set read, and to it installed
+        /// (on other threads, beside the state restore); nil without a working set.
+        var workingSetReadMillis: Double?
+        var workingSetInstalledMillis: Double?
     }
 
     struct ModeFigures: Encodable {
@@ -130,9 +147,10 @@ struct StartupSummary: Encodable {
         runs = report.samples[.coldStart]?.count ?? 0
         image = ImageFigures(memoryBytes: report.image.memorySize, storedBytes: report.image.storedBytes,
                              chunkSize: report.image.chunkSize, codec: report.image.codec.rawValue,
-                             workingSetChunks: report.workingSet.chunks, workingSetBytes: report.workingSet.bytes)
+                             workingSetChunks: report.workingSet.chunks, workingSetBytes: report.workingSet.bytes,
+                             workingSetPages: report.workingSet.pages, workingSetBlobBytes: report.workingSet.blobBytes)
         let coldStartMedian = Samples((report.samples[.coldStart] ?? []).map { $0.responseMicroseconds / 1000 }).median
-        modes = StartupBenchmark.Mode.allCases.map { mode in
+        modes = StartupBenchmark.Mode.allCases.filter { !(report.samples[$0] ?? []).isEmpty }.map { mode in
             let samples = report.samples[mode] ?? []
             let times = Samples(samples.map { $0.responseMicroseconds / 1000 })
             func median(_ value: (StartupBenchmark.Sample) -> UInt64?) -> UInt64? {
@@ -153,7 +171,19 @@ struct StartupSummary: Encodable {
         return Phases(openMillis: median { $0.openMicroseconds },
                       stateRestoreMillis: median { $0.stateRestoreMicroseconds - $0.openMicroseconds },
                       firstInstructionMillis: median { $0.firstInstructionMicroseconds - $0.stateRestoreMicroseconds },
-                      responseMillis: median { ($0.responseMicroseconds ?? $0.firstInstructionMicroseconds) - $0.firstInstructionMicroseconds })
+                      responseMillis: median { ($0.responseMicroseconds ?? $0.firstInstructionMicroseconds) - $0.firstInstructionMicroseconds },
+                      kvmPageFaults: countMedian(timings.compactMap { $0.kvm?.pageFaults }),
+                      kvmExits: countMedian(timings.compactMap { $0.kvm?.exits }),
+                      workingSetReadMillis: optionalMedian(timings.compactMap { $0.workingSet?.readMicroseconds }),
+                      workingSetInstalledMillis: optionalMedian(timings.compactMap { $0.workingSet?.installedMicroseconds }))
+    }
+
+    private static func optionalMedian(_ microseconds: [Double]) -> Double? {
+        microseconds.isEmpty ? nil : Samples(microseconds.map { $0 / 1000 }).median
+    }
+
+    private static func countMedian(_ values: [UInt64]) -> UInt64? {
+        values.isEmpty ? nil : UInt64(Samples(values.map { Double($0) }).median)
     }
 
     static func label(_ mode: StartupBenchmark.Mode) -> String {
@@ -162,6 +192,9 @@ struct StartupSummary: Encodable {
         case .restoreCold: "restore, cold page cache"
         case .restoreWarm: "restore, warm page cache"
         case .restoreColdPrefetch: "restore, cold + prefetch"
+        case .restoreColdOtherRequest: "restore, cold, other request"
+        case .hostPython: "reference: host python (chroot)"
+        case .runsc: "reference: runsc run (to exit)"
         }
     }
 
@@ -175,17 +208,21 @@ struct StartupSummary: Encodable {
                        row.fuseReadsMedian.map { "\($0)" } ?? "-",
                        Format.fixed(row.speedupOverColdStart, 1) + "x"])
         }
-        var phaseTable = Table(["restore phase medians", "open/mount ms", "state restore ms", "first instruction ms", "response ms"])
+        var phaseTable = Table(["restore phase medians", "open/mount ms", "state restore ms", "first instruction ms", "response ms", "KVM faults", "KVM exits", "ws read ms", "ws installed ms"])
         for row in modes {
             guard let phases = row.phases else { continue }
             phaseTable.add([Self.label(row.mode), Format.fixed(phases.openMillis, 2), Format.fixed(phases.stateRestoreMillis, 2),
-                            Format.fixed(phases.firstInstructionMillis, 2), Format.fixed(phases.responseMillis, 2)])
+                            Format.fixed(phases.firstInstructionMillis, 2), Format.fixed(phases.responseMillis, 2),
+                            phases.kvmPageFaults.map { "\($0)" } ?? "-", phases.kvmExits.map { "\($0)" } ?? "-",
+                            phases.workingSetReadMillis.map { Format.fixed($0, 2) } ?? "-",
+                            phases.workingSetInstalledMillis.map { Format.fixed($0, 2) } ?? "-"])
         }
         return table.rendered
             + "\n\n\(function), \(runs) runs per mode; time from start to the first write to stdout; speedup: cold start p50 / mode p50"
             + "\nimage: \(ByteCount.format(image.memoryBytes)) memory, stored \(ByteCount.format(image.storedBytes)) (\(image.codec), "
-            + "\(ByteCount.format(Int64(image.chunkSize))) chunks); working set \(image.workingSetChunks) chunks (\(ByteCount.format(Int64(image.workingSetBytes))))"
-            + "\nfetched: compressed bytes catalyzerfs read from the store per run (median), prefetch included; of stored: fetched / stored size"
+            + "\(ByteCount.format(Int64(image.chunkSize))) chunks); working set \(image.workingSetChunks) chunks (\(ByteCount.format(Int64(image.workingSetBytes)))), "
+            + "\(image.workingSetPages) pages installed at restore (blob \(ByteCount.format(image.workingSetBlobBytes)))"
+            + "\nfetched: compressed bytes catalyzerfs read from the store per run (median): state, working set and chunks, prefetch included; of stored: fetched / stored size"
             + "\n\n" + phaseTable.rendered
     }
 }

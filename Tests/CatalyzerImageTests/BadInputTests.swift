@@ -101,8 +101,8 @@ import Testing
 
     @Test func unknownFormatVersion() throws {
         let scene = try Scene()
-        try StoreSurgery.editConfig(scene.store, "victim") { $0["formatVersion"] = 2 }
-        try scene.expectFailure(["image", "inspect", "victim"], saying: ["image 'victim'", "format version 2 is not supported"])
+        try StoreSurgery.editConfig(scene.store, "victim") { $0["formatVersion"] = 3 }
+        try scene.expectFailure(["image", "inspect", "victim"], saying: ["image 'victim'", "format version 3 is not supported"])
         try scene.expectStoreConsistent()
     }
 

@@ -29,7 +29,7 @@ struct RestoreBadInputTests {
         for name in ["newer", "plain", "truncated", "garbled"] {
             try scene.checkpoint(name, rootfs: rootfs, Self.hello)
         }
-        try StoreSurgery.editConfig(scene.store, "newer") { $0["formatVersion"] = 2 }
+        try StoreSurgery.editConfig(scene.store, "newer") { $0["formatVersion"] = 3 }
         try StoreSurgery.replaceState(scene.store, "plain", with: [])
         try StoreSurgery.replaceState(scene.store, "truncated", with: Array(state.prefix(state.count / 2)))
         var garbled = state
@@ -38,7 +38,7 @@ struct RestoreBadInputTests {
         let before = try scene.storeListing()
 
         expectRefused(try scene.invoke("nosuch", input: "{}"), saying: ["no image named 'nosuch'"])
-        expectRefused(try scene.invoke("newer", input: "{}"), saying: ["newer", "format version 2 is not supported"])
+        expectRefused(try scene.invoke("newer", input: "{}"), saying: ["newer", "format version 3 is not supported"])
         expectRefused(try scene.invoke("plain", input: "{}"), saying: ["plain", "not catalyzer checkpoint state"])
         expectRefused(try scene.invoke("truncated", input: "{}"), saying: ["truncated", "state blob does not parse", "re-create"])
         let result = try scene.invoke("garbled", input: "{}")

@@ -422,4 +422,59 @@ struct RestoreTests {
         let prefetched = try #require(stats.firstMatch(of: /"prefetchedChunks" : (\d+)/)).1
         #expect(Int(prefetched)! > 0, "\(stats)")
     }
+
+    @Test("--record-working-set also stores the touched pages as a layer of their own; a restore installs them before the guest runs, answers as before, and refuses a damaged one")
+    func pageWorkingSet() throws {
+        let rootfs = try PythonRootfs.path()
+        let scene = try RestoreScene("page-working-set")
+        defer { scene.close() }
+        try scene.checkpoint("hello", rootfs: rootfs, options: ["--record-working-set", "--working-set-input", "{\"name\": \"w\"}"],
+                             Self.runner + ["/functions/hello.py"])
+        let image = try scene.store.open("hello")
+        #expect(image.config.formatVersion == 2)
+        let record = try #require(image.config.pageWorkingSet)
+        #expect(image.manifest.layers.contains(record.blob))
+        #expect(record.blob.mediaType == MediaType.pageWorkingSet(.lz4))
+        // Pages, not chunks: far fewer bytes than the chunks they lie in.
+        let chunkBytes = (image.config.workingSet ?? []).count * image.config.chunkSize
+        #expect(record.pages > 50 && record.pages * 4096 < chunkBytes, "\(record.pages) pages, \(chunkBytes) bytes of chunks")
+        let verified = try scene.catalyzer(["image", "verify", "hello"])
+        #expect(verified.status == 0, "\(verified)")
+
+        // A fresh mount: the pages come from the blob, the answer is the same as from the chunks.
+        _ = try scene.catalyzer(["mount", "--unmount"])
+        let result = try scene.invoke("hello", input: "{\"name\": \"other\"}", options: ["--json", "--timings"])
+        #expect(result.status == 0, "\(result)")
+        #expect(result.stdout.contains("Hello, other!"), "\(result.stdout)")
+        #expect(plainAnswer(try scene.invoke("hello", input: "{\"name\": \"other\"}").stdout))
+        struct Document: Decodable { var timings: InvocationTimings }
+        let timings = try JSONDecoder().decode(Document.self, from: Data(result.stdout.utf8)).timings
+        #expect(timings.workingSet?.pages == record.pages, "\(timings)")
+        // Without the blob the same restore reads chunks on first touch; with it, far fewer ...
+        _ = try scene.catalyzer(["mount", "--unmount"])
+        try StoreSurgery.copy(scene.store, "hello", to: "plain")
+        // ... and as a version 1 image, which this catalyzer still reads.
+        try StoreSurgery.editConfig(scene.store, "plain") { $0["pageWorkingSet"] = nil; $0["formatVersion"] = 1 }
+        let plain = try scene.invoke("plain", input: "{\"name\": \"other\"}", options: ["--json", "--timings"])
+        #expect(plain.status == 0 && plain.stdout.contains("Hello, other!"), "\(plain)")
+        let plainTimings = try JSONDecoder().decode(Document.self, from: Data(plain.stdout.utf8)).timings
+        #expect(plainTimings.workingSet == nil)
+        #expect((timings.fuseReads ?? .max) < (plainTimings.fuseReads ?? 0), "with: \(timings), without: \(plainTimings)")
+
+        // Damaged bytes of the blob: verify names it, a restore refuses to run on it.
+        let path = scene.store.blobPath(record.blob.digest)
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+        bytes[bytes.count / 2] ^= 0xFF
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let damaged = try scene.catalyzer(["image", "verify", "hello"])
+        #expect(damaged.status != 0 && (damaged.stdout + damaged.stderr).contains("working set blob \(record.blob.digest) is corrupt"), "\(damaged)")
+        _ = try scene.catalyzer(["mount", "--unmount"])
+        let refused = try scene.invoke("hello", input: "{\"name\": \"other\"}")
+        #expect(refused.status != 0 && refused.stderr.contains("working set") && refused.stderr.contains("catalyzer image verify hello"), "\(refused)")
+        #expect(!refused.stdout.contains("Hello"))
+    }
+
+    private func plainAnswer(_ stdout: String) -> Bool {
+        stdout == "{\"ok\":true,\"result\":{\"greeting\":\"Hello, other!\",\"length\":5}}\n"
+    }
 }

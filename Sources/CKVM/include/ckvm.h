@@ -146,5 +146,19 @@ static inline struct kvm_sregs *ckvm_run_sync_sregs(struct kvm_run *run) { retur
 static inline void ckvm_run_set_sync_valid(struct kvm_run *run, uint64_t mask) { run->kvm_valid_regs = mask; }
 static inline void ckvm_run_set_sync_dirty(struct kvm_run *run, uint64_t mask) { run->kvm_dirty_regs = mask; }
 
+// MARK: binary statistics (KVM_GET_STATS_FD)
+
+/// A read-only fd of the vCPU's (or VM's) statistics: a header, descriptors, then u64 values.
+static inline int ckvm_get_stats_fd(int fd) { return ioctl(fd, KVM_GET_STATS_FD, 0); }
+static const int ckvm_stats_header_size = (int)sizeof(struct kvm_stats_header);
+static const int ckvm_stats_desc_size = (int)sizeof(struct kvm_stats_desc);
+static inline uint32_t ckvm_stats_header_name_size(const struct kvm_stats_header *h) { return h->name_size; }
+static inline uint32_t ckvm_stats_header_count(const struct kvm_stats_header *h) { return h->num_desc; }
+static inline uint32_t ckvm_stats_header_desc_offset(const struct kvm_stats_header *h) { return h->desc_offset; }
+static inline uint32_t ckvm_stats_header_data_offset(const struct kvm_stats_header *h) { return h->data_offset; }
+static inline uint32_t ckvm_stats_desc_offset(const struct kvm_stats_desc *d) { return d->offset; }
+static inline uint16_t ckvm_stats_desc_values(const struct kvm_stats_desc *d) { return d->size; }
+static inline const char *ckvm_stats_desc_name(const struct kvm_stats_desc *d) { return d->name; }
+
 // Host helpers for the monitor's Linux ABI layer live in their own header.
 #include "chost.h"
