@@ -190,7 +190,18 @@ final class Filesystem: Sendable {
         case let .file(image, .state)?:
             return openBlob(image, "state", kept: image.stateBlob) { () throws(ImageError) in try image.image.readState() }
         case let .file(image, .workingSet)?:
-            return openBlob(image, "working set", kept: image.workingSetBlob) { () throws(ImageError) in try image.image.readPageWorkingSet() ?? [] }
+            let opened = openBlob(image, "working set", kept: image.workingSetBlob) { () throws(ImageError) in try image.image.readPageWorkingSet() ?? [] }
+            guard case let .success(file) = opened, case let .bytes(blob) = file.content, !blob.isEmpty,
+                  let session = session.withLock({ $0 }) else { return opened }
+            image.workingSetStored.withLock { stored in
+                guard !stored else { return }
+                if let problem = WorkingSetStore.store(blob, node: image, session: session) {
+                    // The restore still gets every page, through FUSE reads: slower, never wrong.
+                    log.write("image '\(image.image.name)': working set not put into the page cache: \(problem)")
+                }
+                stored = true
+            }
+            return opened
         case .root?, .directory?:
             return .failure(Errno(code: EISDIR))
         case nil:

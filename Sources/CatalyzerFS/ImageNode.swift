@@ -18,6 +18,9 @@ final class ImageNode: Sendable {
     /// The working-set blob once read and verified: every restore opens it, and reading and
     /// hashing megabytes per open would cost a warm restore more than its guest run.
     let workingSetBlob = Mutex<[UInt8]?>(nil)
+    /// Whether the working set is in the memory file's page cache (`WorkingSetStore`); the lock
+    /// also makes a second restore's open wait until the first one's store is done.
+    let workingSetStored = Mutex<Bool>(false)
     /// The state blob once read and verified, for the same reason (tens of kilobytes).
     let stateBlob = Mutex<[UInt8]?>(nil)
 

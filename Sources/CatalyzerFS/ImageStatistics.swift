@@ -21,6 +21,8 @@ final class ImageStatistics: Sendable {
     let zeroChunks = Atomic<UInt64>(0)
     /// Chunks pushed into the page cache by working-set prefetch.
     let prefetchedChunks = Atomic<UInt64>(0)
+    /// Working-set pages put into the memory file's page cache (`WorkingSetStore`).
+    let workingSetPagesStored = Atomic<UInt64>(0)
     /// Reads and prefetches that failed (corrupt or missing blobs).
     let errors = Atomic<UInt64>(0)
 
@@ -33,6 +35,7 @@ final class ImageStatistics: Sendable {
         var cacheHits: UInt64
         var zeroChunks: UInt64
         var prefetchedChunks: UInt64
+        var workingSetPagesStored: UInt64
         var errors: UInt64
     }
 
@@ -45,6 +48,7 @@ final class ImageStatistics: Sendable {
                  cacheHits: cacheHits.load(ordering: .relaxed),
                  zeroChunks: zeroChunks.load(ordering: .relaxed),
                  prefetchedChunks: prefetchedChunks.load(ordering: .relaxed),
+                 workingSetPagesStored: workingSetPagesStored.load(ordering: .relaxed),
                  errors: errors.load(ordering: .relaxed))
     }
 }

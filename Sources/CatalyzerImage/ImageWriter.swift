@@ -210,10 +210,6 @@ extension ImageStore {
     /// 1,143 pages, 15.1 ms, 339 faults; gap 16: 1,843 pages, 16.9 ms, 276 faults. The extra
     /// bytes cost more than the faults they save, so nothing is bridged.
     public static let pageWorkingSetBridgedGap = 0
-    /// Frames per working set: one per core a restore decodes on (more frames shrink each
-    /// one and cost a little ratio).
-    public static let pageWorkingSetFrames = 4
-
     /// Stores the bytes of `pages` (read from the image's own verified chunks, never from a
     /// sandbox that ran) as a working-set blob.
     private func storePageWorkingSet(of image: Image, pages: [Int64]) throws(ImageError) -> PageWorkingSetRecord {
@@ -243,21 +239,26 @@ extension ImageStore {
                 position += pageSize
             }
         }
-        let framePages = min(PageWorkingSet.maximumFramePages,
-                             (pageCount + Self.pageWorkingSetFrames - 1) / Self.pageWorkingSetFrames)
+        // One frame per run (runs longer than a frame may be are cut): a frame then decodes
+        // into one contiguous piece of memory, stored with one notification, and the frames
+        // decode on as many threads as there are.
         var data: [UInt8] = []
         var frames: [PageWorkingSet.Frame] = []
         var first = 0
-        while first < pageCount {
-            let count = min(framePages, pageCount - first)
-            let piece = UnsafeRawBufferPointer(rebasing: bytes[(first * pageSize)..<((first + count) * pageSize)])
-            let compressed: [UInt8]
-            do { compressed = try Self.pageWorkingSetCodec.compress(piece) } catch {
-                throw .invalidInput("compressing the working set of '\(image.name)' failed: \(error)")
+        for run in runs {
+            var left = run.count
+            while left > 0 {
+                let count = min(PageWorkingSet.maximumFramePages, left)
+                let piece = UnsafeRawBufferPointer(rebasing: bytes[(first * pageSize)..<((first + count) * pageSize)])
+                let compressed: [UInt8]
+                do { compressed = try Self.pageWorkingSetCodec.compress(piece) } catch {
+                    throw .invalidInput("compressing the working set of '\(image.name)' failed: \(error)")
+                }
+                frames.append(PageWorkingSet.Frame(offset: Int64(data.count), size: compressed.count, pages: count))
+                data += compressed
+                first += count
+                left -= count
             }
-            frames.append(PageWorkingSet.Frame(offset: Int64(data.count), size: compressed.count, pages: count))
-            data += compressed
-            first += count
         }
         let blob = PageWorkingSet(codec: Self.pageWorkingSetCodec, runs: runs, frames: frames).encodedHeader() + data
         let stored = try storeBlob(blob)

@@ -6,7 +6,8 @@
 /// The blob is self-describing, so a restore needs nothing but the blob (no config to decode
 /// on its critical path): a binary header (below) listing `runs` and `frames`, then the pages'
 /// bytes in the order `runs` lists them, cut into frames that are each compressed on their own,
-/// so frames decode in parallel and a decoder never needs more than one frame's buffer. The
+/// so frames decode in parallel and a decoder never needs more than one frame's buffer
+/// (catalyzer writes one frame per run; readers accept any cut). The
 /// blob's digest covers the header; the config records the blob (`PageWorkingSetRecord`).
 ///
 /// Header, little-endian: `CTZWSET1`; u32 codec (0 none, 1 lz4, 2 zstd); u32 run count; u32

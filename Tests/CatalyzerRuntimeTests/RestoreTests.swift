@@ -450,6 +450,10 @@ struct RestoreTests {
         struct Document: Decodable { var timings: InvocationTimings }
         let timings = try JSONDecoder().decode(Document.self, from: Data(result.stdout.utf8)).timings
         #expect(timings.workingSet?.pages == record.pages, "\(timings)")
+        // catalyzerfs put every page of it into the memory file's page cache, once.
+        let mountpoint = try scene.catalyzer(["mount"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let stats = try String(contentsOfFile: mountpoint + "/.stats", encoding: .utf8)
+        #expect(stats.contains("\"workingSetPagesStored\" : \(record.pages)"), "\(stats)")
         // Without the blob the same restore reads chunks on first touch; with it, far fewer ...
         _ = try scene.catalyzer(["mount", "--unmount"])
         try StoreSurgery.copy(scene.store, "hello", to: "plain")
