@@ -23,6 +23,8 @@ import Glibc
 ///   are pushed into the empty page cache while the sandbox restores.
 /// - `restore-cold-other-request`: as `restore-cold`, serving a request unlike the recorded one,
 ///   so part of what it touches is outside the working set and comes through FUSE.
+/// - `sfork`: a fork of the image's template, parked on the warm mount (`FunctionTemplate`),
+///   timed from the fork's start to its first response.
 ///
 /// All restore modes restore the one image the benchmark checkpointed into its temporary
 /// store (its working set recorded once), so they differ only in where its pages come from.
@@ -67,6 +69,9 @@ public struct StartupBenchmark: Sendable {
         case restoreWarm = "restore-warm"
         case restoreColdPrefetch = "restore-cold-prefetch"
         case restoreColdOtherRequest = "restore-cold-other-request"
+        /// A fork of a template parked at the ready point on the warm mount (sfork): a pooled VM
+        /// reset to the template's memory, the kernel state cloned in memory.
+        case sfork
         /// References, not Catalyzer: the same command on the host under chroot (no sandbox), to
         /// its first response; and under gVisor's `runsc run` (when installed), start to exit
         /// after serving the request.
@@ -152,6 +157,13 @@ public struct StartupBenchmark: Sendable {
         // previous version, before its working set was published).
         _ = try restore(image, on: warm, store: store, mode: .restoreWarm)
 
+        // Released before the warm mount is unmounted (it holds the memory file open there).
+        var parked: FunctionTemplate? = try FunctionTemplate(image: image, mount: try CatalyzerMount.resolve(mount: warm.mountpoint, store: store),
+                                                             store: store, poolSize: 1)
+        defer { parked = nil }
+        let template = parked!
+        _ = try fork(template)  // untimed: the first fork's VM comes back reset and parked
+
         var samples: [Mode: [Sample]] = [:]
         for round in 1...max(1, runs) {
             log("bench startup: round \(round) of \(max(1, runs))")
@@ -182,6 +194,8 @@ public struct StartupBenchmark: Sendable {
             defer { other.unmount() }
             try lookUp(image, on: other)
             samples[.restoreColdOtherRequest, default: []].append(try restore(image, on: other, store: store, mode: .restoreColdOtherRequest))
+
+            samples[.sfork, default: []].append(try fork(template))
 
             let host = try PythonBenchmark.hostStart(rootfs: rootfs, function: function.rawValue)
             samples[.hostPython, default: []].append(Sample(responseMicroseconds: host.nanoseconds / 1000))
@@ -230,6 +244,22 @@ public struct StartupBenchmark: Sendable {
         }
         return Sample(responseMicroseconds: response, timings: result.timings,
                       fuseReads: after.readsServed - before.readsServed, bytesFetched: after.bytesFetched - before.bytesFetched)
+    }
+
+    /// One fork of `template` serving the request, timed from the fork's start (taking a parked
+    /// VM) to its first write to stdout.
+    private func fork(_ template: FunctionTemplate) throws -> Sample {
+        let streams = try RunStreams(request: function.request)
+        var options = RestoreOptions()
+        options.standardStreams = streams.fds
+        let started = Sandbox.monotonicNanoseconds()
+        let forked = try template.fork(options: options)
+        let (exit, milestones) = try forked.run(timeoutSeconds: timeoutSeconds)
+        try check(exit, streams, .sfork)
+        guard let answered = milestones.firstStandardOutput else {
+            throw RuntimeError("bench startup: a fork of \(function.rawValue) answered, but the kernel recorded no write to stdout")
+        }
+        return Sample(responseMicroseconds: Double(answered &- started) / 1000)
     }
 
     /// Fails unless the run exited cleanly after answering its request correctly: a failed run

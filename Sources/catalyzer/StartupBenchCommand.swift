@@ -24,6 +24,8 @@ struct StartupBench: ParsableCommand {
             restore-cold-prefetch (restore on a fresh mount with prefetch=on, pushing the working-set \
             chunks too); \
             restore-cold-other-request (as restore-cold, serving a request unlike the recorded one); \
+            sfork (a fork of the image's template parked on the warm mount, from taking a pooled \
+            VM to the response); \
             and two references that are not Catalyzer: host-python (the command under chroot on the \
             host, to its first response) and runsc (gVisor's runsc run, start to exit after serving \
             the request; only when runsc is installed). \
@@ -36,7 +38,7 @@ struct StartupBench: ParsableCommand {
             workingSetChunks, workingSetBytes, workingSetPages, workingSetBlobBytes}, modes: [{mode, medianMillis, p99Millis, \
             speedupOverColdStart, bytesFetchedMedian, fuseReadsMedian, phases, samplesMillis}]}, \
             modes in the order above (runsc left out when not installed). bytesFetchedMedian (compressed bytes catalyzerfs read from the \
-            store per run, prefetch included), fuseReadsMedian and phases are null for cold-start and the references. \
+            store per run, prefetch included), fuseReadsMedian and phases are null for cold-start, sfork and the references. \
             phases: {openMillis, stateRestoreMillis, firstInstructionMillis, responseMillis, kvmPageFaults, kvmExits, workingSetReadMillis, workingSetInstalledMillis}, the \
             median time spent in each restore phase (mount resolved and memory mapped; state read \
             and restored; pending read served up to the first guest entry; guest run to the \
@@ -193,6 +195,7 @@ struct StartupSummary: Encodable {
         case .restoreWarm: "restore, warm page cache"
         case .restoreColdPrefetch: "restore, cold + prefetch"
         case .restoreColdOtherRequest: "restore, cold, other request"
+        case .sfork: "sfork (warm template)"
         case .hostPython: "reference: host python (chroot)"
         case .runsc: "reference: runsc run (to exit)"
         }

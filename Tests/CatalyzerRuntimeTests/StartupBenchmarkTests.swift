@@ -8,7 +8,7 @@ import Testing
 /// Speed is measured, not asserted: only what must hold on any machine is checked.
 @Suite("catalyzer bench startup")
 struct StartupBenchmarkTests {
-    static let modes = ["cold-start", "restore-cold", "restore-warm", "restore-cold-prefetch", "restore-cold-other-request", "host-python"]
+    static let modes = ["cold-start", "restore-cold", "restore-warm", "restore-cold-prefetch", "restore-cold-other-request", "sfork", "host-python"]
         + (FileManager.default.isExecutableFile(atPath: "/usr/bin/runsc") ? ["runsc"] : [])
     static let topKeys: Set<String> = ["function", "runs", "image", "modes"]
     static let imageKeys: Set<String> = ["memoryBytes", "storedBytes", "chunkSize", "codec", "workingSetChunks", "workingSetBytes", "workingSetPages", "workingSetBlobBytes"]
@@ -50,7 +50,7 @@ struct StartupBenchmarkTests {
             #expect((mode["samplesMillis"] as? [Any])?.count == 2, "samples of \(name)")
             let fetched = (mode["bytesFetchedMedian"] as? NSNumber)?.uint64Value
             switch name {
-            case "cold-start", "host-python", "runsc":
+            case "cold-start", "sfork", "host-python", "runsc":
                 #expect(mode["bytesFetchedMedian"] is NSNull && mode["fuseReadsMedian"] is NSNull && mode["phases"] is NSNull,
                         "a cold start has no FUSE figures or restore phases: \(mode)")
             case "restore-warm":
@@ -67,7 +67,7 @@ struct StartupBenchmarkTests {
                 #expect(fetched ?? 0 > 0, "a cold restore fetches from the store: \(mode)")
                 #expect(mode["fuseReadsMedian"] is NSNumber, "FUSE reads of \(name): \(mode)")
             }
-            if !["cold-start", "host-python", "runsc"].contains(name) {
+            if !["cold-start", "sfork", "host-python", "runsc"].contains(name) {
                 let phases = try #require(mode["phases"] as? [String: Any], "phases of \(name)")
                 #expect(Set(phases.keys) == Self.phaseKeys, "phase keys of \(name)")
                 #expect((phases["responseMillis"] as? NSNumber)?.doubleValue ?? 0 > 0, "response phase of \(name)")
