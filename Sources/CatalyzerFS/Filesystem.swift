@@ -195,11 +195,16 @@ final class Filesystem: Sendable {
                   let session = session.withLock({ $0 }) else { return opened }
             image.workingSetStored.withLock { stored in
                 guard !stored else { return }
-                if let problem = WorkingSetStore.store(blob, node: image, session: session) {
+                switch WorkingSetStore.store(blob, node: image, session: session) {
+                case .stored:
+                    stored = true
+                case .memoryNotOpen:
+                    break
+                case let .failed(problem):
                     // The restore still gets every page, through FUSE reads: slower, never wrong.
                     log.write("image '\(image.image.name)': working set not put into the page cache: \(problem)")
+                    stored = true
                 }
-                stored = true
             }
             return opened
         case .root?, .directory?:

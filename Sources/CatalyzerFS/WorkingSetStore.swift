@@ -16,14 +16,22 @@ import Synchronization
 /// thread, against ~2.2 ms of mmaps plus ~1.4 ms of first touches (and the decode) for
 /// anonymous runs, and a warm restore skips the decode and the store altogether.
 enum WorkingSetStore {
-    /// Stores the working set in `blob` for `node` unless done before; nil when stored (or
-    /// nothing to store), else why not. Callers serialize per node (`ImageNode.workingSetStored`).
-    static func store(_ blob: [UInt8], node: ImageNode, session: SessionHandle) -> String? {
+    /// What became of a store.
+    enum Outcome {
+        case stored
+        /// The kernel holds no inode for `memory` (nobody has it open): try again next open.
+        case memoryNotOpen
+        case failed(String)
+    }
+
+    /// Stores the working set in `blob` for `node`. Callers serialize per node
+    /// (`ImageNode.workingSetStored`).
+    static func store(_ blob: [UInt8], node: ImageNode, session: SessionHandle) -> Outcome {
         let decoded = blob.withUnsafeBytes { PageWorkingSet.decode($0, memorySize: node.image.config.memorySize) }
         let pages: PageWorkingSet
         switch decoded {
         case let .success(set): pages = set
-        case let .failure(problem): return "its header is not usable: \(problem)"
+        case let .failure(problem): return .failed("its header is not usable: \(problem)")
         }
         // Two workers (the daemon's other threads keep serving): each decodes and stores a
         // contiguous share of the frames; the kernel takes notifications from any thread.
@@ -38,10 +46,10 @@ enum WorkingSetStore {
                 failure.withLock { $0 = $0 ?? problem }
             }
         }
-        if let problem = failure.withLock({ $0 }) { return problem }
-        if forgotten.load(ordering: .relaxed) { return nil }
+        if let problem = failure.withLock({ $0 }) { return .failed(problem) }
+        if forgotten.load(ordering: .relaxed) { return .memoryNotOpen }
         node.statistics.workingSetPagesStored.add(UInt64(pages.pageCount), ordering: .relaxed)
-        return nil
+        return .stored
     }
 
     /// Decodes and stores frames `share`; a sentence on failure.
