@@ -38,11 +38,12 @@ enum WorkingSetStore {
         let workers = min(2, pages.frames.count)
         let failure = Mutex<String?>(nil)
         let forgotten = Atomic<Bool>(false)
-        let shared = UncheckedBlob(blob)
+        let shared = UncheckedSendable((blob, pages.segmentsByFrame()))
         DispatchQueue.concurrentPerform(iterations: workers) { worker in
             let frames = pages.frames.count
             let share = (frames * worker / workers)..<(frames * (worker + 1) / workers)
-            if let problem = store(share, of: pages, blob: shared.bytes, node: node, session: session, forgotten: forgotten) {
+            let (blob, segments) = shared.value
+            if let problem = store(share, of: pages, segments: segments, blob: blob, node: node, session: session, forgotten: forgotten) {
                 failure.withLock { $0 = $0 ?? problem }
             }
         }
@@ -53,23 +54,17 @@ enum WorkingSetStore {
     }
 
     /// Decodes and stores frames `share`; a sentence on failure.
-    private static func store(_ share: Range<Int>, of pages: PageWorkingSet, blob: [UInt8], node: ImageNode, session: SessionHandle,
-                              forgotten: borrowing Atomic<Bool>) -> String? {
+    private static func store(_ share: Range<Int>, of pages: PageWorkingSet, segments: [[PageWorkingSet.Segment]], blob: [UInt8],
+                              node: ImageNode, session: SessionHandle, forgotten: borrowing Atomic<Bool>) -> String? {
         let pageSize = PageWorkingSet.pageSize
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: PageWorkingSet.maximumFramePages * pageSize, alignment: pageSize)
         defer { buffer.deallocate() }
         for index in share {
             if forgotten.load(ordering: .relaxed) { return nil }
-            let frame = pages.frames[index]
-            let output = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<(frame.pages * pageSize)])
-            let start = pages.headerSize + Int(frame.offset)
-            let result = blob.withUnsafeBytes { raw in
-                Result { () throws(CodecError) in
-                    try pages.codec.decompress(UnsafeRawBufferPointer(rebasing: raw[start..<(start + frame.size)]), into: output)
-                }
-            }
+            let output = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<(pages.frames[index].pages * pageSize)])
+            let result = blob.withUnsafeBytes { raw in Result { () throws(CodecError) in try pages.decodeFrame(index, of: raw, into: output) } }
             if case let .failure(error) = result { return "frame \(index) does not decode: \(error)" }
-            for segment in pages.segments(ofFrame: index) {
+            for segment in segments[index] {
                 let status = catalyzerfs_notify_store(session.pointer, node.inode(.memory), off_t(segment.firstPage) * off_t(pageSize),
                                                       output.baseAddress! + segment.pageInFrame * pageSize, segment.count * pageSize)
                 // The kernel forgot the memory inode: nobody maps it, nothing to store for.
@@ -82,10 +77,4 @@ enum WorkingSetStore {
         }
         return nil
     }
-}
-
-/// The blob, handed to the storing workers, which only read it.
-private struct UncheckedBlob: @unchecked Sendable {
-    let bytes: [UInt8]
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
 }

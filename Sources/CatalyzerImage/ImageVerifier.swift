@@ -90,24 +90,20 @@ extension ImageStore {
         guard pages.pageCount == record.pages else {
             return "image '\(image.name)': its working-set blob holds \(pages.pageCount) pages, its config says \(record.pages)"
         }
-        let dataStart = pages.headerSize
         let config = image.config, pageSize = PageWorkingSet.pageSize
         let frameBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: PageWorkingSet.maximumFramePages * pageSize, alignment: pageSize)
         defer { frameBuffer.deallocate() }
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: config.chunkSize, alignment: pageSize)
         defer { chunk.deallocate() }
         var loadedChunk = -1
+        let segmentsByFrame = pages.segmentsByFrame()
         for (index, frame) in pages.frames.enumerated() {
             let decoded = UnsafeMutableRawBufferPointer(rebasing: frameBuffer[0..<(frame.pages * pageSize)])
-            let result = blob.withUnsafeBytes { raw in
-                Result { () throws(CodecError) in
-                    try pages.codec.decompress(UnsafeRawBufferPointer(rebasing: raw[(dataStart + Int(frame.offset))..<(dataStart + Int(frame.offset) + frame.size)]), into: decoded)
-                }
-            }
+            let result = blob.withUnsafeBytes { raw in Result { () throws(CodecError) in try pages.decodeFrame(index, of: raw, into: decoded) } }
             if case let .failure(error) = result {
                 return "image '\(image.name)': working-set frame \(index) does not decode: \(error)"
             }
-            for segment in pages.segments(ofFrame: index) {
+            for segment in segmentsByFrame[index] {
                 for page in 0..<segment.count {
                     let offset = (segment.firstPage + Int64(page)) * Int64(pageSize)
                     let chunkIndex = Int(offset / Int64(config.chunkSize))

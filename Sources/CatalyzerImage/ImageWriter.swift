@@ -159,10 +159,11 @@ extension ImageStore {
     }
 }
 
-/// Hands buffers to `concurrentPerform` workers that touch disjoint parts of them.
-struct UncheckedSendable<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
+/// Hands values to `concurrentPerform` workers that only read them or touch disjoint parts
+/// of them (here and in the working-set code of catalyzerfs and the runtime).
+public struct UncheckedSendable<Value>: @unchecked Sendable {
+    public let value: Value
+    public init(_ value: Value) { self.value = value }
 }
 
 extension ImageStore {

@@ -82,21 +82,35 @@ public struct PageWorkingSet: Sendable, Equatable {
 
     /// The pieces of runs that frame `index` holds, in its order. Only valid for a set that
     /// passed `validationProblem`.
-    public func segments(ofFrame index: Int) -> [Segment] {
-        var skip = frames[..<index].reduce(0) { $0 + $1.pages }
-        var remaining = frames[index].pages
-        var segments: [Segment] = []
-        for run in runs where remaining > 0 {
-            if skip >= run.count {
-                skip -= run.count
-                continue
+    public func segments(ofFrame index: Int) -> [Segment] { segmentsByFrame()[index] }
+
+    /// The pieces of runs each frame holds, for every frame, in one pass over the runs (a
+    /// frame per run is what catalyzer writes, so asking frame by frame would be quadratic).
+    public func segmentsByFrame() -> [[Segment]] {
+        var result: [[Segment]] = []
+        result.reserveCapacity(frames.count)
+        var runIndex = 0, usedOfRun = 0
+        for frame in frames {
+            var segments: [Segment] = []
+            var filled = 0
+            while filled < frame.pages && runIndex < runs.count {
+                let run = runs[runIndex]
+                let count = min(run.count - usedOfRun, frame.pages - filled)
+                segments.append(Segment(firstPage: run.firstPage + Int64(usedOfRun), count: count, pageInFrame: filled))
+                filled += count
+                usedOfRun += count
+                if usedOfRun == run.count { runIndex += 1; usedOfRun = 0 }
             }
-            let count = min(run.count - skip, remaining)
-            segments.append(Segment(firstPage: run.firstPage + Int64(skip), count: count, pageInFrame: frames[index].pages - remaining))
-            remaining -= count
-            skip = 0
+            result.append(segments)
         }
-        return segments
+        return result
+    }
+
+    /// Decompresses frame `index` of `blob` (the whole blob, header included) into `output`,
+    /// exactly `frames[index].pages` pages.
+    public func decodeFrame(_ index: Int, of blob: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws(CodecError) {
+        let frame = frames[index], start = headerSize + Int(frame.offset)
+        try codec.decompress(UnsafeRawBufferPointer(rebasing: blob[start..<(start + frame.size)]), into: output)
     }
 
     /// Checks everything a restore relies on against the image's memory size; the first

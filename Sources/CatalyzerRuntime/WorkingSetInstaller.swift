@@ -43,7 +43,7 @@ final class WorkingSetInstaller: @unchecked Sendable {
     /// the caller must `wait()` before the guest runs.
     init(image: String, mount: CatalyzerMount, memory: GuestMemory, started: UInt64) {
         // Only this thread writes the memory until `wait` returns; the box keeps it mapped.
-        let memory = UncheckedBox(memory)
+        let memory = UncheckedSendable(memory)
         DispatchQueue.global(qos: .userInitiated).async { [self] in
             outcome = Result { () throws(RuntimeError) in
                 try Self.install(image: image, mount: mount, memory: memory.value, started: started)
@@ -70,22 +70,13 @@ final class WorkingSetInstaller: @unchecked Sendable {
         if file.size == 0 { return WorkingSetInstall(pages: 0, blobBytes: 0, readMicroseconds: 0, installedMicroseconds: 0) }
         // Opening it has put its pages into the memory file's page cache (catalyzerfs's
         // WorkingSetStore, once per mount); only the header, the list of runs, is read here.
-        let header = UnsafeMutableRawBufferPointer.allocate(byteCount: min(file.size, headerProbe), alignment: 64)
-        defer { header.deallocate() }
-        var have = try file.read(into: header, from: 0, atLeast: header.count)
-        guard let headerSize = PageWorkingSet.headerSize(startingWith: UnsafeRawBufferPointer(rebasing: header[0..<have])), headerSize <= file.size else {
+        var header = try file.read(min(file.size, headerProbe), at: 0)
+        guard let headerSize = header.withUnsafeBytes({ PageWorkingSet.headerSize(startingWith: $0) }), headerSize <= file.size else {
             throw unusable(image, path, "it is \(file.size) bytes, too short for the header it starts with")
         }
-        var whole: UnsafeMutableRawBufferPointer?
-        defer { whole?.deallocate() }
-        if have < headerSize {
-            let bigger = UnsafeMutableRawBufferPointer.allocate(byteCount: headerSize, alignment: 64)
-            whole = bigger
-            bigger.copyMemory(from: UnsafeRawBufferPointer(rebasing: header[0..<have]))
-            have += try file.read(into: bigger, from: have, atLeast: headerSize - have)
-        }
+        if header.count < headerSize { header += try file.read(headerSize - header.count, at: header.count) }
         let pages: PageWorkingSet
-        switch PageWorkingSet.decode(UnsafeRawBufferPointer(rebasing: (whole ?? header)[0..<headerSize]), blobSize: file.size, memorySize: Int64(memory.size)) {
+        switch header.withUnsafeBytes({ PageWorkingSet.decode(UnsafeRawBufferPointer(rebasing: $0[0..<headerSize]), blobSize: file.size, memorySize: Int64(memory.size)) }) {
         case let .success(set): pages = set
         case let .failure(problem): throw unusable(image, path, problem.description)
         }
@@ -94,7 +85,7 @@ final class WorkingSetInstaller: @unchecked Sendable {
         // Each run faulted in as if written: private, writable copies of the cached pages.
         let failure = Mutex<String?>(nil)
         let workers = min(max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))), pages.runs.count)
-        let base = UncheckedBox(memory.base)
+        let base = UncheckedSendable(memory.base)
         DispatchQueue.concurrentPerform(iterations: workers) { worker in
             let runs = pages.runs
             for run in runs[(runs.count * worker / workers)..<(runs.count * (worker + 1) / workers)] {
@@ -110,7 +101,7 @@ final class WorkingSetInstaller: @unchecked Sendable {
             throw RuntimeError("image '\(image)': its working set cannot be installed: \(problem) (a page catalyzerfs could not serve; check the image with `catalyzer image verify \(image)`)")
         }
         let installed = Sandbox.monotonicNanoseconds()
-        return WorkingSetInstall(pages: pages.pageCount, blobBytes: have,
+        return WorkingSetInstall(pages: pages.pageCount, blobBytes: header.count,
                                  readMicroseconds: Double(read &- started) / 1000, installedMicroseconds: Double(installed &- started) / 1000)
     }
 
@@ -153,12 +144,12 @@ final class WorkingSetInstaller: @unchecked Sendable {
 
         deinit { close(fd) }
 
-        /// Reads at least `count` bytes into `buffer` at `offset` (more if they come in the same
-        /// reads, up to the buffer's end); returns how many.
-        func read(into buffer: UnsafeMutableRawBufferPointer, from offset: Int, atLeast count: Int) throws(RuntimeError) -> Int {
+        /// Exactly `count` bytes from `offset`.
+        func read(_ count: Int, at offset: Int) throws(RuntimeError) -> [UInt8] {
+            var bytes = [UInt8](repeating: 0, count: count)
             var done = 0
             while done < count {
-                let got = pread(fd, buffer.baseAddress! + offset + done, buffer.count - offset - done, off_t(offset + done))
+                let got = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
                 if got < 0 && errno == EINTR { continue }
                 guard got >= 0 else { throw WorkingSetInstaller.failure(errno, reading: "working set", path: path, image: image, mount: mount) }
                 guard got > 0 else {
@@ -166,7 +157,7 @@ final class WorkingSetInstaller: @unchecked Sendable {
                 }
                 done += got
             }
-            return done
+            return bytes
         }
     }
 
@@ -177,10 +168,4 @@ final class WorkingSetInstaller: @unchecked Sendable {
         return RuntimeError("image '\(image)': cannot read its \(what) \(path): \(String(cString: strerror(code)))"
                             + (code == EIO ? " (catalyzerfs could not serve it: a corrupt or missing blob; its log names it): check the image with `catalyzer image verify \(image)`" : ""))
     }
-}
-
-/// Hands values to `concurrentPerform` workers that only read them or touch disjoint parts.
-struct UncheckedBox<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
 }

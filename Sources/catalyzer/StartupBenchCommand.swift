@@ -155,13 +155,10 @@ struct StartupSummary: Encodable {
         modes = StartupBenchmark.Mode.allCases.filter { !(report.samples[$0] ?? []).isEmpty }.map { mode in
             let samples = report.samples[mode] ?? []
             let times = Samples(samples.map { $0.responseMicroseconds / 1000 })
-            func median(_ value: (StartupBenchmark.Sample) -> UInt64?) -> UInt64? {
-                let values = samples.compactMap(value)
-                return values.isEmpty ? nil : UInt64(Samples(values.map { Double($0) }).median)
-            }
             return ModeFigures(mode: mode, medianMillis: times.median, p99Millis: times.p99,
                                speedupOverColdStart: coldStartMedian / max(times.median, 1e-9),
-                               bytesFetchedMedian: median(\.bytesFetched), fuseReadsMedian: median(\.fuseReads),
+                               bytesFetchedMedian: Self.countMedian(samples.compactMap(\.bytesFetched)),
+                               fuseReadsMedian: Self.countMedian(samples.compactMap(\.fuseReads)),
                                phases: Self.phases(samples.compactMap(\.timings)), samplesMillis: times.values)
         }
     }
@@ -184,6 +181,7 @@ struct StartupSummary: Encodable {
         microseconds.isEmpty ? nil : Samples(microseconds.map { $0 / 1000 }).median
     }
 
+    /// The median of counts, nil where the mode has none.
     private static func countMedian(_ values: [UInt64]) -> UInt64? {
         values.isEmpty ? nil : UInt64(Samples(values.map { Double($0) }).median)
     }
