@@ -19,8 +19,10 @@ import Glibc
 ///   store, verified and decompressed on its first FUSE read.
 /// - `restore-warm`: the same image on a mount of its own whose page cache a warm-up restore
 ///   filled: what the second sandbox of an image sees.
-/// - `restore-cold-prefetch`: as `restore-cold` but with `prefetch=on`, so the recorded chunks
-///   are pushed into the empty page cache while the sandbox restores.
+/// - `restore-cold-prefetch`: as `restore-cold` but with `prefetch=on`, which pushes the recorded
+///   chunks into the empty page cache while the sandbox restores, for images without a page
+///   working set; the benchmark's image has one, so this mode shows that `prefetch=on` (the
+///   managed mount's default) costs such images nothing.
 /// - `restore-cold-other-request`: as `restore-cold`, serving a request unlike the recorded one,
 ///   so part of what it touches is outside the working set and comes through FUSE.
 /// - `sfork`: a fork of the image's template, parked on the warm mount (`FunctionTemplate`),

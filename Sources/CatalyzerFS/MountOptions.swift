@@ -118,8 +118,9 @@ public struct MountOptions: Sendable, Equatable {
             readahead=SIZE      kernel readahead per fault: FUSE max_readahead and the bdi's read_ahead_kb
                                 (default: the largest chunk size of the store's images at mount time,
                                 within 128K-1M; 256K, the default chunk size, for an empty store)
-            prefetch=on|off     push each image's recorded working set into the page cache in the
-                                background once its memory file is opened (default on)
+            prefetch=on|off     push each image's recorded chunk working set into the page cache in
+                                the background once its memory file is opened (default on; images
+                                with a page working set install that instead)
             allow_other         let other users use the mount (file permissions still apply)
             log=PATH            append log lines (corrupt chunks, errors) to PATH; default: standard
                                 error in the foreground, syslog once detached

@@ -29,9 +29,13 @@ final class Prefetcher: Sendable {
         self.log = log
     }
 
-    /// Queues the working set of `node`, once per image version.
+    /// Queues the working set of `node`, once per image version. Not for an image with a page
+    /// working set: every restore installs those pages from that blob, so pushing whole chunks as
+    /// well would only take CPU from the restore (and, for a lazy image, fetch from the registry
+    /// chunks no restore asked for).
     func start(_ node: ImageNode, session: SessionHandle) {
-        guard let workingSet = node.image.config.workingSet, !workingSet.isEmpty,
+        guard node.image.config.pageWorkingSet == nil,
+              let workingSet = node.image.config.workingSet, !workingSet.isEmpty,
               !stopped.load(ordering: .relaxed),
               !node.prefetchStarted.exchange(true, ordering: .relaxed) else { return }
         queue.async(group: running) { [self] in push(node, chunks: workingSet, session: session) }

@@ -143,27 +143,47 @@ public enum Registry {
             events(.blob(digest: blob.digest, role: role, size: blob.size, action: .downloaded))
         }
 
-        // The config first: it says what the layers are, and a bad one stops the pull before
-        // any chunk is transferred.
-        try await fetch(config, role: "config")
+        var layers: [Descriptor] = []
+        var seen: Set<Digest> = [config.digest]
+        for layer in manifest.layers where seen.insert(layer.digest).inserted { layers.append(layer) }
+        // Every layer but the memory chunks (the state, the page working set, rootfs layers) is
+        // needed by every pull, lazy or not, and is known by its media type: those travel beside
+        // the config, which saves a round trip. The config is still checked before any chunk
+        // moves: it says which chunks a lazy pull of an image without a page working set needs.
+        let chunkTypes = Set(Codec.allCases.map(MediaType.chunk))
+        let upFront = layers.filter { !chunkTypes.contains($0.mediaType) }
+        let planKnown = !lazy || upFront.contains { MediaType.pageWorkingSetTypes.contains($0.mediaType) }
+        func plan(_ blobs: [Descriptor]) {
+            events(.plan(operation: .pull, reference: reference.description, blobs: blobs.count + 1,
+                         bytes: blobs.reduce(config.size) { $0 + $1.size }))
+        }
+        var fetched: Set<Digest> = []
+        if planKnown {
+            plan(lazy ? upFront : layers)
+            try await forEachConcurrently([config] + upFront, limit: client.options.parallelism) { blob in
+                try await fetch(blob, role: blob.digest == config.digest ? "config" : Self.role(ofMediaType: blob.mediaType))
+            }
+            fetched = Set(upFront.map(\.digest))
+        } else {
+            try await fetch(config, role: "config")
+        }
         let configBytes = try store.readBlob(config.digest, size: config.size, image: name, role: "config")
         let imageConfig = try importer.checkConfig(configBytes, manifest: manifest, image: name)
         let roles = Self.roles(of: imageConfig, manifest: manifest)
 
-        var layers: [Descriptor] = []
-        var seen: Set<Digest> = [config.digest]
-        for layer in manifest.layers where seen.insert(layer.digest).inserted { layers.append(layer) }
-        // Lazy: the chunks outside the working set stay in the registry.
+        // Lazy: the chunks outside the working set stay in the registry. An image with a page
+        // working set needs no chunk up front (every page its recorded request touches is in that
+        // blob), so all of its chunks stay; the chunk list is only for images without one.
         var remote: Set<Digest> = []
         if lazy {
-            let working = Set((imageConfig.workingSet ?? []).compactMap { imageConfig.chunk(at: $0)?.digest })
+            let working = imageConfig.pageWorkingSet != nil ? []
+                : Set((imageConfig.workingSet ?? []).compactMap { imageConfig.chunk(at: $0)?.digest })
             let chunks = Set(imageConfig.chunks.map(\.digest))
             remote = chunks.subtracting(working).subtracting([imageConfig.state.digest]).subtracting(imageConfig.rootfs?.layers.map(\.digest) ?? [])
-            layers.removeAll { remote.contains($0.digest) }
         }
-        events(.plan(operation: .pull, reference: reference.description, blobs: layers.count + 1,
-                     bytes: layers.reduce(config.size) { $0 + $1.size }))
-        try await forEachConcurrently(layers, limit: client.options.parallelism) { layer in
+        let wanted = layers.filter { !remote.contains($0.digest) }
+        if !planKnown { plan(wanted) }
+        try await forEachConcurrently(wanted.filter { !fetched.contains($0.digest) }, limit: client.options.parallelism) { layer in
             try await fetch(layer, role: roles[layer.digest] ?? "layer")
         }
         var annotations = [ImageStore.originAnnotation: reference.with(digest: digest).description]
@@ -178,7 +198,7 @@ public enum Registry {
         try? store.addRemoteRecord(RemoteRecord(registry: reference.registry, repository: repository,
                                                 manifest: digest, manifestSize: Int64(manifestBytes.count)))
         let final = counts.withLock { $0 }
-        return PullReport(reference: reference.description, name: name, digest: digest, blobs: layers.count + 1,
+        return PullReport(reference: reference.description, name: name, digest: digest, blobs: wanted.count + 1,
                           downloaded: final.downloaded, existing: final.existing, bytesDownloaded: final.bytes,
                           remote: remote.count, seconds: seconds(since: started))
     }
@@ -200,6 +220,14 @@ public enum Registry {
             throw RegistryError.notACatalyzerImage(reference, detail: "its config claims \(manifest.config.size) bytes, not a size a catalyzer config has")
         }
         return manifest
+    }
+
+    /// A layer's role by its media type alone, for blobs fetched before the config says more.
+    static func role(ofMediaType type: String) -> String {
+        if type == MediaType.state { return "state" }
+        if MediaType.pageWorkingSetTypes.contains(type) { return "working set" }
+        if MediaType.rootfsLayers.contains(type) { return "rootfs layer" }
+        return "layer"
     }
 
     /// "config", "state", "chunk N" by blob digest, for messages and events.

@@ -22,6 +22,11 @@ public struct InvocationRequest: Sendable {
     public var collectFilesystemStatistics = false
     /// Report which chunks of the memory file were resident after the run (the working set).
     public var recordResidentChunks = false
+    /// When the invocation began (`Sandbox.monotonicNanoseconds`), if before `Invocation.run`:
+    /// an `invoke` of a registry reference pulls first, and its timings count from the pull.
+    public var startedAt: UInt64?
+    /// When that pull ended, for the timings' pull phase.
+    public var pulledAt: UInt64?
 
     public init(image: String, store: ImageStore) {
         self.image = image
@@ -32,6 +37,9 @@ public struct InvocationRequest: Sendable {
 /// Where an invocation's time went, in microseconds from the start of the invocation (mount
 /// lookup included) to each phase's end, and what it cost in FUSE traffic and page faults.
 public struct InvocationTimings: Sendable, Codable {
+    /// An `invoke` of a registry reference: the lazy pull done (the mount starting meanwhile);
+    /// nil when the image was local.
+    public var pullMicroseconds: Double?
     /// Mount found (or mounted), memory file opened and mapped.
     public var openMicroseconds: Double
     /// State read through the mount, decoded, vCPU and kernel state restored.
@@ -69,7 +77,7 @@ public struct InvocationResult: Sendable {
 
 public enum Invocation {
     public static func run(_ request: InvocationRequest) throws -> InvocationResult {
-        let started = Sandbox.monotonicNanoseconds()
+        let started = request.startedAt ?? Sandbox.monotonicNanoseconds()
         let faultsBefore = threadPageFaults()
         let mount = try CatalyzerMount.resolve(mount: request.mount, store: request.store)
         let before = request.collectFilesystemStatistics ? counters(of: request.image, on: mount) : nil
@@ -87,6 +95,7 @@ public enum Invocation {
         func microseconds(_ time: UInt64?) -> Double? { time.map { Double($0 &- started) / 1000 } }
         let milestones = sandbox.kernel.milestones
         let timings = InvocationTimings(
+            pullMicroseconds: microseconds(request.pulledAt),
             openMicroseconds: microseconds(sandbox.memoryMappedAt)!,
             stateRestoreMicroseconds: microseconds(sandbox.stateRestoredAt)!,
             firstInstructionMicroseconds: microseconds(milestones.firstGuestEntry) ?? microseconds(sandbox.stateRestoredAt)!,

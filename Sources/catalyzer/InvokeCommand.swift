@@ -1,9 +1,11 @@
 import ArgumentParser
 import CatalyzerImage
 import CatalyzerKernel
+import CatalyzerRegistry
 import CatalyzerRuntime
 import Foundation
 import Glibc
+import Synchronization
 
 /// `catalyzer invoke`: start a function instance from its image and serve requests.
 struct InvokeCommand: ParsableCommand {
@@ -17,6 +19,11 @@ struct InvokeCommand: ParsableCommand {
             instances of the image; its writes stay its own. Requests come from --input (one request, \
             then end of input) or from standard input (one per line); responses go to standard output.
 
+            NAME may be a registry reference, REGISTRY/REPOSITORY[:TAG|@DIGEST]: the image pulled \
+            from it before is used (a tag is not asked for again; `catalyzer pull` refreshes it), \
+            else it is pulled lazily now, as `catalyzer pull --lazy` does, while the mount starts; \
+            credentials come from the docker config file (`pull --username` stores none).
+
             The mount is --mount, else $CATALYZER_MOUNT, else a catalyzerfs mount catalyzer manages \
             itself: one per store, at /run/catalyzer/mounts/<hash of the store path> (or under \
             $CATALYZER_RUN_DIR), mounted on first use and reused by every later invocation. \
@@ -26,7 +33,7 @@ struct InvokeCommand: ParsableCommand {
             signal N, 124 on timeout, 1 when the image cannot be restored.
             """)
 
-    @Argument(help: "The image to start.") var name: String
+    @Argument(help: "The image to start: its name in the store, or a registry reference to pull lazily on first use.") var name: String
     @Option(help: "One request (a line of JSON) to serve; without it, requests are read from standard input.")
     var input: String?
     @Option(help: "The catalyzerfs mount to restore from (default: $CATALYZER_MOUNT, else the managed mount).")
@@ -42,6 +49,8 @@ struct InvokeCommand: ParsableCommand {
     @OptionGroup var storeOptions: StoreOptions
     @OptionGroup var network: NetworkOptions
     @Flag(help: "No network beyond the sandbox for this invocation, whatever the image allows.") var noNetwork = false
+    @Flag(help: "A registry reference: speak plain HTTP to its registry (default: HTTPS).") var insecure = false
+    @Option(help: "A registry reference: a PEM file of CA certificates to trust besides the system's.") var caFile: String?
 
     func validate() throws {
         if let input, input.contains("\n") { throw ValidationError("--input must be one line") }
@@ -60,6 +69,14 @@ struct InvokeCommand: ParsableCommand {
     func run() throws {
         var status: Int32 = 0
         try Output.run {
+            let started = Sandbox.monotonicNanoseconds()
+            let store = storeOptions.imageStore
+            var image = name
+            var pulledAt: UInt64?
+            if name.contains("/") {
+                (image, pulledAt) = try Self.localImage(for: try ImageReference(parsing: name), store: store, mount: mount,
+                                                        insecure: insecure, caFile: caFile)
+            }
             var streams: [Int32] = [STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO]
             let requests = try input.map(RequestPipe.holding)
             defer { if let requests { close(requests) } }
@@ -69,12 +86,16 @@ struct InvokeCommand: ParsableCommand {
             defer { if !finished { _ = captured?.finish() } }
             if let captured { streams[1] = captured.writeEnd }
 
-            var request = InvocationRequest(image: name, store: storeOptions.imageStore)
+            var request = InvocationRequest(image: image, store: store)
             request.mount = mount
+            if let pulledAt {
+                request.startedAt = started
+                request.pulledAt = pulledAt
+            }
             request.standardStreams = streams
             // A function made by `function create` records its timeout; other images get 30 s.
             let recorded = timeout == nil
-                ? (try? storeOptions.imageStore.open(name)).flatMap { FunctionSettings($0.config.annotations ?? [:]).timeoutSeconds } : nil
+                ? (try? store.open(image)).flatMap { FunctionSettings($0.config.annotations ?? [:]).timeoutSeconds } : nil
             let timeoutSeconds = timeout.map { Double($0.nanoseconds) / 1e9 } ?? recorded ?? 30
             request.timeoutSeconds = timeoutSeconds
             request.traceSyscalls = strace
@@ -106,6 +127,38 @@ struct InvokeCommand: ParsableCommand {
             }
         }
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// The store's image for `reference`: the one pulled from it before, else a lazy pull now,
+    /// with the store's mount started meanwhile (a fresh node pays for both once, overlapped).
+    /// Returns its name and, if pulled, when the pull ended.
+    static func localImage(for reference: ImageReference, store: ImageStore, mount: String?, insecure: Bool,
+                           caFile: String?) throws -> (name: String, pulledAt: UInt64?) {
+        if let name = Registry.pulledImage(reference, store: store) { return (name, nil) }
+        var options = RegistryOptions()
+        options.insecure = insecure
+        options.caFile = caFile
+        options.credentials = try Credentials.fromDockerConfig(registry: reference.registry)
+        _ = try store.beginImport()  // the store exists before its mount starts
+        let settled = options
+        let pulled = Mutex<Result<PullReport, any Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            let result: Result<PullReport, any Error>
+            do { result = .success(try await Registry.pull(reference, store: store, options: settled, lazy: true)) } catch { result = .failure(error) }
+            pulled.withLock { $0 = result }
+            done.signal()
+        }
+        // Meanwhile this thread starts the mount (on no thread of the concurrency pool, which
+        // the pull needs). Its errors are left to the invocation, which resolves it again.
+        _ = try? CatalyzerMount.resolve(mount: mount, store: store)
+        done.wait()
+        do {
+            let report = try pulled.withLock { $0! }.get()
+            return (report.name, Sandbox.monotonicNanoseconds())
+        } catch {
+            throw InterruptedTransfer.wrap(error)
+        }
     }
 
     /// Responses `--json` gathers in memory at most.

@@ -62,6 +62,14 @@ struct PushPullTests {
         let missing = try CLI.run(["pull", "\(registry.address)/nothing/here:v9", "--insecure", "--store", dir.file("b")])
         #expect(missing.status == 1)
         #expect(missing.stderr.contains("does not exist in the registry"), "\(missing)")
+        // `invoke REFERENCE` pulls as `pull --lazy` does, with the same errors, and publishes
+        // nothing (it starts the store's managed mount meanwhile: taken down at the end).
+        defer { _ = try? CLI.run(["mount", "--unmount", "--store", dir.file("b")]) }
+        let invokedMissing = try CLI.run(["invoke", "\(registry.address)/nothing/here:v9", "--insecure", "--input", "{}", "--store", dir.file("b")])
+        #expect(invokedMissing.status == 1)
+        #expect(invokedMissing.stderr.contains("does not exist in the registry"), "\(invokedMissing)")
+        let invokedBadReference = try CLI.run(["invoke", "\(registry.address)/Upper/Case", "--input", "{}", "--store", dir.file("b")])
+        #expect(invokedBadReference.status != 0 && invokedBadReference.stderr.contains("not a valid repository name"), "\(invokedBadReference)")
 
         // HTTPS to a plain-HTTP registry: a TLS error that points at --insecure.
         let plain = try CLI.run(["pull", "\(registry.address)/fn/x:v1", "--store", dir.file("b")])

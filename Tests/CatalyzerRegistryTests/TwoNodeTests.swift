@@ -6,9 +6,10 @@ import Testing
 
 /// Two nodes and a registry in their own network namespaces, joined by veth pairs, 5 ms of
 /// round-trip delay on the registry's side. Node A checkpoints hello and heavy and pushes them;
-/// node B (its own store, no rootfs, no earlier pull) pulls them lazily and invokes them, and
-/// answers exactly as node A; its catalyzerfs fetched from the registry only chunks the instances
-/// read, beyond the working sets the pulls brought.
+/// node B (its own store, no rootfs, no earlier pull) pulls them lazily (`pull --lazy`, or
+/// `invoke REFERENCE`) and invokes them, and answers exactly as node A: the recorded request with
+/// no chunk fetched beyond the page working set the pull brought, another request with only
+/// chunks the instance read.
 @Suite("two nodes", .serialized)
 struct TwoNodeTests {
     @Test func nodeBRunsWhatNodeACheckpointed() throws {
@@ -32,44 +33,97 @@ struct TwoNodeTests {
             _ = try? catalyzer("node-b", ["mount", "--unmount"])
         }
         let requests = ["hello": #"{"name": "node-b"}"#, "heavy": #"{"customer": "customer-7"}"#]
+        // Requests unlike the recorded ones: part of what they touch is outside the working set.
+        let otherRequests = ["hello": #"{"name": "Zoë, ☃ visitor"}"#, "heavy": #"{"customer": "customer-321", "n": 5, "tags": ["a", {"deep": [1.5, null]}]}"#]
         var answers: [String: String] = [:]
         for (function, request) in requests.sorted(by: { $0.key < $1.key }) {
             let checkpoint = try catalyzer("node-a", ["checkpoint", "--rootfs", rootfs, "--name", function, "--memory", "128M",
                                                       "--record-working-set", "--working-set-input", request, "--",
                                                       "/usr/bin/python3", "/opt/catalyzer/runner.py", "/functions/\(function).py"])
             try #require(checkpoint.status == 0, "\(checkpoint.stderr)")
-            let answer = try catalyzer("node-a", ["invoke", function, "--input", request])
-            #expect(answer.status == 0, "\(answer.stderr)")
-            answers[function] = answer.stdout
+            for (key, input) in [(function, request), (function + "-other", otherRequests[function]!)] {
+                let answer = try catalyzer("node-a", ["invoke", function, "--input", input])
+                #expect(answer.status == 0, "\(answer.stderr)")
+                answers[key] = answer.stdout
+            }
             let pushed = try catalyzer("node-a", ["push", function, "\(RemoteLab.registryAddress)/functions/\(function):v1", "--insecure", "--quiet"])
             #expect(pushed.status == 0, "\(pushed.stderr)")
         }
         try FileManager.default.moveItem(atPath: rootfs, toPath: rootfs + ".gone")
 
         let storeB = ImageStore(root: dir.file("node-b/store"))
-        for (function, request) in requests.sorted(by: { $0.key < $1.key }) {
-            let pulled = try catalyzer("node-b", ["pull", "\(RemoteLab.registryAddress)/functions/\(function):v1", "--name", function,
-                                                  "--lazy", "--insecure", "--quiet"])
-            #expect(pulled.status == 0, "\(pulled.stderr)")
-            let before = Set(((try? FileManager.default.contentsOfDirectory(atPath: storeB.defaultBlobCacheDirectory)) ?? []).compactMap { Digest("sha256:" + $0) })
-            let answer = try catalyzer("node-b", ["invoke", function, "--input", request, "--timings", "--json"])
+        func cached() -> Set<Digest> {
+            Set(((try? FileManager.default.contentsOfDirectory(atPath: storeB.defaultBlobCacheDirectory)) ?? []).compactMap { Digest("sha256:" + $0) })
+        }
+        /// Invokes `image` on node B and checks the answer against node A's for `key`; returns
+        /// the FUSE bytes the instance loaded, and whether the invocation pulled.
+        func invokeOnB(_ image: String, _ input: String, expecting key: String, _ extra: [String] = []) throws -> (loaded: Int, pulled: Bool) {
+            let answer = try catalyzer("node-b", ["invoke", image, "--input", input, "--timings", "--json"] + extra)
             #expect(answer.status == 0, "\(answer.stderr)")
             let document = try JSONSerialization.jsonObject(with: Data(answer.stdout.utf8)) as? [String: Any]
             let responses = (document?["responses"] as? [Any])?.compactMap { try? JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]) }
-            let expected = try answers[function].map { try JSONSerialization.jsonObject(with: Data($0.utf8)) }.map { try JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]) }
-            #expect(responses?.first == expected, "\(function): \(answer.stdout) vs \(answers[function] ?? "")")
+            let expected = try answers[key].map { try JSONSerialization.jsonObject(with: Data($0.utf8)) }.map { try JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]) }
+            #expect(responses?.first != nil && responses?.first == expected, "\(key): \(answer.stdout) vs \(answers[key] ?? "")")
+            let timings = document?["timings"] as? [String: Any]
+            return (timings?["fuseBytesFetched"] as? Int ?? 0, timings?["pullMicroseconds"] != nil)
+        }
+        for (function, request) in requests.sorted(by: { $0.key < $1.key }) {
+            // hello: `pull --lazy`, then `invoke NAME`; heavy: `invoke REFERENCE`, which pulls
+            // lazily itself (and a second time finds the image it pulled).
+            let reference = "\(RemoteLab.registryAddress)/functions/\(function):v1"
+            var name = function
+            if function == "hello" {
+                let pulled = try catalyzer("node-b", ["pull", reference, "--name", function, "--lazy", "--insecure", "--quiet"])
+                #expect(pulled.status == 0, "\(pulled.stderr)")
+            } else {
+                name = "\(function)-v1"
+            }
+            let image = function == "hello" ? name : reference
+            let insecure = function == "hello" ? [] : ["--insecure"]
 
-            // What catalyzerfs fetched: chunk blobs of this image outside its working set (the pull
-            // brought those), and no more than it loaded for this instance.
-            let image = try storeB.open(function)
-            let fetched = Set(try FileManager.default.contentsOfDirectory(atPath: storeB.defaultBlobCacheDirectory).compactMap { Digest("sha256:" + $0) })
-                .subtracting(before)
-            let workingSet = Set((image.config.workingSet ?? []).compactMap { image.config.chunk(at: $0)?.digest })
-            let chunks = Set(image.config.chunks.map(\.digest))
-            #expect(fetched.isSubset(of: chunks.subtracting(workingSet)), "\(function): fetched blobs outside the image's remote chunks")
-            let loadedBytes = (document?["timings"] as? [String: Any])?["fuseBytesFetched"] as? Int ?? 0
-            let fetchedBytes = image.config.chunks.filter { fetched.contains($0.digest) }.reduce(Int64(0)) { $0 + $1.size }
+            // The recorded request: the pull brought the page working set, which holds every
+            // page it touches, so catalyzerfs fetches no chunk from the registry.
+            var before = cached()
+            let first = try invokeOnB(image, request, expecting: function, insecure)
+            #expect(first.pulled == (function == "heavy"))
+            let pulledImage = try storeB.open(name)
+            #expect(pulledImage.manifestDescriptor.annotations?[ImageStore.lazyAnnotation] == "true")
+            #expect(pulledImage.config.pageWorkingSet.map { storeB.hasBlob($0.blob.digest, size: $0.blob.size) } == true)
+            #expect(pulledImage.config.chunks.allSatisfy { !storeB.hasBlob($0.digest, size: $0.size) }, "\(function): a lazy pull stored chunks")
+            #expect(cached().subtracting(before).isEmpty, "\(function): the recorded request fetched chunks: \(cached().subtracting(before))")
+
+            // Another request: what it touches outside the working set comes from the registry,
+            // chunks of this image only, and no more than the instance loaded.
+            before = cached()
+            let other = try invokeOnB(image, otherRequests[function]!, expecting: function + "-other", insecure)
+            #expect(!other.pulled, "\(function): the second invocation pulled again")
+            let loadedBytes = other.loaded
+            let fetched = cached().subtracting(before)
+            #expect(function == "hello" || !fetched.isEmpty, "\(function): the other request fetched nothing from the registry")
+            let chunks = Set(pulledImage.config.chunks.map(\.digest))
+            #expect(fetched.isSubset(of: chunks), "\(function): fetched blobs that are not the image's chunks")
+            let fetchedBytes = pulledImage.config.chunks.filter { fetched.contains($0.digest) }.reduce(Int64(0)) { $0 + $1.size }
             #expect(fetchedBytes <= Int64(loadedBytes), "\(function): fetched \(fetchedBytes) bytes but the instance read \(loadedBytes)")
         }
+    }
+
+    /// `bench remote` runs its four modes across its own namespaces and reports each; a lazy
+    /// remote restore moves less than a full pull and answers within the same run.
+    @Test func benchRemoteReportsEveryMode() throws {
+        try #require(TestEnvironment.isRoot && TestEnvironment.hasKVM && TestEnvironment.hasFUSE,
+                     Comment(rawValue: TestEnvironment.requirementMessage("root, /dev/kvm and /dev/fuse")))
+        let result = try Command.bounded(300, Command.binary("catalyzer"), ["bench", "remote", "--function", "hello", "--rootfs", try PythonRootfs.path(),
+                                                                             "--runs", "1", "--json"])
+        try #require(result.status == 0, "\(result)")
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let modes = (document["modes"] as? [[String: Any]]) ?? []
+        #expect(modes.compactMap { $0["mode"] as? String } == ["lazy", "lazy-pull", "full", "local"])
+        func value(_ mode: String, _ key: String) -> Double { (modes.first { $0["mode"] as? String == mode }?[key] as? NSNumber)?.doubleValue ?? -1 }
+        for mode in ["lazy", "lazy-pull", "full", "local"] { #expect(value(mode, "medianMillis") > 0, "\(mode)") }
+        #expect(value("lazy", "pullMedianMillis") > 0 && value("local", "pullMedianMillis") == 0)
+        #expect(value("lazy", "wireBytesMedian") > 0 && value("lazy", "wireBytesMedian") < value("full", "wireBytesMedian"))
+        let workingSet = try #require((document["workingSetCompressedBytes"] as? NSNumber)?.doubleValue)
+        let state = try #require((document["stateBytes"] as? NSNumber)?.doubleValue)
+        #expect(value("lazy", "wireBytesMedian") <= 1.5 * (workingSet + state))
     }
 }
