@@ -21,16 +21,18 @@ public final class ForkingFunctionService: FunctionService {
     /// Instances kept warm for `reuse` > 1, per template digest. Guarded by its lock.
     private let warm = Mutex<[String: [WarmInstance]]>([:])
 
-    /// See `FunctionTemplate.keptPagesLimit`.
+    /// See `FunctionTemplate.keptPagesLimit` and `FunctionTemplate.eagerCopy`.
     public let keptPages: Int
+    public let eagerCopy: Bool
 
     /// Network policies that replace an image's own, by function name (`serve --net-allow NAME=RULE`).
     let networkOverrides: [String: NetworkPolicy]
 
     public init(store: ImageStore, mount: String? = nil, poolSize: Int = 2, reuse: Int = 1,
-                keptPages: Int = FunctionTemplate.defaultKeptPages, limits: SandboxLimits = SandboxLimits(),
+                keptPages: Int = FunctionTemplate.defaultKeptPages, eagerCopy: Bool = true, limits: SandboxLimits = SandboxLimits(),
                 networkOverrides: [String: NetworkPolicy] = [:]) throws {
         self.keptPages = keptPages
+        self.eagerCopy = eagerCopy
         self.networkOverrides = networkOverrides
         self.store = store
         self.mount = try CatalyzerMount.resolve(mount: mount, store: store)
@@ -91,7 +93,7 @@ public final class ForkingFunctionService: FunctionService {
             if let template = templates.withLock({ $0[name] }), template.imageDigest == digest { return template }
             do {
                 let template = try FunctionTemplate(image: name, mount: mount, store: store, poolSize: poolSize, keptPages: keptPages,
-                                                    network: networkOverrides[name])
+                                                    eagerCopy: eagerCopy, network: networkOverrides[name])
                 templates.withLock { $0[name] = template }
                 return template
             } catch {

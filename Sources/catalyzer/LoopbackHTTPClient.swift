@@ -1,3 +1,4 @@
+import CatalyzerKernel
 import CatalyzerRuntime
 import Glibc
 import Synchronization
@@ -17,24 +18,29 @@ final class LoopbackHTTPClient: Sendable {
 
     struct Failure: Error, CustomStringConvertible { let description: String }
 
-    /// POSTs `body` to `path`; returns the status code, the response headers (lowercased names)
-    /// and the body.
-    func post(_ path: String, body: [UInt8]) async throws -> (status: Int, headers: [String: String], body: [UInt8]) {
-        let result = await InstanceThread.run { () -> Result<(Int, [String: String], [UInt8]), Failure> in
+    typealias Response = (status: Int, headers: [String: String], body: [UInt8], nanoseconds: UInt64)
+
+    /// POSTs `body` to `path`; returns the status code, the response headers (lowercased names),
+    /// the body, and the time from the request's first byte written to the response's last byte
+    /// read, measured on the client's thread.
+    func post(_ path: String, body: [UInt8]) async throws -> Response {
+        let result = await InstanceThread.run { () -> Result<Response, Failure> in
             do throws(Failure) { return .success(try self.exchange(path, body: body)) } catch { return .failure(error) }
         }
         return try result.get()
     }
 
-    private func exchange(_ path: String, body: [UInt8]) throws(Failure) -> (Int, [String: String], [UInt8]) {
+    private func exchange(_ path: String, body: [UInt8]) throws(Failure) -> Response {
         let fd: Int32
         if let reused = idle.withLock({ $0.popLast() }) { fd = reused } else { fd = try connect() }
         let request = Array("POST \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
         do throws(Failure) {
+            let started = Sandbox.monotonicNanoseconds()
             try writeAll(fd, request)
-            let response = try readResponse(fd)
+            let (status, headers, body) = try readResponse(fd)
+            let elapsed = Sandbox.monotonicNanoseconds() - started
             idle.withLock { $0.append(fd) }
-            return response
+            return (status, headers, body, elapsed)
         } catch {
             close(fd)
             throw error

@@ -39,8 +39,10 @@ struct ServeBench: AsyncParsableCommand {
     var modes: [ServeBenchmark.Mode] = []
     @Option(help: "Lever: VMs parked per function for forks (default: the largest --concurrency, at least 2; 0: a new VM per fork).")
     var pool: Int?
-    @Option(help: "Lever: written pages a parked VM keeps as private copies, reset by copying (default 1024; 0: remap the file over them).")
+    @Option(help: "Lever: written pages a parked VM keeps as private copies, reset by copying (default 1024; 0: give them all back).")
     var keptPages = 1024
+    @Flag(inversion: .prefixedNo, help: "Lever: a new VM gets the pages the last fork wrote copied in (writable, with host page-table entries) before its first fork (default on).")
+    var eagerCopy = true
     @Option(help: "Guest memory of the image.") var memory = ByteCountArgument(argument: "256M")!
     @Option(help: "The catalyzerfs daemon (default: next to this binary, in PATH, or /usr/local/bin).") var catalyzerfs: String?
     @Option(help: "Directory for the temporary store and mountpoint.") var workDir = NSTemporaryDirectory()
@@ -65,6 +67,7 @@ struct ServeBench: AsyncParsableCommand {
             if !modes.isEmpty { benchmark.modes = modes }
             benchmark.poolSize = pool
             benchmark.keptPages = keptPages
+            benchmark.eagerCopy = eagerCopy
             benchmark.httpFrontEnd = { _, _, service in try await Self.startFrontEnd(service) }
             let report = try await benchmark.run(log: { Output.err($0) })
             if json { return Output.json(report) }
@@ -97,6 +100,7 @@ struct ServeBench: AsyncParsableCommand {
             guard response.status == 200, response.headers["x-amz-function-error"] == nil else {
                 throw RuntimeError("bench serve: HTTP invoke answered \(response.status): \(String(decoding: response.body, as: UTF8.self))")
             }
+            return response.nanoseconds
         }
     }
 

@@ -115,6 +115,27 @@ struct ForkTests {
         }
     }
 
+    @Test("without a pool every fork gets a new VM, which has the pages the last fork wrote copied in (eager copy); each fork is still fresh")
+    func newVMsGetHotPagesCopiedIn() async throws {
+        try await Self.withScene("fork-eager") { scene in
+            let service = try scene.service(pool: 0)
+            let template = try service.template(for: "stateful")
+            #expect(template.eagerCopy && template.hotPageCount == 0)
+            for value in ["first", "second", "third"] {
+                let result = try Self.result(try await service.invoke(Self.request(#"{"value": "\#(value)"}"#)))
+                #expect(result["value"] as? String == value)
+                let before = Self.before(result)
+                #expect(before.global == nil && before.tmp == nil, "invocation \(value) saw \(before)")
+                // The VM comes back after the answer: wait until the template has learned from it.
+                let deadline = Date().addingTimeInterval(10)
+                while template.vmsOnTheirWayBack > 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
+                #expect(template.hotPageCount > 10, "after \(value): \(template.hotPageCount) hot pages")
+            }
+            let counters = try #require(service.templateStatistics.first).counters
+            #expect(counters.createdVMs == 3 && counters.recycledVMs == 0, "\(counters)")
+        }
+    }
+
     @Test("a VM reset after a fork holds none of its data: the next fork's whole guest memory is scanned for a secret the previous one held")
     func recycledVMIsClean() async throws {
         try await Self.withScene("fork-secret") { scene in
