@@ -8,7 +8,7 @@ import Synchronization
 /// invocation then runs in a fresh fork, so nothing one invocation writes is visible to another.
 /// With `reuse` above 1 an instance serves up to that many invocations in sequence, as a warm
 /// AWS Lambda container does: faster for functions that cache across calls, weaker isolation.
-public final class ForkingFunctionService: FunctionService {
+public final class ForkingFunctionService: CallbackFunctionService {
     public let store: ImageStore
     let mount: CatalyzerMount
     public let poolSize: Int
@@ -103,17 +103,35 @@ public final class ForkingFunctionService: FunctionService {
     }
 
     public func invoke(_ request: FunctionRequest) async throws(FunctionServiceError) -> FunctionResponse {
-        let accepted = Sandbox.monotonicNanoseconds()
-        let template = try template(for: request.function)
         if reuse > 1 {
-            return try await invokeWarm(request, template: template, accepted: accepted)
+            let accepted = Sandbox.monotonicNanoseconds()
+            return try await invokeWarm(request, template: try template(for: request.function), accepted: accepted)
+        }
+        return try await withCheckedContinuation { (continuation: CheckedContinuation<Result<FunctionResponse, FunctionServiceError>, Never>) in
+            start(request) { continuation.resume(returning: $0) }
+        }.get()
+    }
+
+    /// Starts `request` on an instance thread: its template (restored there the first time, so
+    /// an event loop calling this never waits for a restore), then a fork of it.
+    public func start(_ request: FunctionRequest, completion: @escaping @Sendable (Result<FunctionResponse, FunctionServiceError>) -> Void) {
+        let accepted = Sandbox.monotonicNanoseconds()
+        if reuse > 1 {
+            Task {
+                do throws(FunctionServiceError) {
+                    completion(.success(try await invokeWarm(request, template: try template(for: request.function), accepted: accepted)))
+                } catch {
+                    completion(.failure(error))
+                }
+            }
+            return
         }
         let limits = limits
-        return try await withCheckedContinuation { (continuation: CheckedContinuation<Result<FunctionResponse, FunctionServiceError>, Never>) in
-            InstanceThread.start {
-                Self.serveFork(of: template, request: request, limits: limits, accepted: accepted) { continuation.resume(returning: $0) }
-            }
-        }.get()
+        InstanceThread.start { [self] in
+            let template: FunctionTemplate
+            do throws(FunctionServiceError) { template = try self.template(for: request.function) } catch { return completion(.failure(error)) }
+            Self.serveFork(of: template, request: request, limits: limits, accepted: accepted, respond: completion)
+        }
     }
 
     /// Forks, serves the one request, and returns the VM to the template, on the calling thread.

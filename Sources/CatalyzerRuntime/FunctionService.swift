@@ -16,6 +16,15 @@ public protocol FunctionService: Sendable {
     func invoke(_ request: FunctionRequest) async throws(FunctionServiceError) -> FunctionResponse
 }
 
+/// A service that starts an invocation from any thread, without waiting, and reports its outcome
+/// to a callback on a thread of its own: what the HTTP front end's event loop uses
+/// (`InvokeFastPath`), so a request goes from the event loop to the instance thread and back,
+/// not through the Swift concurrency pool in between.
+public protocol CallbackFunctionService: FunctionService {
+    /// Starts `request` and returns at once; `completion` is called once, on another thread.
+    func start(_ request: FunctionRequest, completion: @escaping @Sendable (Result<FunctionResponse, FunctionServiceError>) -> Void)
+}
+
 /// A function as ListFunctions and GetFunction show it.
 public struct FunctionDescription: Sendable, Equatable {
     public var name: String

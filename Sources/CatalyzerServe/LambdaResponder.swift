@@ -88,9 +88,7 @@ public struct LambdaResponder: HTTPResponder {
 
     public func respond(to request: Request, context: Context) async throws -> Response {
         let requestId = UUID().uuidString.lowercased()
-        let rawPath = request.head.path ?? "/"
-        let pathOnly = String(rawPath.prefix { $0 != "?" })
-        let query = rawPath.firstIndex(of: "?").map { String(rawPath[rawPath.index(after: $0)...]) } ?? ""
+        let (pathOnly, query) = Self.split(request.head.path ?? "/")
         guard let route = Self.route(method: request.method, path: pathOnly) else {
             return error(.notFound(method: request.method.rawValue, path: pathOnly), requestId: requestId)
         }
@@ -103,22 +101,8 @@ public struct LambdaResponder: HTTPResponder {
             logger.warning("request body over \(Self.drainLimit) bytes; connection dropped", metadata: ["requestId": "\(requestId)"])
             throw BodyError.tooLarge
         }
-        if let authenticator {
-            var headers = request.headers.map { (name: $0.name.canonicalName, value: $0.value) }
-            // HTTP/1's Host header arrives as the request's authority, not among its fields.
-            if let authority = request.head.authority, !headers.contains(where: { $0.name == "host" }) {
-                headers.append((name: "host", value: authority))
-            }
-            let claimed = request.headers[HTTPField.Name("x-amz-content-sha256")!]
-            let payloadHash = claimed == "UNSIGNED-PAYLOAD" ? "UNSIGNED-PAYLOAD" : body.hash
-            let signed = SigV4.Request(method: request.method.rawValue, path: pathOnly, query: query, headers: headers, payloadHash: payloadHash)
-            do {
-                _ = try authenticator.verify(signed)
-                if let claimed, claimed != "UNSIGNED-PAYLOAD", claimed.lowercased() != body.hash { throw RequestAuthenticator.Failure.mismatch }
-            } catch let failure as RequestAuthenticator.Failure {
-                logger.info("request refused: \(failure)", metadata: ["requestId": "\(requestId)"])
-                return error(failure.lambdaError, requestId: requestId)
-            }
+        if let refusal = authenticationFailure(request.head, pathOnly: pathOnly, query: query, body: body, requestId: requestId) {
+            return refusal.response
         }
         let queryItems = Self.queryItems(query)
         switch route {
@@ -157,49 +141,119 @@ public struct LambdaResponder: HTTPResponder {
         }
     }
 
+    /// With `--auth-keys`: the refusal of a request whose SigV4 signature does not check out for
+    /// a listed key (nil when it does, or without keys).
+    func authenticationFailure(_ head: HTTPRequest, pathOnly: String, query: String, body: Body, requestId: String) -> Answer? {
+        guard let authenticator else { return nil }
+        var headers = head.headerFields.map { (name: $0.name.canonicalName, value: $0.value) }
+        // HTTP/1's Host header arrives as the request's authority, not among its fields.
+        if let authority = head.authority, !headers.contains(where: { $0.name == "host" }) {
+            headers.append((name: "host", value: authority))
+        }
+        let claimed = head.headerFields[HTTPField.Name("x-amz-content-sha256")!]
+        let payloadHash = claimed == "UNSIGNED-PAYLOAD" ? "UNSIGNED-PAYLOAD" : body.hash
+        let signed = SigV4.Request(method: head.method.rawValue, path: pathOnly, query: query, headers: headers, payloadHash: payloadHash)
+        do {
+            _ = try authenticator.verify(signed)
+            if let claimed, claimed != "UNSIGNED-PAYLOAD", claimed.lowercased() != body.hash { throw RequestAuthenticator.Failure.mismatch }
+            return nil
+        } catch let failure as RequestAuthenticator.Failure {
+            logger.info("request refused: \(failure)", metadata: ["requestId": "\(requestId)"])
+            return errorAnswer(failure.lambdaError, requestId: requestId)
+        } catch {
+            logger.info("request refused: \(error)", metadata: ["requestId": "\(requestId)"])
+            return errorAnswer(RequestAuthenticator.Failure.mismatch.lambdaError, requestId: requestId)
+        }
+    }
+
+    /// The path without its query, and the query.
+    static func split(_ rawPath: String) -> (path: String, query: String) {
+        (String(rawPath.prefix { $0 != "?" }), rawPath.firstIndex(of: "?").map { String(rawPath[rawPath.index(after: $0)...]) } ?? "")
+    }
+
     enum InvocationType: String {
         case requestResponse = "RequestResponse", event = "Event", dryRun = "DryRun"
     }
 
-    func invoke(_ text: String, query: [String: String], headers: HTTPFields, body: Body, requestId: String) async -> Response {
+    /// A response ready to send, in the form both the async responder and the event loop's fast
+    /// path (`InvokeFastPath`) write.
+    struct Answer: Sendable {
+        var status: HTTPResponse.Status
+        var headers: HTTPFields
+        var body: [UInt8]
+
+        var response: Response {
+            body.isEmpty ? Response(status: status, headers: headers)
+                : Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+        }
+    }
+
+    /// An invocation let through the gate: what answering it needs once the service is done.
+    struct PendingInvocation: Sendable {
+        let function: String
+        let requestId: String
+        let wantsTail: Bool
+        let started: ContinuousClock.Instant
+    }
+
+    enum InvokeAdmission {
+        case answer(Answer)
+        /// Run the request, then `complete`: it holds a slot of the gate until then.
+        case run(FunctionRequest, PendingInvocation)
+        /// An Event invocation: answered 202 now, run in the background in its slot.
+        case event(FunctionRequest, PendingInvocation)
+    }
+
+    /// Everything an invocation goes through before it runs: its type, the function, the payload
+    /// limit and JSON, DryRun, the gate (`--max-instances`, draining) and the metrics.
+    func admitInvoke(_ text: String, query: [String: String], headers: HTTPFields, body: Body, requestId: String) -> InvokeAdmission {
         let started = ContinuousClock.now
         guard let type = InvocationType(rawValue: headers[HTTPField.Name("X-Amz-Invocation-Type")!] ?? "RequestResponse") else {
-            return error(.invalidRequestContent("X-Amz-Invocation-Type must be RequestResponse, Event or DryRun"), requestId: requestId)
+            return .answer(errorAnswer(.invalidRequestContent("X-Amz-Invocation-Type must be RequestResponse, Event or DryRun"), requestId: requestId))
         }
         let function: FunctionDescription
         switch resolve(text, qualifier: query["Qualifier"]) {
-        case .failure(let failure): return error(failure, requestId: requestId)
+        case .failure(let failure): return .answer(errorAnswer(failure, requestId: requestId))
         case .success(let found): function = found
         }
         guard body.size <= Self.payloadLimit else {
-            return error(.requestTooLarge(size: body.size, limit: Self.payloadLimit), requestId: requestId)
+            return .answer(errorAnswer(.requestTooLarge(size: body.size, limit: Self.payloadLimit), requestId: requestId))
         }
         let event: [UInt8]
         do {
             event = try EventPayload.normalize(body.bytes)
         } catch {
             switch error {
-            case .notJSON(let why): return self.error(.invalidRequestContent(why), requestId: requestId)
+            case .notJSON(let why): return .answer(errorAnswer(.invalidRequestContent(why), requestId: requestId))
             }
         }
         if type == .dryRun {
-            return Response(status: .noContent, headers: baseHeaders(requestId: requestId))
+            return .answer(Answer(status: .noContent, headers: baseHeaders(requestId: requestId), body: []))
         }
         do {
             try gate.enter()
         } catch {
             switch error {
             case .draining:
-                return self.error(.shuttingDown, requestId: requestId)
+                return .answer(errorAnswer(.shuttingDown, requestId: requestId))
             case .full(let limit):
                 metrics.throttled(function: function.name)
-                return self.error(.tooManyRequests("Rate Exceeded: all \(limit) instances (--max-instances) are busy"), requestId: requestId)
+                return .answer(errorAnswer(.tooManyRequests("Rate Exceeded: all \(limit) instances (--max-instances) are busy"), requestId: requestId))
             }
         }
         metrics.invoked(function: function.name)
         // A function made by `function create` has its own timeout; other images the daemon's.
         let request = FunctionRequest(function: function.name, event: event, timeoutSeconds: function.timeoutSeconds ?? timeoutSeconds)
-        if type == .event {
+        let pending = PendingInvocation(function: function.name, requestId: requestId,
+                                        wantsTail: headers[HTTPField.Name("X-Amz-Log-Type")!] == "Tail", started: started)
+        return type == .event ? .event(request, pending) : .run(request, pending)
+    }
+
+    func invoke(_ text: String, query: [String: String], headers: HTTPFields, body: Body, requestId: String) async -> Response {
+        switch admitInvoke(text, query: query, headers: headers, body: body, requestId: requestId) {
+        case .answer(let answer):
+            return answer.response
+        case .event(let request, let pending):
             // Lambda queues Event invocations; here it runs now, in the background, and holds its
             // slot in the gate so shutdown waits for it.
             let service = service, metrics = metrics, gate = gate, logger = logger
@@ -213,30 +267,41 @@ public struct LambdaResponder: HTTPResponder {
                     if let kind { metrics.failed(function: request.function, kind: kind) }
                     // Nobody waits for an Event invocation's answer: the log is where it ends.
                     logger.info("Event invocation of \(request.function) finished: \(kind.map { "error (\($0))" } ?? "ok")",
-                                metadata: ["requestId": "\(requestId)"])
+                                metadata: ["requestId": "\(pending.requestId)"])
                 } catch {
                     metrics.failed(function: request.function, kind: "service")
-                    logger.error("Event invocation of \(request.function) failed: \(error)", metadata: ["requestId": "\(requestId)"])
+                    logger.error("Event invocation of \(request.function) failed: \(error)", metadata: ["requestId": "\(pending.requestId)"])
                 }
             }
-            return Response(status: .accepted, headers: baseHeaders(requestId: requestId))
+            return Response(status: .accepted, headers: baseHeaders(requestId: pending.requestId))
+        case .run(let request, let pending):
+            let result: Result<FunctionResponse, FunctionServiceError>
+            do { result = .success(try await service.invoke(request)) } catch { result = .failure(error) }
+            return complete(result, pending).response
         }
-        defer { gate.leave() }
+    }
+
+    /// Gives back the invocation's slot of the gate and turns the service's outcome into Lambda's
+    /// answer: the result, or a function error (Unhandled), or the service's error.
+    func complete(_ result: Result<FunctionResponse, FunctionServiceError>, _ pending: PendingInvocation) -> Answer {
+        gate.leave()
+        let requestId = pending.requestId
         let response: FunctionResponse
-        do {
-            response = try await service.invoke(request)
-        } catch {
-            metrics.failed(function: function.name, kind: "service")
+        switch result {
+        case .failure(let error):
+            metrics.failed(function: pending.function, kind: "service")
             if case .cannotStart = error { logger.error("\(error)", metadata: ["requestId": "\(requestId)"]) }
-            if case .tooManyInstances = error { metrics.throttled(function: function.name) }
-            return self.error(LambdaError(error, arn: documents.arn(function.name)), requestId: requestId)
+            if case .tooManyInstances = error { metrics.throttled(function: pending.function) }
+            return errorAnswer(LambdaError(error, arn: documents.arn(pending.function)), requestId: requestId)
+        case .success(let value):
+            response = value
         }
-        let elapsed = ContinuousClock.now - started
-        metrics.requestDuration(function: function.name, elapsed)
-        metrics.instanceTimings(function: function.name, firstInstruction: response.firstInstructionNanoseconds,
+        let elapsed = ContinuousClock.now - pending.started
+        metrics.requestDuration(function: pending.function, elapsed)
+        metrics.instanceTimings(function: pending.function, firstInstruction: response.firstInstructionNanoseconds,
                                 response: response.responseNanoseconds)
         var responseHeaders = baseHeaders(requestId: requestId)
-        if headers[HTTPField.Name("X-Amz-Log-Type")!] == "Tail" {
+        if pending.wantsTail {
             responseHeaders[HTTPField.Name("X-Amz-Log-Result")!] = Data(response.logTail.suffix(Self.logTailBytes)).base64EncodedString()
         }
         let payload: [UInt8]
@@ -252,12 +317,12 @@ public struct LambdaResponder: HTTPResponder {
             payload = FunctionErrorBody.failed(requestId: requestId, reason: reason)
         }
         if let kind = Self.errorKind(response.outcome) {
-            metrics.failed(function: function.name, kind: kind)
+            metrics.failed(function: pending.function, kind: kind)
             // Lambda reports every runtime-side failure as Unhandled (Handled was for Node's
             // callback errors and is gone).
             responseHeaders[HTTPField.Name("X-Amz-Function-Error")!] = "Unhandled"
         }
-        return Response(status: .ok, headers: responseHeaders, body: .init(byteBuffer: ByteBuffer(bytes: payload)))
+        return Answer(status: .ok, headers: responseHeaders, body: payload)
     }
 
     static func errorKind(_ outcome: FunctionResponse.Outcome) -> String? {
@@ -291,10 +356,14 @@ public struct LambdaResponder: HTTPResponder {
     }
 
     func error(_ error: LambdaError, requestId: String) -> Response {
+        errorAnswer(error, requestId: requestId).response
+    }
+
+    func errorAnswer(_ error: LambdaError, requestId: String) -> Answer {
         metrics.rejected(type: error.type)
         var headers: HTTPFields = [.contentType: "application/json", HTTPField.Name("x-amzn-RequestId")!: requestId,
                                    HTTPField.Name("x-amzn-ErrorType")!: error.type]
         if case .tooManyRequests = error { headers[.retryAfter] = "1" }
-        return Response(status: .init(code: error.status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: error.body)))
+        return Answer(status: .init(code: error.status), headers: headers, body: error.body)
     }
 }

@@ -1,6 +1,7 @@
 import CatalyzerRuntime
 import Foundation
 import Prometheus
+import Synchronization
 
 /// What a `FunctionService` may report beyond what the front end sees, for `/metrics`: pool
 /// sizes, parked templates. A service opts in by conforming; the front end asks on every scrape.
@@ -46,9 +47,40 @@ public final class ServeMetrics: Sendable {
     public func setInFlight(_ count: Int) { inFlight.set(Double(count)) }
 
     public func invoked(function: String) {
-        registry.makeCounter(descriptor: .init(namespace: "catalyzer", metricName: "invocations", unitName: "total",
-                                               helpText: "Invocations accepted, by function"),
-                             labels: [("function", function)]).increment()
+        meters(for: function).invocations.increment()
+    }
+
+    /// The meters every invocation of a function records into, made once per function: the
+    /// registry's `make*` looks a metric up by name and labels under its lock on every call,
+    /// tens of microseconds per request on the request's path.
+    private struct FunctionMeters: Sendable {
+        let invocations: Counter
+        let duration: DurationHistogram
+        let firstInstruction: DurationHistogram
+        let response: DurationHistogram
+    }
+    private let functionMeters = Mutex<[String: FunctionMeters]>([:])
+
+    private func meters(for function: String) -> FunctionMeters {
+        functionMeters.withLock { meters in
+            if let made = meters[function] { return made }
+            let labels = [("function", function)]
+            let made = FunctionMeters(
+                invocations: registry.makeCounter(descriptor: .init(namespace: "catalyzer", metricName: "invocations", unitName: "total",
+                                                                    helpText: "Invocations accepted, by function"), labels: labels),
+                duration: registry.makeDurationHistogram(descriptor: .init(namespace: "catalyzer", metricName: "invocation_duration", unitName: "seconds",
+                                                                           helpText: "Synchronous invocations from request to response"),
+                                                         labels: labels, buckets: Self.requestBuckets),
+                firstInstruction: registry.makeDurationHistogram(
+                    descriptor: .init(namespace: "catalyzer", metricName: "instance_first_instruction", unitName: "seconds",
+                                      helpText: "From the service taking the request to the instance's first guest instruction"),
+                    labels: labels, buckets: Self.startBuckets),
+                response: registry.makeDurationHistogram(descriptor: .init(namespace: "catalyzer", metricName: "instance_response", unitName: "seconds",
+                                                                           helpText: "From the service taking the request to the instance's response"),
+                                                         labels: labels, buckets: Self.requestBuckets))
+            meters[function] = made
+            return made
+        }
     }
 
     /// An invocation that ended in a function error (`kind`: handler, timeout, failed) or that
@@ -73,26 +105,16 @@ public final class ServeMetrics: Sendable {
     }
 
     public func requestDuration(function: String, _ duration: Duration) {
-        registry.makeDurationHistogram(descriptor: .init(namespace: "catalyzer", metricName: "invocation_duration", unitName: "seconds",
-                                                         helpText: "Synchronous invocations from request to response"),
-                                       labels: [("function", function)], buckets: Self.requestBuckets).record(duration)
+        meters(for: function).duration.record(duration)
     }
 
-    /// The service's own timings: to the instance's first guest instruction (restore or sfork)
-    /// and to its response.
+    /// The instance's own milestones, from the service taking the request: its first guest
+    /// instruction and its response.
     public func instanceTimings(function: String, firstInstruction: UInt64?, response: UInt64?) {
-        if let firstInstruction {
-            registry.makeDurationHistogram(descriptor: .init(namespace: "catalyzer", metricName: "instance_first_instruction", unitName: "seconds",
-                                                             helpText: "From the service taking the request to the instance's first guest instruction"),
-                                           labels: [("function", function)], buckets: Self.startBuckets)
-                .recordNanoseconds(Int64(clamping: firstInstruction))
-        }
-        if let response {
-            registry.makeDurationHistogram(descriptor: .init(namespace: "catalyzer", metricName: "instance_response", unitName: "seconds",
-                                                             helpText: "From the service taking the request to the instance's response"),
-                                           labels: [("function", function)], buckets: Self.requestBuckets)
-                .recordNanoseconds(Int64(clamping: response))
-        }
+        guard firstInstruction != nil || response != nil else { return }
+        let meters = meters(for: function)
+        if let firstInstruction { meters.firstInstruction.recordNanoseconds(Int64(clamping: firstInstruction)) }
+        if let response { meters.response.recordNanoseconds(Int64(clamping: response)) }
     }
 
     /// The exposition text: the registry, then the service's gauges (written here rather than

@@ -1,6 +1,7 @@
 import CatalyzerRuntime
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
 import ServiceLifecycle
 
@@ -69,8 +70,17 @@ public enum ServeServer {
         var httpLogger = logger
         // Hummingbird logs every connection error at debug/info; only warnings matter here.
         httpLogger.logLevel = max(logger.logLevel, .warning)
+        // Synchronous invokes are answered from the event loop when the service can report to a
+        // callback (the fork service); everything else goes through Hummingbird's responder.
+        let server: HTTPServerBuilder
+        if let callbacks = service as? any CallbackFunctionService {
+            server = .http1(additionalChannelHandlers: [InvokeFastPath(responder: responder, service: callbacks)])
+        } else {
+            server = .http1()
+        }
         let application = Application(
             responder: responder,
+            server: server,
             configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "catalyzer"),
             services: [DrainService(gate: gate, logger: logger)],
             onServerRunning: { channel in

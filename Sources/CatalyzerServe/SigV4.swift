@@ -130,9 +130,19 @@ public enum SigV4 {
                 signedHeaders.joined(separator: ";"), request.payloadHash].joined(separator: "\n")
     }
 
+    /// Lowercase hex. By table: `String(format:)` per byte cost ~40 µs per digest, on the
+    /// request path of every invocation.
     public static func hex<D: Sequence>(_ bytes: D) -> String where D.Element == UInt8 {
-        bytes.map { String(format: "%02x", $0) }.joined()
+        var digits: [UInt8] = []
+        digits.reserveCapacity(bytes.underestimatedCount * 2)
+        for byte in bytes {
+            digits.append(hexDigits[Int(byte >> 4)])
+            digits.append(hexDigits[Int(byte & 0x0F)])
+        }
+        return String(decoding: digits, as: UTF8.self)
     }
+
+    private static let hexDigits = Array("0123456789abcdef".utf8)
 
     public static func sha256Hex(_ bytes: some DataProtocol) -> String { hex(SHA256.hash(data: bytes)) }
 

@@ -1,5 +1,5 @@
 import CatalyzerRuntime
-import CatalyzerServe
+@testable import CatalyzerServe
 import Foundation
 import Testing
 
@@ -16,6 +16,21 @@ struct ShapeTests {
         #expect(try EventPayload.normalize(Array("\"a/b\"".utf8)) == Array("\"a/b\"".utf8))
         #expect(throws: EventPayload.Failure.self) { try EventPayload.normalize(Array("{not json".utf8)) }
         #expect(!(try EventPayload.normalize(Array("[\"\\n\"]".utf8)).contains(0x0A)))
+        // One-line valid JSON goes through unchanged (no Foundation round trip); anything else
+        // is decided by Foundation as before.
+        #expect(try EventPayload.normalize(Array(#"{"a": [1, 2.5e-3, -0, true, null], "b": "x\u00e9\"/"}"#.utf8))
+                == Array(#"{"a": [1, 2.5e-3, -0, true, null], "b": "x\u00e9\"/"}"#.utf8))
+        for valid in [#"{}"#, #"[]"#, #" 0 "#, #""é☃""#, #"{"k":{"k":[[[]]]}}"#, #"-1.5E+10"#, #""\\\/\b\f\n\r\t""#] {
+            #expect(JSONSyntax.isValid(Array(valid.utf8)), "\(valid)")
+        }
+        for invalid in [#"{"a":1,}"#, #"[1,]"#, #"01"#, #"1."#, #".5"#, #"+1"#, #""\x""#, #""\u12g4""#, #"{"a" 1}"#, #"{1:2}"#,
+                        #"tru"#, #"nul"#, #"[1 2]"#, #"{} {}"#, "\"a\u{01}b\"", #"""#, #"-"#, #"1e"#, ""] {
+            #expect(!JSONSyntax.isValid(Array(invalid.utf8)), "\(invalid)")
+            #expect(throws: EventPayload.Failure.self, "\(invalid)") { try EventPayload.normalize(Array(invalid.utf8) + [0x20, 0x78]) }
+        }
+        #expect(!JSONSyntax.isValid([0x22, 0xC3, 0x28, 0x22]), "invalid UTF-8")
+        #expect(!JSONSyntax.isValid(Array(String(repeating: "[", count: 600).utf8) + Array(String(repeating: "]", count: 600).utf8)), "too deep")
+        #expect(SigV4.hex([0x00, 0x0f, 0xa5, 0xff]) == "000fa5ff")
     }
 
     @Test("function names: plain, qualified, partial and full ARNs")
