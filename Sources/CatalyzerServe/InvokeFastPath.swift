@@ -19,12 +19,15 @@ import NIOHTTPTypes
 /// (event loop to handler 44 µs, checks and admission 23 µs, answer to event loop 31 µs,
 /// writing and the client's read 63 µs), ~0.3 ms in `bench serve`'s medians.
 ///
-/// Sits after HTTP/1 decoding, before Hummingbird's connection-state handler. NIO's pipelining
-/// handler before it holds a connection's next request until this one's response ends, so
-/// answers stay in order. All state is touched on the channel's event loop only.
-final class InvokeFastPath: ChannelInboundHandler, RemovableChannelHandler {
+/// Sits after HTTP/1 decoding, before Hummingbird's connection-state handler and responder.
+/// Answers leave in request order even when a client pipelines: while a request is in progress
+/// (ours running, or one passed on whose response has not ended; responses pass through here on
+/// their way out), the parts of the requests after it wait in `queued`. All state is touched on
+/// the channel's event loop only.
+final class InvokeFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
     typealias OutboundOut = HTTPResponsePart
 
     private let responder: LambdaResponder
@@ -32,16 +35,22 @@ final class InvokeFastPath: ChannelInboundHandler, RemovableChannelHandler {
 
     private enum State {
         case idle
-        /// A request that is not ours, passed through up to its end.
-        case passing
+        /// A request that is not ours, passed on: its parts until its end (`ended`), and its
+        /// response until its end (`answered`).
+        case passing(ended: Bool, answered: Bool)
         /// Our request, its body being read.
         case reading(HTTPRequest, LambdaResponder.Body, SHA256)
         /// Our request, answered once its invocation completes.
         case running(closeAfter: Bool)
+        /// The connection is being closed: nothing more is read.
+        case closing
     }
     private var state = State.idle
-    /// A quiesce (graceful shutdown) that arrived while our request ran: passed on once it is
-    /// answered, so the connection-state handler after us closes an idle connection, not ours.
+    /// Parts of requests that arrived while an earlier one was in progress, in order.
+    private var queued = CircularBuffer<HTTPRequestPart>()
+    /// A quiesce (graceful shutdown) that arrived while our request was read or ran: passed on
+    /// once it is answered, so the connection-state handler after us closes an idle
+    /// connection, not ours.
     private var heldQuiesce: Any?
 
     init(responder: LambdaResponder, service: any CallbackFunctionService) {
@@ -57,23 +66,42 @@ final class InvokeFastPath: ChannelInboundHandler, RemovableChannelHandler {
         return type == nil || type == LambdaResponder.InvocationType.requestResponse.rawValue
     }
 
+    /// Whether a part arriving now can be handled at once (else it waits its turn).
+    private var takesParts: Bool {
+        switch state {
+        case .idle, .reading, .passing(ended: false, _): true
+        case .passing(ended: true, _), .running, .closing: false
+        }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
+        if case .closing = state { return }
+        guard queued.isEmpty && takesParts else {
+            queued.append(part)
+            return
+        }
+        handle(part, context: context)
+    }
+
+    private func handle(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
         switch (state, part) {
         case (.idle, .head(let head)) where Self.isOurs(head):
             state = .reading(head, LambdaResponder.Body(), SHA256())
         case (.idle, .head):
-            state = .passing
-            context.fireChannelRead(data)
-        case (.passing, .end):
-            state = .idle
-            context.fireChannelRead(data)
+            state = .passing(ended: false, answered: false)
+            context.fireChannelRead(wrapInboundOut(part))
+        case (.passing(ended: false, let answered), .end):
+            state = answered ? .idle : .passing(ended: true, answered: false)
+            context.fireChannelRead(wrapInboundOut(part))
+        case (.passing(ended: false, _), _):
+            context.fireChannelRead(wrapInboundOut(part))
         case (.reading(let head, var body, var hasher), .body(let buffer)):
-            state = .idle  // the body is moved out while it grows
             body.size += buffer.readableBytes
             guard body.size <= LambdaResponder.drainLimit else {
                 // Not worth reading further: drop the connection, as the async path does.
                 responder.logger.warning("request body over \(LambdaResponder.drainLimit) bytes; connection dropped")
+                state = .closing
                 context.close(promise: nil)
                 return
             }
@@ -83,13 +111,30 @@ final class InvokeFastPath: ChannelInboundHandler, RemovableChannelHandler {
         case (.reading(let head, var body, let hasher), .end):
             body.hash = SigV4.hex(hasher.finalize())
             answer(head, body, context: context)
-        case (.running, _), (.reading, .head):
-            // Another request's part before ours is answered: the pipelining handler prevents
-            // it; if it happens anyway, the connection is not usable.
-            context.close(promise: nil)
         default:
-            context.fireChannelRead(data)
+            // A part out of HTTP's order (the decoder never makes one): the connection is not usable.
+            state = .closing
+            context.close(promise: nil)
         }
+    }
+
+    /// Handles the parts that waited, as long as each can be taken now. Called outside a read
+    /// cycle, so what it passes on is followed by a read-complete: Hummingbird's async channel
+    /// hands parts to its reader only then.
+    private func takeQueued(context: ChannelHandlerContext) {
+        guard !queued.isEmpty else { return }
+        while takesParts, let part = queued.popFirst() {
+            handle(part, context: context)
+        }
+        context.fireChannelReadComplete()
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        // A passed-on request's response on its way out: its end lets the next request in.
+        context.write(data, promise: promise)
+        guard case .end = unwrapOutboundIn(data), case .passing(let ended, _) = state else { return }
+        state = ended ? .idle : .passing(ended: false, answered: true)
+        takeQueued(context: context)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -99,7 +144,7 @@ final class InvokeFastPath: ChannelInboundHandler, RemovableChannelHandler {
                 heldQuiesce = event
                 return
             }
-        case .idle, .passing:
+        case .idle, .passing, .closing:
             break
         }
         context.fireUserInboundEventTriggered(event)
@@ -142,9 +187,10 @@ final class InvokeFastPath: ChannelInboundHandler, RemovableChannelHandler {
     private func write(_ answer: LambdaResponder.Answer, context: ChannelHandlerContext) {
         var closeAfter = false
         if case .running(let close) = state { closeAfter = close }
-        state = .idle
+        state = closeAfter ? .closing : .idle
         var headers = answer.headers
-        headers[.contentLength] = String(answer.body.count)
+        // 204 has no body and, by RFC 9110, no Content-Length.
+        if answer.status != .noContent { headers[.contentLength] = String(answer.body.count) }
         if closeAfter { headers[.connection] = "close" }
         context.write(wrapOutboundOut(.head(HTTPResponse(status: answer.status, headerFields: headers))), promise: nil)
         if !answer.body.isEmpty {
@@ -153,9 +199,12 @@ final class InvokeFastPath: ChannelInboundHandler, RemovableChannelHandler {
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         if closeAfter {
             context.close(promise: nil)
-        } else if let quiesce = heldQuiesce {
+            return
+        }
+        if let quiesce = heldQuiesce {
             heldQuiesce = nil
             context.fireUserInboundEventTriggered(quiesce)
         }
+        takeQueued(context: context)
     }
 }

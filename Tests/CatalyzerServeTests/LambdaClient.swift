@@ -6,7 +6,7 @@ import Testing
 /// through a small Python script: a list of calls in, one JSON result per call out.
 enum LambdaClient {
     static let script = #"""
-import base64, json, sys, threading, urllib.request, urllib.error
+import base64, json, socket, sys, threading, urllib.request, urllib.error
 import boto3, botocore.config, botocore.exceptions
 
 spec = json.loads(sys.stdin.read())
@@ -39,6 +39,35 @@ def run(call, lam):
         if op == "get":
             r = lam.get_function(FunctionName=call["function"])
             return {"configuration": r["Configuration"], "code": r.get("Code")}
+        if op == "pipelined":
+            # Every request written at once on one connection, then the responses read in order.
+            host, port = spec["endpoint"].split("//")[1].split(":")
+            with socket.create_connection((host, int(port)), timeout=60) as sock:
+                wire = b""
+                for request in call["requests"]:
+                    body = request.get("body", "").encode()
+                    head = f"{request.get('method', 'POST')} {request['path']} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+                    wire += (head + "".join(f"{k}: {v}\r\n" for k, v in request.get("headers", {}).items()) + "\r\n").encode() + body
+                sock.sendall(wire)
+                buffer, answers = b"", []
+                while len(answers) < len(call["requests"]):
+                    while b"\r\n\r\n" not in buffer:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            return {"answers": answers, "closed": True}
+                        buffer += chunk
+                    head, buffer = buffer.split(b"\r\n\r\n", 1)
+                    lines = head.decode().split("\r\n")
+                    fields = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+                    length = int(fields.get("content-length", "0"))
+                    while len(buffer) < length:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            return {"answers": answers, "closed": True}
+                        buffer += chunk
+                    answers.append({"status": int(lines[0].split()[1]), "body": buffer[:length].decode()})
+                    buffer = buffer[length:]
+                return {"answers": answers}
         if op == "http":
             body = call.get("body", "").encode() if "size" not in call else b"{" + b" " * (call["size"] - 2) + b"}"
             request = urllib.request.Request(spec["endpoint"] + call["path"], data=body if call.get("method", "GET") != "GET" else None,

@@ -87,6 +87,15 @@ struct ServeTests {
             // Longer than a pipe holds: the request reaches the fork through a file.
             ["op": "http", "method": "POST", "path": "/2015-03-31/functions/hello/invocations",
              "body": #"{"name": ""# + String(repeating: "a", count: 100_000) + #""}"#],
+            // Pipelined on one connection: invokes answered from the event loop and requests
+            // Hummingbird answers, interleaved, come back in order.
+            ["op": "pipelined", "requests": [
+                ["path": "/2015-03-31/functions/hello/invocations", "body": #"{"name": "one"}"#],
+                ["method": "GET", "path": "/healthz"],
+                ["path": "/2015-03-31/functions/hello/invocations", "body": #"{"name": "three"}"#],
+                ["path": "/2015-03-31/functions/hello/invocations", "body": "{}", "headers": ["X-Amz-Invocation-Type": "DryRun"]],
+                ["path": "/2015-03-31/functions/hello/invocations", "body": #"{"name": "five"}"#],
+            ] as [[String: Any]]],
         ])
         func header(_ result: [String: Any], _ name: String) -> String? {
             (result["headers"] as? [String: String])?.first { $0.key.lowercased() == name.lowercased() }?.value
@@ -110,6 +119,13 @@ struct ServeTests {
         #expect(metrics.contains(#"catalyzer_instance_first_instruction_seconds_count{function="hello"}"#))
         let long = try #require(LambdaClient.value(results[8]["body"] as? String) as? [String: Any], "\(results[8])")
         #expect(results[8]["status"] as? Int == 200 && long["length"] as? Int == 100_000, "\(results[8]["status"] ?? "")")
+        let pipelined = try #require(results[9]["answers"] as? [[String: Any]], "\(results[9])")
+        #expect(pipelined.map { $0["status"] as? Int } == [200, 200, 200, 204, 200], "\(pipelined)")
+        #expect(pipelined.count == 5 && (pipelined[1]["body"] as? String) == "ok")
+        for (index, name) in [(0, "one"), (2, "three"), (4, "five")] where pipelined.count == 5 {
+            let answer = LambdaClient.value(pipelined[index]["body"] as? String) as? [String: Any]
+            #expect(answer?["greeting"] as? String == "Hello, \(name)!", "\(pipelined[index])")
+        }
     }
 
     @Test("SigV4: boto3 and the AWS CLI with a listed key; a wrong secret and an unknown key get 403; /healthz stays open")
