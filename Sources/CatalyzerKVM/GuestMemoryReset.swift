@@ -100,8 +100,9 @@ extension GuestMemory {
         }
     }
 
-    /// MADV_POPULATE_WRITE, which Glibc's headers here do not name.
-    static let populateWrite: Int32 = 23
+    /// MADV_POPULATE_WRITE (Linux 5.14), which Glibc's headers here do not name: faults pages in
+    /// as if written, without writing.
+    public static let populateWrite: Int32 = 23
 
     /// Maps the file back over `pages` (guest-physical, sorted), dropping private copies and
     /// anonymous pages there; KVM forgets its translations of them.

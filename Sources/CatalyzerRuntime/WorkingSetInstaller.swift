@@ -90,7 +90,7 @@ final class WorkingSetInstaller: @unchecked Sendable {
             let runs = pages.runs
             for run in runs[(runs.count * worker / workers)..<(runs.count * (worker + 1) / workers)] {
                 let start = base.value + Int(run.firstPage) * PageWorkingSet.pageSize
-                if madvise(start, run.count * PageWorkingSet.pageSize, populateWrite) != 0 {
+                if madvise(start, run.count * PageWorkingSet.pageSize, GuestMemory.populateWrite) != 0 {
                     let code = errno
                     failure.withLock { $0 = $0 ?? "copying \(run.count) pages at page \(run.firstPage) failed: \(String(cString: strerror(code)))" }
                     return
@@ -104,9 +104,6 @@ final class WorkingSetInstaller: @unchecked Sendable {
         return WorkingSetInstall(pages: pages.pageCount, blobBytes: header.count,
                                  readMicroseconds: Double(read &- started) / 1000, installedMicroseconds: Double(installed &- started) / 1000)
     }
-
-    /// MADV_POPULATE_WRITE (Linux 5.14): faults pages in as if written, without writing.
-    private static let populateWrite: Int32 = 23
 
     /// Bytes read first: enough for the header of any working set of a few thousand runs.
     private static let headerProbe = 64 << 10

@@ -1,5 +1,4 @@
 import CatalyzerRuntime
-import Crypto
 import Foundation
 import HTTPTypes
 import Logging
@@ -39,7 +38,7 @@ final class InvokeFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         /// response until its end (`answered`).
         case passing(ended: Bool, answered: Bool)
         /// Our request, its body being read.
-        case reading(HTTPRequest, LambdaResponder.Body, SHA256)
+        case reading(HTTPRequest, LambdaResponder.Body)
         /// Our request, answered once its invocation completes.
         case running(closeAfter: Bool)
         /// The connection is being closed: nothing more is read.
@@ -87,7 +86,7 @@ final class InvokeFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private func handle(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
         switch (state, part) {
         case (.idle, .head(let head)) where Self.isOurs(head):
-            state = .reading(head, LambdaResponder.Body(), SHA256())
+            state = .reading(head, LambdaResponder.Body(hashing: responder.authenticator != nil))
         case (.idle, .head):
             state = .passing(ended: false, answered: false)
             context.fireChannelRead(wrapInboundOut(part))
@@ -96,20 +95,17 @@ final class InvokeFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             context.fireChannelRead(wrapInboundOut(part))
         case (.passing(ended: false, _), _):
             context.fireChannelRead(wrapInboundOut(part))
-        case (.reading(let head, var body, var hasher), .body(let buffer)):
-            body.size += buffer.readableBytes
-            guard body.size <= LambdaResponder.drainLimit else {
+        case (.reading(let head, var body), .body(let buffer)):
+            guard body.append(buffer) else {
                 // Not worth reading further: drop the connection, as the async path does.
                 responder.logger.warning("request body over \(LambdaResponder.drainLimit) bytes; connection dropped")
                 state = .closing
                 context.close(promise: nil)
                 return
             }
-            buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
-            if body.size <= LambdaResponder.payloadLimit { body.bytes += buffer.readableBytesView }
-            state = .reading(head, body, hasher)
-        case (.reading(let head, var body, let hasher), .end):
-            body.hash = SigV4.hex(hasher.finalize())
+            state = .reading(head, body)
+        case (.reading(let head, var body), .end):
+            body.finish()
             answer(head, body, context: context)
         default:
             // A part out of HTTP's order (the decoder never makes one): the connection is not usable.

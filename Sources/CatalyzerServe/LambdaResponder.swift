@@ -64,25 +64,40 @@ public struct LambdaResponder: HTTPResponder {
         }
     }
 
-    /// The body, read whole: kept up to `payloadLimit` bytes, hashed to the end.
+    /// The body, read whole: kept up to `payloadLimit` bytes, hashed to the end when a signature
+    /// will be checked (`--auth-keys`; nothing else needs the hash). Read the same way by the
+    /// async responder and by `InvokeFastPath`.
     struct Body {
         var bytes: [UInt8] = []
         var size = 0
         var hash = ""
+        private var hasher: SHA256?
+
+        init(hashing: Bool) { hasher = hashing ? SHA256() : nil }
+
+        /// Adds a piece; false once past `drainLimit`, where reading on is not worth it.
+        mutating func append(_ buffer: ByteBuffer) -> Bool {
+            size += buffer.readableBytes
+            guard size <= LambdaResponder.drainLimit else { return false }
+            if hasher != nil { buffer.withUnsafeReadableBytes { hasher!.update(bufferPointer: $0) } }
+            if size <= LambdaResponder.payloadLimit { bytes += buffer.readableBytesView }
+            return true
+        }
+
+        /// The whole body is in.
+        mutating func finish() {
+            if let hasher { hash = SigV4.hex(hasher.finalize()) }
+        }
     }
 
     enum BodyError: Error { case tooLarge }
 
-    static func read(_ body: RequestBody) async throws -> Body {
-        var result = Body()
-        var hasher = SHA256()
+    func read(_ body: RequestBody) async throws -> Body {
+        var result = Body(hashing: authenticator != nil)
         for try await buffer in body {
-            result.size += buffer.readableBytes
-            guard result.size <= drainLimit else { throw BodyError.tooLarge }
-            buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
-            if result.size <= payloadLimit { result.bytes += buffer.readableBytesView }
+            guard result.append(buffer) else { throw BodyError.tooLarge }
         }
-        result.hash = SigV4.hex(hasher.finalize())
+        result.finish()
         return result
     }
 
@@ -95,7 +110,7 @@ public struct LambdaResponder: HTTPResponder {
         if case .health = route { return Self.healthy }
         let body: Body
         do {
-            body = try await Self.read(request.body)
+            body = try await read(request.body)
         } catch BodyError.tooLarge {
             // Not worth reading further: drop the connection rather than take more bytes.
             logger.warning("request body over \(Self.drainLimit) bytes; connection dropped", metadata: ["requestId": "\(requestId)"])
