@@ -65,10 +65,10 @@ extension GuestMemory {
     /// Makes all of RAM read as the file `template` maps (read-only) again, and returns how many
     /// pages that took. Up to `keepingAtMost` private pages are overwritten with the file's bytes
     /// in place: their host PTEs stay, and so do KVM's (writable) translations, so the next
-    /// sandbox writes them without a fault. The others are given back (the file mapped over them),
+    /// sandbox writes them without a fault. The others are given back (dropped, so the file shows again),
     /// as are discarded ranges.
     /// `pages` are `privatePages()` as read since the sandbox ended.
-    public func reset(to template: UnsafeRawPointer, privatePages pages: [UInt64], keepingAtMost keepLimit: Int) throws -> (copied: Int, remapped: Int) {
+    public func reset(to template: UnsafeRawPointer, privatePages pages: [UInt64], keepingAtMost keepLimit: Int) throws -> (copied: Int, givenBack: Int) {
         // Keep the first `keepLimit` (by address); beyond that, give the pages back.
         let kept = pages.prefix(max(0, keepLimit))
         for page in kept {

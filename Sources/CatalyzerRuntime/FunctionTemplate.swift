@@ -64,7 +64,7 @@ public final class FunctionTemplate: @unchecked Sendable {
     /// `network` replaces the policy recorded with the image, for every fork (nil: the image's).
     /// `eagerCopy`: a new VM gets private, writable copies of the pages the last fork wrote before
     /// its first fork (see `hotPages`), a lever `bench serve --no-eager-copy` turns off. Measured
-    /// with a new VM per fork (`--pool 0`), copy included: hello 6.0 -> 4.2 ms, heavy 10.2 -> 7.1 ms.
+    /// with a new VM per fork (`--pool 0`), copy included: hello 6.1 -> 4.2 ms, heavy 10.9 -> 7.8 ms.
     public init(image: String, mount: CatalyzerMount, store: ImageStore, poolSize: Int,
                 keptPages: Int = FunctionTemplate.defaultKeptPages, eagerCopy: Bool = true, network: NetworkPolicy? = nil, kvm: KVM? = nil) throws {
         self.image = image
@@ -221,7 +221,7 @@ public final class FunctionTemplate: @unchecked Sendable {
 
     /// Pages a parked VM may keep as private copies of the template (default 1024, 4 MiB): the
     /// pages forks write, kept mapped so the next fork writes them without a fault. 0 gives
-    /// every written page back after each fork (the file mapped over it again).
+    /// every written page back after each fork (dropped, so the next fork faults it in again).
     public let keptPagesLimit: Int
     public static let defaultKeptPages = 1024
 
@@ -242,7 +242,7 @@ public final class FunctionTemplate: @unchecked Sendable {
                                                          changedPages: written)
         for run in GuestMemory.contiguousRuns(remapped) { memory.dropTranslations(pageAt: run.start, count: run.count) }
         let reset = try memory.reset(to: view, privatePages: privatePages, keepingAtMost: keptPagesLimit)
-        return reset.copied + reset.remapped
+        return reset.copied + reset.givenBack
     }
 
     /// A sandbox forked from the template, in a pooled VM, with `options`' stdio; it runs on
