@@ -65,7 +65,7 @@ let package = Package(
         .target(
             name: "CatalyzerServe",
             dependencies: [
-                "CatalyzerRuntime",
+                "CatalyzerRuntime", "CLinux",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

@@ -5,6 +5,7 @@
 #include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -81,3 +82,5 @@ int clinux_open_pty(int *primary, int *secondary) {
     *secondary = slave;
     return 0;
 }
+
+long clinux_getrandom(void *bytes, unsigned long length) { return getrandom(bytes, length, 0); }

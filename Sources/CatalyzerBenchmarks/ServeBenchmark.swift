@@ -22,6 +22,9 @@ public struct ServeBenchmark: Sendable {
     public enum Mode: String, Sendable, CaseIterable, Codable {
         case sfork
         case sforkFirstInstruction = "sfork-first-instruction"
+        /// A fork in a VM trimmed as if it had idled (`FunctionTemplate.ParkingPolicy`): the first
+        /// request after a quiet spell. Concurrency 1 only.
+        case sforkIdle = "sfork-idle"
         case http
         case restore
         case warm
@@ -41,8 +44,10 @@ public struct ServeBenchmark: Sendable {
         public var function: String
         public var runs: Int
         public var modes: [Row]
-        /// Host memory a parked pool VM holds privately, and what a served fork held at its end.
+        /// Host memory a parked pool VM holds privately right after the run, and once it has
+        /// idled long enough to be trimmed (nil: no trim), and what a served fork held at its end.
         public var parkedVMPrivateBytes: Int?
+        public var idleVMPrivateBytes: Int?
         public var forkPrivateBytesMedian: Int?
         /// The template's pool counters after the run.
         public var pooledVMs: Int
@@ -57,15 +62,13 @@ public struct ServeBenchmark: Sendable {
     public var daemon: String
     public var runs = 50
     public var concurrencies = [1, 16]
-    /// The fork service's VM pool per function (nil: the largest concurrency, at least 2) and the
-    /// written pages a parked VM keeps (see `FunctionTemplate.keptPagesLimit`): the levers.
+    /// The fork service's VM pool per function (nil: the largest concurrency, at least 2) and
+    /// what a parked VM keeps (`FunctionTemplate.ParkingPolicy`): the levers.
     public var poolSize: Int?
-    public var keptPages = FunctionTemplate.defaultKeptPages
-    /// New VMs get the pages the last fork wrote copied in first (`FunctionTemplate.eagerCopy`).
-    public var eagerCopy = true
+    public var parking = FunctionTemplate.ParkingPolicy()
     /// The modes to run (all but `sforkFirstInstruction`, which comes with `sfork`); `http` needs
     /// `httpFrontEnd`.
-    public var modes: [Mode] = [.sfork, .restore, .warm, .host, .http]
+    public var modes: [Mode] = [.sfork, .sforkIdle, .restore, .warm, .host, .http]
     public var memorySize = 256 << 20
     public var workDirectory = NSTemporaryDirectory()
     public var timeoutSeconds = 30.0
@@ -106,10 +109,12 @@ public struct ServeBenchmark: Sendable {
         let name = function.rawValue
 
         let pool = poolSize ?? max(2, concurrencies.max() ?? 1)
-        let forking = try ForkingFunctionService(store: store, mount: mount.mountpoint, poolSize: pool, keptPages: keptPages, eagerCopy: eagerCopy)
+        let forking = try ForkingFunctionService(store: store, mount: mount.mountpoint, poolSize: pool, parking: parking)
+        // sfork-idle's forks, in VMs of their own, so that trimming them cannot slow sfork's.
+        let idleForking = try ForkingFunctionService(store: store, mount: mount.mountpoint, poolSize: 1, parking: parking)
         let warm = try ForkingFunctionService(store: store, mount: mount.mountpoint, poolSize: 1, reuse: .max)
         // Both wait for their VMs still on the way back, so the mount is idle at its unmount.
-        defer { warm.shutdown(); forking.shutdown() }
+        defer { warm.shutdown(); idleForking.shutdown(); forking.shutdown() }
         let restoring = RestoringFunctionService(store: store, mount: mount.mountpoint)
         let hosts = try HostRunners(rootfs: rootfs, function: name, count: concurrencies.max() ?? 1)
         defer { hosts.stop() }
@@ -135,6 +140,17 @@ public struct ServeBenchmark: Sendable {
                     throw RuntimeError("bench serve: a fork answered but recorded no milestones")
                 }
                 return (Double(answered) / 1e6, Double(entered) / 1e6)
+            case .sforkIdle:
+                // The VM the fork will take is the one last parked: let it come back, then trim.
+                let template = try idleForking.template(for: name)
+                let deadline = Sandbox.monotonicNanoseconds() + 100_000_000
+                while template.vmsOnTheirWayBack > 0 && Sandbox.monotonicNanoseconds() < deadline { try await Task.sleep(for: .microseconds(50)) }
+                template.trimNextParkedVM()
+                let response = try await invoke(idleForking)
+                guard let answered = response.responseNanoseconds else {
+                    throw RuntimeError("bench serve: a fork answered but recorded no milestones")
+                }
+                return (Double(answered) / 1e6, nil)
             case .http:
                 return (Double(try await http!(name, event)) / 1e6, nil)
             case .restore:
@@ -163,7 +179,7 @@ public struct ServeBenchmark: Sendable {
         }
         var rows: [Row] = []
         for concurrency in concurrencies {
-            for mode in modes {
+            for mode in modes where mode != .sforkIdle || concurrency == 1 {
                 log("bench serve: throughput of \(mode.rawValue) with \(concurrency) in flight")
                 let total = max(runs, 4 * concurrency)
                 let started = Sandbox.monotonicNanoseconds()
@@ -195,9 +211,22 @@ public struct ServeBenchmark: Sendable {
         }
         if !modes.contains(.sfork) { _ = try await invoke(forking) }
         let template = try forking.template(for: name)
+        func parkedBytes() -> Int? {
+            ProcessMappings.anonymousBytes(in: template.parkedMemoryRanges).map { $0.bytes / max(1, $0.ranges) }
+        }
+        let hot = parkedBytes()
+        var idle: Int?
+        if let idleSeconds = parking.idleSeconds {
+            // The pool as an idle daemon holds it: every parked VM trimmed.
+            let deadline = Sandbox.monotonicNanoseconds() + UInt64((idleSeconds + 5) * 1e9)
+            while template.parkedVMsNotTrimmed > 0 && Sandbox.monotonicNanoseconds() < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            idle = parkedBytes()
+        }
         let counters = template.statistics
         let forks = counters.recycledVMs + counters.discardedVMs
-        return Report(function: name, runs: runs, modes: rows, parkedVMPrivateBytes: ProcessMappings.anonymousBytes(in: template.parkedMemoryRanges).map { $0.bytes / max(1, $0.ranges) },
+        return Report(function: name, runs: runs, modes: rows, parkedVMPrivateBytes: hot, idleVMPrivateBytes: idle,
                       forkPrivateBytesMedian: nil, pooledVMs: counters.pooledVMs, createdVMs: counters.createdVMs,
                       recycledVMs: counters.recycledVMs, pagesResetPerFork: forks > 0 ? Double(counters.pagesReset) / Double(forks) : 0)
     }
@@ -264,10 +293,10 @@ final class HostRunners: @unchecked Sendable {
 }
 
 /// What this process's mappings hold, from /proc/self/smaps.
-enum ProcessMappings {
+public enum ProcessMappings {
     /// Anonymous (private, written) bytes of the mappings that lie inside `ranges`, and how many
     /// ranges there were; nil when smaps cannot be read.
-    static func anonymousBytes(in ranges: [(base: UInt, size: Int)]) -> (bytes: Int, ranges: Int)? {
+    public static func anonymousBytes(in ranges: [(base: UInt, size: Int)]) -> (bytes: Int, ranges: Int)? {
         // Read to the end: procfs files report size 0, which whole-file readers trust.
         guard let file = FileHandle(forReadingAtPath: "/proc/self/smaps"), let data = try? file.readToEnd() else { return nil }
         let text = String(decoding: data, as: UTF8.self)

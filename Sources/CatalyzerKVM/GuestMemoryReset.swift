@@ -79,14 +79,22 @@ extension GuestMemory {
         // ranges, anonymous mappings now, need the file mapped over them again.
         let discarded = Set(discardedPages)
         let givenBack = pages.dropFirst(kept.count).filter { !discarded.contains($0) }
-        for run in Self.contiguousRuns(Array(givenBack)) {
-            guard madvise(pointer(run.start), run.count * GuestMemory.pageSize, MADV_DONTNEED) == 0 else {
-                throw KVMError("madvise(MADV_DONTNEED) guest memory over changed pages")
-            }
-        }
+        try giveBack(givenBack)
         let remapped = discarded.sorted()
         try revertToFile(remapped)
         return (kept.count, givenBack.count + remapped.count)
+    }
+
+    /// Gives back `pages` (guest-physical, sorted), private copies of memory that otherwise
+    /// reads as its file (a reset VM's): dropped in place, so the file's page cache page shows
+    /// again and KVM's translations of them go with the host's.
+    public func giveBack(_ pages: [UInt64]) throws {
+        for run in Self.contiguousRuns(pages) where run.start < UInt64(size) {
+            let length = min(run.count * GuestMemory.pageSize, size - Int(run.start))
+            guard madvise(pointer(run.start), length, MADV_DONTNEED) == 0 else {
+                throw KVMError("madvise(MADV_DONTNEED) guest memory to give back private pages")
+            }
+        }
     }
 
     /// Faults `pages` (guest-physical, sorted) in as if written (MADV_POPULATE_WRITE, Linux

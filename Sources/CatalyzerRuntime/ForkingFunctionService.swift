@@ -21,18 +21,16 @@ public final class ForkingFunctionService: CallbackFunctionService {
     /// Instances kept warm for `reuse` > 1, per template digest. Guarded by its lock.
     private let warm = Mutex<[String: [WarmInstance]]>([:])
 
-    /// See `FunctionTemplate.keptPagesLimit` and `FunctionTemplate.eagerCopy`.
-    public let keptPages: Int
-    public let eagerCopy: Bool
+    /// What each template's parked VMs keep (`FunctionTemplate.ParkingPolicy`).
+    public let parking: FunctionTemplate.ParkingPolicy
 
     /// Network policies that replace an image's own, by function name (`serve --net-allow NAME=RULE`).
     let networkOverrides: [String: NetworkPolicy]
 
     public init(store: ImageStore, mount: String? = nil, poolSize: Int = 2, reuse: Int = 1,
-                keptPages: Int = FunctionTemplate.defaultKeptPages, eagerCopy: Bool = true, limits: SandboxLimits = SandboxLimits(),
+                parking: FunctionTemplate.ParkingPolicy = FunctionTemplate.ParkingPolicy(), limits: SandboxLimits = SandboxLimits(),
                 networkOverrides: [String: NetworkPolicy] = [:]) throws {
-        self.keptPages = keptPages
-        self.eagerCopy = eagerCopy
+        self.parking = parking
         self.networkOverrides = networkOverrides
         self.store = store
         self.mount = try CatalyzerMount.resolve(mount: mount, store: store)
@@ -92,8 +90,8 @@ public final class ForkingFunctionService: CallbackFunctionService {
         return try creating.withLock { _ throws(FunctionServiceError) -> FunctionTemplate in
             if let template = templates.withLock({ $0[name] }), template.imageDigest == digest { return template }
             do {
-                let template = try FunctionTemplate(image: name, mount: mount, store: store, poolSize: poolSize, keptPages: keptPages,
-                                                    eagerCopy: eagerCopy, network: networkOverrides[name])
+                let template = try FunctionTemplate(image: name, mount: mount, store: store, poolSize: poolSize, parking: parking,
+                                                    network: networkOverrides[name])
                 templates.withLock { $0[name] = template }
                 return template
             } catch {
@@ -160,12 +158,14 @@ public final class ForkingFunctionService: CallbackFunctionService {
             stdout = try OutputCollector(limit: FunctionResponse.standardOutputLimit, keep: .first) { line in
                 // The runner's response is one line: the caller need not wait for the exit.
                 let answered = Sandbox.monotonicNanoseconds()
+                // Stopped first: on a loaded host the fork, which runs on after its response
+                // line, would otherwise compete with the answer's way out for a core.
+                running.withLock { $0?.stopAfterResponse() }
                 let entered = progress.withLock { $0?.firstGuestEntry.load(ordering: .acquiring) } ?? 0
                 answer(.success(FunctionResponse(
                     outcome: FunctionResponse.outcome(exit: .exited(status: 0), standardOutput: line, timeoutSeconds: request.timeoutSeconds),
                     logTail: stderr.snapshot(), firstInstructionNanoseconds: entered == 0 ? nil : entered &- accepted,
                     responseNanoseconds: answered &- accepted)))
-                running.withLock { $0?.stopAfterResponse() }
             }
         } catch {
             return answer(.failure(.cannotStart(function: request.function, reason: "\(error)")))

@@ -14,8 +14,36 @@ import Synchronization
 ///
 /// Forks run in VMs from `pool`: created ahead of time, and after a fork ends, reset to the
 /// template's memory (only the pages it changed) and parked again, so KVM's shadow page tables for
-/// everything the fork did not write stay warm for the next.
+/// everything the fork did not write stay warm for the next. How much memory a parked VM keeps
+/// for that is its `ParkingPolicy`.
 public final class FunctionTemplate: @unchecked Sendable {
+    /// What a parked VM keeps, trading host memory for the next fork's speed.
+    ///
+    /// A VM keeps the pages its forks write as private copies (reset to the template's bytes in
+    /// place), so the next fork writes them without a shadow fault and a copy: heavy's forks write
+    /// ~470 pages, and giving them back costs its next fork ~3.6 ms (0.7 -> 4.3 ms). A VM that
+    /// has been parked for `idleSeconds` without a fork is trimmed to `idleKeptPages` (1 MiB):
+    /// under traffic VMs come back within milliseconds and stay fast; idle capacity is cheap.
+    public struct ParkingPolicy: Sendable, Equatable {
+        /// Written pages a VM keeps when parked after a fork (4 MiB); 0 gives every one back.
+        public var keptPages = 1024
+        /// A new VM gets the pages the last fork wrote copied in before its first fork (`hotPages`).
+        /// Measured with a new VM per fork (`--pool 0`), copy included: hello 6.1 -> 4.2 ms,
+        /// heavy 10.9 -> 7.8 ms.
+        public var eagerCopy = true
+        /// Seconds a VM stays parked without a fork before it is trimmed; nil: never.
+        public var idleSeconds: Double? = 2
+        /// Private pages a trimmed VM keeps (256: 1 MiB).
+        public var idleKeptPages = 256
+
+        public init(keptPages: Int = 1024, eagerCopy: Bool = true, idleSeconds: Double? = 2, idleKeptPages: Int = 256) {
+            self.keptPages = keptPages
+            self.eagerCopy = eagerCopy
+            self.idleSeconds = idleSeconds
+            self.idleKeptPages = idleKeptPages
+        }
+    }
+
     public let image: String
     /// The image manifest's digest: a new version of the function gets a new template.
     public let imageDigest: String
@@ -29,8 +57,16 @@ public final class FunctionTemplate: @unchecked Sendable {
     /// The file mapped read-only: the template's memory as every fork starts with it, for
     /// comparing a finished fork's page tables against.
     let view: UnsafeRawPointer
-    /// Parked VMs ready for a fork. Guarded by `parked`'s lock.
-    private let parked = Mutex<[ForkVM]>([])
+    /// A VM ready for a fork, since when, and whether it has been trimmed since.
+    private struct ParkedVM {
+        let vm: ForkVM
+        let since: UInt64
+        var trimmed = false
+    }
+    /// Parked VMs ready for a fork, in the order they were parked: the last is taken first, so
+    /// under light load the same few VMs serve and the rest idle, to be trimmed. Guarded by
+    /// `parked`'s lock.
+    private let parked = Mutex<[ParkedVM]>([])
     /// Forks that have answered or ended and whose VMs are on their way back (being stopped or
     /// reset): a fork that finds no parked VM waits a little for one of these rather than take a
     /// new VM, whose shadow page tables are cold (a cold VM costs a fork several milliseconds,
@@ -51,26 +87,28 @@ public final class FunctionTemplate: @unchecked Sendable {
         public var discardedVMs = 0
         /// Pages reset over all recycles.
         public var pagesReset = 0
+        /// Parked VMs trimmed for idling, and the pages they gave back.
+        public var trimmedVMs = 0
+        public var pagesTrimmed = 0
     }
 
     public var statistics: Counters { counters.withLock { $0 } }
     public var parkedVMs: Int { parked.withLock { $0.count } }
+    /// Parked VMs that have not been trimmed since they were parked.
+    public var parkedVMsNotTrimmed: Int { parked.withLock { $0.count { !$0.trimmed } } }
     /// Where the parked VMs' guest memory is mapped in this process, for measuring what they hold.
     public var parkedMemoryRanges: [(base: UInt, size: Int)] {
-        parked.withLock { $0.map { (UInt(bitPattern: $0.vm.memory.base), $0.vm.memory.size) } }
+        parked.withLock { $0.map { (UInt(bitPattern: $0.vm.vm.memory.base), $0.vm.vm.memory.size) } }
     }
 
-    /// Restores `image` from `mount` as a template and parks `poolSize` VMs for it.
-    /// `network` replaces the policy recorded with the image, for every fork (nil: the image's).
-    /// `eagerCopy`: a new VM gets private, writable copies of the pages the last fork wrote before
-    /// its first fork (see `hotPages`), a lever `bench serve --no-eager-copy` turns off. Measured
-    /// with a new VM per fork (`--pool 0`), copy included: hello 6.1 -> 4.2 ms, heavy 10.9 -> 7.8 ms.
+    /// Restores `image` from `mount` as a template and parks `poolSize` VMs for it, kept as
+    /// `parking` says. `network` replaces the policy recorded with the image, for every fork
+    /// (nil: the image's).
     public init(image: String, mount: CatalyzerMount, store: ImageStore, poolSize: Int,
-                keptPages: Int = FunctionTemplate.defaultKeptPages, eagerCopy: Bool = true, network: NetworkPolicy? = nil, kvm: KVM? = nil) throws {
+                parking: ParkingPolicy = ParkingPolicy(), network: NetworkPolicy? = nil, kvm: KVM? = nil) throws {
         self.image = image
         self.poolSize = poolSize
-        self.eagerCopy = eagerCopy
-        keptPagesLimit = keptPages
+        self.parking = parking
         let opened = try store.open(image)
         imageDigest = opened.manifestDescriptor.digest.description
         let memoryPath = mount.memoryPath(image)
@@ -146,12 +184,17 @@ public final class FunctionTemplate: @unchecked Sendable {
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         let memory = try GuestMemory(mappingPrivately: fd, size: memorySize)
         memory.recordsDiscards = true
-        if eagerCopy { memory.populateForWriting(hotPages.withLock { $0 }) }
-        return ForkVM(vm: try VM(kvm: kvm, memory: memory))
+        let forkVM = ForkVM(vm: try VM(kvm: kvm, memory: memory))
+        if eagerCopy {
+            forkVM.privatePages = hotPages.withLock { $0 }
+            memory.populateForWriting(forkVM.privatePages)
+        }
+        return forkVM
     }
 
+    public let parking: ParkingPolicy
     /// Whether new VMs get `hotPages` copied in before their first fork.
-    public let eagerCopy: Bool
+    public var eagerCopy: Bool { parking.eagerCopy }
     /// With `eagerCopy`: the pages the last fork whose VM came back wrote (private copies of the
     /// template's), sorted: what the next fork will most likely write too.
     private let hotPages = Mutex<[UInt64]>([])
@@ -162,8 +205,99 @@ public final class FunctionTemplate: @unchecked Sendable {
     public func fillPool() {
         while parked.withLock({ $0.count }) < poolSize {
             guard let vm = try? makeVM() else { return }
-            parked.withLock { $0.append(vm) }
+            park(vm)
         }
+    }
+
+    /// Parks `vm` on top (the next fork takes it) and plans its trim.
+    private func park(_ vm: ForkVM) {
+        parked.withLock { $0.append(ParkedVM(vm: vm, since: Sandbox.monotonicNanoseconds())) }
+        planTrim()
+    }
+
+    /// Whether a trim is planned (at most one per template).
+    private let trimPlanned = Atomic<Bool>(false)
+
+    /// Plans `trimIdleVMs` for when the longest-parked VM not yet trimmed has idled
+    /// `parking.idleSeconds`.
+    private func planTrim() {
+        guard let idleSeconds = parking.idleSeconds else { return }
+        let idle = UInt64(max(0, idleSeconds) * 1e9)
+        guard let oldest = parked.withLock({ $0.filter { !$0.trimmed }.map(\.since).min() }),
+              !trimPlanned.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let wait = (oldest &+ idle).subtractingReportingOverflow(Sandbox.monotonicNanoseconds())
+        let delay = wait.overflow ? 0 : Int(min(wait.partialValue, UInt64(Int.max)))
+        // Weak: a template replaced by a new version, or shut down, is not kept for its trim.
+        DispatchQueue.global(qos: .utility).asyncAfter(deadline: .now() + .nanoseconds(delay)) { [weak self] in
+            self?.trimIdleVMs()
+        }
+    }
+
+    /// The planned trim: VMs parked for `parking.idleSeconds` are trimmed, then the next is planned.
+    private func trimIdleVMs() {
+        trimPlanned.store(false, ordering: .releasing)
+        guard let idleSeconds = parking.idleSeconds else { return }
+        trimParkedVMs(idleForAtLeast: idleSeconds)
+        planTrim()
+    }
+
+    /// Trims every VM parked for `seconds` or more and not trimmed since to
+    /// `parking.idleKeptPages` private pages; returns how many it trimmed. Trimmed VMs go back
+    /// into the pool in the order they were parked.
+    @discardableResult
+    public func trimParkedVMs(idleForAtLeast seconds: Double) -> Int {
+        let idle = UInt64(max(0, seconds) * 1e9)
+        let now = Sandbox.monotonicNanoseconds()
+        func due(_ entry: ParkedVM) -> Bool { !entry.trimmed && now &- entry.since >= idle }
+        return trim { list in
+            let taken = list.filter(due)
+            list.removeAll(where: due)
+            return taken
+        }
+    }
+
+    /// Trims the VM the next fork will take, idle or not, as an idle spell would have: for
+    /// measuring a fork after one (`bench serve`'s sfork-idle). Returns whether there was one.
+    @discardableResult
+    public func trimNextParkedVM() -> Bool {
+        trim { list in list.popLast().map { [$0] } ?? [] } > 0
+    }
+
+    /// Trims the VMs `take` removes from the pool (under its lock) and puts them back.
+    private func trim(_ take: (inout [ParkedVM]) -> [ParkedVM]) -> Int {
+        let taken = parked.withLock { take(&$0) }
+        guard !taken.isEmpty else { return 0 }
+        // A fork that finds the pool empty meanwhile waits for these, as for a returning VM.
+        returning.add(taken.count, ordering: .releasing)
+        defer { returning.subtract(taken.count, ordering: .releasing) }
+        var trimmed: [ParkedVM] = []
+        for var entry in taken {
+            // What a parked VM holds privately is what its reset kept (or its eager copy made):
+            // no pagemap scan of all of RAM, which costs ~0.5 ms per VM of 256 MiB here.
+            let forkVM = entry.vm
+            let given = Array(forkVM.privatePages.dropFirst(max(0, parking.idleKeptPages)))
+            do {
+                try forkVM.vm.memory.giveBack(given)
+            } catch {
+                counters.withLock { $0.discardedVMs += 1 }
+                continue
+            }
+            forkVM.privatePages.removeLast(given.count)
+            if !given.isEmpty { forkVM.trimmedPages = (forkVM.trimmedPages + given).sorted() }
+            entry.trimmed = true
+            trimmed.append(entry)
+            counters.withLock {
+                $0.trimmedVMs += 1
+                $0.pagesTrimmed += given.count
+            }
+        }
+        // Back in the order they were parked: a fork takes the VM that served last, whose shadow
+        // page tables are warmest, trimmed or not.
+        parked.withLock { list in
+            list.append(contentsOf: trimmed)
+            list.sort { $0.since < $1.since }
+        }
+        return trimmed.count
     }
 
     /// A parked VM, or a new one when none is parked (nor about to be).
@@ -172,10 +306,16 @@ public final class FunctionTemplate: @unchecked Sendable {
         while parked.withLock({ $0.isEmpty }) && returning.load(ordering: .acquiring) > 0 && Sandbox.monotonicNanoseconds() < deadline {
             usleep(50)
         }
-        while let vm = parked.withLock({ $0.popLast() }) {
+        while let vm = parked.withLock({ $0.popLast()?.vm }) {
             // A timeout that fired as its last fork ended leaves the VM stopped for good.
             guard !vm.vm.vcpu.exitRequester.isExitRequested else { continue }
             counters.withLock { $0.pooledVMs += 1 }
+            if !vm.trimmedPages.isEmpty {
+                // Copied back in as if written, one call per run, before the fork: cheaper than
+                // a copy-on-write fault each, and KVM maps writable neighbours together.
+                vm.vm.memory.populateForWriting(vm.trimmedPages)
+                vm.trimmedPages = []
+            }
             return vm
         }
         counters.withLock { $0.createdVMs += 1 }
@@ -216,14 +356,8 @@ public final class FunctionTemplate: @unchecked Sendable {
             $0.recycledVMs += 1
             $0.pagesReset += pagesReset
         }
-        parked.withLock { $0.append(forkVM) }
+        park(forkVM)
     }
-
-    /// Pages a parked VM may keep as private copies of the template (default 1024, 4 MiB): the
-    /// pages forks write, kept mapped so the next fork writes them without a fault. 0 gives
-    /// every written page back after each fork (dropped, so the next fork faults it in again).
-    public let keptPagesLimit: Int
-    public static let defaultKeptPages = 1024
 
     /// Makes a finished fork's memory the template's again; returns the pages it reset. KVM's
     /// translations of every page the fork wrote, and of every page its page tables mapped
@@ -237,11 +371,14 @@ public final class FunctionTemplate: @unchecked Sendable {
         // (only table pages the fork wrote can differ), before the reset puts the tables back.
         let privatePages = try memory.privatePages(below: allocationEnd.map { max($0, snapshot.allocator.nextUnused) })
         if eagerCopy { hotPages.withLock { $0 = privatePages } }
-        let written = Set(privatePages).union(memory.discardedPages)
+        let discarded = Set(memory.discardedPages)
+        let written = Set(privatePages).union(discarded)
         let remapped = PageTables.pagesMappedDifferently(root: snapshot.pageTableRoot, memory: memory, template: view,
                                                          changedPages: written)
         for run in GuestMemory.contiguousRuns(remapped) { memory.dropTranslations(pageAt: run.start, count: run.count) }
-        let reset = try memory.reset(to: view, privatePages: privatePages, keepingAtMost: keptPagesLimit)
+        let reset = try memory.reset(to: view, privatePages: privatePages, keepingAtMost: parking.keptPages)
+        // Discarded ranges are the file's again after the reset, copied into or not.
+        forkVM.privatePages = privatePages.prefix(reset.copied).filter { !discarded.contains($0) }
         return reset.copied + reset.givenBack
     }
 
@@ -267,6 +404,11 @@ public final class FunctionTemplate: @unchecked Sendable {
 /// Only one thread uses it at a time: the pool hands it over under its lock.
 final class ForkVM: @unchecked Sendable {
     let vm: VM
+    /// While parked: the pages of its memory that are private copies (reset to the template's
+    /// bytes), sorted; what it holds beyond the template's page cache.
+    var privatePages: [UInt64] = []
+    /// The pages its last trim gave back, copied in again when a fork takes it.
+    var trimmedPages: [UInt64] = []
     init(vm: VM) { self.vm = vm }
 }
 

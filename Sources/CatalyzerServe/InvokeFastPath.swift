@@ -61,7 +61,7 @@ final class InvokeFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     static func isOurs(_ head: HTTPRequest) -> Bool {
         guard head.method == .post, let path = head.path,
               case .invoke? = LambdaResponder.route(method: head.method, path: LambdaResponder.split(path).path) else { return false }
-        let type = head.headerFields[HTTPField.Name("X-Amz-Invocation-Type")!]
+        let type = head.headerFields[.amzInvocationType]
         return type == nil || type == LambdaResponder.InvocationType.requestResponse.rawValue
     }
 
@@ -149,7 +149,7 @@ final class InvokeFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private func answer(_ head: HTTPRequest, _ body: LambdaResponder.Body, context: ChannelHandlerContext) {
         let closeAfter = head.headerFields[.connection]?.lowercased() == "close"
         state = .running(closeAfter: closeAfter)
-        let requestId = UUID().uuidString.lowercased()
+        let requestId = RequestID.make()
         let (path, query) = LambdaResponder.split(head.path ?? "/")
         if let refusal = responder.authenticationFailure(head, pathOnly: path, query: query, body: body, requestId: requestId) {
             return write(refusal, context: context)

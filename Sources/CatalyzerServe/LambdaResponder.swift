@@ -102,7 +102,7 @@ public struct LambdaResponder: HTTPResponder {
     }
 
     public func respond(to request: Request, context: Context) async throws -> Response {
-        let requestId = UUID().uuidString.lowercased()
+        let requestId = RequestID.make()
         let (pathOnly, query) = Self.split(request.head.path ?? "/")
         guard let route = Self.route(method: request.method, path: pathOnly) else {
             return error(.notFound(method: request.method.rawValue, path: pathOnly), requestId: requestId)
@@ -165,7 +165,7 @@ public struct LambdaResponder: HTTPResponder {
         if let authority = head.authority, !headers.contains(where: { $0.name == "host" }) {
             headers.append((name: "host", value: authority))
         }
-        let claimed = head.headerFields[HTTPField.Name("x-amz-content-sha256")!]
+        let claimed = head.headerFields[.amzContentSHA256]
         let payloadHash = claimed == "UNSIGNED-PAYLOAD" ? "UNSIGNED-PAYLOAD" : body.hash
         let signed = SigV4.Request(method: head.method.rawValue, path: pathOnly, query: query, headers: headers, payloadHash: payloadHash)
         do {
@@ -223,7 +223,7 @@ public struct LambdaResponder: HTTPResponder {
     /// limit and JSON, DryRun, the gate (`--max-instances`, draining) and the metrics.
     func admitInvoke(_ text: String, query: [String: String], headers: HTTPFields, body: Body, requestId: String) -> InvokeAdmission {
         let started = ContinuousClock.now
-        guard let type = InvocationType(rawValue: headers[HTTPField.Name("X-Amz-Invocation-Type")!] ?? "RequestResponse") else {
+        guard let type = InvocationType(rawValue: headers[.amzInvocationType] ?? "RequestResponse") else {
             return .answer(errorAnswer(.invalidRequestContent("X-Amz-Invocation-Type must be RequestResponse, Event or DryRun"), requestId: requestId))
         }
         let function: FunctionDescription
@@ -260,7 +260,7 @@ public struct LambdaResponder: HTTPResponder {
         // A function made by `function create` has its own timeout; other images the daemon's.
         let request = FunctionRequest(function: function.name, event: event, timeoutSeconds: function.timeoutSeconds ?? timeoutSeconds)
         let pending = PendingInvocation(function: function.name, requestId: requestId,
-                                        wantsTail: headers[HTTPField.Name("X-Amz-Log-Type")!] == "Tail", started: started)
+                                        wantsTail: headers[.amzLogType] == "Tail", started: started)
         return type == .event ? .event(request, pending) : .run(request, pending)
     }
 
@@ -317,7 +317,7 @@ public struct LambdaResponder: HTTPResponder {
                                 response: response.responseNanoseconds)
         var responseHeaders = baseHeaders(requestId: requestId)
         if pending.wantsTail {
-            responseHeaders[HTTPField.Name("X-Amz-Log-Result")!] = Data(response.logTail.suffix(Self.logTailBytes)).base64EncodedString()
+            responseHeaders[.amzLogResult] = Data(response.logTail.suffix(Self.logTailBytes)).base64EncodedString()
         }
         let payload: [UInt8]
         switch response.outcome {
@@ -335,7 +335,7 @@ public struct LambdaResponder: HTTPResponder {
             metrics.failed(function: pending.function, kind: kind)
             // Lambda reports every runtime-side failure as Unhandled (Handled was for Node's
             // callback errors and is gone).
-            responseHeaders[HTTPField.Name("X-Amz-Function-Error")!] = "Unhandled"
+            responseHeaders[.amzFunctionError] = "Unhandled"
         }
         return Answer(status: .ok, headers: responseHeaders, body: payload)
     }
@@ -360,13 +360,13 @@ public struct LambdaResponder: HTTPResponder {
 
     func baseHeaders(requestId: String) -> HTTPFields {
         [.contentType: "application/json",
-         HTTPField.Name("x-amzn-RequestId")!: requestId,
-         HTTPField.Name("X-Amz-Executed-Version")!: FunctionName.latest]
+         .amznRequestId: requestId,
+         .amzExecutedVersion: FunctionName.latest]
     }
 
     func json(_ bytes: [UInt8], requestId: String) -> Response {
         var headers = baseHeaders(requestId: requestId)
-        headers[HTTPField.Name("X-Amz-Executed-Version")!] = nil
+        headers[.amzExecutedVersion] = nil
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 
@@ -376,8 +376,8 @@ public struct LambdaResponder: HTTPResponder {
 
     func errorAnswer(_ error: LambdaError, requestId: String) -> Answer {
         metrics.rejected(type: error.type)
-        var headers: HTTPFields = [.contentType: "application/json", HTTPField.Name("x-amzn-RequestId")!: requestId,
-                                   HTTPField.Name("x-amzn-ErrorType")!: error.type]
+        var headers: HTTPFields = [.contentType: "application/json", .amznRequestId: requestId,
+                                   .amznErrorType: error.type]
         if case .tooManyRequests = error { headers[.retryAfter] = "1" }
         return Answer(status: .init(code: error.status), headers: headers, body: error.body)
     }

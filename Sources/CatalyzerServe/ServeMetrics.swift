@@ -164,6 +164,8 @@ extension ForkingFunctionService: FunctionServiceMetrics {
                                        value: Double(template.counters.createdVMs)))
             gauges.append(ServiceGauge(name: "pool_discarded_vms_total", help: "VMs dropped after a fork (timeout, kill, shared memory, pool full)",
                                        labels: labels, value: Double(template.counters.discardedVMs)))
+            gauges.append(ServiceGauge(name: "pool_trimmed_vms_total", help: "Parked VMs trimmed to 1 MiB after idling (serve --trim-after)",
+                                       labels: labels, value: Double(template.counters.trimmedVMs)))
         }
         return gauges
     }

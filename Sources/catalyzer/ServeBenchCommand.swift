@@ -18,6 +18,8 @@ struct ServeBench: AsyncParsableCommand {
             interleaved, each serving the sample request and checking its answer: \
             sfork (a fork of the parked template in a pooled VM, request to the first write to stdout); \
             sfork-first-instruction (the same forks, request to the first guest instruction); \
+            sfork-idle (a fork in a VM trimmed first as --trim-after trims an idle one: the first \
+            request after a quiet spell; concurrency 1 only); \
             restore (a restore through catalyzerfs per request, as `catalyzer invoke`); \
             warm (one instance reused for every request, as `serve --reuse`); \
             host (the runner as a host process in a chroot of the rootfs, already running: no sandbox). \
@@ -26,7 +28,7 @@ struct ServeBench: AsyncParsableCommand {
             rounds'. Needs root, /dev/kvm and /dev/fuse.
 
             JSON (--json): {function, runs, modes: [{mode, concurrency, medianMillis, p99Millis, \
-            throughputPerSecond, samples}], parkedVMPrivateBytes, pooledVMs, createdVMs, recycledVMs, \
+            throughputPerSecond, samples}], parkedVMPrivateBytes, idleVMPrivateBytes (after --trim-after), pooledVMs, createdVMs, recycledVMs, \
             pagesResetPerFork}. throughputPerSecond is null for sfork-first-instruction (a part of sfork).
             """)
 
@@ -35,12 +37,15 @@ struct ServeBench: AsyncParsableCommand {
     @Option(help: "Interleaved rounds at concurrency 1 (at least 20 for a p99 worth reading).") var runs = 50
     @Option(name: .customLong("concurrency"), help: "Requests in flight for the throughput runs (repeatable; default 1 and 16).")
     var concurrencies: [Int] = []
-    @Option(name: .customLong("mode"), help: "Modes to run (repeatable; default all): sfork, http, restore, warm, host.")
+    @Option(name: .customLong("mode"), help: "Modes to run (repeatable; default all): sfork, sfork-idle, http, restore, warm, host.")
     var modes: [ServeBenchmark.Mode] = []
     @Option(help: "Lever: VMs parked per function for forks (default: the largest --concurrency, at least 2; 0: a new VM per fork).")
     var pool: Int?
     @Option(help: "Lever: written pages a parked VM keeps as private copies, reset by copying (default 1024; 0: give them all back).")
     var keptPages = 1024
+    @Option(help: "Lever: a VM parked this long without a fork is trimmed to 1 MiB (default 2s, as `serve`).")
+    var trimAfter = DurationArgument(argument: "2s")!
+    @Flag(help: "Lever: never trim parked VMs.") var noTrim = false
     @Flag(inversion: .prefixedNo, help: "Lever: a new VM gets the pages the last fork wrote copied in (writable, with host page-table entries) before its first fork (default on).")
     var eagerCopy = true
     @Option(help: "Guest memory of the image.") var memory = ByteCountArgument(argument: "256M")!
@@ -66,8 +71,8 @@ struct ServeBench: AsyncParsableCommand {
             benchmark.workDirectory = workDir
             if !modes.isEmpty { benchmark.modes = modes }
             benchmark.poolSize = pool
-            benchmark.keptPages = keptPages
-            benchmark.eagerCopy = eagerCopy
+            benchmark.parking = FunctionTemplate.ParkingPolicy(keptPages: keptPages, eagerCopy: eagerCopy,
+                                                               idleSeconds: noTrim ? nil : Double(trimAfter.nanoseconds) / 1e9)
             benchmark.httpFrontEnd = { _, _, service in try await Self.startFrontEnd(service) }
             let report = try await benchmark.run(log: { Output.err($0) })
             if json { return Output.json(report) }
@@ -112,7 +117,8 @@ struct ServeBench: AsyncParsableCommand {
                        row.throughputPerSecond.map { Format.fixed($0, 0) } ?? "-",
                        sfork.map { Format.fixed(row.medianMillis / $0.medianMillis, 2) } ?? "-"])
         }
-        let parked = report.parkedVMPrivateBytes.map { "\($0 / 1024) KiB anonymous memory per parked VM" } ?? "parked VM memory unknown"
+        var parked = report.parkedVMPrivateBytes.map { "\($0 / 1024) KiB anonymous memory per parked VM" } ?? "parked VM memory unknown"
+        if let idle = report.idleVMPrivateBytes { parked += " (\(idle / 1024) KiB once trimmed for idling)" }
         return table.rendered + "\n\(report.function): \(report.runs) rounds; \(parked); pool: \(report.pooledVMs) VMs taken parked, "
             + "\(report.createdVMs) created on demand, \(report.recycledVMs) recycled, \(Format.fixed(report.pagesResetPerFork, 0)) pages reset per fork"
     }

@@ -1,3 +1,4 @@
+import CatalyzerBenchmarks
 import CatalyzerImage
 import CatalyzerKVM
 import CatalyzerRuntime
@@ -19,12 +20,16 @@ struct ForkTests {
             f.write('''
         import os, time
         seen = None
+        kept = None
         def handler(event):
-            global seen
+            global seen, kept
             if event.get("sleep"):
                 time.sleep(event["sleep"])
             if event.get("raise"):
                 raise ValueError(event["raise"])
+            if event.get("fill"):
+                kept = b"x" * (event["fill"] << 20)
+                return {"filled": len(kept) >> 20}
             if event.get("allocate"):
                 hoard = [bytearray(1 << 20) for _ in range(event["allocate"])]
                 return {"allocated": len(hoard)}
@@ -51,8 +56,8 @@ struct ForkTests {
         }
         /// The services made, shut down by `close` so that nothing holds the mount's files.
         private let made = Mutex<[ForkingFunctionService]>([])
-        func service(pool: Int = 1, reuse: Int = 1) throws -> ForkingFunctionService {
-            let service = try ForkingFunctionService(store: scene.store, mount: mountpoint, poolSize: pool, reuse: reuse)
+        func service(pool: Int = 1, reuse: Int = 1, parking: FunctionTemplate.ParkingPolicy = .init()) throws -> ForkingFunctionService {
+            let service = try ForkingFunctionService(store: scene.store, mount: mountpoint, poolSize: pool, reuse: reuse, parking: parking)
             made.withLock { $0.append(service) }
             return service
         }
@@ -133,6 +138,38 @@ struct ForkTests {
             }
             let counters = try #require(service.templateStatistics.first).counters
             #expect(counters.createdVMs == 3 && counters.recycledVMs == 0, "\(counters)")
+        }
+    }
+
+    @Test("a parked VM keeps the pages its fork wrote until it idles, then is trimmed to 1 MiB; the next fork in it is correct and fresh")
+    func idleVMsAreTrimmed() async throws {
+        try await Self.withScene("fork-trim") { scene in
+            let service = try scene.service(pool: 1, parking: .init(idleSeconds: 1))
+            let template = try service.template(for: "stateful")
+            func parkedBytes() throws -> Int {
+                try #require(ProcessMappings.anonymousBytes(in: template.parkedMemoryRanges)).bytes
+            }
+            func waitUntil(_ condition: () -> Bool) async throws {
+                let deadline = Date().addingTimeInterval(15)
+                while !condition() && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
+            }
+            // 3 MiB written and still held at the answer: the fork wrote more than 768 pages, which its VM keeps.
+            let filled = try Self.result(try await service.invoke(Self.request(#"{"fill": 3}"#)))
+            #expect(filled["filled"] as? Int == 3)
+            try await waitUntil { template.parkedVMs == 1 && template.vmsOnTheirWayBack == 0 }
+            let trimmedBefore = template.statistics.trimmedVMs
+            let hot = try parkedBytes()
+            #expect(hot > 3 << 20, "a VM parked after writing 3 MiB holds \(hot) bytes")
+            try await waitUntil { template.statistics.trimmedVMs > trimmedBefore }
+            let idle = try parkedBytes()
+            #expect(template.statistics.trimmedVMs > trimmedBefore && idle <= 1 << 20, "after idling: \(idle) bytes, \(template.statistics)")
+            // The trimmed VM serves the next fork (the only one parked), as a fresh instance.
+            let pooledBefore = template.statistics.pooledVMs
+            let result = try Self.result(try await service.invoke(Self.request(#"{"value": "after"}"#)))
+            #expect(result["value"] as? String == "after")
+            let before = Self.before(result)
+            #expect(before.global == nil && before.tmp == nil, "the fork after the trim saw \(before)")
+            #expect(template.statistics.pooledVMs == pooledBefore + 1, "\(template.statistics)")
         }
     }
 

@@ -73,7 +73,8 @@ struct ServeTests {
     @Test("raw HTTP: 413 over 6 MB, 400 for malformed JSON, 404 for unknown routes, /healthz, /metrics")
     func rawHTTP() throws {
         let scene = try ServeScene.get()
-        let daemon = try scene.daemon()
+        // Parked VMs idle for 300 ms are trimmed; the last /metrics shows it.
+        let daemon = try scene.daemon(["--trim-after", "300ms"])
         defer { #expect(daemon.stop() == 0) }
         let results = try LambdaClient.run(daemon.endpoint, [
             ["op": "http", "method": "POST", "path": "/2015-03-31/functions/hello/invocations", "size": 6_291_457],
@@ -126,6 +127,10 @@ struct ServeTests {
             let answer = LambdaClient.value(pipelined[index]["body"] as? String) as? [String: Any]
             #expect(answer?["greeting"] as? String == "Hello, \(name)!", "\(pipelined[index])")
         }
+        usleep(1_000_000)
+        let idle = try #require(try LambdaClient.one(daemon.endpoint, ["op": "http", "path": "/metrics"])["body"] as? String)
+        let trimmed = idle.split(separator: "\n").first { $0.hasPrefix(#"catalyzer_service_pool_trimmed_vms_total{function="hello"} "#) }
+        #expect(trimmed.flatMap { Double($0.split(separator: " ").last ?? "") }.map { $0 >= 1 } == true, "\(idle)")
     }
 
     @Test("SigV4: boto3 and the AWS CLI with a listed key; a wrong secret and an unknown key get 403; /healthz stays open")
@@ -195,7 +200,8 @@ struct ServeTests {
         let daemon = try scene.daemon()
         kill(daemon.process.processIdentifier, SIGINT)
         #expect(daemon.waitForExit(60) == 0, "\(daemon.stderr)")
-        for flags in [["--pool", "-1"], ["--reuse", "0"], ["--max-instances", "0"], ["--listen", "nowhere"], ["--timeout", "soon"]] {
+        for flags in [["--pool", "-1"], ["--reuse", "0"], ["--max-instances", "0"], ["--listen", "nowhere"], ["--timeout", "soon"],
+                      ["--trim-after", "0s"]] {
             let bad = try serveRefusal(flags, environment: scene.environment)
             #expect(bad.status != 0 && bad.stderr.lowercased().contains("error"), "\(flags): \(bad)")
         }

@@ -33,6 +33,18 @@ struct ShapeTests {
         #expect(SigV4.hex([0x00, 0x0f, 0xa5, 0xff]) == "000fa5ff")
     }
 
+    @Test("request ids are distinct lowercase version-4 UUIDs")
+    func requestIds() {
+        let ids = (0..<1000).map { _ in RequestID.make() }
+        #expect(Set(ids).count == ids.count)
+        for id in ids.prefix(50) {
+            let parsed = UUID(uuidString: id)
+            #expect(parsed != nil && id == id.lowercased() && id.count == 36, "\(id)")
+            let bytes = parsed.map { withUnsafeBytes(of: $0.uuid) { Array($0) } } ?? []
+            #expect(bytes.count == 16 && bytes[6] >> 4 == 4 && bytes[8] >> 6 == 2, "\(id): not version 4, RFC 4122 variant")
+        }
+    }
+
     @Test("function names: plain, qualified, partial and full ARNs")
     func names() {
         #expect(FunctionName(parsing: "hello") == FunctionName(name: "hello"))

@@ -26,3 +26,7 @@ long clinux_receive_with_fds(int socket, void *bytes, unsigned long length, int 
 /// A new pseudo-terminal: `*primary` (the side an engine reads and writes) and `*secondary`
 /// (the program's stdio), both close-on-exec. Returns 0, or -1 with errno.
 int clinux_open_pty(int *primary, int *secondary);
+
+/// getrandom(2) with no flags: fills `length` bytes from the kernel's pool. Returns the bytes
+/// filled or -1 with errno.
+long clinux_getrandom(void *bytes, unsigned long length);
