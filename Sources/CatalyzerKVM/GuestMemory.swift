@@ -53,6 +53,10 @@ public final class GuestMemory {
     public var discardedPages: [UInt64] {
         discardedRuns.flatMap { run in (0..<run.count).map { run.start + UInt64($0 * GuestMemory.pageSize) } }
     }
+    /// A buffer for `/proc/self/pagemap` entries, kept between scans: allocating it fresh (up to
+    /// 512 KiB) cost every reset a zeroing and page faults of its own. Used by the one thread
+    /// that resets this memory at a time.
+    var pagemapBuffer: UnsafeMutableBufferPointer<UInt64>?
     /// The VM using this memory, so attaching can register its slot; set by `VM`.
     var vmFD: Int32 = -1
     /// KVM guarantees at least 509 user memory slots per VM (slot 0 is RAM).
@@ -96,6 +100,7 @@ public final class GuestMemory {
     deinit {
         munmap(base, size)
         close(fd)
+        pagemapBuffer?.deallocate()
     }
 
     /// Where attached regions start: a gap of at least 1 GiB above RAM, so page runs never span both.

@@ -44,13 +44,14 @@ extension GuestMemory {
         var pages: [UInt64] = []
         let totalPages = Int(min(UInt64(size), end ?? UInt64(size))) / GuestMemory.pageSize
         let piece = 1 << 16
-        var entries = [UInt64](repeating: 0, count: piece)
+        if pagemapBuffer == nil { pagemapBuffer = .allocate(capacity: piece) }
+        let entries = pagemapBuffer!
         let firstEntry = UInt(bitPattern: base) / UInt(GuestMemory.pageSize)
         var page = 0
         while page < totalPages {
             let count = min(piece, totalPages - page)
             let offset = off_t((firstEntry + UInt(page)) * 8)
-            let read = entries.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count * 8, offset) }
+            let read = pread(fd, entries.baseAddress, count * 8, offset)
             guard read == count * 8 else { throw KVMError("read /proc/self/pagemap") }
             for index in 0..<count {
                 if selected(entries[index]) {
