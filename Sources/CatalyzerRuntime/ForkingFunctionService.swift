@@ -10,7 +10,11 @@ import Synchronization
 /// AWS Lambda container does: faster for functions that cache across calls, weaker isolation.
 public final class ForkingFunctionService: CallbackFunctionService {
     public let store: ImageStore
-    let mount: CatalyzerMount
+    /// The mount templates are restored from, resolved again when it no longer answers (its
+    /// daemon died): a managed mount is mounted anew. Forks never read through it.
+    private let mount: Mutex<CatalyzerMount>
+    /// The mount as given (nil: `$CATALYZER_MOUNT` or the managed mount).
+    private let mountArgument: String?
     public let poolSize: Int
     public let reuse: Int
     let limits: SandboxLimits
@@ -33,7 +37,8 @@ public final class ForkingFunctionService: CallbackFunctionService {
         self.parking = parking
         self.networkOverrides = networkOverrides
         self.store = store
-        self.mount = try CatalyzerMount.resolve(mount: mount, store: store)
+        self.mount = Mutex(try CatalyzerMount.resolve(mount: mount, store: store))
+        mountArgument = mount
         self.poolSize = poolSize
         self.reuse = reuse
         self.limits = limits
@@ -90,6 +95,11 @@ public final class ForkingFunctionService: CallbackFunctionService {
         return try creating.withLock { _ throws(FunctionServiceError) -> FunctionTemplate in
             if let template = templates.withLock({ $0[name] }), template.imageDigest == digest { return template }
             do {
+                var mount = self.mount.withLock { $0 }
+                if CatalyzerMount.failureToAnswer(mount.mountpoint) != nil {
+                    mount = try CatalyzerMount.resolve(mount: mountArgument, store: store)
+                    self.mount.withLock { $0 = mount }
+                }
                 let template = try FunctionTemplate(image: name, mount: mount, store: store, poolSize: poolSize, parking: parking,
                                                     network: networkOverrides[name])
                 templates.withLock { $0[name] = template }

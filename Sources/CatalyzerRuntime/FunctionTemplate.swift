@@ -1,3 +1,4 @@
+import CKVM
 import CatalyzerImage
 import CatalyzerKVM
 import CatalyzerKernel
@@ -6,11 +7,13 @@ import Glibc
 import Synchronization
 
 /// A function parked at its ready point, from which sandboxes are forked (sfork). It is an
-/// image restored once through catalyzerfs and never run: its memory is the image's memory file
-/// (kept open, so the page cache every fork shares stays), its kernel state the decoded snapshot
-/// with the rootfs checked once. A fork maps the same file privately (copy-on-write through the
-/// page cache, no FUSE round trip for pages already read) and rebuilds the kernel from the
-/// in-memory snapshot: no state read, no decode, no rootfs check.
+/// image restored once through catalyzerfs and never run: its memory is the image's memory file,
+/// read once through the mount (catalyzerfs verifies every chunk) into a memfd of the template's
+/// own, its kernel state the decoded snapshot with the rootfs checked once. A fork maps that memfd
+/// privately (copy-on-write, shared by every fork) and rebuilds the kernel from the in-memory
+/// snapshot: no state read, no decode, no rootfs check, and no page ever read through FUSE again,
+/// so a mount whose daemon dies cannot fail a fork (nor, through the monitor's own reads of guest
+/// memory, take the daemon down with SIGBUS).
 ///
 /// Forks run in VMs from `pool`: created ahead of time, and after a fork ends, reset to the
 /// template's memory (only the pages it changed) and parked again, so KVM's shadow page tables for
@@ -52,9 +55,10 @@ public final class FunctionTemplate: @unchecked Sendable {
     /// Where its forks may connect beyond their sandbox: the policy recorded with the image.
     let network: NetworkPolicy
     let kvm: KVM
-    /// The memory file (through catalyzerfs), open for the template's lifetime.
+    /// The template's memory: a memfd holding the image's stored chunks (holes elsewhere, which
+    /// read as zeros), open for the template's lifetime.
     private let memoryFD: Int32
-    /// The file mapped read-only: the template's memory as every fork starts with it, for
+    /// The memfd mapped read-only: the template's memory as every fork starts with it, for
     /// comparing a finished fork's page tables against.
     let view: UnsafeRawPointer
     /// A VM ready for a fork, since when, and whether it has been trimmed since.
@@ -132,18 +136,21 @@ public final class FunctionTemplate: @unchecked Sendable {
             snapshot = state.kernel
             self.network = try network ?? state.networkPolicy(image: image)
             self.kvm = try kvm ?? KVM()
-            // Every stored chunk is verified by catalyzerfs now, once: a fork never meets a chunk
-            // that fails (which would stop the monitor) after the template is up.
-            try Self.readStoredChunks(fd: fd, config: opened.config, image: image)
-            guard let view = mmap(nil, memorySize, PROT_READ, MAP_PRIVATE | MAP_NORESERVE, fd, 0), view != MAP_FAILED else {
-                throw RuntimeError("image '\(image)': cannot map its memory: \(String(cString: strerror(errno)))")
+            // Every stored chunk is read (and verified by catalyzerfs) now, once, into memory of
+            // the template's own: after this, nothing of the mount is needed.
+            let memfd = try Self.copyStoredChunks(from: fd, config: opened.config, image: image, size: memorySize)
+            guard let view = mmap(nil, memorySize, PROT_READ, MAP_PRIVATE | MAP_NORESERVE, memfd, 0), view != MAP_FAILED else {
+                let code = errno
+                close(memfd)
+                throw RuntimeError("image '\(image)': cannot map its memory: \(String(cString: strerror(code)))")
             }
             self.view = UnsafeRawPointer(view)
+            memoryFD = memfd
+            close(fd)
         } catch {
             close(fd)
             throw error
         }
-        memoryFD = fd
         fillPool()
     }
 
@@ -153,27 +160,48 @@ public final class FunctionTemplate: @unchecked Sendable {
         close(memoryFD)
     }
 
-    /// Reads every stored chunk of the memory file once: catalyzerfs fetches, verifies and
-    /// caches it, so forks fault from the page cache and never meet a chunk that fails. Zero
-    /// chunks are not stored and cannot fail; they are left out, so a template's page cache is its
-    /// data, not its whole memory size.
-    private static func readStoredChunks(fd: Int32, config: ImageConfig, image: String) throws {
+    /// A memfd of `size` bytes holding every stored chunk of the memory file `fd`, read through
+    /// the mount once (catalyzerfs fetches and verifies each). Zero chunks are not stored: they
+    /// stay holes, so the memfd holds the image's data, not its whole memory size.
+    private static func copyStoredChunks(from fd: Int32, config: ImageConfig, image: String, size: Int) throws -> Int32 {
+        let memfd = ckvm_memfd_create("catalyzer-template-\(image)")
+        guard memfd >= 0 else { throw RuntimeError("image '\(image)': cannot create memory for its template: memfd_create: \(String(cString: strerror(errno)))") }
+        guard ftruncate(memfd, off_t(size)) == 0 else {
+            let code = errno
+            close(memfd)
+            throw RuntimeError("image '\(image)': cannot size its template's memory to \(size) bytes: \(String(cString: strerror(code)))")
+        }
         let chunkSize = config.chunkSize
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: chunkSize, alignment: 4096)
         defer { buffer.deallocate() }
-        for chunk in config.chunks {
-            let offset = chunk.index * chunkSize
-            let length = Int(min(Int64(chunkSize), config.memorySize - Int64(offset)))
-            var done = 0
-            while done < length {
-                let count = pread(fd, buffer + done, length - done, off_t(offset + done))
-                if count < 0 && errno == EINTR { continue }
-                guard count > 0 else {
-                    throw RuntimeError("image '\(image)': its memory chunk \(chunk.index) cannot be read: \(String(cString: strerror(errno))) (catalyzerfs could not serve it; its log names the blob); check the image with `catalyzer image verify \(image)`")
+        do {
+            for chunk in config.chunks {
+                let offset = chunk.index * chunkSize
+                let length = Int(min(Int64(chunkSize), config.memorySize - Int64(offset)))
+                var done = 0
+                while done < length {
+                    let count = pread(fd, buffer + done, length - done, off_t(offset + done))
+                    if count < 0 && errno == EINTR { continue }
+                    guard count > 0 else {
+                        throw RuntimeError("image '\(image)': its memory chunk \(chunk.index) cannot be read: \(String(cString: strerror(errno))) (catalyzerfs could not serve it; its log names the blob); check the image with `catalyzer image verify \(image)`")
+                    }
+                    done += count
                 }
-                done += count
+                done = 0
+                while done < length {
+                    let count = pwrite(memfd, buffer + done, length - done, off_t(offset + done))
+                    if count < 0 && errno == EINTR { continue }
+                    guard count > 0 else {
+                        throw RuntimeError("image '\(image)': cannot copy its memory chunk \(chunk.index) into the template's memory: \(String(cString: strerror(errno)))")
+                    }
+                    done += count
+                }
             }
+        } catch {
+            close(memfd)
+            throw error
         }
+        return memfd
     }
 
     /// A new VM over a fresh private mapping of the memory file; with `eagerCopy`, the pages the
@@ -479,7 +507,12 @@ public final class ForkedSandbox: @unchecked Sendable {
             if clean && stopped { exitRequester.rearm() }
             template.giveBack(forkVM, reusable: clean && !exitRequester.isExitRequested, allocationEnd: allocationEnd)
         }
-        exit = try timeoutSeconds.map { try kernel.run(timeoutSeconds: $0) } ?? kernel.run()
+        do {
+            exit = try timeoutSeconds.map { try kernel.run(timeoutSeconds: $0) } ?? kernel.run()
+        } catch let error as KVMError where error.errno == EFAULT {
+            // Its memory is the template's memfd: nothing on a mount can fail a page of it.
+            throw RuntimeError("image '\(template.image)': KVM could not map a page of a fork's memory (EFAULT); the invocation was stopped")
+        }
         if exit == .timedOut && stoppedByOwner.load(ordering: .acquiring) { exit = .exited(status: 0) }
         return (exit!, kernel.milestones)
     }
