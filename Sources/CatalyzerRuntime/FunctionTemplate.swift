@@ -24,9 +24,10 @@ public final class FunctionTemplate: @unchecked Sendable {
     ///
     /// A VM keeps the pages its forks write as private copies (reset to the template's bytes in
     /// place), so the next fork writes them without a shadow fault and a copy: heavy's forks write
-    /// ~470 pages, and giving them back costs its next fork ~3.6 ms (0.7 -> 4.3 ms). A VM that
-    /// has been parked for `idleSeconds` without a fork is trimmed to `idleKeptPages` (1 MiB):
-    /// under traffic VMs come back within milliseconds and stay fast; idle capacity is cheap.
+    /// ~470 pages (1.8 MiB). A VM that has been parked for `idleSeconds` without a fork is
+    /// trimmed to `idleKeptPages` (1 MiB), and the fork that takes it next copies the rest back
+    /// in first (heavy 0.9 -> 2.9 ms in `bench serve`'s sfork-idle): under traffic VMs come back
+    /// within milliseconds and stay fast; idle capacity is cheap.
     public struct ParkingPolicy: Sendable, Equatable {
         /// Written pages a VM keeps when parked after a fork (4 MiB); 0 gives every one back.
         public var keptPages = 1024
