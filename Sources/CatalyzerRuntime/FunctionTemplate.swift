@@ -179,23 +179,11 @@ public final class FunctionTemplate: @unchecked Sendable {
             for chunk in config.chunks {
                 let offset = chunk.index * chunkSize
                 let length = Int(min(Int64(chunkSize), config.memorySize - Int64(offset)))
-                var done = 0
-                while done < length {
-                    let count = pread(fd, buffer + done, length - done, off_t(offset + done))
-                    if count < 0 && errno == EINTR { continue }
-                    guard count > 0 else {
-                        throw RuntimeError("image '\(image)': its memory chunk \(chunk.index) cannot be read: \(String(cString: strerror(errno))) (catalyzerfs could not serve it; its log names the blob); check the image with `catalyzer image verify \(image)`")
-                    }
-                    done += count
+                guard whole(length, { pread(fd, buffer + $0, length - $0, off_t(offset + $0)) }) else {
+                    throw RuntimeError("image '\(image)': its memory chunk \(chunk.index) cannot be read: \(String(cString: strerror(errno))) (catalyzerfs could not serve it; its log names the blob); check the image with `catalyzer image verify \(image)`")
                 }
-                done = 0
-                while done < length {
-                    let count = pwrite(memfd, buffer + done, length - done, off_t(offset + done))
-                    if count < 0 && errno == EINTR { continue }
-                    guard count > 0 else {
-                        throw RuntimeError("image '\(image)': cannot copy its memory chunk \(chunk.index) into the template's memory: \(String(cString: strerror(errno)))")
-                    }
-                    done += count
+                guard whole(length, { pwrite(memfd, buffer + $0, length - $0, off_t(offset + $0)) }) else {
+                    throw RuntimeError("image '\(image)': cannot copy its memory chunk \(chunk.index) into the template's memory: \(String(cString: strerror(errno)))")
                 }
             }
         } catch {
@@ -203,6 +191,19 @@ public final class FunctionTemplate: @unchecked Sendable {
             throw error
         }
         return memfd
+    }
+
+    /// Repeats `transfer` (a pread or pwrite of the rest, given the bytes done so far) until
+    /// `length` bytes have moved; false, with errno set, when one fails or moves nothing.
+    private static func whole(_ length: Int, _ transfer: (Int) -> Int) -> Bool {
+        var done = 0
+        while done < length {
+            let count = transfer(done)
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { return false }
+            done += count
+        }
+        return true
     }
 
     /// A new VM over a fresh private mapping of the memory file; with `eagerCopy`, the pages the
