@@ -48,7 +48,7 @@ struct ServeCommand: AsyncParsableCommand {
     var mount: String?
     @Option(help: "VMs to keep ready per function for forks (0-1024).")
     var pool = 2
-    @Option(help: "Trim a VM parked this long without a fork to 1 MiB of private memory (its next fork is slower: heavy 0.7 -> 4.3 ms).")
+    @Option(help: "Trim a VM parked this long without a fork to 1 MiB of private memory (its next fork copies its pages back in first: heavy 0.9 -> 2.9 ms).")
     var trimAfter = DurationArgument(argument: "2s")!
     @Flag(help: "Never trim parked VMs: each keeps up to 4 MiB of written pages for as long as it is parked.")
     var noTrim = false
