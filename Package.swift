@@ -74,6 +74,7 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
             ]
         ),
@@ -138,7 +139,8 @@ let package = Package(
         // SigV4 vectors, the event and error shapes, and the daemon driven by boto3 and the AWS CLI.
         .testTarget(
             name: "CatalyzerServeTests",
-            dependencies: ["CatalyzerServe", "CatalyzerRuntime", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs"]
+            dependencies: ["CatalyzerServe", "CatalyzerRuntime", "CatalyzerImage", "CatalyzerTestSupport", "catalyzer", "catalyzerfs",
+                           .product(name: "HTTPTypes", package: "swift-http-types"), .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "CatalyzerFSTests",

@@ -31,10 +31,14 @@ public final class ForkingFunctionService: CallbackFunctionService {
     /// Network policies that replace an image's own, by function name (`serve --net-allow NAME=RULE`).
     let networkOverrides: [String: NetworkPolicy]
 
+    /// How long a fork's cleanup waits at most for its answer's hand-off (`AnswerHandOff`).
+    let handOffLimit: Duration
+
     public init(store: ImageStore, mount: String? = nil, poolSize: Int = 2, reuse: Int = 1,
                 parking: FunctionTemplate.ParkingPolicy = FunctionTemplate.ParkingPolicy(), limits: SandboxLimits = SandboxLimits(),
-                networkOverrides: [String: NetworkPolicy] = [:]) throws {
+                networkOverrides: [String: NetworkPolicy] = [:], handOffLimit: Duration = AnswerHandOff.defaultLimit) throws {
         self.parking = parking
+        self.handOffLimit = handOffLimit
         self.networkOverrides = networkOverrides
         self.store = store
         self.mount = Mutex(try CatalyzerMount.resolve(mount: mount, store: store))
@@ -116,20 +120,25 @@ public final class ForkingFunctionService: CallbackFunctionService {
             return try await invokeWarm(request, template: try template(for: request.function), accepted: accepted)
         }
         return try await withCheckedContinuation { (continuation: CheckedContinuation<Result<FunctionResponse, FunctionServiceError>, Never>) in
-            start(request) { continuation.resume(returning: $0) }
+            start(request) { result, handOff in
+                continuation.resume(returning: result)
+                handOff.handedOver()
+            }
         }.get()
     }
 
     /// Starts `request` on an instance thread: its template (restored there the first time, so
     /// an event loop calling this never waits for a restore), then a fork of it.
-    public func start(_ request: FunctionRequest, completion: @escaping @Sendable (Result<FunctionResponse, FunctionServiceError>) -> Void) {
+    public func start(_ request: FunctionRequest,
+                      completion: @escaping @Sendable (Result<FunctionResponse, FunctionServiceError>, AnswerHandOff) -> Void) {
         let accepted = Sandbox.monotonicNanoseconds()
+        let handOff = AnswerHandOff(limit: handOffLimit)
         if reuse > 1 {
             Task {
                 do throws(FunctionServiceError) {
-                    completion(.success(try await invokeWarm(request, template: try template(for: request.function), accepted: accepted)))
+                    completion(.success(try await invokeWarm(request, template: try template(for: request.function), accepted: accepted)), handOff)
                 } catch {
-                    completion(.failure(error))
+                    completion(.failure(error), handOff)
                 }
             }
             return
@@ -137,18 +146,21 @@ public final class ForkingFunctionService: CallbackFunctionService {
         let limits = limits
         InstanceThread.start { [self] in
             let template: FunctionTemplate
-            do throws(FunctionServiceError) { template = try self.template(for: request.function) } catch { return completion(.failure(error)) }
-            Self.serveFork(of: template, request: request, limits: limits, accepted: accepted, respond: completion)
+            do throws(FunctionServiceError) { template = try self.template(for: request.function) } catch { return completion(.failure(error), handOff) }
+            Self.serveFork(of: template, request: request, limits: limits, accepted: accepted, handOff: handOff) { completion($0, handOff) }
         }
     }
 
     /// Forks, serves the one request, and returns the VM to the template, on the calling thread.
     /// `respond` is called once: as soon as the fork's response line is complete (the fork then
     /// exits and its VM is reset after the caller has its answer), or when the fork ends without
-    /// one. `inspect` sees the fork after it ended, before its VM is reset.
+    /// one. `inspect` sees the fork after it ended, before its VM is reset. After an early answer
+    /// the fork's cleanup waits for `handOff` (see `AnswerHandOff`).
     public static func serveFork(of template: FunctionTemplate, request: FunctionRequest, limits: SandboxLimits, accepted: UInt64,
-                                 inspect: ((ForkedSandbox) -> Void)? = nil,
+                                 handOff: AnswerHandOff? = nil, inspect: ((ForkedSandbox) -> Void)? = nil,
                                  respond: @escaping @Sendable (Result<FunctionResponse, FunctionServiceError>) -> Void) {
+        AnswerHandOff.instanceStarts()
+        defer { AnswerHandOff.instanceEnded() }
         let once = Once()
         @Sendable func answer(_ result: Result<FunctionResponse, FunctionServiceError>) {
             if once.claim() { respond(result) }
@@ -188,7 +200,10 @@ public final class ForkingFunctionService: CallbackFunctionService {
             let fork = try template.fork(options: options)
             progress.withLock { $0 = fork.kernel?.progress }
             running.withLock { $0 = fork }
-            run = try fork.run(timeoutSeconds: request.timeoutSeconds, inspect: inspect)
+            run = try fork.run(timeoutSeconds: request.timeoutSeconds) { fork in
+                inspect?(fork)
+                if once.isClaimed { handOff?.waitForHandOver() }
+            }
         } catch {
             _ = stdout.finish()
             _ = stderr.finish()
@@ -264,6 +279,7 @@ public final class ForkingFunctionService: CallbackFunctionService {
 final class Once: Sendable {
     private let claimed = Atomic<Bool>(false)
     func claim() -> Bool { !claimed.exchange(true, ordering: .acquiringAndReleasing) }
+    var isClaimed: Bool { claimed.load(ordering: .acquiring) }
 }
 
 /// A value shared between threads under a lock, for closures (a `Mutex` cannot be captured).

@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Logging
 import NIOCore
+import NIOHTTP1
 import NIOHTTPTypes
 
 /// Synchronous invocations (`POST /2015-03-31/functions/NAME/invocations`, type RequestResponse)
@@ -163,36 +164,60 @@ final class InvokeFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         case .event(let request, let pending):
             // Not ours by its type; kept whole should `isOurs` ever let one through.
             let responder = responder
-            service.start(request) { result in _ = responder.complete(result, pending) }
+            service.start(request) { result, handOff in
+                _ = responder.complete(result, pending)
+                handOff.handedOver()
+            }
             write(LambdaResponder.Answer(status: .accepted, headers: responder.baseHeaders(requestId: requestId), body: []), context: context)
         case .run(let request, let pending):
             let loop = context.eventLoop
             let bound = NIOLoopBound((self, context), eventLoop: loop)
             let responder = responder
-            service.start(request) { result in
+            service.start(request) { result, handOff in
                 let answer = responder.complete(result, pending)
                 loop.execute {
                     let (handler, context) = bound.value
                     handler.write(answer, context: context)
+                    // Written to the socket (or queued if it is full): the instance may clean up.
+                    handOff.handedOver()
                 }
             }
         }
     }
+
+    /// Where our answers are written: NIO's HTTP/1 response encoder's context, so that what is
+    /// written through it goes straight to the socket as bytes (`HTTP1ResponseEncoding`). Our
+    /// answers are whole responses, written while no other response is in progress on the
+    /// connection, so nothing between us and the socket misses a part it tracks.
+    private var socketSide: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        socketSide = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { socketSide = nil }
 
     /// Writes `answer` as one response and goes back to reading requests.
     private func write(_ answer: LambdaResponder.Answer, context: ChannelHandlerContext) {
         var closeAfter = false
         if case .running(let close) = state { closeAfter = close }
         state = closeAfter ? .closing : .idle
-        var headers = answer.headers
-        // 204 has no body and, by RFC 9110, no Content-Length.
-        if answer.status != .noContent { headers[.contentLength] = String(answer.body.count) }
-        if closeAfter { headers[.connection] = "close" }
-        context.write(wrapOutboundOut(.head(HTTPResponse(status: answer.status, headerFields: headers))), promise: nil)
-        if !answer.body.isEmpty {
-            context.write(wrapOutboundOut(.body(context.channel.allocator.buffer(bytes: answer.body))), promise: nil)
+        if let socketSide {
+            let bytes = HTTP1ResponseEncoding.encode(status: answer.status, headers: answer.headers, body: answer.body,
+                                                     closing: closeAfter, allocator: context.channel.allocator)
+            socketSide.writeAndFlush(NIOAny(bytes), promise: nil)
+        } else {
+            // Not behind NIO's HTTP/1 encoder (never so in `ServeServer`): as HTTPTypes parts.
+            var headers = answer.headers
+            // 204 has no body and, by RFC 9110, no Content-Length.
+            if answer.status != .noContent { headers[.contentLength] = String(answer.body.count) }
+            if closeAfter { headers[.connection] = "close" }
+            context.write(wrapOutboundOut(.head(HTTPResponse(status: answer.status, headerFields: headers))), promise: nil)
+            if !answer.body.isEmpty {
+                context.write(wrapOutboundOut(.body(context.channel.allocator.buffer(bytes: answer.body))), promise: nil)
+            }
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         if closeAfter {
             context.close(promise: nil)
             return

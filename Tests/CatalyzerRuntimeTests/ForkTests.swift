@@ -56,8 +56,10 @@ struct ForkTests {
         }
         /// The services made, shut down by `close` so that nothing holds the mount's files.
         private let made = Mutex<[ForkingFunctionService]>([])
-        func service(pool: Int = 1, reuse: Int = 1, parking: FunctionTemplate.ParkingPolicy = .init()) throws -> ForkingFunctionService {
-            let service = try ForkingFunctionService(store: scene.store, mount: mountpoint, poolSize: pool, reuse: reuse, parking: parking)
+        func service(pool: Int = 1, reuse: Int = 1, parking: FunctionTemplate.ParkingPolicy = .init(),
+                     handOffLimit: Duration = AnswerHandOff.defaultLimit) throws -> ForkingFunctionService {
+            let service = try ForkingFunctionService(store: scene.store, mount: mountpoint, poolSize: pool, reuse: reuse, parking: parking,
+                                                     handOffLimit: handOffLimit)
             made.withLock { $0.append(service) }
             return service
         }
@@ -138,6 +140,44 @@ struct ForkTests {
             }
             let counters = try #require(service.templateStatistics.first).counters
             #expect(counters.createdVMs == 3 && counters.recycledVMs == 0, "\(counters)")
+        }
+    }
+
+    @Test("a fork's VM is reset only once its answer is handed over, or when the hand-off's limit has passed")
+    func resetWaitsForTheHandOff() async throws {
+        try await Self.withScene("fork-handoff") { scene in
+            func waitUntil(_ condition: () -> Bool) async throws {
+                let deadline = Date().addingTimeInterval(15)
+                while !condition() && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
+            }
+            /// Starts one invocation; returns its outcome and its hand-off, not signalled.
+            func started(_ service: ForkingFunctionService, _ value: String) async throws -> ([String: Any], AnswerHandOff) {
+                let (answers, answered) = AsyncStream.makeStream(of: (Result<FunctionResponse, FunctionServiceError>, AnswerHandOff).self)
+                service.start(Self.request(#"{"value": "\#(value)"}"#)) { result, handOff in
+                    answered.yield((result, handOff))
+                    answered.finish()
+                }
+                var iterator = answers.makeAsyncIterator()
+                let (result, handOff) = try #require(await iterator.next())
+                return (try Self.result(try result.get()), handOff)
+            }
+            // Held: the answer came, and the VM stays out of the pool, unreset, until the hand-off.
+            let held = try scene.service(pool: 1, handOffLimit: .seconds(60))
+            let template = try held.template(for: "stateful")
+            let (first, handOff) = try await started(held, "first")
+            #expect(first["value"] as? String == "first")
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(template.vmsOnTheirWayBack == 1 && template.statistics.recycledVMs == 0, "before the hand-off: \(template.statistics)")
+            handOff.handedOver()
+            try await waitUntil { template.vmsOnTheirWayBack == 0 }
+            #expect(template.vmsOnTheirWayBack == 0 && template.statistics.recycledVMs == 1, "after the hand-off: \(template.statistics)")
+            // Never handed over: the VM still comes back once the limit has passed.
+            let limited = try scene.service(pool: 1, handOffLimit: .milliseconds(100))
+            let other = try limited.template(for: "stateful")
+            let (second, _) = try await started(limited, "second")
+            #expect(second["value"] as? String == "second")
+            try await waitUntil { other.vmsOnTheirWayBack == 0 }
+            #expect(other.vmsOnTheirWayBack == 0 && other.statistics.recycledVMs == 1, "without a hand-off: \(other.statistics)")
         }
     }
 

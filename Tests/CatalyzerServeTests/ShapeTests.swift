@@ -1,6 +1,8 @@
 import CatalyzerRuntime
 @testable import CatalyzerServe
 import Foundation
+import HTTPTypes
+import NIOCore
 import Testing
 
 /// The pure pieces of the front end: events, names, addresses, error bodies.
@@ -43,6 +45,28 @@ struct ShapeTests {
             let bytes = parsed.map { withUnsafeBytes(of: $0.uuid) { Array($0) } } ?? []
             #expect(bytes.count == 16 && bytes[6] >> 4 == 4 && bytes[8] >> 6 == 2, "\(id): not version 4, RFC 4122 variant")
         }
+    }
+
+    @Test("an answer written straight to the socket is one well-formed HTTP/1.1 response; no field can split its head")
+    func responseEncoding() {
+        func text(_ status: HTTPResponse.Status, _ headers: HTTPFields, _ body: String, closing: Bool = false) -> String {
+            let buffer = HTTP1ResponseEncoding.encode(status: status, headers: headers, body: Array(body.utf8), closing: closing,
+                                                      allocator: ByteBufferAllocator())
+            return String(buffer: buffer)
+        }
+        var headers: HTTPFields = [.contentType: "application/json", .amznRequestId: "id-1"]
+        #expect(text(.ok, headers, #"{"a":1}"#)
+                == "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-amzn-RequestId: id-1\r\nContent-Length: 7\r\n\r\n{\"a\":1}")
+        // 204: no Content-Length (RFC 9110); a closing connection says so; stale framing fields are replaced.
+        headers[.contentLength] = "99"
+        headers[.connection] = "keep-alive"
+        #expect(text(.noContent, headers, "", closing: true)
+                == "HTTP/1.1 204 No Content\r\nContent-Type: application/json\r\nx-amzn-RequestId: id-1\r\nConnection: close\r\n\r\n")
+        // A value with CR, LF or NUL (HTTPTypes replaces them with spaces) stays one field.
+        headers = [.amzFunctionError: "Unhandled\r\nSet-Cookie: x=1\u{0}"]
+        let injected = text(.ok, headers, "")
+        #expect(injected.components(separatedBy: "\r\n").count == 5, "\(injected)")
+        #expect(!injected.contains("\r\nSet-Cookie"), "\(injected)")
     }
 
     @Test("function names: plain, qualified, partial and full ARNs")
