@@ -3,10 +3,11 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { slot_count = 64, text_size = 512 };
+enum { slot_count = 64, text_size = 512, page_size = 4096 };
 
 /// One guarded range. `claimed` reserves the slot for a registering thread; `active` is set once
 /// the slot is filled and cleared on removal, so the handler never reads a half-written slot.
@@ -16,6 +17,8 @@ struct guard_slot {
     uintptr_t base;
     uint64_t size;
     uint64_t chunk_size;
+    /// Offset of the first access that failed, -1 while none has.
+    int64_t failed_offset;
     char prefix[text_size];
     char suffix[text_size];
     char probe_path[text_size];
@@ -40,6 +43,15 @@ static void on_sigbus(int signal, siginfo_t *info, void *context) {
     for (int i = 0; i < slot_count; i++) {
         struct guard_slot *slot = &slots[i];
         if (!slot->active || address < slot->base || address - slot->base >= slot->size) continue;
+        // A zero page in place of the failing one: the access completes when the handler returns,
+        // and the monitor stops the sandbox before its program runs again.
+        void *page = (void *)(address & ~(uintptr_t)(page_size - 1));
+        if (mmap(page, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
+            int64_t none = -1;
+            __atomic_compare_exchange_n(&slot->failed_offset, &none, (int64_t)(address - slot->base), 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE);
+            return;
+        }
         uint64_t chunk = (address - slot->base) / slot->chunk_size;
         char digits[24];
         int count = 0;
@@ -79,6 +91,7 @@ int chost_guard_guest_memory(const void *base, uint64_t size, uint64_t chunk_siz
         slot->base = (uintptr_t)base;
         slot->size = size;
         slot->chunk_size = chunk_size ? chunk_size : 1;
+        __atomic_store_n(&slot->failed_offset, -1, __ATOMIC_RELEASE);
         strncpy(slot->prefix, prefix, text_size - 1);
         slot->prefix[text_size - 1] = 0;
         strncpy(slot->suffix, suffix, text_size - 1);
@@ -91,6 +104,11 @@ int chost_guard_guest_memory(const void *base, uint64_t size, uint64_t chunk_siz
         return i;
     }
     return -1;
+}
+
+int64_t chost_guest_memory_failure(int slot) {
+    if (slot < 0 || slot >= slot_count) return -1;
+    return __atomic_load_n(&slots[slot].failed_offset, __ATOMIC_ACQUIRE);
 }
 
 void chost_unguard_guest_memory(int slot) {

@@ -92,6 +92,18 @@ public final class Sandbox {
         public var firstStandardOutput: UInt64?
     }
 
+    /// Set by the owner of guest memory that can fail under the monitor (a private mapping of a
+    /// file on a FUSE mount whose daemon can die): the offset of a page the monitor could not
+    /// read or write, which now holds zeros. Checked before every entry into the guest, so the
+    /// program never runs again on that memory: the run ends with `GuestMemoryUnreadable`.
+    public var unreadableMemory: (() -> Int?)?
+
+    /// Guest memory failed under the monitor (see `unreadableMemory`): the sandbox was stopped.
+    public struct GuestMemoryUnreadable: Error, Equatable {
+        /// Offset in guest memory of the first page that failed.
+        public let offset: Int
+    }
+
     /// Guest RAM in use by every live process (program pages and page tables), in bytes; once
     /// the sandbox's first process has exited, what it used when it did.
     public var memoryInUse: Int {
@@ -360,6 +372,7 @@ public final class Sandbox {
                 milestones.firstGuestEntry = now
                 progress.firstGuestEntry.store(now, ordering: .releasing)
             }
+            if let offset = unreadableMemory?() { throw GuestMemoryUnreadable(offset: offset) }
             let entered = Self.monotonicNanoseconds()
             let exit = try image.cpu.run()
             let exited = Self.monotonicNanoseconds()

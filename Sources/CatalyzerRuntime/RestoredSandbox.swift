@@ -87,6 +87,10 @@ public final class RestoredSandbox {
             chost_unguard_guest_memory(guardSlot)
             throw RuntimeError("image '\(image)' cannot be restored: \(error)")
         }
+        kernel.unreadableMemory = { [guardSlot] in
+            let offset = chost_guest_memory_failure(guardSlot)
+            return offset >= 0 ? Int(offset) : nil
+        }
         stateRestoredAt = Sandbox.monotonicNanoseconds()
     }
 
@@ -122,12 +126,31 @@ public final class RestoredSandbox {
     }
 
     private func run(_ body: () throws -> SandboxExit) throws -> SandboxExit {
+        let exit: SandboxExit
         do {
-            return try body()
+            exit = try body()
         } catch let error as KVMError where error.errno == EFAULT {
             // KVM could not fault in a page of the memory file: find which chunk fails.
             throw RuntimeError(unreadableMemoryMessage())
+        } catch let error as Sandbox.GuestMemoryUnreadable {
+            throw RuntimeError(unreadableMemoryMessage(failedAt: error.offset))
         }
+        // A page that failed in the monitor's last act (the program's exit) still fails the run:
+        // what the program did last may have been done on zeros.
+        let failed = chost_guest_memory_failure(guardSlot)
+        if failed >= 0 { throw RuntimeError(unreadableMemoryMessage(failedAt: Int(failed))) }
+        return exit
+    }
+
+    /// Why the monitor's access to guest memory at `offset` failed: the mount's daemon is gone,
+    /// or it could not serve that chunk.
+    private func unreadableMemoryMessage(failedAt offset: Int) -> String {
+        let chunk = offset / chunkSize
+        var status = stat()
+        if stat(mount.statsPath, &status) != 0 && (errno == ENOTCONN || errno == ECONNABORTED) {
+            return "image '\(image)': guest memory chunk \(chunk) could not be read from \(mount.memoryPath(image)): \(Self.daemonGone(mount)). The invocation was stopped"
+        }
+        return "image '\(image)': guest memory chunk \(chunk) could not be read from \(mount.memoryPath(image)) (catalyzerfs failed to serve it: a corrupt or missing chunk blob, or for an image pulled with --lazy a registry it could not reach; its log names the blob and the registry). The invocation was stopped; check the image with `catalyzer image verify \(image)`"
     }
 
     /// The chunks of the memory file that are resident (in the page cache or copied into this

@@ -74,7 +74,7 @@ public enum ServeServer {
         // callback (the fork service); everything else goes through Hummingbird's responder.
         let server: HTTPServerBuilder
         if let callbacks = service as? any CallbackFunctionService {
-            server = .http1(additionalChannelHandlers: [InvokeFastPath(responder: responder, service: callbacks)])
+            server = .http1(configuration: .init(additionalChannelHandlers: [InvokeFastPath(responder: responder, service: callbacks)]))
         } else {
             server = .http1()
         }

@@ -63,6 +63,27 @@ struct ForkTests {
             made.withLock { $0.append(service) }
             return service
         }
+        /// Kills the catalyzerfs daemon serving the mount and drops the clean page cache: nothing
+        /// of the image is left to read but through the dead mount.
+        func killMountDaemon(sourceLocation: SourceLocation = #_sourceLocation) async throws {
+            let daemons = try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap(Int32.init).filter { pid in
+                let line = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))).map { String(decoding: $0, as: UTF8.self) } ?? ""
+                return line.contains("catalyzerfs") && line.contains(mountpoint)
+            }
+            try #require(daemons.count == 1, "catalyzerfs of \(mountpoint): \(daemons)", sourceLocation: sourceLocation)
+            kill(daemons[0], SIGKILL)
+            let deadline = Date().addingTimeInterval(10)
+            while kill(daemons[0], 0) == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            var info = stat()
+            #expect(stat(mountpoint + "/.stats", &info) != 0, "the mount still answers", sourceLocation: sourceLocation)
+            // The image's pages are clean (the mount is read-only): no sync, which can take
+            // seconds while other tests write.
+            let dropped = open("/proc/sys/vm/drop_caches", O_WRONLY)
+            try #require(dropped >= 0, "open /proc/sys/vm/drop_caches: \(String(cString: strerror(errno)))", sourceLocation: sourceLocation)
+            #expect(write(dropped, "3", 1) == 1, sourceLocation: sourceLocation)
+            Glibc.close(dropped)
+        }
+
         func close() {
             for service in made.withLock({ $0 }) { service.shutdown() }
             made.withLock { $0.removeAll() }
@@ -219,23 +240,7 @@ struct ForkTests {
             let service = try scene.service(pool: 0)
             let first = try Self.result(try await service.invoke(Self.request(#"{"value": "before"}"#)))
             #expect(first["value"] as? String == "before")
-            // The daemon serving the scene's mount, by its command line.
-            let daemons = try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap(Int32.init).filter { pid in
-                let line = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))).map { String(decoding: $0, as: UTF8.self) } ?? ""
-                return line.contains("catalyzerfs") && line.contains(scene.mountpoint)
-            }
-            try #require(daemons.count == 1, "catalyzerfs of \(scene.mountpoint): \(daemons)")
-            kill(daemons[0], SIGKILL)
-            let deadline = Date().addingTimeInterval(10)
-            while kill(daemons[0], 0) == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
-            var info = stat()
-            #expect(stat(scene.mountpoint + "/.stats", &info) != 0, "the mount still answers")
-            // Clean page cache goes: nothing of the image is left to read but through the dead mount.
-            sync()
-            let dropped = open("/proc/sys/vm/drop_caches", O_WRONLY)
-            try #require(dropped >= 0, "open /proc/sys/vm/drop_caches: \(String(cString: strerror(errno)))")
-            #expect(write(dropped, "3", 1) == 1)
-            close(dropped)
+            try await scene.killMountDaemon()
             // New VMs (no pool), requests unlike the first: each page comes from the template's memory.
             for value in ["after", "ünïcødé ☃", String(repeating: "long", count: 500)] {
                 let result = try Self.result(try await service.invoke(Self.request(#"{"value": "\#(value)", "extra": [1, {"a": null}]}"#)))
