@@ -59,7 +59,7 @@ let package = Package(
         // The Linux ABI served by the monitor: ELF loading, address space, files, syscalls.
         .target(name: "CatalyzerKernel", dependencies: ["CatalyzerKVM"]),
         // Checkpoint at the ready point, restore through catalyzerfs, invoke; the managed mount.
-        .target(name: "CatalyzerRuntime", dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM", "CatalyzerImage"]),
+        .target(name: "CatalyzerRuntime", dependencies: ["CatalyzerKernel", "CatalyzerKVM", "CKVM", "CLinux", "CatalyzerImage"]),
         // `catalyzer serve`: the AWS Lambda invoke API over HTTP in front of a FunctionService,
         // SigV4 auth, throttling, Prometheus metrics, graceful shutdown.
         .target(

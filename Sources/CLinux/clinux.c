@@ -5,6 +5,7 @@
 #include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -84,3 +85,20 @@ int clinux_open_pty(int *primary, int *secondary) {
 }
 
 long clinux_getrandom(void *bytes, unsigned long length) { return getrandom(bytes, length, 0); }
+
+int clinux_epoll_watch_input(int epoll, int fd) {
+    struct epoll_event event = {.events = EPOLLIN, .data.fd = fd};
+    return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event);
+}
+
+int clinux_epoll_unwatch(int epoll, int fd) { return epoll_ctl(epoll, EPOLL_CTL_DEL, fd, NULL); }
+
+int clinux_epoll_wait_fds(int epoll, int *fds, int capacity, int timeout_milliseconds) {
+    struct epoll_event events[64];
+    if (capacity > 64) capacity = 64;
+    int count = epoll_wait(epoll, events, capacity, timeout_milliseconds);
+    for (int i = 0; i < count; i++) fds[i] = events[i].data.fd;
+    return count;
+}
+
+int clinux_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }

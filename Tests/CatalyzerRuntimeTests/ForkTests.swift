@@ -64,16 +64,17 @@ struct ForkTests {
             return service
         }
         /// Kills the catalyzerfs daemon serving the mount and drops the clean page cache: nothing
-        /// of the image is left to read but through the dead mount.
-        func killMountDaemon(sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        /// of the image is left to read but through the dead mount. Blocks its thread (a killed
+        /// daemon took up to 5 s to go with other suites running).
+        func killMountDaemon(sourceLocation: SourceLocation = #_sourceLocation) throws {
             let daemons = try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap(Int32.init).filter { pid in
                 let line = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))).map { String(decoding: $0, as: UTF8.self) } ?? ""
                 return line.contains("catalyzerfs") && line.contains(mountpoint)
             }
             try #require(daemons.count == 1, "catalyzerfs of \(mountpoint): \(daemons)", sourceLocation: sourceLocation)
             kill(daemons[0], SIGKILL)
-            let deadline = Date().addingTimeInterval(10)
-            while kill(daemons[0], 0) == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            let deadline = Date().addingTimeInterval(30)
+            while kill(daemons[0], 0) == 0 && Date() < deadline { usleep(10_000) }
             var info = stat()
             #expect(stat(mountpoint + "/.stats", &info) != 0, "the mount still answers", sourceLocation: sourceLocation)
             // The image's pages are clean (the mount is read-only): no sync, which can take
@@ -205,7 +206,7 @@ struct ForkTests {
     @Test("a parked VM keeps the pages its fork wrote until it idles, then is trimmed to 1 MiB; the next fork in it is correct and fresh")
     func idleVMsAreTrimmed() async throws {
         try await Self.withScene("fork-trim") { scene in
-            let service = try scene.service(pool: 1, parking: .init(idleSeconds: 1))
+            let service = try scene.service(pool: 1, parking: .init(idleSeconds: 3))
             let template = try service.template(for: "stateful")
             func parkedBytes() throws -> Int {
                 try #require(ProcessMappings.anonymousBytes(in: template.parkedMemoryRanges)).bytes
@@ -215,12 +216,15 @@ struct ForkTests {
                 while !condition() && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
             }
             // 3 MiB written and still held at the answer: the fork wrote more than 768 pages, which its VM keeps.
+            let trimmedBefore = template.statistics.trimmedVMs
             let filled = try Self.result(try await service.invoke(Self.request(#"{"fill": 3}"#)))
             #expect(filled["filled"] as? Int == 3)
             try await waitUntil { template.parkedVMs == 1 && template.vmsOnTheirWayBack == 0 }
-            let trimmedBefore = template.statistics.trimmedVMs
             let hot = try parkedBytes()
-            #expect(hot > 3 << 20, "a VM parked after writing 3 MiB holds \(hot) bytes")
+            // Measured before the trim (3 s after parking) unless the host was too loaded to.
+            if template.statistics.trimmedVMs == trimmedBefore {
+                #expect(hot > 3 << 20, "a VM parked after writing 3 MiB holds \(hot) bytes")
+            }
             try await waitUntil { template.statistics.trimmedVMs > trimmedBefore }
             let idle = try parkedBytes()
             #expect(template.statistics.trimmedVMs > trimmedBefore && idle <= 1 << 20, "after idling: \(idle) bytes, \(template.statistics)")
@@ -240,7 +244,7 @@ struct ForkTests {
             let service = try scene.service(pool: 0)
             let first = try Self.result(try await service.invoke(Self.request(#"{"value": "before"}"#)))
             #expect(first["value"] as? String == "before")
-            try await scene.killMountDaemon()
+            try scene.killMountDaemon()
             // New VMs (no pool), requests unlike the first: each page comes from the template's memory.
             for value in ["after", "ünïcødé ☃", String(repeating: "long", count: 500)] {
                 let result = try Self.result(try await service.invoke(Self.request(#"{"value": "\#(value)", "extra": [1, {"a": null}]}"#)))

@@ -30,3 +30,17 @@ int clinux_open_pty(int *primary, int *secondary);
 /// getrandom(2) with no flags: fills `length` bytes from the kernel's pool. Returns the bytes
 /// filled or -1 with errno.
 long clinux_getrandom(void *bytes, unsigned long length);
+
+/// epoll(7) without its packed `struct epoll_event` at the boundary: `fd` is watched for input
+/// (level-triggered) with `fd` itself as the event's data. Returns 0, or -1 with errno.
+int clinux_epoll_watch_input(int epoll, int fd);
+
+/// Stops watching `fd`. Returns 0, or -1 with errno.
+int clinux_epoll_unwatch(int epoll, int fd);
+
+/// epoll_wait(2): stores the fds of up to `capacity` ready events in `fds`. Returns how many,
+/// or -1 with errno.
+int clinux_epoll_wait_fds(int epoll, int *fds, int capacity, int timeout_milliseconds);
+
+/// epoll_create1(EPOLL_CLOEXEC). Returns the epoll fd, or -1 with errno.
+int clinux_epoll_create(void);
