@@ -30,7 +30,7 @@ public protocol CallbackFunctionService: FunctionService {
 
 /// An invocation's answer on its way to the client. The instance's cleanup after an early answer
 /// (stopping it, resetting its VM: 0.1–0.5 ms of CPU) waits until whoever delivers the answer
-/// calls `handedOver()`, or at most `limitNanoseconds`: on a host with few cores that cleanup
+/// calls `handedOver()`, or at most its limit: on a host with few cores that cleanup
 /// would otherwise compete for a core with the answer's way out (the event loop's write, the
 /// client's wake-up). Signalling more than once, or never, is harmless.
 public final class AnswerHandOff: Sendable {
