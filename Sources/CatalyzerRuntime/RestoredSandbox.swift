@@ -145,12 +145,17 @@ public final class RestoredSandbox {
     /// Why the monitor's access to guest memory at `offset` failed: the mount's daemon is gone,
     /// or it could not serve that chunk.
     private func unreadableMemoryMessage(failedAt offset: Int) -> String {
-        let chunk = offset / chunkSize
         var status = stat()
-        if stat(mount.statsPath, &status) != 0 && (errno == ENOTCONN || errno == ECONNABORTED) {
-            return "image '\(image)': guest memory chunk \(chunk) could not be read from \(mount.memoryPath(image)): \(Self.daemonGone(mount)). The invocation was stopped"
-        }
-        return "image '\(image)': guest memory chunk \(chunk) could not be read from \(mount.memoryPath(image)) (catalyzerfs failed to serve it: a corrupt or missing chunk blob, or for an image pulled with --lazy a registry it could not reach; its log names the blob and the registry). The invocation was stopped; check the image with `catalyzer image verify \(image)`"
+        let daemonGone = stat(mount.statsPath, &status) != 0 && (errno == ENOTCONN || errno == ECONNABORTED)
+        return unreadableChunkMessage(offset / chunkSize, daemonGone: daemonGone)
+    }
+
+    /// The one message for a chunk of guest memory that could not be read, by the monitor or by
+    /// KVM; `detail` says more where the failing read is known (its bytes, its errno).
+    private func unreadableChunkMessage(_ chunk: Int, daemonGone: Bool, detail: String = "") -> String {
+        let what = "image '\(image)': guest memory chunk \(chunk)\(detail) could not be read from \(mount.memoryPath(image))"
+        if daemonGone { return "\(what): \(Self.daemonGone(mount)). The invocation was stopped before running on that memory" }
+        return "\(what) (catalyzerfs failed to serve it: a corrupt or missing chunk blob, or for an image pulled with --lazy a registry it could not reach; its log names the blob and the registry). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`"
     }
 
     /// The chunks of the memory file that are resident (in the page cache or copied into this
@@ -182,10 +187,8 @@ public final class RestoredSandbox {
         while offset < memory.size {
             if pread(memory.fd, buffer, min(chunkSize, memory.size - offset), off_t(offset)) < 0 {
                 let code = errno
-                if code == ENOTCONN || code == ECONNABORTED {
-                    return "image '\(image)': guest memory chunk \(offset / chunkSize) cannot be read: \(Self.daemonGone(mount)). The invocation was stopped before running on that memory"
-                }
-                return "image '\(image)': guest memory chunk \(offset / chunkSize) (bytes \(offset)-\(offset + chunkSize - 1)) cannot be read: \(String(cString: strerror(code))) (catalyzerfs failed to serve it: a corrupt or missing chunk blob, or for an image pulled with --lazy a registry it could not reach). The invocation was stopped before running on that memory; check the image with `catalyzer image verify \(image)`"
+                return unreadableChunkMessage(offset / chunkSize, daemonGone: code == ENOTCONN || code == ECONNABORTED,
+                                              detail: " (bytes \(offset)-\(offset + chunkSize - 1), \(String(cString: strerror(code))))")
             }
             offset += chunkSize
         }

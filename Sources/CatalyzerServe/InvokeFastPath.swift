@@ -202,22 +202,16 @@ final class InvokeFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         var closeAfter = false
         if case .running(let close) = state { closeAfter = close }
         state = closeAfter ? .closing : .idle
-        if let socketSide {
-            let bytes = HTTP1ResponseEncoding.encode(status: answer.status, headers: answer.headers, body: answer.body,
-                                                     closing: closeAfter, allocator: context.channel.allocator)
-            socketSide.writeAndFlush(NIOAny(bytes), promise: nil)
-        } else {
-            // Not behind NIO's HTTP/1 encoder (never so in `ServeServer`): as HTTPTypes parts.
-            var headers = answer.headers
-            // 204 has no body and, by RFC 9110, no Content-Length.
-            if answer.status != .noContent { headers[.contentLength] = String(answer.body.count) }
-            if closeAfter { headers[.connection] = "close" }
-            context.write(wrapOutboundOut(.head(HTTPResponse(status: answer.status, headerFields: headers))), promise: nil)
-            if !answer.body.isEmpty {
-                context.write(wrapOutboundOut(.body(context.channel.allocator.buffer(bytes: answer.body))), promise: nil)
-            }
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        guard let socketSide else {
+            // Not behind NIO's HTTP/1 encoder: never so in `ServeServer`'s pipeline.
+            responder.logger.error("the invoke fast path found no HTTP/1 response encoder; connection dropped")
+            state = .closing
+            context.close(promise: nil)
+            return
         }
+        let bytes = HTTP1ResponseEncoding.encode(status: answer.status, headers: answer.headers, body: answer.body,
+                                                 closing: closeAfter, allocator: context.channel.allocator)
+        socketSide.writeAndFlush(NIOAny(bytes), promise: nil)
         if closeAfter {
             context.close(promise: nil)
             return
